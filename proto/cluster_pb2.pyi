@@ -1,0 +1,102 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Hello(_message.Message):
+    __slots__ = ("node_id", "hostname", "version", "labels", "config_version", "config_hash")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    hostname: str
+    version: str
+    labels: _containers.ScalarMap[str, str]
+    config_version: int
+    config_hash: str
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., config_version: _Optional[int] = ..., config_hash: _Optional[str] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("version", "hash")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hash: str
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class Nack(_message.Message):
+    __slots__ = ("version", "hash", "error_detail")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hash: str
+    error_detail: str
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., error_detail: _Optional[str] = ...) -> None: ...
+
+class Ping(_message.Message):
+    __slots__ = ("config_version", "config_hash")
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
+    config_version: int
+    config_hash: str
+    def __init__(self, config_version: _Optional[int] = ..., config_hash: _Optional[str] = ...) -> None: ...
+
+class DataPlaneMessage(_message.Message):
+    __slots__ = ("hello", "ack", "nack", "ping")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    NACK_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    ack: Ack
+    nack: Nack
+    ping: Ping
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+
+class Resource(_message.Message):
+    __slots__ = ("kind", "id", "body")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    id: str
+    body: bytes
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("version", "hash", "resources")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hash: str
+    resources: _containers.RepeatedCompositeFieldContainer[Resource]
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ...) -> None: ...
+
+class Pong(_message.Message):
+    __slots__ = ("config_version",)
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    config_version: int
+    def __init__(self, config_version: _Optional[int] = ...) -> None: ...
+
+class ControlPlaneMessage(_message.Message):
+    __slots__ = ("snapshot", "pong")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
+    snapshot: Snapshot
+    pong: Pong
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
