@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from ferry.redis_server import EmbeddedRedis, free_port
 
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """A real redis-server on a free loopback port, for the whole session."""
