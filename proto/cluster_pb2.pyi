@@ -1,10 +1,8 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -16,7 +14,7 @@ class Hello(_message.Message):
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -29,7 +27,7 @@ class Hello(_message.Message):
     labels: _containers.ScalarMap[str, str]
     config_version: int
     config_hash: str
-    def __init__(self, node_id: str | None = ..., hostname: str | None = ..., version: str | None = ..., labels: _Mapping[str, str] | None = ..., config_version: int | None = ..., config_hash: str | None = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., config_version: _Optional[int] = ..., config_hash: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "hash")
@@ -37,7 +35,7 @@ class Ack(_message.Message):
     HASH_FIELD_NUMBER: _ClassVar[int]
     version: int
     hash: str
-    def __init__(self, version: int | None = ..., hash: str | None = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class Nack(_message.Message):
     __slots__ = ("version", "hash", "error_detail")
@@ -47,7 +45,7 @@ class Nack(_message.Message):
     version: int
     hash: str
     error_detail: str
-    def __init__(self, version: int | None = ..., hash: str | None = ..., error_detail: str | None = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., error_detail: _Optional[str] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("config_version", "config_hash")
@@ -55,7 +53,7 @@ class Ping(_message.Message):
     CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
     config_version: int
     config_hash: str
-    def __init__(self, config_version: int | None = ..., config_hash: str | None = ...) -> None: ...
+    def __init__(self, config_version: _Optional[int] = ..., config_hash: _Optional[str] = ...) -> None: ...
 
 class DataPlaneMessage(_message.Message):
     __slots__ = ("hello", "ack", "nack", "ping")
@@ -67,7 +65,7 @@ class DataPlaneMessage(_message.Message):
     ack: Ack
     nack: Nack
     ping: Ping
-    def __init__(self, hello: Hello | _Mapping | None = ..., ack: Ack | _Mapping | None = ..., nack: Nack | _Mapping | None = ..., ping: Ping | _Mapping | None = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
 
 class Resource(_message.Message):
     __slots__ = ("kind", "id", "body")
@@ -77,7 +75,7 @@ class Resource(_message.Message):
     kind: str
     id: str
     body: bytes
-    def __init__(self, kind: str | None = ..., id: str | None = ..., body: bytes | None = ...) -> None: ...
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class Snapshot(_message.Message):
     __slots__ = ("version", "hash", "resources")
@@ -87,13 +85,13 @@ class Snapshot(_message.Message):
     version: int
     hash: str
     resources: _containers.RepeatedCompositeFieldContainer[Resource]
-    def __init__(self, version: int | None = ..., hash: str | None = ..., resources: _Iterable[Resource | _Mapping] | None = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ...) -> None: ...
 
 class Pong(_message.Message):
     __slots__ = ("config_version",)
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     config_version: int
-    def __init__(self, config_version: int | None = ...) -> None: ...
+    def __init__(self, config_version: _Optional[int] = ...) -> None: ...
 
 class ControlPlaneMessage(_message.Message):
     __slots__ = ("snapshot", "pong")
@@ -101,4 +99,4 @@ class ControlPlaneMessage(_message.Message):
     PONG_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     pong: Pong
-    def __init__(self, snapshot: Snapshot | _Mapping | None = ..., pong: Pong | _Mapping | None = ...) -> None: ...
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,158 @@
+"""The gRPC side of the cluster link: a thin adapter over the SnapshotStore.
+
+Like go-control-plane's ``pkg/server``, the servicer knows nothing of Redis: it
+reads snapshots from a :class:`~control_plane.snapshot.SnapshotStore` and
+records each DP's sync state through a :class:`DataPlaneRegistry`.
+
+Per stream: the DP says ``Hello`` (what it already holds); the CP sends the
+current snapshot unless the DP holds exactly it, then one snapshot per new
+version. ACKs mark the DP ``SYNCED``; a sent-but-unacknowledged version shows
+``STALE``; a NACK shows ``NACKED`` with the DP's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from control_plane.data_planes import DataPlaneRegistry, DataPlaneRow
+from control_plane.snapshot import Snapshot, SnapshotStore
+from proto import cluster_pb2, cluster_pb2_grpc
+
+log = logging.getLogger("ferry.control_plane.cluster")
+
+
+def snapshot_message(snapshot: Snapshot) -> cluster_pb2.ControlPlaneMessage:
+    """The wire form of ``snapshot``, built once per snapshot and shared by every stream."""
+    cached = snapshot.wire_cache.get("message")
+    if cached is None:
+        cached = cluster_pb2.ControlPlaneMessage(
+            snapshot=cluster_pb2.Snapshot(
+                version=snapshot.version,
+                hash=snapshot.hash,
+                resources=[
+                    cluster_pb2.Resource(kind=r.kind, id=r.id, body=r.body)
+                    for r in snapshot.resources
+                ],
+            )
+        )
+        snapshot.wire_cache["message"] = cached
+    return cached  # type: ignore[no-any-return]
+
+
+def peer_ip(peer: str) -> str:
+    """``ipv4:10.0.0.1:5000`` → ``10.0.0.1``; ``ipv6:[::1]:5000`` → ``::1``."""
+    if peer.startswith("ipv4:"):
+        return peer[5:].rsplit(":", 1)[0]
+    if peer.startswith("ipv6:"):
+        return peer[5:].rsplit(":", 1)[0].strip("[]")
+    return peer
+
+
+class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
+    """Serves ``Cluster.Connect``; one coroutine per connected DP."""
+
+    def __init__(self, snapshots: SnapshotStore, registry: DataPlaneRegistry, *, cp_id: str) -> None:
+        self._snapshots = snapshots
+        self._registry = registry
+        self._cp_id = cp_id
+
+    async def Connect(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[cluster_pb2.DataPlaneMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[cluster_pb2.ControlPlaneMessage]:
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("message") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+        hello = first.hello
+        if not hello.node_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Hello.node_id is required")
+        row = DataPlaneRow(
+            id=hello.node_id,
+            hostname=hello.hostname,
+            ip=peer_ip(context.peer()),
+            version=hello.version,
+            labels=dict(hello.labels),
+            config_version=hello.config_version,
+            config_hash=hello.config_hash,
+            control_plane=self._cp_id,
+        )
+        log.info("data plane %s (%s, %s) connected", row.id, row.hostname, row.ip)
+        # Outgoing messages: snapshots from the watcher loop, pongs from the reader.
+        outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(request_iterator, row, outbox))
+        watcher = asyncio.create_task(self._watch(row, outbox))
+        try:
+            while True:
+                getter = asyncio.ensure_future(outbox.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                break  # the DP closed its side of the stream
+        finally:
+            for task in (reader, watcher):
+                task.cancel()
+            await asyncio.gather(reader, watcher, return_exceptions=True)
+            log.info("data plane %s disconnected", row.id)
+
+    async def _watch(self, row: DataPlaneRow, outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage]) -> None:
+        current = self._snapshots.current
+        held_version, held_hash = row.config_version, row.config_hash
+        if current is not None and (current.version, current.hash) == (held_version, held_hash):
+            row.sync_status = "SYNCED"
+        await self._registry.save_quietly(row)
+        while True:
+            snapshot = await self._snapshots.wait_for_change(held_version, held_hash)
+            held_version, held_hash = snapshot.version, snapshot.hash
+            await outbox.put(snapshot_message(snapshot))
+            if (row.config_version, row.config_hash) != (snapshot.version, snapshot.hash):
+                row.sync_status = "STALE"
+                row.sync_error = None
+            await self._registry.save_quietly(row)
+
+    async def _read(
+        self,
+        request_iterator: AsyncIterator[cluster_pb2.DataPlaneMessage],
+        row: DataPlaneRow,
+        outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
+    ) -> None:
+        async for message in request_iterator:
+            kind = message.WhichOneof("message")
+            if kind == "ack":
+                row.config_version = message.ack.version
+                row.config_hash = message.ack.hash
+                current = self._snapshots.current
+                synced = current is None or (current.version, current.hash) == (
+                    message.ack.version,
+                    message.ack.hash,
+                )
+                row.sync_status = "SYNCED" if synced else "STALE"
+                row.sync_error = None
+            elif kind == "nack":
+                row.sync_status = "NACKED"
+                row.sync_error = message.nack.error_detail
+                log.warning(
+                    "data plane %s rejected version %d: %s",
+                    row.id,
+                    message.nack.version,
+                    message.nack.error_detail,
+                )
+            elif kind == "ping":
+                current = self._snapshots.current
+                await outbox.put(
+                    cluster_pb2.ControlPlaneMessage(
+                        pong=cluster_pb2.Pong(config_version=current.version if current else 0)
+                    )
+                )
+            else:
+                continue
+            await self._registry.save_quietly(row)

@@ -1,0 +1,84 @@
+"""Per-data-plane sync state, kept in Redis so every control plane shows all DPs.
+
+One hash ``{prefix}:data_planes`` maps DP node id → JSON row in the shape of
+Kong's ``/clustering/data-planes``. Rows of DPs not seen for ``purge_delay``
+seconds are dropped when listed (Kong's ``cluster_data_plane_purge_delay``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+SyncStatus = Literal["SYNCED", "STALE", "NACKED", "UNKNOWN"]
+
+#: Kong's default purge delay: 14 days.
+DEFAULT_PURGE_DELAY = 14 * 24 * 3600
+
+
+@dataclass(slots=True)
+class DataPlaneRow:
+    """What the CP knows about one connected (or recently seen) DP."""
+
+    id: str
+    hostname: str
+    ip: str
+    version: str
+    labels: dict[str, str] = field(default_factory=dict)
+    #: Version and hash the DP last acknowledged (0 / "" before its first ACK).
+    config_version: int = 0
+    config_hash: str = ""
+    sync_status: SyncStatus = "UNKNOWN"
+    sync_error: str | None = None
+    last_seen: int = 0
+    updated_at: int = 0
+    control_plane: str = ""
+
+    def to_api(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DataPlaneRegistry:
+    """Reads and writes DP rows. Safe to share across tasks of one event loop."""
+
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str = "ferry", *, purge_delay: int = DEFAULT_PURGE_DELAY
+    ) -> None:
+        self._redis = redis
+        self._key = f"{prefix}:data_planes"
+        self._purge_delay = purge_delay
+
+    async def save(self, row: DataPlaneRow) -> None:
+        now = int(time.time())
+        row.last_seen = now
+        row.updated_at = now
+        await self._redis.hset(self._key, row.id, json.dumps(row.to_api()))
+
+    async def save_quietly(self, row: DataPlaneRow) -> bool:
+        """Like :meth:`save`, but a Redis outage must not break the DP's stream."""
+        try:
+            await self.save(row)
+            return True
+        except (RedisError, OSError):
+            return False
+
+    async def list_data_planes(self) -> list[dict[str, Any]]:
+        raw: dict[Any, Any] = await self._redis.hgetall(self._key)
+        now = time.time()
+        rows: list[dict[str, Any]] = []
+        expired: list[Any] = []
+        for node_id, value in raw.items():
+            row = json.loads(value)
+            if now - row.get("last_seen", 0) > self._purge_delay:
+                expired.append(node_id)
+                continue
+            rows.append(row)
+        if expired:
+            await self._redis.hdel(self._key, *expired)
+        rows.sort(key=lambda r: (r.get("hostname", ""), r["id"]))
+        return rows

@@ -1,0 +1,171 @@
+"""The control plane's lifecycle: Redis, config follower, Admin API, cluster gRPC.
+
+``ControlPlane.start`` brings the parts up in dependency order and
+``ControlPlane.stop`` takes them down in reverse, with a grace period for open
+DP streams. Settings validate on construction, so a bad flag fails before any
+port is bound or any child process started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from pathlib import Path
+
+import grpc
+import redis.asyncio as aioredis
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+import ferry
+from control_plane.admin_api import create_admin_app
+from control_plane.cluster_server import ClusterServicer
+from control_plane.config_follower import ConfigFollower
+from control_plane.data_planes import DEFAULT_PURGE_DELAY, DataPlaneRegistry
+from control_plane.snapshot import SnapshotStore
+from control_plane.store import EntityStore
+from ferry.listen import format_host_port, parse_host_port
+from ferry.redis_server import EmbeddedRedis
+from proto import cluster_pb2_grpc
+
+log = logging.getLogger("ferry.control_plane")
+
+
+class ConfigurationError(ValueError):
+    """A control-plane setting that cannot work; the message says how to fix it."""
+
+
+class ControlPlaneSettings(BaseModel):
+    """Validated control-plane settings (one per CLI flag)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    admin_listen: str = "127.0.0.1:8001"
+    cluster_listen: str = "127.0.0.1:8005"
+    data_dir: Path = Path("./ferry-data")
+    redis_url: str | None = None
+    redis_prefix: str = "ferry"
+    cluster_insecure: bool = False
+    #: Changes arriving within this many seconds go out to DPs as one update.
+    merge_window: float = Field(default=0.05, ge=0, le=10)
+    data_plane_purge_delay: int = Field(default=DEFAULT_PURGE_DELAY, ge=1)
+
+    @field_validator("admin_listen", "cluster_listen")
+    @classmethod
+    def _valid_address(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _valid_redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_link_is_secured(self) -> ControlPlaneSettings:
+        if not self.cluster_insecure:
+            raise ValueError(
+                "the cluster link has no TLS certificates configured; mTLS is not available "
+                "in this release yet, so start with --cluster-insecure (FERRY_CLUSTER_INSECURE=1) "
+                "on both the control plane and the data planes, on a trusted network only"
+            )
+        return self
+
+
+class ControlPlane:
+    """One control-plane process. ``start`` → ``wait_stopped``/``stop``; single event loop."""
+
+    def __init__(self, settings: ControlPlaneSettings) -> None:
+        self.settings = settings
+        self.node_id = str(uuid.uuid4())
+        self.snapshots = SnapshotStore()
+        self._embedded: EmbeddedRedis | None = None
+        self._redis: aioredis.Redis | None = None
+        self._follower: ConfigFollower | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+        self.admin_port = 0
+        self.cluster_port = 0
+
+    async def start(self) -> None:
+        settings = self.settings
+        try:
+            await self._start(settings)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, settings: ControlPlaneSettings) -> None:
+        redis_url = settings.redis_url
+        if redis_url is None:
+            self._embedded = EmbeddedRedis(settings.data_dir / "redis")
+            # From this (the main) thread: see EmbeddedRedis on parent-death signals.
+            self._embedded.start()
+            redis_url = self._embedded.url
+            log.info("embedded redis-server started on %s (data in %s)", redis_url, settings.data_dir / "redis")
+        self._redis = aioredis.Redis.from_url(redis_url, health_check_interval=10)
+        store = EntityStore(self._redis, prefix=settings.redis_prefix)
+        registry = DataPlaneRegistry(
+            self._redis, settings.redis_prefix, purge_delay=settings.data_plane_purge_delay
+        )
+        self._follower = ConfigFollower(
+            self._redis, store, self.snapshots, merge_window=settings.merge_window
+        )
+        await self._follower.start()
+
+        self._grpc = grpc.aio.server()
+        cluster_pb2_grpc.add_ClusterServicer_to_server(
+            ClusterServicer(self.snapshots, registry, cp_id=self.node_id), self._grpc
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._grpc)
+        host, port = parse_host_port(settings.cluster_listen)
+        self.cluster_port = self._grpc.add_insecure_port(format_host_port(host, port))
+        if self.cluster_port == 0:
+            raise OSError(f"cannot listen for the cluster on {settings.cluster_listen}")
+        await self._grpc.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("ferry.cluster.v1.Cluster", health_pb2.HealthCheckResponse.SERVING)
+        log.info("cluster gRPC listening on %s:%d (insecure)", host, self.cluster_port)
+
+        app = create_admin_app(store, registry, node_id=self.node_id, version=ferry.__version__)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = parse_host_port(settings.admin_listen)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets: list[socket.socket] = list(getattr(server, "sockets", []) or [])
+        self.admin_port = sockets[0].getsockname()[1] if sockets else port
+        log.info("admin API listening on %s:%d", host, self.admin_port)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, close DP streams after ``grace`` seconds, stop Redis last."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        if self._follower is not None:
+            await self._follower.stop()
+            self._follower = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+        self._stopped.set()

@@ -1,0 +1,216 @@
+"""The data plane's end of the cluster link.
+
+Opens ``Cluster.Connect``, says ``Hello`` with the version/hash it holds, and
+for every snapshot received: verifies the hash, compiles it, swaps it into the
+:class:`~data_plane.runtime.ConfigHolder` (one reference assignment, so a
+request sees the old or the new config, never a mix), writes it to the disk
+cache and ACKs. A snapshot it cannot apply is NACKed with the reason and the
+previous config keeps serving. Reconnects with jittered exponential backoff
+(tenacity) so many DPs returning after a CP restart do not arrive at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from data_plane.config_cache import ConfigCache
+from data_plane.node_identity import NodeIdentity
+from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
+from ferry.snapshot_format import KINDS, config_hash
+from proto import cluster_pb2, cluster_pb2_grpc
+
+log = logging.getLogger("ferry.data_plane.cluster")
+
+
+class SessionEnded(Exception):
+    """An established stream ended; reconnect with a fresh backoff."""
+
+
+@dataclass(slots=True)
+class ClusterLinkState:
+    """What the status API shows about the link. Mutated only by the client task."""
+
+    connected: bool = False
+    last_error: str | None = None
+    last_config_at: float | None = None
+    last_nack: str | None = None
+
+
+def apply_snapshot(
+    snapshot: cluster_pb2.Snapshot, previous: RuntimeConfig | None
+) -> RuntimeConfig:
+    """Verify and compile ``snapshot``; raise :class:`ConfigError` when it cannot be applied."""
+    resources = [(r.kind, r.id, r.body) for r in snapshot.resources]
+    digest = config_hash(resources)
+    if digest != snapshot.hash:
+        raise ConfigError(f"config hash mismatch: received {snapshot.hash!r}, computed {digest!r}")
+    entities: dict[str, list[dict]] = {kind: [] for kind in KINDS}  # type: ignore[type-arg]
+    for kind, entity_id, body in resources:
+        if kind not in entities:
+            raise ConfigError(f"unknown entity kind {kind!r} (id {entity_id})")
+        try:
+            entity = json.loads(body)
+        except ValueError as exc:
+            raise ConfigError(f"{kind} {entity_id}: body is not JSON: {exc}") from None
+        if not isinstance(entity, dict):
+            raise ConfigError(f"{kind} {entity_id}: body is not a JSON object")
+        entities[kind].append(entity)
+    return compile_config(snapshot.version, snapshot.hash, entities, previous=previous)
+
+
+class ClusterClient:
+    """Keeps one stream to the CP open for the DP's lifetime. Run :meth:`run` as a task."""
+
+    def __init__(
+        self,
+        control_plane: str,
+        holder: ConfigHolder,
+        cache: ConfigCache,
+        node: NodeIdentity,
+        *,
+        insecure: bool,
+        ping_interval: float = 30.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        on_applied: Callable[[RuntimeConfig], None] | None = None,
+    ) -> None:
+        if not insecure:
+            raise ValueError("mTLS is not available yet; use --cluster-insecure")
+        self._target = control_plane
+        self._holder = holder
+        self._cache = cache
+        self._node = node
+        self._ping_interval = ping_interval
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._on_applied = on_applied
+        self.state = ClusterLinkState()
+
+    async def run(self) -> None:
+        """Connect, stream, reconnect; returns only when cancelled."""
+        while True:
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type((grpc.aio.AioRpcError, OSError)),
+                    wait=wait_random_exponential(multiplier=self._backoff_base, max=self._backoff_max),
+                    before_sleep=self._log_retry,
+                ):
+                    with attempt:
+                        await self._session()
+            except SessionEnded:
+                # Jitter even the first reconnect so DPs dropped together spread out.
+                await asyncio.sleep(random.uniform(0, self._backoff_base))
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        self.state.last_error = detail
+        log.warning(
+            "control plane %s unreachable (%s); retry %d in %.1fs",
+            self._target,
+            detail,
+            state.attempt_number,
+            state.next_action.sleep if state.next_action else 0.0,
+        )
+
+    def _hello(self) -> cluster_pb2.DataPlaneMessage:
+        current = self._holder.current
+        return cluster_pb2.DataPlaneMessage(
+            hello=cluster_pb2.Hello(
+                node_id=self._node.node_id,
+                hostname=self._node.hostname,
+                version=self._node.version,
+                labels=self._node.labels,
+                config_version=current.version if current else 0,
+                config_hash=current.hash if current else "",
+            )
+        )
+
+    async def _session(self) -> None:
+        options = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+        ]
+        async with grpc.aio.insecure_channel(self._target, options=options) as channel:
+            call = cluster_pb2_grpc.ClusterStub(channel).Connect()
+            await call.write(self._hello())
+            pinger = asyncio.create_task(self._ping(call))
+            established = False
+            try:
+                while True:
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        break
+                    if not established:
+                        established = True
+                        self.state.connected = True
+                        self.state.last_error = None
+                        log.info("connected to control plane %s", self._target)
+                    if message.WhichOneof("message") == "snapshot":
+                        await self._handle_snapshot(call, message.snapshot)
+            except grpc.aio.AioRpcError:
+                if not established:
+                    raise
+            finally:
+                self.state.connected = False
+                pinger.cancel()
+                await asyncio.gather(pinger, return_exceptions=True)
+                call.cancel()
+            if established:
+                log.warning("stream to control plane %s ended; reconnecting", self._target)
+                raise SessionEnded()
+            raise OSError("control plane closed the stream before sending anything")
+
+    async def _ping(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            current = self._holder.current
+            await call.write(
+                cluster_pb2.DataPlaneMessage(
+                    ping=cluster_pb2.Ping(
+                        config_version=current.version if current else 0,
+                        config_hash=current.hash if current else "",
+                    )
+                )
+            )
+
+    async def _handle_snapshot(
+        self, call: grpc.aio.StreamStreamCall, snapshot: cluster_pb2.Snapshot
+    ) -> None:
+        try:
+            config = apply_snapshot(snapshot, self._holder.current)
+        except ConfigError as exc:
+            self.state.last_nack = str(exc)
+            log.error("rejected config version %d: %s", snapshot.version, exc)
+            await call.write(
+                cluster_pb2.DataPlaneMessage(
+                    nack=cluster_pb2.Nack(
+                        version=snapshot.version, hash=snapshot.hash, error_detail=str(exc)
+                    )
+                )
+            )
+            return
+        self._holder.current = config
+        self.state.last_config_at = time.time()
+        self.state.last_nack = None
+        if self._on_applied is not None:
+            self._on_applied(config)
+        try:
+            await asyncio.to_thread(self._cache.save, snapshot)
+        except OSError as exc:
+            # Serving the new config matters more than caching it; say so loudly.
+            log.error("could not write the config cache %s: %s", self._cache.path, exc)
+        log.info("applied config version %d (%s)", snapshot.version, snapshot.hash[:12])
+        await call.write(
+            cluster_pb2.DataPlaneMessage(ack=cluster_pb2.Ack(version=snapshot.version, hash=snapshot.hash))
+        )

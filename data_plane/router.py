@@ -1,0 +1,294 @@
+"""Route matching, Kong 3.x style, precompiled at config-compile time.
+
+Ordering follows Kong's ``traditional_compatible`` router: every (route, path) pair is
+one candidate, and candidates are tried from the most specific down. Specificity is,
+in order: how many of ``methods``/``hosts``/``headers``/``paths`` the route sets, hosts
+that are all plain (no wildcard), the number of headers, regex paths before prefix
+paths, ``regex_priority`` (regex paths only), the length of the prefix path (longest
+first), then configuration order. The first candidate whose every condition holds wins.
+
+Matching semantics:
+
+- ``paths``: a plain path is a byte-prefix (``/foo`` matches ``/foo``, ``/foo/x`` and
+  ``/foobar``, as in Kong); ``~regex`` is a Python ``re`` pattern matched from the start
+  of the path (``re.match``, so implicitly anchored at the beginning like Kong).
+  Matching looks at the path only, never at the query string.
+- ``hosts``: case-insensitive; exact, ``*.example.com`` (any label(s) in front) or
+  ``example.*`` (any suffix). A host with a port only matches a request Host with that
+  port; a host without one matches whatever port the request names.
+- ``methods``: exact (upper-case). ``headers``: name → list of values; the request
+  header must equal one of them case-insensitively (``~*regex`` values match a regex).
+- ``strip_path`` removes the matched prefix (regex: the matched part) and the rest is
+  joined to the service ``path`` with Kong's default ``path_handling`` ``v0`` rules
+  (``/svc`` + ``/rest`` → ``/svc/rest``, ``/svc`` + ``rest`` → ``/svc/rest``). The
+  query string is kept unchanged.
+
+Everything that can be computed ahead (lower-casing, regex compilation, ordering) is
+done in :meth:`Router.__init__`; :meth:`Router.match` compiles nothing and allocates
+little more than the result.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+S = TypeVar("S")
+
+_SLASH = 0x2F  # ord("/")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec(Generic[S]):
+    """A validated route, as the router needs it.
+
+    ``service`` is opaque to the router (the runtime's compiled service, or ``None`` for
+    a route without a service); ``service_path`` is that service's ``path`` or ``None``.
+    Strings are as configured; the router normalises them.
+    """
+
+    id: str
+    name: str | None
+    service: S | None
+    service_path: str | None = None
+    paths: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    strip_path: bool = True
+    preserve_host: bool = False
+    regex_priority: int = 0
+    https_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch(Generic[S]):
+    """The result of a match: the route, its service and the upstream request target.
+
+    ``upstream_path`` is the path (plus ``?query`` when the request had one) to put on
+    the upstream request line.
+    """
+
+    route: RouteSpec[S]
+    service: S | None
+    upstream_path: bytes
+
+
+class _Candidate(Generic[S]):
+    """One (route, path) pair with everything precomputed."""
+
+    __slots__ = (
+        "route",
+        "methods",
+        "plain_hosts",
+        "wildcard_suffixes",
+        "wildcard_prefixes",
+        "has_hosts",
+        "headers",
+        "prefix",
+        "regex",
+        "base",
+        "base_ends_slash",
+        "strip",
+    )
+
+    def __init__(self, route: RouteSpec[S], path: str | None) -> None:
+        self.route = route
+        self.methods: frozenset[bytes] | None = (
+            frozenset(m.upper().encode("ascii") for m in route.methods) if route.methods else None
+        )
+        plain: set[bytes] = set()
+        suffixes: list[bytes] = []
+        prefixes: list[bytes] = []
+        for host in route.hosts:
+            h = host.lower().encode("idna" if not host.isascii() else "ascii")
+            if h.startswith(b"*."):
+                suffixes.append(h[1:])  # keep the dot: "*.a.com" -> ".a.com"
+            elif h.endswith(b".*"):
+                prefixes.append(h[:-1])  # "a.*" -> "a."
+            else:
+                plain.add(h)
+        self.plain_hosts = frozenset(plain)
+        self.wildcard_suffixes = tuple(suffixes)
+        self.wildcard_prefixes = tuple(prefixes)
+        self.has_hosts = bool(route.hosts)
+        headers: list[tuple[bytes, frozenset[bytes], tuple[re.Pattern[bytes], ...]]] = []
+        for name, values in route.headers:
+            plain_values = frozenset(v.lower().encode() for v in values if not v.startswith("~*"))
+            regexes = tuple(
+                re.compile(v[2:].encode(), re.IGNORECASE) for v in values if v.startswith("~*")
+            )
+            headers.append((name.lower().encode("ascii"), plain_values, regexes))
+        self.headers = tuple(headers)
+        self.prefix: bytes | None = None
+        self.regex: re.Pattern[bytes] | None = None
+        if path is not None:
+            if path.startswith("~"):
+                self.regex = re.compile(path[1:].encode())
+            else:
+                self.prefix = path.encode()
+        self.base = (route.service_path or "/").encode()
+        self.base_ends_slash = self.base.endswith(b"/")
+        self.strip = route.strip_path
+
+    def sort_key(self) -> tuple[int, ...]:
+        route = self.route
+        match_weight = sum(
+            1 for present in (route.methods, route.hosts, route.headers, self.prefix or self.regex)
+            if present
+        )
+        plain_host_only = int(bool(route.hosts) and not self.wildcard_suffixes and not self.wildcard_prefixes)
+        is_regex = int(self.regex is not None)
+        return (
+            match_weight,
+            plain_host_only,
+            len(route.headers),
+            is_regex,
+            route.regex_priority if is_regex else 0,
+            len(self.prefix) if self.prefix is not None else 0,
+        )
+
+    def upstream_path(self, path: bytes, matched_end: int, query: bytes) -> bytes:
+        """Kong's ``path_handling = v0`` join of service path and request path."""
+        base = self.base
+        if self.strip:
+            postfix = path[matched_end:]
+            if self.base_ends_slash:
+                if not postfix:
+                    if base == b"/":
+                        out = b"/"
+                    elif path[-1:] == b"/":
+                        out = base
+                    else:
+                        out = base[:-1]
+                elif postfix[0] == _SLASH:
+                    out = base[:-1] + postfix
+                else:
+                    out = base + postfix
+            else:
+                if not postfix:
+                    out = base + b"/" if len(path) > 1 and path[-1] == _SLASH else base
+                elif postfix[0] == _SLASH:
+                    out = base + postfix
+                else:
+                    out = base + b"/" + postfix
+        elif self.base_ends_slash:
+            out = base + path[1:] if path[:1] == b"/" else base + path
+        elif path == b"/":
+            out = base
+        else:
+            out = base + path
+        return out + query if query else out
+
+
+class Router(Generic[S]):
+    """An immutable, precompiled set of routes. Safe to share; ``match`` has no side effects.
+
+    Raises ``ValueError`` from the constructor for a route it cannot compile (bad regex).
+    """
+
+    __slots__ = ("_candidates", "_uses_headers", "_uses_hosts")
+
+    def __init__(self, routes: Sequence[RouteSpec[S]]) -> None:
+        candidates: list[tuple[tuple[int, ...], int, _Candidate[S]]] = []
+        order = 0
+        for route in routes:
+            for path in route.paths or (None,):
+                try:
+                    candidate = _Candidate(route, path)
+                except re.error as exc:
+                    raise ValueError(f"route {route.name or route.id}: invalid regex path {path!r}: {exc}") from None
+                candidates.append((candidate.sort_key(), order, candidate))
+                order += 1
+        # Most specific first; configuration order breaks ties (stable sort).
+        candidates.sort(key=lambda item: (tuple(-k for k in item[0]), item[1]))
+        self._candidates: tuple[_Candidate[S], ...] = tuple(c for _, _, c in candidates)
+        self._uses_headers = any(c.headers for c in self._candidates)
+        self._uses_hosts = any(c.has_hosts for c in self._candidates)
+
+    @property
+    def uses_headers(self) -> bool:
+        """Whether any route matches on headers (so callers know to pass them)."""
+        return self._uses_headers
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def match(
+        self,
+        method: bytes,
+        host: bytes | None,
+        target: bytes,
+        headers: Mapping[bytes, bytes] | None = None,
+    ) -> RouteMatch[S] | None:
+        """Find the route for a request, or ``None``.
+
+        ``method`` is upper-case; ``host`` the raw Host header (any case, optional port);
+        ``target`` the request target (path plus optional ``?query``); ``headers`` maps
+        lower-case header names to values and is only consulted when a route has
+        ``headers`` (see :attr:`uses_headers`).
+        """
+        q = target.find(b"?")
+        if q >= 0:
+            path = target[:q]
+            query = target[q:]
+        else:
+            path = target
+            query = b""
+        host_full = host_bare = b""
+        if self._uses_hosts and host:
+            host_full = host.lower()
+            # Strip a port, minding IPv6 literals ("[::1]:8000").
+            colon = host_full.rfind(b":")
+            host_bare = host_full[:colon] if colon > host_full.rfind(b"]") else host_full
+        for c in self._candidates:
+            if c.methods is not None and method not in c.methods:
+                continue
+            if c.has_hosts and not _host_matches(c, host_full, host_bare):
+                continue
+            if c.headers and not _headers_match(c, headers):
+                continue
+            if c.prefix is not None:
+                if not path.startswith(c.prefix):
+                    continue
+                end = len(c.prefix)
+            elif c.regex is not None:
+                m = c.regex.match(path)
+                if m is None:
+                    continue
+                end = m.end()
+            else:
+                end = 0
+            return RouteMatch(c.route, c.route.service, c.upstream_path(path, end, query))
+        return None
+
+
+def _host_matches(c: _Candidate[S], host_full: bytes, host_bare: bytes) -> bool:
+    if not host_full:
+        return False
+    if host_full in c.plain_hosts or host_bare in c.plain_hosts:
+        return True
+    for suffix in c.wildcard_suffixes:
+        if host_bare.endswith(suffix) and len(host_bare) > len(suffix):
+            return True
+    for prefix in c.wildcard_prefixes:
+        if host_bare.startswith(prefix) and len(host_bare) > len(prefix):
+            return True
+    return False
+
+
+def _headers_match(c: _Candidate[S], headers: Mapping[bytes, bytes] | None) -> bool:
+    if headers is None:
+        return False
+    for name, values, regexes in c.headers:
+        value = headers.get(name)
+        if value is None:
+            return False
+        if value.lower() in values:
+            continue
+        if any(r.search(value) for r in regexes):
+            continue
+        return False
+    return True

@@ -1,0 +1,135 @@
+"""The data plane's lifecycle: config cache, status API, proxy, cluster link.
+
+Start order: load the disk cache (so a DP whose CP is down still serves its
+last config), start the status API and the proxy, then connect to the CP. Stop
+order is the reverse; in-flight requests get ``grace`` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+import ferry
+from data_plane.cluster_client import ClusterClient, apply_snapshot
+from data_plane.config_cache import ConfigCache
+from data_plane.node_identity import NodeIdentity, default_hostname, load_or_create_node_id
+from data_plane.proxy import ProxyServer
+from data_plane.runtime import ConfigError, ConfigHolder
+from data_plane.status_api import create_status_app
+from ferry.listen import parse_host_port
+
+log = logging.getLogger("ferry.data_plane")
+
+
+class DataPlaneSettings(BaseModel):
+    """Validated data-plane settings (one per CLI flag)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    control_plane: str = "127.0.0.1:8005"
+    proxy_listen: str = "0.0.0.0:8000"
+    status_listen: str = "127.0.0.1:8100"
+    data_dir: Path = Path("./ferry-data")
+    cluster_insecure: bool = False
+    hostname: str = ""
+    labels: dict[str, str] = {}
+
+    @field_validator("control_plane", "proxy_listen", "status_listen")
+    @classmethod
+    def _valid_address(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_link_is_secured(self) -> DataPlaneSettings:
+        if not self.cluster_insecure:
+            raise ValueError(
+                "the cluster link has no TLS certificates configured; mTLS is not available "
+                "in this release yet, so start with --cluster-insecure (FERRY_CLUSTER_INSECURE=1) "
+                "on both the control plane and the data planes, on a trusted network only"
+            )
+        return self
+
+
+class DataPlane:
+    """One data-plane process. Single event loop (uvloop in production)."""
+
+    def __init__(self, settings: DataPlaneSettings) -> None:
+        self.settings = settings
+        self.holder = ConfigHolder()
+        self._cache = ConfigCache(settings.data_dir)
+        node_id = load_or_create_node_id(settings.data_dir)
+        self.node = NodeIdentity(
+            node_id=node_id,
+            hostname=settings.hostname or default_hostname(),
+            version=ferry.__version__,
+            labels=dict(settings.labels),
+        )
+        self.client = ClusterClient(
+            settings.control_plane,
+            self.holder,
+            self._cache,
+            self.node,
+            insecure=settings.cluster_insecure,
+        )
+        self._proxy: ProxyServer | None = None
+        self._runner: web.AppRunner | None = None
+        self._client_task: asyncio.Task[None] | None = None
+        self.proxy_port = 0
+        self.status_port = 0
+
+    def _load_cache(self) -> None:
+        cached = self._cache.load()
+        if cached is None:
+            return
+        try:
+            self.holder.current = apply_snapshot(cached, None)
+            log.info("serving cached config version %d until the control plane answers", cached.version)
+        except ConfigError as exc:
+            log.error("ignoring the config cache %s: %s", self._cache.path, exc)
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        self._load_cache()
+        app = create_status_app(
+            self.holder, self.client.state, self.node, control_plane=self.settings.control_plane
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = parse_host_port(self.settings.status_listen)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = list(getattr(site._server, "sockets", []) or [])
+        self.status_port = sockets[0].getsockname()[1] if sockets else port
+        log.info("status API listening on %s:%d", host, self.status_port)
+
+        host, port = parse_host_port(self.settings.proxy_listen, default_host="0.0.0.0")
+        self._proxy = ProxyServer(self.holder, host, port, via=f"1.1 ferry/{ferry.__version__}")
+        await self._proxy.start()
+        self.proxy_port = self._proxy.port
+        log.info("proxy listening on %s:%d", host, self.proxy_port)
+
+        self._client_task = asyncio.create_task(self.client.run(), name="ferry-cluster-client")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._client_task is not None:
+            self._client_task.cancel()
+            await asyncio.gather(self._client_task, return_exceptions=True)
+            self._client_task = None
+        if self._proxy is not None:
+            await self._proxy.stop(grace)
+            self._proxy = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

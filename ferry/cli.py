@@ -1,0 +1,204 @@
+"""The ``ferry`` command line.
+
+Every flag can also be set through an environment variable ``FERRY_<FLAG>``
+(``--admin-listen`` → ``FERRY_ADMIN_LISTEN``); the flag wins over the variable.
+This module is the only place that imports both planes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ferry
+from ferry.logging_setup import configure_logging
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env_name(flag: str) -> str:
+    return "FERRY_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, help: str, **kw: Any) -> None:
+    env = _env_name(flag)
+    value = os.environ.get(env, default)
+    if kw.get("type") is not None and isinstance(value, str) and env in os.environ:
+        value = kw["type"](value)
+    shown = "" if default is None else f" (default: {default})"
+    parser.add_argument(flag, default=value, help=f"{help}{shown} [env {env}]", **kw)
+
+
+def _switch(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
+    env = _env_name(flag)
+    raw = os.environ.get(env, "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise SystemExit(f"ferry: {env}={raw!r} is not a boolean (use 1/0, true/false)")
+    parser.add_argument(flag, action="store_true", default=raw in _TRUE, help=f"{help} [env {env}]")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+          help="log verbosity")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferry",
+        description="Ferry: a hybrid-mode API gateway (control plane + data planes).",
+    )
+    parser.add_argument("--version", action="version", version=f"ferry {ferry.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cp = sub.add_parser("control-plane", help="run a control plane (Admin API + cluster gRPC)",
+                        description="Run a control plane: the Kong-compatible Admin API, the cluster "
+                        "gRPC service for data planes, and (without --redis-url) an embedded Redis.")
+    _flag(cp, "--admin-listen", default="127.0.0.1:8001", help="Admin API address HOST:PORT")
+    _flag(cp, "--cluster-listen", default="127.0.0.1:8005", help="cluster gRPC address HOST:PORT")
+    _flag(cp, "--data-dir", default="./ferry-data", help="state directory (embedded Redis data)")
+    _flag(cp, "--redis-url", help="external Redis (redis://, rediss://); default: start an "
+          "embedded redis-server under --data-dir")
+    _flag(cp, "--merge-window", default=0.05, type=float,
+          help="seconds to merge changes into one update to data planes")
+    _flag(cp, "--data-plane-purge-delay", default=14 * 24 * 3600, type=int,
+          help="seconds after which a data plane not seen is dropped from /clustering/data-planes")
+    _switch(cp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
+    _common(cp)
+
+    dp = sub.add_parser("data-plane", help="run a data plane (the proxy)",
+                        description="Run a data plane: the HTTP proxy, configured by a control plane.")
+    _flag(dp, "--control-plane", default="127.0.0.1:8005", help="control plane cluster address HOST:PORT")
+    _flag(dp, "--proxy-listen", default="0.0.0.0:8000", help="proxy address HOST:PORT")
+    _flag(dp, "--status-listen", default="127.0.0.1:8100", help="status API address HOST:PORT")
+    _flag(dp, "--data-dir", default="./ferry-data", help="state directory (config cache, node id)")
+    _flag(dp, "--hostname", default="", help="hostname reported to the control plane (default: this host's)")
+    _flag(dp, "--labels", default="", help="comma-separated key=value labels reported to the control plane")
+    _switch(dp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
+    _common(dp)
+
+    up = sub.add_parser("up", help="all in one: embedded Redis + control plane + data planes + demo",
+                        description="Start an embedded Redis, a control plane, data planes and two demo "
+                        "backends wired as an upstream, and print what to curl. Ctrl-C stops all of it.")
+    _flag(up, "--data-dir", default="./ferry-data", help="state directory")
+    _flag(up, "--data-planes", default=1, type=int, help="number of data-plane processes")
+    _flag(up, "--admin-listen", default="127.0.0.1:8001", help="Admin API address")
+    _flag(up, "--cluster-listen", default="127.0.0.1:8005", help="cluster gRPC address")
+    _flag(up, "--proxy-listen", default="127.0.0.1:8000",
+          help="proxy address of the first data plane (the next ones use the following ports)")
+    _flag(up, "--status-listen", default="127.0.0.1:8100",
+          help="status address of the first data plane (the next ones use the following ports)")
+    _switch(up, "--no-demo", help="do not start the demo backends or create the demo entities")
+    _common(up)
+    return parser
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"invalid label {item!r}: expected key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _fail(message: str) -> int:
+    print(f"ferry: error: {message}", file=sys.stderr)
+    return 2
+
+
+async def _serve_until_signalled(start: Any, stop: Any) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await start()
+    try:
+        await stopping.wait()
+    finally:
+        await stop()
+
+
+def _run_control_plane(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from control_plane.server import ControlPlane, ControlPlaneSettings
+
+    try:
+        settings = ControlPlaneSettings(
+            admin_listen=args.admin_listen,
+            cluster_listen=args.cluster_listen,
+            data_dir=Path(args.data_dir),
+            redis_url=args.redis_url,
+            cluster_insecure=args.cluster_insecure,
+            merge_window=args.merge_window,
+            data_plane_purge_delay=args.data_plane_purge_delay,
+        )
+    except ValidationError as exc:
+        return _fail(_validation_message(exc))
+    configure_logging(args.log_level, component="control-plane")
+    plane = ControlPlane(settings)
+    return _run(_serve_until_signalled(plane.start, plane.stop))
+
+
+def _run_data_plane(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from data_plane.server import DataPlane, DataPlaneSettings
+
+    try:
+        settings = DataPlaneSettings(
+            control_plane=args.control_plane,
+            proxy_listen=args.proxy_listen,
+            status_listen=args.status_listen,
+            data_dir=Path(args.data_dir),
+            cluster_insecure=args.cluster_insecure,
+            hostname=args.hostname,
+            labels=parse_labels(args.labels),
+        )
+    except (ValidationError, ValueError) as exc:
+        return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
+    configure_logging(args.log_level, component="data-plane")
+    plane = DataPlane(settings)
+    return _run(_serve_until_signalled(plane.start, plane.stop))
+
+
+def _validation_message(exc: Any) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"--{where.replace('_', '-')}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def _run(coro: Any) -> int:
+    import uvloop
+
+    try:
+        uvloop.run(coro)
+    except OSError as exc:
+        return _fail(str(exc))
+    except RuntimeError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "control-plane":
+        return _run_control_plane(args)
+    if args.command == "data-plane":
+        return _run_data_plane(args)
+    if args.command == "up":
+        from ferry.up import run_up
+
+        return run_up(args)
+    return _fail(f"unknown command {args.command}")

@@ -1,0 +1,198 @@
+"""``ferry up``: embedded Redis + a control plane + data planes + demo backends.
+
+The planes run as real child processes (exactly what production runs); the
+two demo backends run inside this process. Ctrl-C (or SIGTERM) stops the data
+planes, then the control plane (which stops its Redis), waiting for each and
+killing what does not exit in time, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ferry.demo_backend import start_demo_backend
+from ferry.listen import format_host_port, parse_host_port
+
+STOP_TIMEOUT = 10.0
+START_TIMEOUT = 30.0
+
+
+class StartupFailed(RuntimeError):
+    pass
+
+
+def _shift(address: str, offset: int) -> str:
+    host, port = parse_host_port(address)
+    return format_host_port(host, port + offset if port else 0)
+
+
+async def _wait_http_ok(
+    session: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process, what: str
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise StartupFailed(f"{what} exited with code {process.returncode}; see its log above")
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise StartupFailed(f"{what} did not answer {url} within {START_TIMEOUT:.0f}s")
+
+
+async def _admin(session: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    async with session.request(method, url, json=body) as response:
+        payload = await response.json(content_type=None) if response.status != 204 else None
+        if response.status >= 400:
+            raise StartupFailed(f"{method} {url} → {response.status}: {payload}")
+        return payload
+
+
+async def configure_demo(session: aiohttp.ClientSession, admin: str, backend_ports: list[int]) -> None:
+    """Create (or refresh) upstream ``demo`` with the backends, service ``demo``, route ``/demo``."""
+    await _admin(session, "PUT", f"{admin}/upstreams/demo", {"algorithm": "round-robin"})
+    targets = await _admin(session, "GET", f"{admin}/upstreams/demo/targets")
+    wanted = {f"127.0.0.1:{port}" for port in backend_ports}
+    for target in targets["data"]:
+        if target["target"] not in wanted:  # backends of an earlier run, on other ports
+            await _admin(session, "DELETE", f"{admin}/upstreams/demo/targets/{target['id']}")
+    existing = {t["target"] for t in targets["data"]}
+    for address in sorted(wanted - existing):
+        await _admin(session, "POST", f"{admin}/upstreams/demo/targets", {"target": address, "weight": 100})
+    await _admin(session, "PUT", f"{admin}/services/demo", {"host": "demo", "port": 80, "protocol": "http"})
+    await _admin(session, "PUT", f"{admin}/routes/demo",
+                 {"paths": ["/demo"], "strip_path": True, "service": {"name": "demo"}})
+
+
+async def _stop_process(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+async def _up(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+
+    processes: list[asyncio.subprocess.Process] = []
+    runners: list[web.AppRunner] = []
+    common = ["--log-level", args.log_level, "--cluster-insecure"]
+    admin_host, admin_port = parse_host_port(args.admin_listen)
+    admin = f"http://{format_host_port(admin_host, admin_port)}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            control_plane = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ferry", "control-plane",
+                "--admin-listen", args.admin_listen,
+                "--cluster-listen", args.cluster_listen,
+                "--data-dir", str(data_dir / "control-plane"),
+                *common,
+            )
+            processes.append(control_plane)
+            await _wait_http_ok(session, f"{admin}/status", control_plane, "the control plane")
+
+            ports: list[int] = []
+            if not args.no_demo:
+                for name in ("backend-a", "backend-b"):
+                    runner, port = await start_demo_backend(name)
+                    runners.append(runner)
+                    ports.append(port)
+                await configure_demo(session, admin, ports)
+
+            proxies: list[str] = []
+            for index in range(args.data_planes):
+                proxy_listen = _shift(args.proxy_listen, index)
+                status_listen = _shift(args.status_listen, index)
+                data_plane = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "ferry", "data-plane",
+                    "--control-plane", args.cluster_listen,
+                    "--proxy-listen", proxy_listen,
+                    "--status-listen", status_listen,
+                    "--data-dir", str(data_dir / f"data-plane-{index + 1}"),
+                    "--hostname", f"ferry-dp-{index + 1}",
+                    *common,
+                )
+                processes.append(data_plane)
+                host, port = parse_host_port(status_listen)
+                await _wait_http_ok(
+                    session, f"http://{format_host_port(host, port)}/status/ready", data_plane,
+                    f"data plane {index + 1}",
+                )
+                host, port = parse_host_port(proxy_listen)
+                proxies.append(format_host_port("127.0.0.1" if host == "0.0.0.0" else host, port))
+
+            print(_banner(admin, proxies, ports), flush=True)
+            waiters = [asyncio.ensure_future(p.wait()) for p in processes]
+            stop_waiter = asyncio.ensure_future(stopping.wait())
+            done, _ = await asyncio.wait([stop_waiter, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (stop_waiter, *waiters):
+                waiter.cancel()
+            if stop_waiter not in done:
+                print("ferry up: a child process exited; stopping everything", file=sys.stderr)
+                return 1
+            return 0
+    except StartupFailed as exc:
+        print(f"ferry up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("ferry up: stopping…", file=sys.stderr, flush=True)
+        # Data planes first (they drain requests), the control plane (and its Redis) last.
+        for process in reversed(processes):
+            await _stop_process(process)
+        for runner in runners:
+            await runner.cleanup()
+
+
+def _banner(admin: str, proxies: list[str], backend_ports: list[int]) -> str:
+    proxy = proxies[0] if proxies else "127.0.0.1:8000"
+    lines = [
+        "",
+        "Ferry is up.",
+        f"  Admin API:     {admin}",
+        *(f"  Proxy (DP {i + 1}): http://{p}" for i, p in enumerate(proxies)),
+    ]
+    if backend_ports:
+        lines += [
+            "  Demo backends: " + ", ".join(f"127.0.0.1:{p}" for p in backend_ports)
+            + " (upstream 'demo', service 'demo', route /demo)",
+            "",
+            "Try:",
+            f"  curl -s http://{proxy}/demo/hello          # run it twice: backend-a, then backend-b",
+            f"  curl -s {admin}/upstreams/demo/targets",
+            f"  curl -s {admin}/clustering/data-planes",
+            f"  curl -s -X POST {admin}/services -d name=httpbin -d url=http://127.0.0.1:{backend_ports[0]}",
+            f"  curl -s -X POST {admin}/services/httpbin/routes -d paths[]=/bin",
+            f"  curl -s http://{proxy}/bin/anything",
+        ]
+    lines += ["", "Press Ctrl-C to stop."]
+    return "\n".join(lines)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    import uvloop
+
+    if args.data_planes < 1:
+        print("ferry up: --data-planes must be at least 1", file=sys.stderr)
+        return 2
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    return uvloop.run(_up(args))
