@@ -1,0 +1,415 @@
+"""The data plane's compiled, immutable view of one config version.
+
+:func:`compile_config` turns the entity dicts of a snapshot (Kong 3.x Admin API shapes)
+into a :class:`RuntimeConfig`: a precompiled router, per-service objects with
+everything the proxy needs per request (balancer or direct address, timeouts in
+seconds, retries, Host header), and the upstreams' balancers. Anything it cannot apply
+raises :class:`ConfigError`; the caller NACKs and keeps serving the previous config.
+
+Swapping configs: the cluster client assigns a new :class:`RuntimeConfig` to
+:attr:`ConfigHolder.current` (one reference assignment, atomic under the GIL and on
+the single event-loop thread); the proxy reads ``holder.current`` once per request, so
+a request is served entirely by the old or entirely by the new config.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from data_plane.balancers import Address, Balancer, create_balancer, parse_target
+from data_plane.router import RouteMatch, Router, RouteSpec
+
+__all__ = [
+    "CompiledService",
+    "CompiledUpstream",
+    "ConfigError",
+    "ConfigHolder",
+    "RuntimeConfig",
+    "compile_config",
+]
+
+_MAX_TIMEOUT_MS = 2**31 - 2  # Kong's upper bound for *_timeout
+_MAX_RETRIES = 32767
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class ConfigError(ValueError):
+    """A config this data plane cannot apply; the message says which entity and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledUpstream:
+    """An upstream with its balancer.
+
+    The balancer is mutable (round-robin position, health marks) and may be shared
+    with the previous config version when the target set did not change.
+    """
+
+    id: str
+    name: str
+    algorithm: str
+    host_header: bytes | None
+    balancer: Balancer
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledService:
+    """What the proxy needs to send a request to a service.
+
+    Exactly one of ``balancer`` (the service's ``host`` names an upstream) and
+    ``address`` (a plain ``host:port``) is set. Timeouts are in **seconds** (Kong
+    configures milliseconds). ``host_header`` is the upstream's ``host_header`` (bytes)
+    or ``None``; ``default_port`` is the scheme's port, omitted from a Host header.
+    """
+
+    id: str
+    name: str | None
+    protocol: str
+    host: str
+    port: int
+    path: str | None
+    retries: int
+    connect_timeout: float
+    write_timeout: float
+    read_timeout: float
+    balancer: Balancer | None
+    address: Address | None
+    host_header: bytes | None
+    upstream_id: str | None
+    default_port: int
+    enabled: bool = True
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol == "https"
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """One applied config version. Immutable; share it freely between requests.
+
+    ``hash`` is the snapshot hash the control plane computed (echoed in ACKs).
+    """
+
+    version: int
+    hash: str
+    router: Router[CompiledService]
+    services: Mapping[str, CompiledService]
+    upstreams: Mapping[str, CompiledUpstream]
+
+    @property
+    def uses_headers(self) -> bool:
+        """Whether :meth:`match` needs the request headers (a route matches on them)."""
+        return self.router.uses_headers
+
+    def match(
+        self,
+        method: bytes,
+        host: bytes | None,
+        path: bytes,
+        headers: Mapping[bytes, bytes] | None = None,
+    ) -> RouteMatch[CompiledService] | None:
+        """Route a request; see :meth:`data_plane.router.Router.match`."""
+        return self.router.match(method, host, path, headers)
+
+    def upstream_by_name(self, name: str) -> CompiledUpstream | None:
+        for upstream in self.upstreams.values():
+            if upstream.name == name:
+                return upstream
+        return None
+
+
+class ConfigHolder:
+    """The current config of a data plane, swapped by one reference assignment.
+
+    Writers (the cluster client) assign :attr:`current`; readers (the proxy) read it once
+    per request and use that object throughout. ``None`` until a config is loaded.
+    """
+
+    __slots__ = ("current",)
+
+    def __init__(self, current: RuntimeConfig | None = None) -> None:
+        self.current: RuntimeConfig | None = current
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _label(kind: str, entity: Mapping[str, Any]) -> str:
+    name = entity.get("name")
+    ident = entity.get("id")
+    if name:
+        return f"{kind} {name!r} ({ident})"
+    return f"{kind} {ident}"
+
+
+def _str(entity: Mapping[str, Any], key: str, label: str, *, required: bool = True) -> str | None:
+    value = entity.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{label}: '{key}' is required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{label}: '{key}' must be a non-empty string")
+    return value
+
+
+def _int(entity: Mapping[str, Any], key: str, label: str, default: int, lo: int, hi: int) -> int:
+    value = entity.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{label}: '{key}' must be an integer between {lo} and {hi}")
+    return value
+
+
+def _bool(entity: Mapping[str, Any], key: str, label: str, default: bool) -> bool:
+    value = entity.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{label}: '{key}' must be a boolean")
+    return value
+
+
+def _str_list(entity: Mapping[str, Any], key: str, label: str) -> tuple[str, ...]:
+    value = entity.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{label}: '{key}' must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _ref(entity: Mapping[str, Any], key: str, label: str) -> str | None:
+    value = entity.get(key)
+    if value is None:
+        return None
+    if isinstance(value, Mapping) and isinstance(value.get("id"), str):
+        return str(value["id"])
+    raise ConfigError(f"{label}: '{key}' must be null or an object with an 'id'")
+
+
+def _entities(entities: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
+    items = entities.get(kind) or []
+    if not isinstance(items, list) or not all(isinstance(e, Mapping) for e in items):
+        raise ConfigError(f"'{kind}' must be a list of objects")
+    seen: set[str] = set()
+    for e in items:
+        ident = e.get("id")
+        if not isinstance(ident, str) or not ident:
+            raise ConfigError(f"{kind}: an entity has no 'id'")
+        if ident in seen:
+            raise ConfigError(f"{kind}: duplicate id {ident}")
+        seen.add(ident)
+    return items
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def compile_config(
+    version: int,
+    config_hash: str,
+    entities: Mapping[str, list[dict[str, Any]]],
+    previous: RuntimeConfig | None = None,
+) -> RuntimeConfig:
+    """Validate and compile a snapshot into a :class:`RuntimeConfig`.
+
+    ``entities`` maps ``upstreams``/``targets``/``services``/``routes`` to lists of entity
+    dicts; other kinds are ignored. When ``previous`` has an upstream with the same id,
+    algorithm and target set, its balancer object (round-robin position, health marks)
+    is reused instead of starting afresh. Raises :class:`ConfigError`. Pure apart from
+    that sharing; takes no locks and does no I/O.
+    """
+    upstreams = _compile_upstreams(entities, previous)
+    by_name = {u.name: u for u in upstreams.values()}
+    services = _compile_services(entities, by_name)
+    specs: list[RouteSpec[CompiledService]] = []
+    for route in _entities(entities, "routes"):
+        spec = _compile_route(route, services)
+        if spec is not None:
+            specs.append(spec)
+    try:
+        router = Router(specs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return RuntimeConfig(
+        version=version,
+        hash=config_hash,
+        router=router,
+        services=types.MappingProxyType(services),
+        upstreams=types.MappingProxyType(upstreams),
+    )
+
+
+def _compile_upstreams(
+    entities: Mapping[str, Any], previous: RuntimeConfig | None
+) -> dict[str, CompiledUpstream]:
+    raw = _entities(entities, "upstreams")
+    targets_by_upstream: dict[str, list[Address]] = {u["id"]: [] for u in raw}
+    for target in _entities(entities, "targets"):
+        label = f"target {target.get('target')!r} ({target['id']})"
+        upstream_id = _ref(target, "upstream", label)
+        if upstream_id is None:
+            raise ConfigError(f"{label}: 'upstream' is required")
+        if upstream_id not in targets_by_upstream:
+            raise ConfigError(f"{label}: upstream {upstream_id} does not exist")
+        text = _str(target, "target", label)
+        assert text is not None
+        weight = target.get("weight", 100)
+        try:
+            address = parse_target(text, 100 if weight is None else weight)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        addresses = targets_by_upstream[upstream_id]
+        if any(a.key == address.key for a in addresses):
+            raise ConfigError(f"{label}: duplicate target {address.key} in upstream {upstream_id}")
+        addresses.append(address)
+
+    compiled: dict[str, CompiledUpstream] = {}
+    names: set[str] = set()
+    for upstream in raw:
+        label = _label("upstream", upstream)
+        name = _str(upstream, "name", label)
+        assert name is not None
+        name = name.lower()
+        if name in names:
+            raise ConfigError(f"{label}: duplicate upstream name {name!r}")
+        names.add(name)
+        algorithm = _str(upstream, "algorithm", label, required=False) or "round-robin"
+        host_header = _str(upstream, "host_header", label, required=False)
+        # Sorted so that every data plane (and every config version) sees the same
+        # order whatever order the snapshot or a delta listed the targets in.
+        addresses = sorted(targets_by_upstream[upstream["id"]], key=lambda a: a.key)
+        balancer = _reuse_balancer(previous, upstream["id"], algorithm, addresses)
+        if balancer is None:
+            try:
+                balancer = create_balancer(algorithm, addresses)
+            except ValueError as exc:
+                raise ConfigError(f"{label}: {exc}") from None
+        compiled[upstream["id"]] = CompiledUpstream(
+            id=upstream["id"],
+            name=name,
+            algorithm=algorithm,
+            host_header=host_header.encode("idna") if host_header else None,
+            balancer=balancer,
+        )
+    return compiled
+
+
+def _reuse_balancer(
+    previous: RuntimeConfig | None, upstream_id: str, algorithm: str, addresses: list[Address]
+) -> Balancer | None:
+    if previous is None:
+        return None
+    old = previous.upstreams.get(upstream_id)
+    if old is None or old.algorithm != algorithm:
+        return None
+    if old.balancer.fingerprint() != tuple((a.key, a.weight) for a in addresses):
+        return None
+    return old.balancer
+
+
+def _compile_services(
+    entities: Mapping[str, Any], upstreams_by_name: Mapping[str, CompiledUpstream]
+) -> dict[str, CompiledService]:
+    services: dict[str, CompiledService] = {}
+    for service in _entities(entities, "services"):
+        label = _label("service", service)
+        protocol = _str(service, "protocol", label, required=False) or "http"
+        if protocol not in _DEFAULT_PORTS:
+            raise ConfigError(f"{label}: protocol {protocol!r} is not supported (http, https)")
+        host = _str(service, "host", label)
+        assert host is not None
+        port = _int(service, "port", label, _DEFAULT_PORTS[protocol], 1, 65535)
+        path = _str(service, "path", label, required=False)
+        if path is not None and not path.startswith("/"):
+            raise ConfigError(f"{label}: 'path' must start with '/'")
+        timeouts = [
+            _int(service, key, label, 60000, 1, _MAX_TIMEOUT_MS) / 1000.0
+            for key in ("connect_timeout", "write_timeout", "read_timeout")
+        ]
+        upstream = upstreams_by_name.get(host.lower())
+        address: Address | None = None
+        if upstream is None:
+            try:
+                address = parse_target(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            except ValueError as exc:
+                raise ConfigError(f"{label}: invalid host: {exc}") from None
+        services[service["id"]] = CompiledService(
+            id=service["id"],
+            name=service.get("name"),
+            protocol=protocol,
+            host=host,
+            port=port,
+            path=path,
+            retries=_int(service, "retries", label, 5, 0, _MAX_RETRIES),
+            connect_timeout=timeouts[0],
+            write_timeout=timeouts[1],
+            read_timeout=timeouts[2],
+            balancer=upstream.balancer if upstream is not None else None,
+            address=address,
+            host_header=upstream.host_header if upstream is not None else None,
+            upstream_id=upstream.id if upstream is not None else None,
+            default_port=_DEFAULT_PORTS[protocol],
+            enabled=_bool(service, "enabled", label, True),
+        )
+    return services
+
+
+def _compile_route(
+    route: Mapping[str, Any], services: Mapping[str, CompiledService]
+) -> RouteSpec[CompiledService] | None:
+    """Compile one route; ``None`` when it is not served by this HTTP proxy."""
+    label = _label("route", route)
+    service_id = _ref(route, "service", label)
+    service: CompiledService | None = None
+    if service_id is not None:
+        service = services.get(service_id)
+        if service is None:
+            raise ConfigError(f"{label}: service {service_id} does not exist")
+        if not service.enabled:
+            return None  # Kong leaves routes of a disabled service out of the router
+    protocols = _str_list(route, "protocols", label) or ("http", "https")
+    if "http" not in protocols and "https" not in protocols:
+        return None  # grpc/tcp/tls/ws-only routes are not served by the HTTP proxy
+    paths = _str_list(route, "paths", label)
+    for path in paths:
+        if not (path.startswith("/") or path.startswith("~")):
+            raise ConfigError(f"{label}: path {path!r} must start with '/' or '~'")
+    hosts = tuple(h.lower() for h in _str_list(route, "hosts", label))
+    methods = tuple(m.upper() for m in _str_list(route, "methods", label))
+    raw_headers = route.get("headers") or {}
+    if not isinstance(raw_headers, Mapping):
+        raise ConfigError(f"{label}: 'headers' must be an object of name -> list of values")
+    headers: list[tuple[str, tuple[str, ...]]] = []
+    for name, values in raw_headers.items():
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(name, str) or not isinstance(values, list) or not values or not all(
+            isinstance(v, str) for v in values
+        ):
+            raise ConfigError(f"{label}: 'headers' must be an object of name -> list of values")
+        if name.lower() == "host":
+            raise ConfigError(f"{label}: use 'hosts' to match on Host, not 'headers'")
+        headers.append((name, tuple(values)))
+    if not (paths or hosts or methods or headers):
+        raise ConfigError(f"{label}: must set at least one of 'paths', 'hosts', 'methods', 'headers'")
+    return RouteSpec(
+        id=route["id"],
+        name=route.get("name"),
+        service=service,
+        service_path=service.path if service is not None else None,
+        paths=paths,
+        hosts=hosts,
+        methods=methods,
+        headers=tuple(headers),
+        strip_path=_bool(route, "strip_path", label, True),
+        preserve_host=_bool(route, "preserve_host", label, False),
+        regex_priority=_int(route, "regex_priority", label, 0, -(2**31), 2**31 - 1),
+        https_only="http" not in protocols,
+    )

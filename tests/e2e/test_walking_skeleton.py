@@ -1,0 +1,264 @@
+"""End to end with real processes: Admin API → Redis → gRPC → data plane → backends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ferry.redis_server import free_port
+from tests.e2e.conftest import Cluster, wait_http_ok
+from tests.support import FerryProcess, wait_for
+
+
+async def admin(http: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    async with http.request(method, url, json=body) as response:
+        payload = await response.json(content_type=None) if response.status != 204 else None
+        assert response.status < 300, f"{method} {url} → {response.status} {payload}"
+        return payload
+
+
+async def backend_of(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url) as response:
+        assert response.status == 200, await response.text()
+        return str((await response.json())["backend"])
+
+
+async def dp_status(http: aiohttp.ClientSession, status_url: str) -> dict[str, Any]:
+    async with http.get(f"{status_url}/status") as response:
+        return dict(await response.json())
+
+
+async def cp_version(http: aiohttp.ClientSession, cluster: Cluster) -> int:
+    async with http.get(f"{cluster.admin}/status") as response:
+        return int((await response.json())["configuration_version"])
+
+
+async def wait_dp_synced(http: aiohttp.ClientSession, cluster: Cluster, status_url: str) -> dict[str, Any]:
+    wanted = await cp_version(http, cluster)
+
+    async def synced() -> dict[str, Any] | None:
+        status = await dp_status(http, status_url)
+        return status if (status["configuration_version"] or 0) >= wanted else None
+
+    result = await wait_for(synced, timeout=15, message=f"data plane at version {wanted}")
+    assert result is not None
+    return result
+
+
+async def create_shop(http: aiohttp.ClientSession, cluster: Cluster, ports: list[int]) -> None:
+    await admin(http, "POST", f"{cluster.admin}/upstreams", {"name": "shop"})
+    for port in ports:
+        await admin(http, "POST", f"{cluster.admin}/upstreams/shop/targets", {"target": f"127.0.0.1:{port}"})
+    await admin(http, "POST", f"{cluster.admin}/services", {"name": "shop", "host": "shop", "port": 80})
+    await admin(http, "POST", f"{cluster.admin}/services/shop/routes", {"name": "shop", "paths": ["/shop"]})
+
+
+async def test_requests_alternate_between_two_backends_and_a_new_target_gets_traffic_without_restart(
+    cluster: Cluster, http: aiohttp.ClientSession, backends: Any
+) -> None:
+    cp = cluster.start_control_plane()
+    await wait_http_ok(http, f"{cluster.admin}/status", cp)
+    port_a, port_b, port_c = await backends("a"), await backends("b"), await backends("c")
+    await create_shop(http, cluster, [port_a, port_b])
+
+    dp = cluster.start_data_plane()
+    await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+    await wait_dp_synced(http, cluster, dp.status)
+
+    seen = [await backend_of(http, f"{dp.proxy}/shop/items") for _ in range(6)]
+    assert set(seen) == {"a", "b"}
+    assert all(x != y for x, y in zip(seen, seen[1:], strict=False)), f"round-robin alternates: {seen}"
+
+    async with http.get(f"{dp.proxy}/shop/items?q=1") as response:
+        echoed = await response.json()
+    assert echoed["path"] == "/items", "strip_path removes the matched /shop prefix"
+    assert echoed["query"] == "q=1"
+    assert echoed["headers"]["X-Forwarded-For"] == "127.0.0.1"
+    assert echoed["headers"]["X-Forwarded-Proto"] == "http"
+
+    await admin(http, "POST", f"{cluster.admin}/upstreams/shop/targets", {"target": f"127.0.0.1:{port_c}"})
+    await wait_dp_synced(http, cluster, dp.status)
+    seen = [await backend_of(http, f"{dp.proxy}/shop/items") for _ in range(6)]
+    assert set(seen) == {"a", "b", "c"}, seen
+
+    status = await dp_status(http, dp.status)
+    rows = (await admin(http, "GET", f"{cluster.admin}/clustering/data-planes"))["data"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["hostname"] == "dp1"
+    assert row["ip"] == "127.0.0.1"
+    assert row["sync_status"] == "SYNCED"
+    assert row["config_hash"] == status["configuration_hash"]
+    assert row["config_version"] == status["configuration_version"]
+    assert row["id"] == status["node_id"]
+
+
+async def test_unmatched_path_gets_kongs_404_and_missing_targets_a_503(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    cp = cluster.start_control_plane()
+    await wait_http_ok(http, f"{cluster.admin}/status", cp)
+    await create_shop(http, cluster, [])
+    dp = cluster.start_data_plane()
+    await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+    await wait_dp_synced(http, cluster, dp.status)
+
+    async with http.get(f"{dp.proxy}/nowhere") as response:
+        assert response.status == 404
+        assert await response.json() == {"message": "no Route matched with those values"}
+    async with http.get(f"{dp.proxy}/shop") as response:
+        assert response.status == 503
+        assert await response.json() == {"message": "failure to get a peer from the ring-balancer"}
+
+
+async def test_data_plane_nacks_config_it_cannot_apply_and_keeps_serving_the_old_one(
+    cluster: Cluster, http: aiohttp.ClientSession, backends: Any
+) -> None:
+    cp = cluster.start_control_plane()
+    await wait_http_ok(http, f"{cluster.admin}/status", cp)
+    await create_shop(http, cluster, [await backends("a")])
+    dp = cluster.start_data_plane()
+    await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+    applied = await wait_dp_synced(http, cluster, dp.status)
+
+    # A valid upstream the control plane accepts but this data plane cannot
+    # balance yet: the DP must refuse it and keep its previous config.
+    await admin(http, "PATCH", f"{cluster.admin}/upstreams/shop", {"algorithm": "least-connections"})
+
+    async def nacked() -> dict[str, Any] | None:
+        rows = (await admin(http, "GET", f"{cluster.admin}/clustering/data-planes"))["data"]
+        return rows[0] if rows and rows[0]["sync_status"] == "NACKED" else None
+
+    row = await wait_for(nacked, timeout=15, message="the DP to NACK")
+    assert row is not None and "least-connections" in (row["sync_error"] or "")
+    status = await dp_status(http, dp.status)
+    assert status["configuration_version"] == applied["configuration_version"]
+    assert await backend_of(http, f"{dp.proxy}/shop/") == "a"
+
+
+async def test_data_plane_serves_its_cached_config_when_no_control_plane_answers(
+    cluster: Cluster, http: aiohttp.ClientSession, backends: Any
+) -> None:
+    cp = cluster.start_control_plane()
+    await wait_http_ok(http, f"{cluster.admin}/status", cp)
+    await create_shop(http, cluster, [await backends("a")])
+    dp = cluster.start_data_plane("dp1")
+    await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+    applied = await wait_dp_synced(http, cluster, dp.status)
+    dp.process.stop()
+    cp.stop()
+
+    again = cluster.start_data_plane("dp1")  # same data dir, CP gone
+    await wait_http_ok(http, f"{again.status}/status/ready", again.process)
+    status = await dp_status(http, again.status)
+    assert status["configuration_hash"] == applied["configuration_hash"]
+    assert status["cluster"]["connected"] is False
+    assert await backend_of(http, f"{again.proxy}/shop/") == "a"
+
+
+def test_control_plane_refuses_to_start_on_an_unsecured_cluster_link_with_a_clear_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ferry", "control-plane", "--data-dir", str(tmp_path),
+         "--admin-listen", f"127.0.0.1:{free_port()}", "--cluster-listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FERRY_")},
+    )
+    assert result.returncode == 2
+    assert "--cluster-insecure" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "redis").exists(), "nothing was started"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_embedded_redis_keeps_the_config_across_a_control_plane_restart_and_stops_with_it(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    cluster = Cluster(tmp_path, redis_url=None)
+    try:
+        cp = cluster.start_control_plane(name="cp-embedded")
+        await wait_http_ok(http, f"{cluster.admin}/status", cp)
+        created = await admin(http, "POST", f"{cluster.admin}/upstreams", {"name": "kept"})
+        assert _processes_mentioning(str(tmp_path / "cp-embedded")), "redis-server runs under the data dir"
+        assert cp.stop() == 0
+        await wait_for(lambda: not _processes_mentioning(str(tmp_path / "cp-embedded")),
+                       timeout=10, message="the embedded redis-server to exit")
+
+        cp = cluster.start_control_plane(name="cp-embedded")
+        await wait_http_ok(http, f"{cluster.admin}/status", cp)
+        again = await admin(http, "GET", f"{cluster.admin}/upstreams/kept")
+        assert again["id"] == created["id"]
+    finally:
+        cluster.stop_all()
+
+
+async def test_ferry_up_serves_the_demo_and_ctrl_c_leaves_no_process(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    data_dir = tmp_path / "up"
+    admin_port, proxy_port, status_port = free_port(), free_port(), free_port()
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ferry", "up", "--data-dir", str(data_dir),
+             "--admin-listen", f"127.0.0.1:{admin_port}", "--cluster-listen", f"127.0.0.1:{free_port()}",
+             "--proxy-listen", f"127.0.0.1:{proxy_port}", "--status-listen", f"127.0.0.1:{status_port}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    try:
+        async def demo_answers() -> bool:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                async with http.get(f"http://127.0.0.1:{proxy_port}/demo/hello",
+                                    timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    return response.status == 200
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return False
+
+        await wait_for(demo_answers, timeout=30, message="ferry up to proxy /demo")
+        seen = {await backend_of(http, f"http://127.0.0.1:{proxy_port}/demo/hello") for _ in range(4)}
+        assert seen == {"backend-a", "backend-b"}
+        assert "curl" in log_path.read_text()
+
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert process.wait(30) == 0, log_path.read_text()
+        await wait_for(lambda: not _processes_mentioning(str(data_dir)), timeout=10,
+                       message="every ferry up child to exit")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for pid in _processes_mentioning(str(data_dir)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_ferry_help_documents_every_flag_with_its_environment_variable() -> None:
+    for command in ("control-plane", "data-plane", "up"):
+        result = subprocess.run([sys.executable, "-m", "ferry", command, "--help"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0
+        for line in result.stdout.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("--") and not stripped.startswith("--help"):
+                flag = stripped.split()[0].rstrip(",")
+                env = "FERRY_" + flag[2:].replace("-", "_").upper()
+                assert env in result.stdout.replace("\n", " "), f"{command} {flag} names {env}"
+
+
+__all__ = ["FerryProcess"]
