@@ -108,7 +108,11 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         current = self._snapshots.current
         held_version, held_hash = row.config_version, row.config_hash
         if current is not None and (current.version, current.hash) == (held_version, held_hash):
+            # Nothing to send: answer with a Pong so the DP knows the link is up.
             row.sync_status = "SYNCED"
+            await outbox.put(
+                cluster_pb2.ControlPlaneMessage(pong=cluster_pb2.Pong(config_version=current.version))
+            )
         await self._registry.save_quietly(row)
         while True:
             snapshot = await self._snapshots.wait_for_change(held_version, held_hash)

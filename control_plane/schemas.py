@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PlainSerializer,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
@@ -413,7 +420,12 @@ RouterPath = Annotated[str, Rule(_check_router_path)]
 HeaderName = Annotated[str, Rule(_check_header_name)]
 CookieName = Annotated[str, Rule(_check_cookie_name)]
 Sni = Annotated[str, Rule(_check_sni)]
-Seconds = Annotated[float, between(0, 65535)]
+def _compact_number(value: float) -> float | int:
+    # Kong (cjson) prints 1, not 1.0: integral numbers serialise as integers.
+    return int(value) if float(value).is_integer() else value
+
+
+Seconds = Annotated[float, between(0, 65535), PlainSerializer(_compact_number, return_type=float)]
 Counter = Annotated[int, between(0, 255)]
 HttpStatus = Annotated[int, between(100, 999)]
 Timeout = Annotated[int, between(1, _INT32_MAX - 2)]
@@ -509,7 +521,9 @@ class Healthchecks(_Model):
 
     active: ActiveHealthcheck = Field(default_factory=ActiveHealthcheck)
     passive: PassiveHealthcheck = Field(default_factory=PassiveHealthcheck)
-    threshold: Annotated[float, between(0, 100)] = 0
+    threshold: Annotated[
+        float, between(0, 100), PlainSerializer(_compact_number, return_type=float)
+    ] = 0
 
 
 # --------------------------------------------------------------------- entities
@@ -759,7 +773,7 @@ def _upstream_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> list[
             messages.append(_CONDITIONAL.format(if_field))
 
     def distinct(*names: str) -> None:
-        values = [entity.get(name) for name in names if _nonempty(entity.get(name))]
+        values = [repr(entity.get(name)) for name in names if _nonempty(entity.get(name))]
         if len(values) != len(set(values)):
             quoted = ", ".join(f"'{name}'" for name in names)
             messages.append(f"values of these fields must be distinct: {quoted}")
@@ -792,7 +806,7 @@ def _route_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> list[str
     protocols = entity.get("protocols")
     if not isinstance(protocols, list) or "protocols" in fields:
         return messages
-    if _nonempty(entity.get("snis")) and "https" not in protocols and "snis" not in fields:
+    if "https" not in protocols and _nonempty(entity.get("snis")) and "snis" not in fields:
         fields["snis"] = "length must be 0"
         messages.append("'snis' can only be set when 'protocols' is 'grpcs', 'https' or 'tls'")
     if "https" in protocols:
@@ -864,7 +878,7 @@ def validate_entity(kind: str, candidate: Mapping[str, Any]) -> dict[str, Any]:
         fields = _translate(exc)
         # Entity checks still see the fields that were valid (and defaults for
         # the missing ones), so one response reports every problem.
-        checked = {**_defaults(model), **{k: v for k, v in candidate.items() if k not in fields}}
+        checked = {**_defaults(model), **candidate}
     check = _ENTITY_CHECKS.get(kind)
     messages = check(checked, fields) if check else []
     if messages:

@@ -151,13 +151,15 @@ class ClusterClient:
                     message = await call.read()
                     if message is grpc.aio.EOF:
                         break
+                    if message.WhichOneof("message") == "snapshot":
+                        await self._handle_snapshot(call, message.snapshot)
                     if not established:
+                        # Only after handling it: the CP's first message is the
+                        # snapshot when one is due, a Pong otherwise.
                         established = True
                         self.state.connected = True
                         self.state.last_error = None
                         log.info("connected to control plane %s", self._target)
-                    if message.WhichOneof("message") == "snapshot":
-                        await self._handle_snapshot(call, message.snapshot)
             except grpc.aio.AioRpcError:
                 if not established:
                     raise
