@@ -40,7 +40,7 @@ def snapshot_message(snapshot: Snapshot) -> cluster_pb2.ControlPlaneMessage:
             )
         )
         snapshot.wire_cache["message"] = cached
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
 def peer_ip(peer: str) -> str:

@@ -28,7 +28,7 @@ class ConfigSource(Protocol):
     @property
     def changes_stream_key(self) -> str: ...
 
-    async def load_all(self) -> tuple[int, dict[str, list[dict]]]: ...  # type: ignore[type-arg]
+    async def load_all(self) -> tuple[int, dict[str, list[dict]]]: ...
 
 
 class ConfigFollower:

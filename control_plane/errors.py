@@ -245,7 +245,11 @@ class MethodNotAllowed(FerryError):
         super().__init__(message)
 
 
-class StoreUnavailable(FerryError):
-    """503: Redis could not be reached; nothing was written."""
+class StoreUnavailable(FerryError, ConnectionError):
+    """503: Redis could not be reached; nothing was written.
+
+    Also a builtin :class:`ConnectionError` (an ``OSError``), so code that
+    retries on connection failures (the config follower) treats it as one.
+    """
 
     status = 503

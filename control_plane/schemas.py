@@ -425,7 +425,7 @@ def _compact_number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-Seconds = Annotated[float, between(0, 65535), PlainSerializer(_compact_number, return_type=float)]
+Seconds = Annotated[float, between(0, 65535), PlainSerializer(_compact_number, return_type=int | float)]
 Counter = Annotated[int, between(0, 255)]
 HttpStatus = Annotated[int, between(100, 999)]
 Timeout = Annotated[int, between(1, _INT32_MAX - 2)]
@@ -434,6 +434,8 @@ NullOnly = Annotated[Any, Rule(_must_be_null, (("type", "null"),))]
 #: ``hash_on`` / ``hash_fallback`` values.
 HashOn = Literal["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"]
 HASH_ON_VALUES: tuple[str, ...] = typing.get_args(HashOn)
+Protocol = Literal["http", "https"]
+_DEFAULT_PROTOCOLS: tuple[Protocol, ...] = ("http", "https")
 
 
 class _Model(BaseModel):
@@ -522,7 +524,7 @@ class Healthchecks(_Model):
     active: ActiveHealthcheck = Field(default_factory=ActiveHealthcheck)
     passive: PassiveHealthcheck = Field(default_factory=PassiveHealthcheck)
     threshold: Annotated[
-        float, between(0, 100), PlainSerializer(_compact_number, return_type=float)
+        float, between(0, 100), PlainSerializer(_compact_number, return_type=int | float)
     ] = 0
 
 
@@ -600,8 +602,8 @@ class Route(_Model):
     created_at: Timestamp
     updated_at: Timestamp
     name: Name | None = None
-    protocols: Annotated[list[Literal["http", "https"]], Rule(_dedupe, (("uniqueItems", True),))] = (
-        Field(default_factory=lambda: ["http", "https"])
+    protocols: Annotated[list[Protocol], Rule(_dedupe, (("uniqueItems", True),))] = Field(
+        default_factory=lambda: list(_DEFAULT_PROTOCOLS)
     )
     methods: Annotated[
         list[Annotated[str, Rule(_check_method)]] | None, Rule(_dedupe, (("uniqueItems", True),))

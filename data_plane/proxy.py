@@ -1,0 +1,1204 @@
+"""The data plane's HTTP/1.1 reverse proxy on ``asyncio.Protocol`` + ``httptools``.
+
+Why not a web framework: on this project's hardware an aiohttp server + client proxy
+spent ~200-250 us of CPU per request (0.12x nginx) while raw protocols with httptools'
+llhttp parsers under uvloop spent ~22-28 us (0.85-1.0x nginx) -- see DESIGN.md.
+
+Structure (all on one event loop; nothing here is thread-safe):
+
+- :class:`ProxyServer` listens and owns the :class:`~data_plane.upstream_pool.UpstreamPool`.
+- :class:`_ClientConnection` (one per client TCP connection) parses requests with
+  ``HttpRequestParser``. Each parsed request head becomes an :class:`_Exchange` in a
+  FIFO; only the head of the FIFO is active, so pipelined requests are answered in
+  order (later ones are parsed and buffered, and reading pauses until the head is
+  done).
+- :class:`_UpstreamConnection` (one per upstream TCP connection) parses responses
+  with ``HttpResponseParser`` and forwards them to the client as they arrive.
+
+Bodies stream in both directions: request body chunks go straight to the upstream
+transport once connected (buffered up to :data:`BODY_BUFFER_LIMIT` before), response
+chunks straight to the client. Flow control uses the transports' write-buffer
+watermarks: when one side's ``pause_writing`` fires, reading from the other side
+pauses until ``resume_writing``. So a slow client or upstream costs bounded memory.
+
+Hot path rules: no logging, no JSON, no per-request regex or string formatting beyond
+joining precomputed byte strings; one ``transport.write`` per header block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections import deque
+from typing import Final
+
+import httptools
+
+from data_plane.balancers import Address, BalancerHandle
+from data_plane.runtime import CompiledService, ConfigHolder
+from data_plane.upstream_pool import UpstreamPool
+
+__all__ = ["BODY_BUFFER_LIMIT", "MAX_HEADER_BYTES", "ProxyServer"]
+
+log = logging.getLogger(__name__)
+
+#: Request line + headers larger than this get 431 (nginx's large_client_header_buffers
+#: default allows 4 x 8 KiB; Kong's is the same).
+MAX_HEADER_BYTES: Final = 32 * 1024
+#: Request body bytes held while no upstream connection is ready (connect in progress,
+#: or a pipelined request waiting for its turn); above it, reading the client pauses.
+BODY_BUFFER_LIMIT: Final = 256 * 1024
+#: Close a client connection idle (no request in progress) for this long, in seconds.
+CLIENT_KEEPALIVE_TIMEOUT: Final = 60.0
+
+# Reasons for pausing reads from the client (a bit set: reading resumes when none is left).
+_PAUSE_UPSTREAM: Final = 1  # the upstream transport's write buffer is full
+_PAUSE_BUFFER: Final = 2  # body buffered while not connected yet is over the limit
+_PAUSE_PIPELINE: Final = 4  # a pipelined request waits behind the active one
+
+# Request header classes (by lower-case name).
+_H_DROP: Final = 1  # hop-by-hop, or replaced by the proxy
+_H_CONNECTION: Final = 2
+_H_HOST: Final = 3
+_H_CONTENT_LENGTH: Final = 4
+_H_TRANSFER_ENCODING: Final = 5
+_H_XFF: Final = 6
+_H_EXPECT: Final = 7
+
+_REQUEST_HEADERS: Final[dict[bytes, int]] = {
+    b"connection": _H_CONNECTION,
+    b"keep-alive": _H_DROP,
+    b"proxy-connection": _H_DROP,
+    b"te": _H_DROP,
+    b"trailer": _H_DROP,
+    b"upgrade": _H_DROP,
+    b"transfer-encoding": _H_TRANSFER_ENCODING,
+    b"host": _H_HOST,
+    b"content-length": _H_CONTENT_LENGTH,
+    b"x-forwarded-for": _H_XFF,
+    # The proxy states these itself (no trusted-proxy list yet, so client-sent values
+    # are not believed -- Kong's behaviour with the default trusted_ips).
+    b"x-forwarded-proto": _H_DROP,
+    b"x-forwarded-host": _H_DROP,
+    b"x-forwarded-port": _H_DROP,
+    b"x-real-ip": _H_DROP,
+    # Answered by the proxy itself (it sends "100 Continue" when it starts reading the
+    # body), so upstream interim responses are not relayed.
+    b"expect": _H_EXPECT,
+}
+
+_R_DROP: Final = 1
+_R_CONNECTION: Final = 2
+_R_CONTENT_LENGTH: Final = 3
+_R_TRANSFER_ENCODING: Final = 4
+
+_RESPONSE_HEADERS: Final[dict[bytes, int]] = {
+    b"connection": _R_CONNECTION,
+    b"keep-alive": _R_DROP,
+    b"proxy-connection": _R_DROP,
+    b"te": _R_DROP,
+    b"trailer": _R_DROP,
+    b"upgrade": _R_DROP,
+    b"transfer-encoding": _R_TRANSFER_ENCODING,
+    b"content-length": _R_CONTENT_LENGTH,
+}
+
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# How the response body is relayed to the client.
+_BODY_NONE: Final = 0
+_BODY_PASS: Final = 1  # as it comes (Content-Length framed, or raw until close)
+_BODY_CHUNK: Final = 2  # re-chunked (upstream chunked or until-close, HTTP/1.1 client)
+
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_CRLF: Final = b"\r\n"
+
+# Error answers: (status, reason, message).
+E_BAD_REQUEST: Final = (400, "Bad Request", "Bad request")
+E_NO_ROUTE: Final = (404, "Not Found", "no Route matched with those values")
+E_HTTPS_ONLY: Final = (426, "Upgrade Required", "Please use HTTPS protocol")
+E_HEADERS_TOO_LARGE: Final = (431, "Request Header Fields Too Large", "Request header fields too large")
+E_INTERNAL: Final = (500, "Internal Server Error", "An unexpected error occurred")
+E_BAD_GATEWAY: Final = (502, "Bad Gateway", "An invalid response was received from the upstream server")
+E_NO_PEER: Final = (503, "Service Unavailable", "failure to get a peer from the ring-balancer")
+E_NO_CONFIG: Final = (503, "Service Unavailable", "no configuration loaded yet")
+E_NO_SERVICE: Final = (503, "Service Unavailable", "no Service found with those values")
+E_TIMEOUT: Final = (504, "Gateway Timeout", "The upstream server is timing out")
+_ErrorKey = tuple[int, str, str]
+
+_ALL_ERRORS: Final = (
+    E_BAD_REQUEST,
+    E_NO_ROUTE,
+    E_HTTPS_ONLY,
+    E_HEADERS_TOO_LARGE,
+    E_INTERNAL,
+    E_BAD_GATEWAY,
+    E_NO_PEER,
+    E_NO_CONFIG,
+    E_NO_SERVICE,
+    E_TIMEOUT,
+)
+
+
+class _ErrorResponse:
+    """Precomputed bytes of one JSON error answer in its four variants."""
+
+    __slots__ = ("keep", "close", "head_keep", "head_close")
+
+    def __init__(self, key: _ErrorKey, server_header: bytes) -> None:
+        status, reason, message = key
+        body = json.dumps({"message": message}).encode()
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        ).encode() + server_header
+        self.head_keep = head + _CRLF
+        self.head_close = head + b"Connection: close\r\n\r\n"
+        self.keep = self.head_keep + body
+        self.close = self.head_close + body
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+class _Exchange:
+    """One request/response pair on a client connection. Owned by that connection."""
+
+    __slots__ = (
+        "method",
+        "is_head",
+        "http10",
+        "close_after",
+        "host_header",
+        "upstream_path",
+        "head_tail",
+        "service",
+        "preserve_host",
+        "error",
+        "has_body",
+        "chunked",
+        "expect_continue",
+        "body",
+        "body_size",
+        "body_sent",
+        "request_complete",
+        "started",
+        "response_started",
+        "response_complete",
+        "discard",
+        "conn",
+        "connect_task",
+        "address",
+        "handle",
+        "retries",
+        "reused",
+        "stale_retried",
+    )
+
+    def __init__(self, method: bytes, http10: bool, close_after: bool) -> None:
+        self.method = method
+        self.is_head = method == b"HEAD"
+        self.http10 = http10
+        #: Close the client connection once this exchange is done.
+        self.close_after = close_after
+        self.host_header: bytes | None = None
+        self.upstream_path = b"/"
+        #: Upstream request headers after Host, ending with the blank line.
+        self.head_tail = b""
+        self.service: CompiledService | None = None
+        self.preserve_host = False
+        self.error: _ErrorKey | None = None
+        self.has_body = False
+        self.chunked = False
+        self.expect_continue = False
+        #: Request body received but not yet written upstream (already framed).
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.body_sent = False
+        self.request_complete = False
+        self.started = False
+        self.response_started = False
+        self.response_complete = False
+        #: Drop further request body bytes (answered already, or upstream gone).
+        self.discard = False
+        self.conn: _UpstreamConnection | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.address: Address | None = None
+        self.handle: BalancerHandle | None = None
+        self.retries = 0
+        self.reused = False
+        self.stale_retried = False
+
+
+class _ParseAbort(Exception):
+    """Raised inside a parser callback to stop parsing with a given error answer."""
+
+    def __init__(self, error: _ErrorKey) -> None:
+        super().__init__(error[2])
+        self.error = error
+
+
+class _ClientConnection(asyncio.Protocol):
+    """Server side of one client TCP connection. See the module docstring."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self._server = server
+        self._loop = server._loop
+        self._holder = server.holder
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._queue: deque[_Exchange] = deque()
+        self._parsing: _Exchange | None = None
+        self._read_paused = 0
+        self._writing_paused = False
+        self._closed = False
+        #: No further requests are read (client asked to close, or a protocol error).
+        self._no_more = False
+        self._shutting_down = False
+        self.last_active = self._loop.time()
+        self._peer_ip = b""
+        self._fwd_fixed = b""
+
+    # ------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._server._client_added(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self._peer_ip = str(peer[0]).encode() if peer else b""
+        local_port = str(sock[1]).encode() if sock and len(sock) > 1 else b""
+        # Per-connection constant part of the X-Forwarded-* set.
+        self._fwd_fixed = (
+            b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: "
+            + local_port
+            + b"\r\nX-Real-IP: "
+            + self._peer_ip
+            + _CRLF
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server._client_gone(self)
+        queue, self._queue = self._queue, deque()
+        for ex in queue:
+            if ex.connect_task is not None:
+                ex.connect_task.cancel()
+                ex.connect_task = None
+            conn = ex.conn
+            if conn is not None:
+                ex.conn = None
+                conn.abandon()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self._queue:
+            conn = self._queue[0].conn
+            if conn is not None:
+                conn.pause_reading_for_client()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._queue:
+            conn = self._queue[0].conn
+            if conn is not None:
+                conn.resume_reading_for_client()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
+        if self._no_more:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops at an "Upgrade" request. Upgrades are not proxied yet (the
+            # Upgrade header was removed, so the upstream answered normally); carry on
+            # with a fresh parser from where llhttp stopped.
+            offset = int(exc.args[0]) if exc.args else len(data)
+            self._parser = httptools.HttpRequestParser(self)
+            if offset < len(data) and not self._no_more:
+                self.data_received(data[offset:])
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _ParseAbort):
+                self._protocol_error(cause.error)
+            elif isinstance(exc, httptools.HttpParserCallbackError):
+                log.error("proxy bug while parsing a request", exc_info=cause or exc)
+                self._protocol_error(E_INTERNAL)
+            else:
+                self._protocol_error(E_BAD_REQUEST)
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed. Finish what is queued, then close (returning False
+        # would close the transport right away and lose in-flight answers).
+        self._no_more = True
+        if not self._queue:
+            return False
+        for ex in self._queue:
+            ex.close_after = True
+        return True
+
+    # ------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _ParseAbort(E_HEADERS_TOO_LARGE)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _ParseAbort(E_HEADERS_TOO_LARGE)
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._no_more:
+            # A request pipelined after one that closes the connection: never answered
+            # (RFC 9112 9.6), so not routed either.
+            self._parsing = None
+            return
+        parser = self._parser
+        method = parser.get_method()
+        http10 = parser.get_http_version() == "1.0"
+        host: bytes | None = None
+        xff: bytes | None = None
+        conn_tokens: list[bytes] | None = None
+        content_length = -1
+        chunked = False
+        expect = False
+        out: list[bytes] = []
+        for name, value in self._headers:
+            kind = _REQUEST_HEADERS.get(name.lower(), 0)
+            if kind == 0:
+                out.append(name + b": " + value + _CRLF)
+            elif kind == _H_CONTENT_LENGTH:
+                content_length = int(value) if value.strip().isdigit() else 0
+                out.append(name + b": " + value + _CRLF)
+            elif kind == _H_HOST:
+                host = value
+            elif kind == _H_CONNECTION:
+                conn_tokens = (conn_tokens or []) + _tokens(value)
+            elif kind == _H_TRANSFER_ENCODING:
+                chunked = True  # llhttp accepted it, so chunked is the last coding
+            elif kind == _H_XFF:
+                xff = value if xff is None else xff + b", " + value
+            elif kind == _H_EXPECT:
+                expect = value.strip().lower() == b"100-continue"
+        if conn_tokens:
+            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+            extra = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            if extra:
+                out = [line for line in out if line.split(b":", 1)[0].lower() not in extra]
+        if http10:
+            keep_alive = conn_tokens is not None and b"keep-alive" in conn_tokens
+        else:
+            keep_alive = not (conn_tokens and b"close" in conn_tokens)
+        close_after = not keep_alive or self._shutting_down
+        ex = _Exchange(method, http10, close_after)
+        ex.has_body = chunked or content_length > 0
+        ex.chunked = chunked
+        ex.expect_continue = expect and ex.has_body
+        ex.host_header = host
+        if close_after:
+            self._no_more = True
+
+        config = self._holder.current  # read once: this request uses this config
+        if config is None:
+            ex.error = E_NO_CONFIG
+        else:
+            route_headers = None
+            if config.uses_headers:
+                route_headers = {n.lower(): v for n, v in self._headers}
+            match = config.match(method, host, self._url, route_headers)
+            if match is None:
+                ex.error = E_NO_ROUTE
+            elif match.service is None:
+                ex.error = E_NO_SERVICE
+            elif match.route.https_only:
+                ex.error = E_HTTPS_ONLY
+            else:
+                ex.service = match.service
+                ex.preserve_host = match.route.preserve_host
+                ex.upstream_path = match.upstream_path
+                if host is not None:
+                    colon = host.rfind(b":")
+                    fwd_host = host[:colon] if colon > host.rfind(b"]") else host
+                    out.append(b"X-Forwarded-Host: " + fwd_host + _CRLF)
+                out.append(self._fwd_fixed)
+                out.append(
+                    b"X-Forwarded-For: "
+                    + (xff + b", " + self._peer_ip if xff else self._peer_ip)
+                    + _CRLF
+                )
+                if chunked:
+                    out.append(b"Transfer-Encoding: chunked\r\n")
+                out.append(_CRLF)
+                ex.head_tail = b"".join(out)
+        ex.discard = ex.error is not None
+        self._parsing = ex
+        self._queue.append(ex)
+        if len(self._queue) == 1:
+            self._advance()
+        else:
+            self._pause_reading(_PAUSE_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self._parsing
+        if ex is None or ex.discard or not data:
+            return
+        frame: list[bytes] | bytes = (
+            [b"%x\r\n" % len(data), data, _CRLF] if ex.chunked else data
+        )
+        conn = ex.conn
+        if conn is not None:
+            conn.send_body(frame)
+            ex.body_sent = True
+        else:
+            if isinstance(frame, list):
+                ex.body.extend(frame)
+            else:
+                ex.body.append(frame)
+            ex.body_size += len(data)
+            if ex.body_size > BODY_BUFFER_LIMIT:
+                self._pause_reading(_PAUSE_BUFFER)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        if ex is None:
+            return
+        self._parsing = None
+        ex.request_complete = True
+        conn = ex.conn
+        if conn is not None and not ex.discard:
+            if ex.chunked:
+                conn.send_body(_LAST_CHUNK)
+            conn.request_sent()
+        elif ex.chunked and not ex.discard:
+            ex.body.append(_LAST_CHUNK)
+        if ex.response_complete and self._queue and self._queue[0] is ex:
+            self._advance()
+
+    # --------------------------------------------------------------- exchange flow
+
+    def _advance(self) -> None:
+        """Start the head exchange and retire finished ones, in order.
+
+        Iterative (not recursive) because a buffer full of small pipelined requests
+        answered locally (404s) would otherwise recurse once per request.
+        """
+        queue = self._queue
+        while queue:
+            ex = queue[0]
+            if not ex.started:
+                ex.started = True
+                self._start(ex)
+            if not (ex.request_complete and ex.response_complete):
+                break
+            queue.popleft()
+            if ex.close_after or self._closed:
+                self._close()
+                return
+            self.last_active = self._loop.time()
+        if len(queue) <= 1:
+            self._resume_reading(_PAUSE_PIPELINE)
+        if not queue and self._shutting_down:
+            self._close()
+
+    def _start(self, ex: _Exchange) -> None:
+        if ex.error is not None:
+            self._respond_error(ex, ex.error)
+            return
+        if ex.expect_continue and not ex.request_complete:
+            assert self._transport is not None
+            self._transport.write(_CONTINUE)
+        self._try_next(ex)
+
+    def _try_next(self, ex: _Exchange) -> None:
+        """Pick an address for the next try and connect (pooled or new)."""
+        service = ex.service
+        assert service is not None
+        if service.balancer is not None:
+            if ex.handle is None:
+                ex.handle = BalancerHandle()
+            ex.handle.retries = ex.retries
+            address = service.balancer.pick(ex.handle)
+            if address is None:
+                self._respond_error(ex, E_NO_PEER)
+                return
+        else:
+            address = service.address
+            assert address is not None
+        ex.address = address
+        self._connect(ex, address, pooled=True)
+
+    def _connect(self, ex: _Exchange, address: Address, *, pooled: bool) -> None:
+        service = ex.service
+        assert service is not None
+        key = address.key if not service.tls else "tls/" + address.key
+        conn = self._server.pool.acquire(key) if pooled else None
+        if conn is not None:
+            ex.reused = True
+            self._attach(ex, conn)
+        else:
+            ex.reused = False
+            ex.connect_task = self._loop.create_task(self._open(ex, address, key))
+
+    async def _open(self, ex: _Exchange, address: Address, key: str) -> None:
+        service = ex.service
+        assert service is not None
+        server = self._server
+        timed_out = False
+        conn: _UpstreamConnection | None = None
+        try:
+            async with asyncio.timeout(service.connect_timeout):
+                _, conn = await self._loop.create_connection(
+                    lambda: _UpstreamConnection(server, key),
+                    address.host,
+                    address.port,
+                    ssl=server._ssl_context if service.tls else None,
+                    server_hostname=address.host if service.tls else None,
+                )
+        except TimeoutError:
+            timed_out = True
+        except OSError:
+            pass
+        if ex.connect_task is not asyncio.current_task():
+            # The client went away (or the exchange was answered) meanwhile; keep a new
+            # connection for someone else.
+            if conn is not None:
+                server.pool.release(conn)
+            return
+        ex.connect_task = None
+        if conn is not None:
+            self._attach(ex, conn)
+            return
+        self._try_failed(ex, timed_out)
+        self._advance()
+
+    def _try_failed(self, ex: _Exchange, timed_out: bool) -> None:
+        """A try failed before any request byte reached the upstream: retry or answer."""
+        service = ex.service
+        assert service is not None
+        if ex.retries < service.retries and not self._closed:
+            ex.retries += 1
+            self._try_next(ex)
+        else:
+            self._respond_error(ex, E_TIMEOUT if timed_out else E_BAD_GATEWAY)
+
+    def _attach(self, ex: _Exchange, conn: _UpstreamConnection) -> None:
+        """Bind ``conn`` to ``ex`` and send the request head plus any buffered body."""
+        service = ex.service
+        address = ex.address
+        assert service is not None and address is not None
+        ex.conn = conn
+        conn.bind(self, ex, service)
+        if ex.preserve_host and ex.host_header is not None:
+            host = ex.host_header
+        elif service.host_header is not None:
+            host = service.host_header
+        elif address.port == service.default_port:
+            host = address.host_bytes
+        else:
+            host = address.key_bytes
+        head = b"".join(
+            (ex.method, b" ", ex.upstream_path, b" HTTP/1.1\r\nHost: ", host, _CRLF, ex.head_tail)
+        )
+        if ex.body:
+            body, ex.body = ex.body, []
+            ex.body_size = 0
+            ex.body_sent = True
+            conn.send_head(head, body)
+            self._resume_reading(_PAUSE_BUFFER)
+        else:
+            conn.send_head(head, None)
+        if ex.request_complete:
+            conn.request_sent()
+        if self._writing_paused:
+            conn.pause_reading_for_client()
+
+    def upstream_failed(self, ex: _Exchange, conn: _UpstreamConnection, timed_out: bool) -> None:
+        """``conn`` (bound to ``ex``) closed, timed out or sent garbage before the response ended."""
+        if ex.conn is conn:
+            ex.conn = None
+        if self._closed:
+            return
+        if ex.response_started:
+            # Part of the response is already out: the client can only learn of the
+            # failure from the connection closing before the framing says it is done.
+            self._abort()
+            return
+        if (
+            not timed_out
+            and not conn.got_response_bytes
+            and ex.reused
+            and not ex.stale_retried
+            and not ex.body_sent
+            and ex.method in _IDEMPOTENT
+            and ex.address is not None
+        ):
+            # The upstream closed an idle keep-alive connection just as we reused it:
+            # one more try on a fresh connection to the same address.
+            ex.stale_retried = True
+            self._connect(ex, ex.address, pooled=False)
+            return
+        self._respond_error(ex, E_TIMEOUT if timed_out else E_BAD_GATEWAY)
+        self._advance()
+
+    def response_head(self, ex: _Exchange, head: bytes) -> None:
+        """The upstream's response head, rewritten; one write."""
+        ex.response_started = True
+        assert self._transport is not None
+        self._transport.write(head)
+
+    def response_body(self, data: bytes | list[bytes]) -> None:
+        assert self._transport is not None
+        if isinstance(data, list):
+            self._transport.writelines(data)
+        else:
+            self._transport.write(data)
+
+    def response_done(self, ex: _Exchange) -> None:
+        """The upstream response for ``ex`` has been relayed completely."""
+        ex.conn = None
+        ex.response_complete = True
+        if not ex.request_complete:
+            # Answered before the whole request body arrived: drop the rest of it.
+            ex.discard = True
+            ex.body = []
+            self._resume_reading(_PAUSE_BUFFER)
+        self._resume_reading(_PAUSE_UPSTREAM)
+        if self._queue and self._queue[0] is ex:
+            self._advance()
+
+    def _respond_error(self, ex: _Exchange, error: _ErrorKey) -> None:
+        """Answer ``ex`` with a JSON error (does not advance the queue)."""
+        if ex.response_started:
+            self._abort()
+            return
+        conn = ex.conn
+        if conn is not None:
+            ex.conn = None
+            conn.abandon()
+        responses = self._server._errors[error]
+        close = ex.close_after or error in (E_BAD_REQUEST, E_HEADERS_TOO_LARGE, E_INTERNAL)
+        if close:
+            ex.close_after = True
+            self._no_more = True
+        if ex.is_head:
+            data = responses.head_close if close else responses.head_keep
+        else:
+            data = responses.close if close else responses.keep
+        if self._transport is not None and not self._closed:
+            self._transport.write(data)
+        ex.response_started = True
+        ex.response_complete = True
+        if not ex.request_complete:
+            ex.discard = True
+            ex.body = []
+            self._resume_reading(_PAUSE_BUFFER)
+        self._resume_reading(_PAUSE_UPSTREAM)
+
+    def _protocol_error(self, error: _ErrorKey) -> None:
+        """The request stream is unparsable: answer (in order) and close."""
+        self._no_more = True
+        ex = self._parsing
+        if ex is not None and not ex.request_complete:
+            # Broken in the middle of a body: its upstream request cannot be completed.
+            ex.request_complete = True
+            self._parsing = None
+            if self._queue and self._queue[0] is ex and not ex.response_started:
+                ex.close_after = True
+                self._respond_error(ex, error)
+                self._advance()
+            else:
+                self._abort()
+            return
+        ex = _Exchange(b"GET", False, True)
+        ex.error = error
+        ex.request_complete = True
+        ex.discard = True
+        self._queue.append(ex)
+        if len(self._queue) == 1:
+            self._advance()
+
+    # ------------------------------------------------------------------- utilities
+
+    def _pause_reading(self, reason: int) -> None:
+        if not self._read_paused and self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+        self._read_paused |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        if self._read_paused & reason:
+            self._read_paused &= ~reason
+            if not self._read_paused and self._transport is not None and not self._closed:
+                self._transport.resume_reading()
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause_reading(_PAUSE_UPSTREAM)
+        else:
+            self._resume_reading(_PAUSE_UPSTREAM)
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.close()
+
+    def _abort(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.abort()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds without a request in progress (0 while one is)."""
+        return 0.0 if self._queue else now - self.last_active
+
+    def shutdown(self) -> None:
+        """Graceful stop: finish the request in progress (if any), read no more, close."""
+        self._shutting_down = True
+        self._no_more = True
+        if not self._queue:
+            self._close()
+        else:
+            for ex in self._queue:
+                ex.close_after = True
+
+    def abort(self) -> None:
+        self._abort()
+
+    def close_idle(self) -> None:
+        """Close the connection if no request is in progress."""
+        if not self._queue:
+            self._close()
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    """Client side of one upstream TCP connection; pooled between requests.
+
+    Bound to one :class:`_Exchange` while relaying its request and response; idle in
+    the :class:`UpstreamPool` otherwise. Enforces the service's ``read_timeout``
+    (no byte from the upstream for that long while a response is awaited) and
+    ``write_timeout`` (the upstream not draining the request body for that long).
+    """
+
+    def __init__(self, server: ProxyServer, pool_key: str) -> None:
+        self._server = server
+        self._loop = server._loop
+        self.pool_key = pool_key
+        self.idle_since = 0.0
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._client: _ClientConnection | None = None
+        self._ex: _Exchange | None = None
+        self._closed = False
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._interim = False
+        self._body_mode = _BODY_NONE
+        self._until_close = False
+        self._head_done = False
+        self._request_done = False
+        self.got_response_bytes = False
+        self._paused_for_client = False
+        self._write_paused_at: float | None = None
+        self._last_activity = 0.0
+        self._read_timeout = 60.0
+        self._write_timeout = 60.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------- pool interface
+
+    def is_usable(self) -> bool:
+        return not self._closed and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
+    def abandon(self) -> None:
+        """The exchange no longer wants this connection (mid-request): drop it now."""
+        self._unbind()
+        if self.transport is not None and not self._closed:
+            self.transport.abort()
+
+    # ------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        ex, client = self._ex, self._client
+        if ex is None or client is None:
+            self._server.pool.discard(self)
+            return
+        if self._head_done and self._until_close and not ex.response_complete:
+            # "Read until close" framing: the close is the end of the body.
+            self._finish(keep_alive=False)
+            return
+        self._unbind()
+        client.upstream_failed(ex, self, timed_out=False)
+
+    def data_received(self, data: bytes) -> None:
+        if self._ex is None:
+            # Bytes on an idle connection (e.g. an unsolicited 408): unusable now.
+            self.close()
+            return
+        self._last_activity = self._loop.time()
+        self.got_response_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            ex, client = self._ex, self._client
+            if isinstance(exc, httptools.HttpParserCallbackError):
+                log.error("proxy bug while parsing a response", exc_info=exc.__context__ or exc)
+            if ex is not None and client is not None:
+                self._unbind()
+                if self.transport is not None:
+                    self.transport.abort()
+                client.upstream_failed(ex, self, timed_out=False)
+
+    def pause_writing(self) -> None:
+        self._write_paused_at = self._loop.time()
+        if self._client is not None:
+            self._client.upstream_write_paused(True)
+        if self._timer is not None and self._write_timeout < self._read_timeout:
+            self._timer.cancel()
+            self._timer = self._loop.call_at(
+                self._write_paused_at + self._write_timeout, self._on_timer
+            )
+
+    def resume_writing(self) -> None:
+        self._write_paused_at = None
+        self._last_activity = self._loop.time()
+        if self._client is not None:
+            self._client.upstream_write_paused(False)
+
+    # ------------------------------------------------------- exchange (client) side
+
+    def bind(self, client: _ClientConnection, ex: _Exchange, service: CompiledService) -> None:
+        self._client = client
+        self._ex = ex
+        self._reason = b""
+        self._headers = []
+        self._interim = False
+        self._head_done = False
+        self._until_close = False
+        self._request_done = False
+        self.got_response_bytes = False
+        self._read_timeout = service.read_timeout
+        self._write_timeout = service.write_timeout
+        self._last_activity = self._loop.time()
+        self._timer = self._loop.call_at(self._last_activity + self._read_timeout, self._on_timer)
+
+    def _unbind(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        client = self._client
+        self._client = None
+        self._ex = None
+        if client is not None and self._write_paused_at is not None:
+            client.upstream_write_paused(False)
+        if self._paused_for_client:
+            self._paused_for_client = False
+            if self.transport is not None and not self._closed:
+                self.transport.resume_reading()
+
+    def send_head(self, head: bytes, body: list[bytes] | None) -> None:
+        assert self.transport is not None
+        if body:
+            self.transport.writelines([head, *body])
+        else:
+            self.transport.write(head)
+
+    def send_body(self, data: bytes | list[bytes]) -> None:
+        assert self.transport is not None
+        if isinstance(data, list):
+            self.transport.writelines(data)
+        else:
+            self.transport.write(data)
+        self._last_activity = self._loop.time()
+
+    def request_sent(self) -> None:
+        """The whole request is written (buffered) upstream."""
+        self._request_done = True
+        self._last_activity = self._loop.time()
+
+    def pause_reading_for_client(self) -> None:
+        if not self._paused_for_client and self.transport is not None and not self._closed:
+            self._paused_for_client = True
+            self.transport.pause_reading()
+
+    def resume_reading_for_client(self) -> None:
+        if self._paused_for_client:
+            self._paused_for_client = False
+            self._last_activity = self._loop.time()
+            if self.transport is not None and not self._closed:
+                self.transport.resume_reading()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._ex is None:
+            return
+        now = self._loop.time()
+        if self._paused_for_client:
+            # We stopped reading because the client is slow: not the upstream's fault.
+            deadline = now + self._read_timeout
+        elif self._write_paused_at is not None:
+            deadline = self._write_paused_at + self._write_timeout
+        else:
+            deadline = self._last_activity + self._read_timeout
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            return
+        ex, client = self._ex, self._client
+        self._unbind()
+        if self.transport is not None:
+            self.transport.abort()
+        if client is not None:
+            client.upstream_failed(ex, self, timed_out=True)
+
+    # ------------------------------------------------------------ parser callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex, client = self._ex, self._client
+        if ex is None or client is None:
+            return
+        status = self._parser.get_status_code()
+        if status < 200:
+            # 1xx interim answers are not relayed: "100 Continue" was sent to the client
+            # by the proxy, and 101 cannot happen since Upgrade is not forwarded.
+            self._interim = True
+            self._reason = b""
+            self._headers = []
+            return
+        content_length: bytes | None = None
+        chunked = False
+        upstream_close = False
+        conn_tokens: list[bytes] | None = None
+        parts = [b"HTTP/1.1 %d " % status, self._reason, _CRLF]
+        for name, value in self._headers:
+            kind = _RESPONSE_HEADERS.get(name.lower(), 0)
+            if kind == 0:
+                parts.append(name + b": " + value + _CRLF)
+            elif kind == _R_CONTENT_LENGTH:
+                content_length = value
+            elif kind == _R_TRANSFER_ENCODING:
+                chunked = True
+            elif kind == _R_CONNECTION:
+                conn_tokens = (conn_tokens or []) + _tokens(value)
+        if conn_tokens:
+            upstream_close = b"close" in conn_tokens
+            extra = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            if extra:
+                parts = parts[:3] + [p for p in parts[3:] if p.split(b":", 1)[0].lower() not in extra]
+        parts.append(self._server._via_header)
+        no_body = ex.is_head or status == 204 or status == 304
+        self._until_close = False
+        if no_body:
+            self._body_mode = _BODY_NONE
+            if content_length is not None and status != 204:
+                parts.append(b"Content-Length: " + content_length + _CRLF)
+        elif content_length is not None and not chunked:
+            self._body_mode = _BODY_PASS
+            parts.append(b"Content-Length: " + content_length + _CRLF)
+        else:
+            self._until_close = not chunked
+            if ex.http10:
+                # An HTTP/1.0 client knows no chunked coding: the body ends at close.
+                self._body_mode = _BODY_PASS
+                ex.close_after = True
+            else:
+                self._body_mode = _BODY_CHUNK
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+        if ex.close_after:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif ex.http10:
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(_CRLF)
+        self._head_done = True
+        client.response_head(ex, b"".join(parts))
+        if ex.is_head:
+            # llhttp cannot be told that a response to HEAD has no body, and it would
+            # wait for Content-Length bytes; finish here and give the next response on
+            # this connection a fresh parser.
+            http11 = self._parser.get_http_version() == "1.1"
+            keep_alive = (http11 and not upstream_close) or (
+                not http11 and conn_tokens is not None and b"keep-alive" in conn_tokens
+            )
+            self._parser = httptools.HttpResponseParser(self)
+            self._finish(keep_alive)
+
+    def on_body(self, data: bytes) -> None:
+        client = self._client
+        if client is None or not data:
+            return
+        if self._body_mode == _BODY_CHUNK:
+            client.response_body([b"%x\r\n" % len(data), data, _CRLF])
+        else:
+            client.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._ex is None:
+            return
+        # Read here: should_keep_alive() is only meaningful inside on_message_complete.
+        self._finish(self._parser.should_keep_alive())
+
+    def _finish(self, keep_alive: bool) -> None:
+        ex, client = self._ex, self._client
+        if ex is None or client is None:
+            return
+        if self._body_mode == _BODY_CHUNK:
+            client.response_body(_LAST_CHUNK)
+        reusable = keep_alive and self._request_done and not self._until_close
+        self._unbind()
+        if reusable:
+            self._server.pool.release(self)
+        elif not self._closed and self.transport is not None:
+            self.transport.close()
+        client.response_done(ex)
+
+
+class ProxyServer:
+    """The proxy listener.
+
+    ``holder.current`` is read once per request. ``via`` is the product token put in
+    ``Via: 1.1 <via>`` on proxied responses and in ``Server`` on the proxy's own
+    answers. Start with :meth:`start`, stop with :meth:`stop`; both on the loop that
+    runs the proxy.
+    """
+
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        host: str,
+        port: int,
+        *,
+        via: str = "ferry/0.1.0",
+        max_idle_per_target: int = 256,
+        upstream_idle_timeout: float = 60.0,
+        client_keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT,
+    ) -> None:
+        self.holder = holder
+        self._host = host
+        self._requested_port = port
+        self._via_header = b"Via: 1.1 " + via.encode("ascii") + _CRLF
+        server_header = b"Server: " + via.encode("ascii") + _CRLF
+        self._errors = {key: _ErrorResponse(key, server_header) for key in _ALL_ERRORS}
+        self._max_idle = max_idle_per_target
+        self._upstream_idle_timeout = upstream_idle_timeout
+        self._client_keepalive_timeout = client_keepalive_timeout
+        self._server: asyncio.Server | None = None
+        self._clients: set[_ClientConnection] = set()
+        self._clients_empty: asyncio.Event | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.pool: UpstreamPool[_UpstreamConnection] = None  # type: ignore[assignment]
+        # Kong does not verify upstream certificates unless a service asks for it
+        # (tls_verify, not supported yet).
+        self._ssl_context = ssl.create_default_context()
+        self._ssl_context.check_hostname = False
+        self._ssl_context.verify_mode = ssl.CERT_NONE
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when started with port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("proxy is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        """Open client connections."""
+        return len(self._clients)
+
+    async def start(self) -> None:
+        """Bind and start accepting. Raises ``OSError`` when the address is unusable."""
+        self._loop = asyncio.get_running_loop()
+        self.pool = UpstreamPool(
+            max_idle_per_key=self._max_idle,
+            idle_timeout=self._upstream_idle_timeout,
+            loop=self._loop,
+        )
+        self._clients_empty = asyncio.Event()
+        self._clients_empty.set()
+
+        def factory() -> asyncio.Protocol:
+            return _ClientConnection(self)
+
+        self._server = await self._loop.create_server(
+            factory, self._host, self._requested_port, reuse_address=True, backlog=1024
+        )
+        self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep_idle_clients)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Graceful stop: stop accepting, let in-flight exchanges finish (up to
+        ``timeout`` seconds), close idle connections, then abort what is left."""
+        if self._server is None:
+            return
+        self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for client in list(self._clients):
+            client.shutdown()
+        assert self._clients_empty is not None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._clients_empty.wait()
+        except TimeoutError:
+            for client in list(self._clients):
+                client.abort()
+        self.pool.close()
+        try:
+            async with asyncio.timeout(1.0):
+                await self._server.wait_closed()
+        except TimeoutError:
+            pass
+        self._server = None
+
+    def _client_added(self, client: _ClientConnection) -> None:
+        self._clients.add(client)
+        if self._clients_empty is not None:
+            self._clients_empty.clear()
+
+    def _client_gone(self, client: _ClientConnection) -> None:
+        self._clients.discard(client)
+        if not self._clients and self._clients_empty is not None:
+            self._clients_empty.set()
+
+    def _sweep_interval(self) -> float:
+        return max(0.05, min(self._client_keepalive_timeout / 4, 5.0))
+
+    def _sweep_idle_clients(self) -> None:
+        now = self._loop.time()
+        for client in list(self._clients):
+            if client.idle_for(now) > self._client_keepalive_timeout:
+                client.close_idle()
+        self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep_idle_clients)

@@ -1,0 +1,406 @@
+"""Entity schemas: Kong's defaults, ranges, rules and messages, without a server."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from control_plane.errors import SchemaViolation, lua_pretty, schema_violation_message
+from control_plane.schemas import (
+    RuleError,
+    decode_form,
+    expand_shorthands,
+    merge_patch,
+    normalize_target,
+    parse_host,
+    validate_entity,
+)
+
+ID = str(uuid.uuid4())
+BASE = {"id": ID, "created_at": 1_700_000_000, "updated_at": 1_700_000_000}
+
+
+def valid(kind: str, **fields: Any) -> dict[str, Any]:
+    return validate_entity(kind, {**BASE, **fields})
+
+
+def errors(kind: str, **fields: Any) -> dict[str, Any]:
+    with pytest.raises(SchemaViolation) as caught:
+        validate_entity(kind, {**BASE, **fields})
+    assert caught.value.status == 400
+    return caught.value.fields or {}
+
+
+# --------------------------------------------------------------------- upstreams
+
+
+def test_upstream_defaults_match_kong() -> None:
+    upstream = valid("upstreams", name="a")
+    assert upstream["algorithm"] == "round-robin"
+    assert upstream["slots"] == 10000
+    assert upstream["hash_on"] == upstream["hash_fallback"] == "none"
+    assert upstream["hash_on_cookie_path"] == "/"
+    assert upstream["use_srv_name"] is False
+    assert upstream["healthchecks"]["threshold"] == 0
+    assert upstream["healthchecks"]["active"]["concurrency"] == 10
+    assert upstream["healthchecks"]["active"]["unhealthy"]["http_statuses"] == [
+        429, 404, 500, 501, 502, 503, 504, 505,
+    ]
+    assert upstream["healthchecks"]["passive"]["unhealthy"]["http_statuses"] == [429, 500, 503]
+
+
+@pytest.mark.parametrize("slots", [9, 65537])
+def test_upstream_slots_out_of_range(slots: int) -> None:
+    assert errors("upstreams", name="a", slots=slots) == {
+        "slots": "value should be between 10 and 65536"
+    }
+
+
+@pytest.mark.parametrize("slots", [10, 65536])
+def test_upstream_slots_bounds_are_inclusive(slots: int) -> None:
+    assert valid("upstreams", name="a", slots=slots)["slots"] == slots
+
+
+def test_upstream_fractional_seconds_are_kept_and_integers_stay_integers() -> None:
+    checks = valid("upstreams", name="a", healthchecks={"active": {"timeout": 0.5}})["healthchecks"]
+    assert checks["active"]["timeout"] == 0.5
+    assert isinstance(checks["active"]["healthy"]["interval"], int)
+
+
+def test_upstream_threshold_range() -> None:
+    assert errors("upstreams", name="a", healthchecks={"threshold": 101}) == {
+        "healthchecks": {"threshold": "value should be between 0 and 100"}
+    }
+
+
+def test_upstream_concurrency_range() -> None:
+    assert errors("upstreams", name="a", healthchecks={"active": {"concurrency": 0}}) == {
+        "healthchecks": {"active": {"concurrency": "value should be between 1 and 2147483648"}}
+    }
+
+
+def test_upstream_check_type_choices() -> None:
+    assert errors("upstreams", name="a", healthchecks={"active": {"type": "udp"}}) == {
+        "healthchecks": {"active": {"type": "expected one of: tcp, http, https"}}
+    }
+
+
+def test_upstream_probe_path_must_be_a_path() -> None:
+    assert errors("upstreams", name="a", healthchecks={"active": {"http_path": "health"}}) == {
+        "healthchecks": {"active": {"http_path": "should start with: /"}}
+    }
+
+
+def test_upstream_https_sni_must_not_be_an_ip() -> None:
+    assert errors("upstreams", name="a", healthchecks={"active": {"https_sni": "1.2.3.4"}}) == {
+        "healthchecks": {"active": {"https_sni": "must not be an IP"}}
+    }
+
+
+def test_upstream_type_errors_use_kongs_words() -> None:
+    assert errors(
+        "upstreams", name=5, use_srv_name="yes", healthchecks="x", tags="t"
+    ) == {
+        "name": "expected a string",
+        "use_srv_name": "expected a boolean",
+        "healthchecks": "expected a record",
+        "tags": "expected a set",
+    }
+
+
+def test_explicit_null_for_a_defaulted_field_is_required_field_missing() -> None:
+    assert errors("upstreams", name="a", slots=None) == {"slots": "required field missing"}
+
+
+def test_empty_string_is_refused_like_kong() -> None:
+    assert errors("upstreams", name="a", hash_on_query_arg="") == {
+        "hash_on_query_arg": "length must be at least 1"
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"hash_on": "header"}, {"hash_on_header": "required field missing"}),
+        ({"hash_on": "cookie"}, {"hash_on_cookie": "required field missing"}),
+        ({"hash_on": "query_arg"}, {"hash_on_query_arg": "required field missing"}),
+        ({"hash_on": "uri_capture"}, {"hash_on_uri_capture": "required field missing"}),
+        ({"hash_on": "ip", "hash_fallback": "header"}, {"hash_fallback_header": "required field missing"}),
+        ({"hash_on": "ip", "hash_fallback": "query_arg"}, {"hash_fallback_query_arg": "required field missing"}),
+        ({"hash_on": "ip", "hash_fallback": "uri_capture"}, {"hash_fallback_uri_capture": "required field missing"}),
+        ({"hash_on": "path", "hash_fallback": "path"}, {"hash_fallback": "expected one of: none, consumer, ip, header, cookie, query_arg, uri_capture"}),
+        ({"hash_on": "consumer", "hash_fallback": "consumer"}, {"hash_fallback": "expected one of: none, ip, header, cookie, path, query_arg, uri_capture"}),
+        ({"hash_on": "cookie", "hash_on_cookie": "c", "hash_fallback": "ip"}, {"hash_fallback": "expected one of: none"}),
+    ],
+)
+def test_upstream_hash_companion_and_fallback_rules(
+    fields: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    found = errors("upstreams", name="a", **fields)
+    entity_messages = found.pop("@entity")
+    assert found == expected
+    assert all(m.startswith("failed conditional validation given value of field") for m in entity_messages)
+
+
+def test_upstream_hash_query_args_must_be_distinct() -> None:
+    assert errors(
+        "upstreams", name="a", hash_on="query_arg", hash_on_query_arg="q",
+        hash_fallback="query_arg", hash_fallback_query_arg="q",
+    ) == {"@entity": ["values of these fields must be distinct: 'hash_on_query_arg', 'hash_fallback_query_arg'"]}
+
+
+def test_upstream_header_and_cookie_names_are_tokens() -> None:
+    assert errors("upstreams", name="a", hash_on="header", hash_on_header="X Bad") == {
+        "hash_on_header": "bad header name 'X Bad', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+    }
+    assert errors("upstreams", name="a", hash_on="cookie", hash_on_cookie="c;") == {
+        "hash_on_cookie": "bad cookie name 'c;', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+    }
+
+
+def test_upstream_client_certificate_is_null_only() -> None:
+    assert errors("upstreams", name="a", client_certificate={"id": ID}) == {
+        "client_certificate": "value must be null"
+    }
+
+
+def test_upstream_host_header_may_carry_a_port() -> None:
+    assert valid("upstreams", name="a", host_header="example.com:8080")["host_header"] == "example.com:8080"
+
+
+# ----------------------------------------------------------------------- targets
+
+
+@pytest.mark.parametrize(
+    ("given", "normalised"),
+    [
+        ("example.com", "example.com:8000"),
+        ("example.com:81", "example.com:81"),
+        ("10.0.0.1", "10.0.0.1:8000"),
+        ("[::1]", "[0000:0000:0000:0000:0000:0000:0000:0001]:8000"),
+        ("[2001:db8::1]:443", "[2001:0db8:0000:0000:0000:0000:0000:0001]:443"),
+    ],
+)
+def test_target_is_normalised_with_default_port_8000(given: str, normalised: str) -> None:
+    assert normalize_target(given) == normalised
+    target = valid("targets", target=given, upstream={"id": ID})
+    assert target["target"] == normalised and target["weight"] == 100
+
+
+@pytest.mark.parametrize("given", ["a b", "10.0.0.300", "host:99999", "[::zz]"])
+def test_invalid_targets_are_refused_with_kongs_message(given: str) -> None:
+    assert errors("targets", target=given, upstream={"id": ID}) == {
+        "target": f"Invalid target ('{given}'); not a valid hostname or ip address"
+    }
+
+
+@pytest.mark.parametrize("weight", [-1, 65536])
+def test_target_weight_range(weight: int) -> None:
+    assert errors("targets", target="h", weight=weight, upstream={"id": ID}) == {
+        "weight": "value should be between 0 and 65535"
+    }
+
+
+def test_target_needs_its_upstream() -> None:
+    assert errors("targets", target="h") == {"upstream": "required field missing"}
+    assert errors("targets", target="h", upstream={"id": "x"}) == {
+        "upstream": {"id": "expected a valid UUID"}
+    }
+
+
+# ---------------------------------------------------------------------- services
+
+
+def test_service_defaults_match_kong() -> None:
+    service = valid("services", host="example.com")
+    assert (service["protocol"], service["port"], service["path"], service["retries"]) == (
+        "http", 80, None, 5,
+    )
+    assert service["connect_timeout"] == service["read_timeout"] == service["write_timeout"] == 60000
+    assert service["enabled"] is True
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("retries", 32768, "value should be between 0 and 32767"),
+        ("connect_timeout", 0, "value should be between 1 and 2147483646"),
+        ("read_timeout", 2147483647, "value should be between 1 and 2147483646"),
+        ("port", 65536, "value should be between 0 and 65535"),
+        ("protocol", "grpc", "expected one of: http, https"),
+        ("path", "/a//b", "must not have empty segments"),
+        ("host", "bad host", "invalid value: bad host"),
+        ("enabled", "true", "expected a boolean"),
+    ],
+)
+def test_service_field_rules(field: str, value: Any, message: str) -> None:
+    fields = {"host": "example.com", field: value}
+    assert errors("services", **fields) == {field: message}
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://a.test", ("http", "a.test", 80, None)),
+        ("https://a.test", ("https", "a.test", 443, None)),
+        ("https://a.test:8443/x/y", ("https", "a.test", 8443, "/x/y")),
+        ("a.test:443", ("https", "a.test", 443, None)),
+    ],
+)
+def test_service_url_shorthand(url: str, expected: tuple[Any, ...]) -> None:
+    service = valid("services", **expand_shorthands("services", {"url": url}))
+    assert (service["protocol"], service["host"], service["port"], service["path"]) == expected
+
+
+def test_service_url_must_be_a_string() -> None:
+    with pytest.raises(SchemaViolation) as caught:
+        expand_shorthands("services", {"url": 5})
+    assert caught.value.fields == {"url": "expected a string"}
+
+
+# ------------------------------------------------------------------------ routes
+
+
+def test_route_defaults_match_kong() -> None:
+    route = valid("routes", paths=["/"])
+    assert route["protocols"] == ["http", "https"]
+    assert route["https_redirect_status_code"] == 426
+    assert (route["strip_path"], route["preserve_host"], route["path_handling"]) == (True, False, "v0")
+    assert (route["request_buffering"], route["response_buffering"]) == (True, True)
+    assert route["regex_priority"] == 0 and route["service"] is None
+
+
+def test_route_http_needs_something_to_match() -> None:
+    assert errors("routes", protocols=["http"]) == {
+        "@entity": ["must set one of 'methods', 'hosts', 'headers', 'paths' when 'protocols' is 'http'"]
+    }
+    assert valid("routes", protocols=["http"], headers={"x-version": ["2"]})["headers"] == {"x-version": ["2"]}
+
+
+def test_route_snis_need_https() -> None:
+    assert errors("routes", protocols=["http"], paths=["/"], snis=["a.test"]) == {
+        "snis": "length must be 0",
+        "@entity": ["'snis' can only be set when 'protocols' is 'grpcs', 'https' or 'tls'"],
+    }
+    assert valid("routes", snis=["a.test"])["snis"] == ["a.test"]
+
+
+def test_route_sets_drop_duplicates() -> None:
+    route = valid("routes", methods=["GET", "GET", "POST"], protocols=["http", "http"])
+    assert route["methods"] == ["GET", "POST"] and route["protocols"] == ["http"]
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("*.a.*", "invalid wildcard: must have at most one wildcard"),
+        ("a.*.b", "invalid wildcard: must be placed at leftmost or rightmost label"),
+        ("bad host", "invalid hostname: bad host"),
+    ],
+)
+def test_route_hosts(host: str, message: str) -> None:
+    assert errors("routes", hosts=[host]) == {"hosts": [message]}
+
+
+def test_route_hosts_accept_wildcards_and_ports() -> None:
+    assert valid("routes", hosts=["*.a.test", "a.*", "b.test:8000"])["hosts"] == [
+        "*.a.test", "a.*", "b.test:8000",
+    ]
+
+
+def test_route_header_host_is_refused() -> None:
+    assert errors("routes", paths=["/"], headers={"Host": ["a"]}) == {
+        "headers": "cannot contain 'host' header, which must be specified in the 'hosts' attribute"
+    }
+
+
+def test_route_redirect_code_choices() -> None:
+    assert errors("routes", paths=["/"], https_redirect_status_code=303) == {
+        "https_redirect_status_code": "expected one of: 426, 301, 302, 307, 308"
+    }
+
+
+def test_route_stream_fields_must_stay_null() -> None:
+    assert errors("routes", paths=["/"], destinations=[{"ip": "1.2.3.4"}]) == {
+        "destinations": "cannot set 'destinations' when 'protocols' is 'http' or 'https'"
+    }
+
+
+def test_route_path_percent_encoding_must_be_valid() -> None:
+    assert errors("routes", paths=["/a%zz"]) == {"paths": ["invalid url-encoded value: '%zz'"]}
+
+
+# ------------------------------------------------------------- common mechanics
+
+
+def test_id_must_be_a_uuid_and_timestamps_positive() -> None:
+    assert errors("services", host="a", id="abc", created_at=0) == {
+        "id": "expected a valid UUID",
+        "created_at": "expected a valid timestamp",
+    }
+
+
+def test_messages_follow_kongs_format() -> None:
+    assert schema_violation_message({"a": "x"}) == "schema violation (a: x)"
+    assert schema_violation_message({"b": "y", "a": "x", "@entity": ["e"]}) == (
+        "3 schema violations (e; a: x; b: y)"
+    )
+    assert schema_violation_message({"p": [None, "bad"]}) == "schema violation (p.2: bad)"
+    assert lua_pretty({"name": "x"}) == '{name="x"}'
+    assert lua_pretty({"upstream": {"id": "u"}, "target": "t"}) == '{target="t",upstream={id="u"}}'
+
+
+def test_parse_host_kinds() -> None:
+    assert parse_host("a.test").kind == "name"
+    assert parse_host("1.2.3.4:5").port == 5
+    assert parse_host("[::1]:5").kind == "ipv6"
+    with pytest.raises(RuleError, match="invalid port number"):
+        parse_host("a.test:70000")
+    with pytest.raises(RuleError, match="invalid hostname"):
+        parse_host("-a-.test")
+
+
+def test_merge_patch_merges_records_but_replaces_arrays_and_maps() -> None:
+    current = valid(
+        "upstreams", name="a", tags=["x", "y"],
+        healthchecks={"active": {"timeout": 3, "headers": {"a": ["1"]}}},
+    )
+    merged = merge_patch(
+        "upstreams", current,
+        {"tags": ["z"], "healthchecks": {"active": {"headers": {"b": ["2"]}, "healthy": {"interval": 9}}}},
+    )
+    active = merged["healthchecks"]["active"]
+    assert merged["tags"] == ["z"]
+    assert active["timeout"] == 3 and active["headers"] == {"b": ["2"]}
+    assert active["healthy"] == {"interval": 9, "http_statuses": [200, 302], "successes": 0}
+
+
+def test_decode_form_types_values_by_schema() -> None:
+    decoded = decode_form(
+        "upstreams",
+        [
+            ("name", "a"), ("slots", "20"), ("use_srv_name", "true"), ("tags[]", "x"),
+            ("tags[]", "y"), ("healthchecks.active.timeout", "1.5"),
+            ("healthchecks.active.healthy.http_statuses[1]", "200"),
+            ("healthchecks.active.healthy.http_statuses[2]", "201"), ("host_header", ""),
+        ],
+    )
+    assert decoded == {
+        "name": "a", "slots": 20, "use_srv_name": True, "tags": ["x", "y"],
+        "healthchecks": {"active": {"timeout": 1.5, "healthy": {"http_statuses": [200, 201]}}},
+        "host_header": None,
+    }
+
+
+def test_decode_form_single_value_for_an_array_field_becomes_an_array() -> None:
+    assert decode_form("routes", [("paths", "/a"), ("service.id", ID)]) == {
+        "paths": ["/a"], "service": {"id": ID},
+    }
+
+
+def test_decode_form_leaves_unconvertible_values_for_validation() -> None:
+    decoded = decode_form("upstreams", [("name", "a"), ("slots", "many")])
+    assert decoded["slots"] == "many"
+    assert errors("upstreams", **decoded) == {"slots": "expected an integer"}
