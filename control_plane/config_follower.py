@@ -41,12 +41,14 @@ class ConfigFollower:
         snapshots: SnapshotStore,
         *,
         merge_window: float = 0.05,
-        block_ms: int = 5000,
+        block_ms: int = 1000,
     ) -> None:
         self._redis = redis
         self._source = source
         self._snapshots = snapshots
         self._merge_window = merge_window
+        # Must stay below the client's socket timeout (redis-py's default is 5 s),
+        # or an idle XREAD is mistaken for a dead Redis.
         self._block_ms = block_ms
         self._task: asyncio.Task[None] | None = None
         self._last_id = "0-0"

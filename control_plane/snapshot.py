@@ -84,8 +84,7 @@ class SnapshotStore:
         """Return the current snapshot as soon as it differs from ``known_version``/``known_hash``."""
         while True:
             current = self._current
-            if current is not None and (
-                current.version != known_version or (known_hash and current.hash != known_hash)
-            ):
+            # A DP that holds nothing says hash "", which no snapshot has.
+            if current is not None and (current.version, current.hash) != (known_version, known_hash):
                 return current
             await self._changed.wait()

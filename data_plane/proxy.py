@@ -270,7 +270,7 @@ class _ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop transports are not asyncio.Transport subclasses; duck typing suffices.
         self._transport = transport
         self._server._client_added(self)
         peer = transport.get_extra_info("peername")
@@ -838,7 +838,7 @@ class _UpstreamConnection(asyncio.Protocol):
     # ------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop transports are not asyncio.Transport subclasses; duck typing suffices.
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -234,7 +234,9 @@ async def test_ferry_up_serves_the_demo_and_ctrl_c_leaves_no_process(tmp_path: P
         await wait_for(demo_answers, timeout=30, message="ferry up to proxy /demo")
         seen = {await backend_of(http, f"http://127.0.0.1:{proxy_port}/demo/hello") for _ in range(4)}
         assert seen == {"backend-a", "backend-b"}
-        assert "curl" in log_path.read_text()
+        await wait_for(lambda: "Press Ctrl-C" in log_path.read_text(), timeout=10,
+                       message="ferry up to print what to curl")
+        assert f"curl -s http://127.0.0.1:{proxy_port}/demo/hello" in log_path.read_text()
 
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert process.wait(30) == 0, log_path.read_text()
