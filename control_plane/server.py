@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import redis.asyncio as aioredis
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc 
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import ferry

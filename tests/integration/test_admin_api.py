@@ -653,6 +653,18 @@ async def test_form_encoded_repeated_keys_make_an_array(admin: Client) -> None:
     assert body["paths"] == ["/a", "/b"] and body["strip_path"] is False
 
 
+async def test_form_encoded_service_url_and_nested_route_paths(admin: Client) -> None:
+    status, service = await call(
+        admin, "POST", "/services", data={"name": "orders", "url": "http://orders.internal:8080/v1"}
+    )
+    assert status == 201, service
+    assert (service["host"], service["port"], service["path"]) == ("orders.internal", 8080, "/v1")
+    status, route = await call(admin, "POST", "/services/orders/routes", data={"paths[]": "/orders"})
+    assert status == 201 and route["paths"] == ["/orders"]
+    status, replaced = await call(admin, "PUT", "/services/orders", data={"host": "b", "retries": "2"})
+    assert status == 200 and replaced["retries"] == 2 and replaced["path"] is None
+
+
 async def test_method_not_allowed_is_405(admin: Client) -> None:
     for method, path in (("DELETE", "/upstreams"), ("POST", "/upstreams/a"), ("PUT", "/status")):
         status, body = await call(admin, method, path)
