@@ -32,7 +32,7 @@ import json
 import logging
 import ssl
 from collections import deque
-from typing import Final
+from typing import Final, cast
 
 import httptools
 
@@ -271,7 +271,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports are not asyncio.Transport subclasses; duck typing suffices.
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
         self._server._client_added(self)
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
@@ -659,18 +659,10 @@ class _ClientConnection(asyncio.Protocol):
         self._respond_error(ex, E_TIMEOUT if timed_out else E_BAD_GATEWAY)
         self._advance()
 
-    def response_head(self, ex: _Exchange, head: bytes) -> None:
-        """The upstream's response head, rewritten; one write."""
-        ex.response_started = True
-        assert self._transport is not None
-        self._transport.write(head)
-
-    def response_body(self, data: bytes | list[bytes]) -> None:
-        assert self._transport is not None
-        if isinstance(data, list):
+    def response_write(self, data: list[bytes]) -> None:
+        """Relay response bytes (head and/or body pieces) in one write."""
+        if self._transport is not None and not self._closed:
             self._transport.writelines(data)
-        else:
-            self._transport.write(data)
 
     def response_done(self, ex: _Exchange) -> None:
         """The upstream response for ``ex`` has been relayed completely."""
@@ -819,6 +811,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self._read_timeout = 60.0
         self._write_timeout = 60.0
         self._timer: asyncio.TimerHandle | None = None
+        #: Response bytes for the client gathered while parsing one read from the
+        #: upstream; flushed as one write at the end of it (head and first body bytes
+        #: usually arrive together: one syscall instead of two).
+        self._out: list[bytes] = []
 
     # ------------------------------------------------------------- pool interface
 
@@ -839,7 +835,7 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports are not asyncio.Transport subclasses; duck typing suffices.
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -864,6 +860,7 @@ class _UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._out = []
             ex, client = self._ex, self._client
             if isinstance(exc, httptools.HttpParserCallbackError):
                 log.error("proxy bug while parsing a response", exc_info=exc.__context__ or exc)
@@ -872,6 +869,14 @@ class _UpstreamConnection(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.abort()
                 client.upstream_failed(ex, self, timed_out=False)
+            return
+        if self._out:
+            self._flush()
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._client is not None:
+            self._client.response_write(out)
 
     def pause_writing(self) -> None:
         self._write_paused_at = self._loop.time()
@@ -907,6 +912,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self._timer = self._loop.call_at(self._last_activity + self._read_timeout, self._on_timer)
 
     def _unbind(self) -> None:
+        self._out = []
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -1040,7 +1046,8 @@ class _UpstreamConnection(asyncio.Protocol):
         else:
             parts.append(_CRLF)
         self._head_done = True
-        client.response_head(ex, b"".join(parts))
+        ex.response_started = True
+        self._out.append(b"".join(parts))
         if ex.is_head:
             # llhttp cannot be told that a response to HEAD has no body, and it would
             # wait for Content-Length bytes; finish here and give the next response on
@@ -1053,13 +1060,12 @@ class _UpstreamConnection(asyncio.Protocol):
             self._finish(keep_alive)
 
     def on_body(self, data: bytes) -> None:
-        client = self._client
-        if client is None or not data:
+        if self._client is None or not data:
             return
         if self._body_mode == _BODY_CHUNK:
-            client.response_body([b"%x\r\n" % len(data), data, _CRLF])
+            self._out += (b"%x\r\n" % len(data), data, _CRLF)
         else:
-            client.response_body(data)
+            self._out.append(data)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -1075,7 +1081,8 @@ class _UpstreamConnection(asyncio.Protocol):
         if ex is None or client is None:
             return
         if self._body_mode == _BODY_CHUNK:
-            client.response_body(_LAST_CHUNK)
+            self._out.append(_LAST_CHUNK)
+        self._flush()
         reusable = keep_alive and self._request_done and not self._until_close
         self._unbind()
         if reusable:

@@ -177,7 +177,7 @@ def _banner(admin: str, proxies: list[str], backend_ports: list[int]) -> str:
             + " (upstream 'demo', service 'demo', route /demo)",
             "",
             "Try:",
-            f"  curl -s http://{proxy}/demo/hello          # run it twice: backend-a, then backend-b",
+            f"  curl -s http://{proxy}/demo/hello          # run it twice: backend-a and backend-b take turns",
             f"  curl -s {admin}/upstreams/demo/targets",
             f"  curl -s {admin}/clustering/data-planes",
             f"  curl -s -X POST {admin}/services -d name=httpbin -d url=http://127.0.0.1:{backend_ports[0]}",

@@ -366,7 +366,7 @@ async def test_read_timeout_504(stack: AsyncExitStack) -> None:
     ])
     _, _, url = await start_proxy(stack, config)
     session = await client(stack)
-    async with session.get(url + "/slow?s=5") as resp:
+    async with session.get(url + "/slow?s=1") as resp:
         assert resp.status == 504
         assert await resp.json() == {"message": "The upstream server is timing out"}
     async with session.get(url + "/slow?s=0") as resp:

@@ -1,0 +1,136 @@
+"""compile_config: what it builds and what it refuses."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from data_plane.balancers import BalancerHandle
+from data_plane.runtime import ConfigError, ConfigHolder, compile_config
+
+
+def base() -> dict[str, list[dict[str, Any]]]:
+    return {
+        "upstreams": [{"id": "u1", "name": "backends", "algorithm": "round-robin", "host_header": None}],
+        "targets": [
+            {"id": "t1", "target": "10.0.0.1:8001", "weight": 100, "upstream": {"id": "u1"}},
+            {"id": "t2", "target": "[::1]:8002", "weight": 50, "upstream": {"id": "u1"}},
+        ],
+        "services": [
+            {"id": "s1", "name": "balanced", "protocol": "http", "host": "backends", "port": 80,
+             "path": "/base", "retries": 3, "connect_timeout": 1500, "write_timeout": 2000,
+             "read_timeout": 250, "enabled": True},
+            {"id": "s2", "name": "direct", "protocol": "https", "host": "example.com", "port": 8443, "path": None},
+        ],
+        "routes": [
+            {"id": "r1", "name": "a", "service": {"id": "s1"}, "paths": ["/a"], "strip_path": True},
+            {"id": "r2", "name": "b", "service": {"id": "s2"}, "hosts": ["b.test"]},
+        ],
+    }
+
+
+def test_compile_builds_services() -> None:
+    cfg = compile_config(7, "h", base())
+    assert (cfg.version, cfg.hash) == (7, "h")
+    s1 = cfg.services["s1"]
+    assert s1.balancer is not None and s1.address is None
+    assert (s1.connect_timeout, s1.write_timeout, s1.read_timeout, s1.retries) == (1.5, 2.0, 0.25, 3)
+    assert [a.key for a in s1.balancer.addresses] == ["10.0.0.1:8001", "[::1]:8002"]
+    s2 = cfg.services["s2"]
+    assert s2.balancer is None and s2.address is not None and s2.address.key == "example.com:8443"
+    assert s2.tls and s2.read_timeout == 60.0 and s2.retries == 5
+    m = cfg.match(b"GET", None, b"/a/x?y")
+    assert m is not None and m.service is s1 and m.upstream_path == b"/base/x?y"
+    assert cfg.match(b"GET", b"b.test", b"/")  is not None
+    assert cfg.match(b"GET", None, b"/zzz") is None
+
+
+def test_immutable_and_holder() -> None:
+    cfg = compile_config(1, "h", base())
+    with pytest.raises(AttributeError):
+        cfg.version = 2  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.services["x"] = cfg.services["s1"]  # type: ignore[index]
+    holder = ConfigHolder()
+    assert holder.current is None
+    holder.current = cfg
+    assert holder.current is cfg
+
+
+def test_balancer_state_carried_over_when_targets_unchanged() -> None:
+    first = compile_config(1, "h", base())
+    same = compile_config(2, "h2", copy.deepcopy(base()), previous=first)
+    assert same.upstreams["u1"].balancer is first.upstreams["u1"].balancer
+    changed = base()
+    changed["targets"][1]["weight"] = 10
+    other = compile_config(3, "h3", changed, previous=same)
+    assert other.upstreams["u1"].balancer is not same.upstreams["u1"].balancer
+    assert other.upstreams["u1"].balancer.pick(BalancerHandle()) is not None
+
+
+def test_disabled_service_routes_left_out_and_serviceless_route() -> None:
+    cfg_in = base()
+    cfg_in["services"][0]["enabled"] = False
+    cfg_in["routes"].append({"id": "r3", "paths": ["/none"], "service": None})
+    cfg = compile_config(1, "h", cfg_in)
+    assert cfg.match(b"GET", None, b"/a") is None
+    m = cfg.match(b"GET", None, b"/none")
+    assert m is not None and m.service is None
+
+
+def mutate(path: str, value: Any) -> dict[str, list[dict[str, Any]]]:
+    cfg = base()
+    kind, index, key = path.split(".")
+    if value is _DELETE:
+        del cfg[kind][int(index)][key]
+    else:
+        cfg[kind][int(index)][key] = value
+    return cfg
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("routes.0.service", {"id": "missing"}, "service missing does not exist"),
+        ("targets.0.upstream", {"id": "nope"}, "upstream nope does not exist"),
+        ("targets.0.target", "bad:port", "bad port"),
+        ("targets.0.weight", 70000, "weight"),
+        ("targets.1.target", "10.0.0.1:8001", "duplicate target"),
+        ("upstreams.0.algorithm", "least-connections", "unsupported balancer algorithm"),
+        ("upstreams.0.algorithm", "random", "unknown balancer algorithm"),
+        ("services.0.protocol", "grpc", "not supported"),
+        ("services.0.port", 0, "'port'"),
+        ("services.0.retries", -1, "'retries'"),
+        ("services.0.read_timeout", 0, "'read_timeout'"),
+        ("services.0.path", "nopath", "'path'"),
+        ("services.0.host", _DELETE, "'host' is required"),
+        ("routes.0.paths", ["~/("], "invalid regex"),
+        ("routes.0.paths", ["nope"], "must start with"),
+        ("routes.0.paths", None, "at least one of"),
+        ("routes.0.strip_path", "yes", "boolean"),
+        ("routes.0.headers", {"host": ["x"]}, "hosts"),
+    ],
+)
+def test_config_errors(path: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compile_config(1, "h", mutate(path, value))
+
+
+def test_duplicate_ids_and_upstream_names() -> None:
+    cfg = base()
+    cfg["routes"].append(dict(cfg["routes"][0]))
+    with pytest.raises(ConfigError, match="duplicate id"):
+        compile_config(1, "h", cfg)
+    cfg = base()
+    cfg["upstreams"].append({"id": "u2", "name": "BACKENDS"})
+    with pytest.raises(ConfigError, match="duplicate upstream name"):
+        compile_config(1, "h", cfg)
+
+
+def test_config_error_is_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
