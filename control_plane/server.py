@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from control_plane.config_follower import ConfigFollower
 from control_plane.data_planes import DEFAULT_PURGE_DELAY, DataPlaneRegistry
 from control_plane.snapshot import SnapshotStore
 from control_plane.store import EntityStore
+from ferry.cluster_link import require_secured_link
+from ferry.http_site import start_site
 from ferry.listen import format_host_port, parse_host_port
 from ferry.redis_server import EmbeddedRedis
 from proto import cluster_pb2_grpc
@@ -71,12 +72,7 @@ class ControlPlaneSettings(BaseModel):
 
     @model_validator(mode="after")
     def _cluster_link_is_secured(self) -> ControlPlaneSettings:
-        if not self.cluster_insecure:
-            raise ValueError(
-                "the cluster link has no TLS certificates configured; mTLS is not available "
-                "in this release yet, so start with --cluster-insecure (FERRY_CLUSTER_INSECURE=1) "
-                "on both the control plane and the data planes, on a trusted network only"
-            )
+        require_secured_link(self.cluster_insecure)
         return self
 
 
@@ -141,11 +137,7 @@ class ControlPlane:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = parse_host_port(settings.admin_listen)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets: list[socket.socket] = list(getattr(server, "sockets", []) or [])
-        self.admin_port = sockets[0].getsockname()[1] if sockets else port
+        self.admin_port = await start_site(self._runner, host, port)
         log.info("admin API listening on %s:%d", host, self.admin_port)
 
     async def wait_stopped(self) -> None:

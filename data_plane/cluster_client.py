@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from data_plane.config_cache import ConfigCache
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
+from ferry.cluster_link import require_secured_link
 from ferry.snapshot_format import KINDS, config_hash
 from proto import cluster_pb2, cluster_pb2_grpc
 
@@ -83,8 +84,7 @@ class ClusterClient:
         backoff_max: float = 30.0,
         on_applied: Callable[[RuntimeConfig], None] | None = None,
     ) -> None:
-        if not insecure:
-            raise ValueError("mTLS is not available yet; use --cluster-insecure")
+        require_secured_link(insecure)
         self._target = control_plane
         self._holder = holder
         self._cache = cache

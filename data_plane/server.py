@@ -21,6 +21,8 @@ from data_plane.node_identity import NodeIdentity, default_hostname, load_or_cre
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
 from data_plane.status_api import create_status_app
+from ferry.cluster_link import require_secured_link
+from ferry.http_site import start_site
 from ferry.listen import parse_host_port
 
 log = logging.getLogger("ferry.data_plane")
@@ -47,12 +49,7 @@ class DataPlaneSettings(BaseModel):
 
     @model_validator(mode="after")
     def _cluster_link_is_secured(self) -> DataPlaneSettings:
-        if not self.cluster_insecure:
-            raise ValueError(
-                "the cluster link has no TLS certificates configured; mTLS is not available "
-                "in this release yet, so start with --cluster-insecure (FERRY_CLUSTER_INSECURE=1) "
-                "on both the control plane and the data planes, on a trusted network only"
-            )
+        require_secured_link(self.cluster_insecure)
         return self
 
 
@@ -108,10 +105,7 @@ class DataPlane:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = parse_host_port(self.settings.status_listen)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        sockets = list(getattr(site._server, "sockets", []) or [])
-        self.status_port = sockets[0].getsockname()[1] if sockets else port
+        self.status_port = await start_site(self._runner, host, port)
         log.info("status API listening on %s:%d", host, self.status_port)
 
         host, port = parse_host_port(self.settings.proxy_listen, default_host="0.0.0.0")

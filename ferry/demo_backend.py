@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ferry.http_site import start_site
+
 
 def create_demo_backend(name: str) -> web.Application:
     async def echo(request: web.Request) -> web.Response:
@@ -38,7 +40,4 @@ async def start_demo_backend(name: str, host: str = "127.0.0.1", port: int = 0) 
     """Start the backend; returns its runner (call ``cleanup()`` to stop) and bound port."""
     runner = web.AppRunner(create_demo_backend(name), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    sockets = list(getattr(site._server, "sockets", []) or [])
-    return runner, int(sockets[0].getsockname()[1])
+    return runner, await start_site(runner, host, port)

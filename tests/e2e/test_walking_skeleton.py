@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from ferry.redis_server import free_port
 from tests.e2e.conftest import Cluster, wait_http_ok
@@ -162,17 +163,26 @@ async def test_data_plane_serves_its_cached_config_when_no_control_plane_answers
     assert await backend_of(http, f"{again.proxy}/shop/") == "a"
 
 
-def test_control_plane_refuses_to_start_on_an_unsecured_cluster_link_with_a_clear_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["control-plane", "--admin-listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"],
+        ["data-plane", "--proxy-listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"],
+    ],
+    ids=["control-plane", "data-plane"],
+)
+def test_planes_refuse_to_start_on_an_unsecured_cluster_link_with_a_clear_message(
+    tmp_path: Path, command: list[str]
+) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ferry", "control-plane", "--data-dir", str(tmp_path),
-         "--admin-listen", f"127.0.0.1:{free_port()}", "--cluster-listen", f"127.0.0.1:{free_port()}"],
+        [sys.executable, "-m", "ferry", *command, "--data-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=60,
         env={k: v for k, v in os.environ.items() if not k.startswith("FERRY_")},
     )
     assert result.returncode == 2
     assert "--cluster-insecure" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "redis").exists(), "nothing was started"
+    assert not any(tmp_path.iterdir()), "nothing was started or written"
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import uvloop
 from aiohttp import web
 
 from data_plane.proxy import ProxyServer
@@ -701,26 +700,3 @@ async def test_graceful_stop_finishes_in_flight(stack: AsyncExitStack) -> None:
     with pytest.raises(aiohttp.ClientConnectionError):
         async with session.get(f"http://127.0.0.1:{port}/slow?s=0"):
             pass
-
-
-def test_under_uvloop() -> None:
-    """The production loop: round-robin, a body and keep-alive under uvloop."""
-
-    async def scenario() -> None:
-        async with AsyncExitStack() as stack:
-            a = await start_backend(stack, "a")
-            b = await start_backend(stack, "b")
-            _, _, url = await start_proxy(
-                stack, make_config(1, [(f"127.0.0.1:{a.port}", 1), (f"127.0.0.1:{b.port}", 1)])
-            )
-            session = await client(stack)
-            names = []
-            for _ in range(10):
-                async with session.post(url + "/api", data=b"z" * 100000) as resp:
-                    data = await resp.json()
-                    assert data["body_len"] == 100000
-                    names.append(data["backend"])
-            assert names.count("a") == 5
-            assert a.connections == 1 and b.connections == 1
-
-    uvloop.run(scenario())
