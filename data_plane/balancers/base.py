@@ -99,14 +99,17 @@ class BalancerHandle:
     """Per-request state carried across tries.
 
     ``retries`` counts tries after the first; ``tried`` holds the keys of the addresses
-    already handed out (the balancer adds to it on every pick). Owned by one request.
+    already handed out (the balancer adds to it on every pick). ``hash_key`` is the
+    consistent-hashing key the proxy computed for this request (``None`` for
+    algorithms that do not hash). Owned by one request.
     """
 
-    __slots__ = ("retries", "tried")
+    __slots__ = ("hash_key", "retries", "tried")
 
-    def __init__(self) -> None:
+    def __init__(self, hash_key: bytes | None = None) -> None:
         self.retries = 0
         self.tried: set[str] = set()
+        self.hash_key = hash_key
 
 
 class Balancer(ABC):
@@ -153,6 +156,17 @@ class Balancer(ABC):
 
     def is_usable(self, address: Address) -> bool:
         return address.weight > 0 and address.key not in self._unhealthy
+
+    def on_request_start(self, address: Address) -> None:
+        """The proxy is about to send a try to ``address`` (after a successful pick).
+
+        Report callback for algorithms that track in-flight requests; a no-op here.
+        Every call is matched by exactly one :meth:`on_request_end`.
+        """
+
+    def on_request_end(self, address: Address, elapsed: float, failed: bool) -> None:
+        """The try to ``address`` ended after ``elapsed`` seconds (connect + response
+        headers), ``failed`` when no response came. A no-op here."""
 
     @abstractmethod
     def _rebuild(self) -> None:
