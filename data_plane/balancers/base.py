@@ -163,10 +163,12 @@ class Balancer(ABC):
         Report callback for algorithms that track in-flight requests; a no-op here.
         Every call is matched by exactly one :meth:`on_request_end`.
         """
+        return None  # a deliberate no-op default, not an abstract method
 
     def on_request_end(self, address: Address, elapsed: float, failed: bool) -> None:
         """The try to ``address`` ended after ``elapsed`` seconds (connect + response
         headers), ``failed`` when no response came. A no-op here."""
+        return None
 
     @abstractmethod
     def _rebuild(self) -> None:
