@@ -558,6 +558,15 @@ class Upstream(_Model):
     # Ferry has no certificates entity: only null is accepted (kept for Kong-shaped dumps).
     client_certificate: NullOnly = None
     use_srv_name: bool = False
+    # Ferry extensions (Envoy's ideas, opt-in; see docs/load-balancing.md):
+    # seconds over which a new or recovered target ramps its weight from 10% to 100%.
+    slow_start: Annotated[
+        float, between(0, 3600), PlainSerializer(_compact_number, return_type=int | float)
+    ] = 0
+    # retries allowed as a percentage of the upstream's active requests (null: no budget).
+    retry_budget_percent: Annotated[
+        float, between(0, 100), PlainSerializer(_compact_number, return_type=int | float)
+    ] | None = None
 
 
 class Target(_Model):

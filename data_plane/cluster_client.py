@@ -23,6 +23,7 @@ import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from data_plane.config_cache import ConfigCache
+from data_plane.dns_resolver import TargetResolver
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
 from ferry.cluster_link import require_secured_link
@@ -83,6 +84,8 @@ class ClusterClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         on_applied: Callable[[RuntimeConfig], None] | None = None,
+        resolver: TargetResolver | None = None,
+        dns_timeout: float = 2.0,
     ) -> None:
         require_secured_link(insecure)
         self._target = control_plane
@@ -93,6 +96,8 @@ class ClusterClient:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._on_applied = on_applied
+        self._resolver = resolver
+        self._dns_timeout = dns_timeout
         self.state = ClusterLinkState()
 
     async def run(self) -> None:
@@ -202,6 +207,9 @@ class ClusterClient:
                 )
             )
             return
+        if self._resolver is not None:
+            # Resolve new target names first so the first requests balance over IPs.
+            await self._resolver.apply(config, timeout=self._dns_timeout)
         self._holder.current = config
         self.state.last_config_at = time.time()
         self.state.last_nack = None

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 import ferry
 from data_plane.cluster_client import ClusterClient, apply_snapshot
 from data_plane.config_cache import ConfigCache
+from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.node_identity import NodeIdentity, default_hostname, load_or_create_node_id
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
@@ -40,11 +41,19 @@ class DataPlaneSettings(BaseModel):
     cluster_insecure: bool = False
     hostname: str = ""
     labels: dict[str, str] = {}
+    #: Kong's ``dns_resolver``: ``IP[:PORT]`` list; empty = /etc/resolv.conf's nameservers
+    dns_resolver: str = ""
 
     @field_validator("control_plane", "proxy_listen", "status_listen")
     @classmethod
     def _valid_address(cls, value: str) -> str:
         parse_host_port(value)
+        return value
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _valid_nameservers(cls, value: str) -> str:
+        parse_nameservers(value)
         return value
 
     @model_validator(mode="after")
@@ -67,25 +76,30 @@ class DataPlane:
             version=ferry.__version__,
             labels=dict(settings.labels),
         )
+        self.resolver = TargetResolver(parse_nameservers(settings.dns_resolver) or None)
         self.client = ClusterClient(
             settings.control_plane,
             self.holder,
             self._cache,
             self.node,
             insecure=settings.cluster_insecure,
+            resolver=self.resolver,
         )
         self._proxy: ProxyServer | None = None
         self._runner: web.AppRunner | None = None
         self._client_task: asyncio.Task[None] | None = None
+        self._resolver_task: asyncio.Task[None] | None = None
         self.proxy_port = 0
         self.status_port = 0
 
-    def _load_cache(self) -> None:
+    async def _load_cache(self) -> None:
         cached = self._cache.load()
         if cached is None:
             return
         try:
-            self.holder.current = apply_snapshot(cached, None)
+            config = apply_snapshot(cached, None)
+            await self.resolver.apply(config, timeout=2.0)
+            self.holder.current = config
             log.info("serving cached config version %d until the control plane answers", cached.version)
         except ConfigError as exc:
             log.error("ignoring the config cache %s: %s", self._cache.path, exc)
@@ -98,7 +112,8 @@ class DataPlane:
             raise
 
     async def _start(self) -> None:
-        self._load_cache()
+        await self._load_cache()
+        self._resolver_task = asyncio.create_task(self.resolver.run(), name="ferry-dns-resolver")
         app = create_status_app(
             self.holder, self.client.state, self.node, control_plane=self.settings.control_plane
         )
@@ -121,6 +136,11 @@ class DataPlane:
             self._client_task.cancel()
             await asyncio.gather(self._client_task, return_exceptions=True)
             self._client_task = None
+        self.resolver.stop()
+        if self._resolver_task is not None:
+            self._resolver_task.cancel()
+            await asyncio.gather(self._resolver_task, return_exceptions=True)
+            self._resolver_task = None
         if self._proxy is not None:
             await self._proxy.stop(grace)
             self._proxy = None

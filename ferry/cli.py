@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(dp, "--data-dir", default="./ferry-data", help="state directory (config cache, node id)")
     _flag(dp, "--hostname", default="", help="hostname reported to the control plane (default: this host's)")
     _flag(dp, "--labels", default="", help="comma-separated key=value labels reported to the control plane")
+    _flag(dp, "--dns-resolver", default="",
+          help="nameservers IP[:PORT][,IP[:PORT]] resolving target host names (default: /etc/resolv.conf's)")
     _switch(dp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
     _common(dp)
 
@@ -162,6 +164,7 @@ def _run_data_plane(args: argparse.Namespace) -> int:
             cluster_insecure=args.cluster_insecure,
             hostname=args.hostname,
             labels=parse_labels(args.labels),
+            dns_resolver=args.dns_resolver,
         )
     except (ValidationError, ValueError) as exc:
         return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))

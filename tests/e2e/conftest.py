@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -125,3 +126,38 @@ async def wait_http_ok(session: aiohttp.ClientSession, url: str, process: FerryP
         return await http_ok(session, url)
 
     await wait_for(ready, timeout=timeout, message=f"{url} to answer 200")
+
+
+async def admin(http: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    async with http.request(method, url, json=body) as response:
+        payload = await response.json(content_type=None) if response.status != 204 else None
+        assert response.status < 300, f"{method} {url} → {response.status} {payload}"
+        return payload
+
+
+async def backend_of(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url) as response:
+        assert response.status == 200, await response.text()
+        return str((await response.json())["backend"])
+
+
+async def dp_status(http: aiohttp.ClientSession, status_url: str) -> dict[str, Any]:
+    async with http.get(f"{status_url}/status") as response:
+        return dict(await response.json())
+
+
+async def cp_version(http: aiohttp.ClientSession, cluster: Cluster) -> int:
+    async with http.get(f"{cluster.admin}/status") as response:
+        return int((await response.json())["configuration_version"])
+
+
+async def wait_dp_synced(http: aiohttp.ClientSession, cluster: Cluster, status_url: str) -> dict[str, Any]:
+    wanted = await cp_version(http, cluster)
+
+    async def synced() -> dict[str, Any] | None:
+        status = await dp_status(http, status_url)
+        return status if (status["configuration_version"] or 0) >= wanted else None
+
+    result = await wait_for(synced, timeout=15, message=f"data plane at version {wanted}")
+    assert result is not None
+    return result

@@ -404,3 +404,31 @@ def test_decode_form_leaves_unconvertible_values_for_validation() -> None:
     decoded = decode_form("upstreams", [("name", "a"), ("slots", "many")])
     assert decoded["slots"] == "many"
     assert errors("upstreams", **decoded) == {"slots": "expected an integer"}
+
+
+# ---------------------------------------------- upstream extensions (Envoy's ideas)
+
+
+def test_upstream_slow_start_and_retry_budget_are_off_by_default() -> None:
+    upstream = valid("upstreams", name="a")
+    assert upstream["slow_start"] == 0
+    assert upstream["retry_budget_percent"] is None
+
+
+def test_upstream_slow_start_and_retry_budget_accept_fractions() -> None:
+    upstream = valid("upstreams", name="a", slow_start=2.5, retry_budget_percent=20)
+    assert upstream["slow_start"] == 2.5
+    assert upstream["retry_budget_percent"] == 20
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("slow_start", -1, "value should be between 0 and 3600"),
+        ("slow_start", 3601, "value should be between 0 and 3600"),
+        ("retry_budget_percent", 101, "value should be between 0 and 100"),
+        ("retry_budget_percent", "many", "expected a number"),
+    ],
+)
+def test_upstream_extension_out_of_range_is_a_schema_violation(field: str, value: Any, message: str) -> None:
+    assert errors("upstreams", name="a", **{field: value}) == {field: message}
