@@ -41,6 +41,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from control_plane.errors import SchemaViolation
+from ferry.route_regex import pcre_to_python
 
 #: The entity kinds the store keeps, in dependency order.
 KINDS: tuple[str, ...] = ("upstreams", "targets", "services", "routes")
@@ -307,7 +308,7 @@ def _check_router_path(value: str) -> str:
     _check_percent_encoding(value)
     if value.startswith("~"):
         try:
-            re.compile(value[1:])
+            re.compile(pcre_to_python(value[1:]))
         except re.error as exc:
             raise RuleError(f"invalid regex: '{value[1:]}' (PCRE returned: {exc})") from None
     return value
