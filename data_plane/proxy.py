@@ -21,6 +21,27 @@ chunks straight to the client. Flow control uses the transports' write-buffer
 watermarks: when one side's ``pause_writing`` fires, reading from the other side
 pauses until ``resume_writing``. So a slow client or upstream costs bounded memory.
 
+Upgrades (WebSocket): a request with ``Connection: Upgrade`` + ``Upgrade`` is forwarded
+with both headers and ends HTTP parsing on that client connection. When the target
+answers ``101 Switching Protocols`` the proxy relays the 101 and then pipes raw bytes
+both ways (same flow control, the service's ``read_timeout`` as idle timeout) until
+either side closes; that upstream connection is never pooled. Any other answer is
+relayed normally, with ``Connection: close``.
+
+Response headers added: ``Via: 1.1 <via>`` and Kong's latency pair, named
+``X-Ferry-Upstream-Latency`` (ms from writing the request head to the target until its
+response head arrived) and ``X-Ferry-Proxy-Latency`` (ms from the first byte of the
+request until its head was written to the target: routing, balancing, connecting,
+waiting behind pipelined requests). Both are whole milliseconds, rounded down.
+
+Balancer callbacks: after every successful pick the proxy calls
+``Balancer.on_request_start(address)`` and, exactly once per try, ``on_request_end(address,
+elapsed, failed)`` when the try ends: the response was relayed completely (or the
+WebSocket tunnel closed), the try failed, or the client went away. ``elapsed`` runs from
+the pick (just before connecting) to the response head, or to the end of the try when no
+head came; ``failed`` is ``True`` exactly when no response head came (connect error,
+timeout, close before the head, client gone before it).
+
 Hot path rules: no logging, no JSON, no per-request regex or string formatting beyond
 joining precomputed byte strings; one ``transport.write`` per header block.
 """
@@ -31,12 +52,14 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from collections import deque
 from typing import Final, cast
 
 import httptools
 
-from data_plane.balancers import Address, BalancerHandle
+from data_plane.balancers import Address, Balancer, BalancerHandle
+from data_plane.router import RouteMatch
 from data_plane.runtime import CompiledService, ConfigHolder
 from data_plane.upstream_pool import UpstreamPool
 
@@ -57,6 +80,9 @@ CLIENT_KEEPALIVE_TIMEOUT: Final = 60.0
 _PAUSE_UPSTREAM: Final = 1  # the upstream transport's write buffer is full
 _PAUSE_BUFFER: Final = 2  # body buffered while not connected yet is over the limit
 _PAUSE_PIPELINE: Final = 4  # a pipelined request waits behind the active one
+_PAUSE_UPGRADE: Final = 8  # an Upgrade request waits for the target's answer
+
+_now_ns: Final = time.monotonic_ns
 
 # Request header classes (by lower-case name).
 _H_DROP: Final = 1  # hop-by-hop, or replaced by the proxy
@@ -66,6 +92,7 @@ _H_CONTENT_LENGTH: Final = 4
 _H_TRANSFER_ENCODING: Final = 5
 _H_XFF: Final = 6
 _H_EXPECT: Final = 7
+_H_UPGRADE: Final = 8
 
 _REQUEST_HEADERS: Final[dict[bytes, int]] = {
     b"connection": _H_CONNECTION,
@@ -73,7 +100,8 @@ _REQUEST_HEADERS: Final[dict[bytes, int]] = {
     b"proxy-connection": _H_DROP,
     b"te": _H_DROP,
     b"trailer": _H_DROP,
-    b"upgrade": _H_DROP,
+    # Forwarded only on an upgrade request (``Connection: upgrade`` as well).
+    b"upgrade": _H_UPGRADE,
     b"transfer-encoding": _H_TRANSFER_ENCODING,
     b"host": _H_HOST,
     b"content-length": _H_CONTENT_LENGTH,
@@ -93,6 +121,7 @@ _R_DROP: Final = 1
 _R_CONNECTION: Final = 2
 _R_CONTENT_LENGTH: Final = 3
 _R_TRANSFER_ENCODING: Final = 4
+_R_UPGRADE: Final = 5
 
 _RESPONSE_HEADERS: Final[dict[bytes, int]] = {
     b"connection": _R_CONNECTION,
@@ -100,7 +129,7 @@ _RESPONSE_HEADERS: Final[dict[bytes, int]] = {
     b"proxy-connection": _R_DROP,
     b"te": _R_DROP,
     b"trailer": _R_DROP,
-    b"upgrade": _R_DROP,
+    b"upgrade": _R_UPGRADE,
     b"transfer-encoding": _R_TRANSFER_ENCODING,
     b"content-length": _R_CONTENT_LENGTH,
 }
@@ -113,6 +142,8 @@ _BODY_PASS: Final = 1  # as it comes (Content-Length framed, or raw until close)
 _BODY_CHUNK: Final = 2  # re-chunked (upstream chunked or until-close, HTTP/1.1 client)
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CONNECTION_UPGRADE: Final = b"Connection: Upgrade\r\n"
+_LATENCY_HEADERS: Final = b"X-Ferry-Upstream-Latency: %d\r\nX-Ferry-Proxy-Latency: %d\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 _CRLF: Final = b"\r\n"
 
@@ -198,9 +229,16 @@ class _Exchange:
         "retries",
         "reused",
         "stale_retried",
+        "upgrade",
+        "t_begin",
+        "t_try",
+        "t_sent",
+        "t_headers",
+        "try_balancer",
+        "set_cookie",
     )
 
-    def __init__(self, method: bytes, http10: bool, close_after: bool) -> None:
+    def __init__(self, method: bytes, http10: bool, close_after: bool, t_begin: int = 0) -> None:
         self.method = method
         self.is_head = method == b"HEAD"
         self.http10 = http10
@@ -233,6 +271,24 @@ class _Exchange:
         self.retries = 0
         self.reused = False
         self.stale_retried = False
+        #: An upgrade request (``Connection: upgrade`` + ``Upgrade``): tunnel on a 101.
+        self.upgrade = False
+        # Monotonic ns: first request byte parsed, pick of the current try, request head
+        # written to the target, response head received (0 = not yet, for this try).
+        self.t_begin = t_begin
+        self.t_try = 0
+        self.t_sent = 0
+        self.t_headers = 0
+        #: The balancer owed an ``on_request_end`` for the current try (``None`` when
+        #: no try is open or the service has no balancer).
+        self.try_balancer: Balancer | None = None
+        #: A ``Set-Cookie`` header line (with CRLF) to add to the response, from
+        #: cookie-based consistent hashing.
+        self.set_cookie: bytes | None = None
+
+
+class _BadUpstreamResponse(Exception):
+    """Raised inside a response parser callback: the answer cannot be relayed (502)."""
 
 
 class _ParseAbort(Exception):
@@ -255,6 +311,11 @@ class _ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        #: Inside a request head (message begun, headers not complete): a guard against
+        #: a header line that never ends (llhttp hands over a header only once complete).
+        self._in_head = False
+        self._head_fed = -1
+        self._t_begin = 0
         self._queue: deque[_Exchange] = deque()
         self._parsing: _Exchange | None = None
         self._read_paused = 0
@@ -266,6 +327,10 @@ class _ClientConnection(asyncio.Protocol):
         self.last_active = self._loop.time()
         self._peer_ip = b""
         self._fwd_fixed = b""
+        #: The upgrade request waiting for its answer (reading paused meanwhile).
+        self._upgrade_ex: _Exchange | None = None
+        #: After a 101: the upstream connection raw bytes are piped to.
+        self._tunnel: _UpstreamConnection | None = None
 
     # ------------------------------------------------------------- asyncio callbacks
 
@@ -289,6 +354,7 @@ class _ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server._client_gone(self)
+        tunnel, self._tunnel = self._tunnel, None
         queue, self._queue = self._queue, deque()
         for ex in queue:
             if ex.connect_task is not None:
@@ -297,7 +363,12 @@ class _ClientConnection(asyncio.Protocol):
             conn = ex.conn
             if conn is not None:
                 ex.conn = None
-                conn.abandon()
+                if conn is tunnel:
+                    conn.end_tunnel()  # graceful: what the client sent last still goes
+                else:
+                    conn.abandon()
+            if ex.try_balancer is not None:
+                _end_try(ex, ex.t_headers == 0)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -314,19 +385,37 @@ class _ClientConnection(asyncio.Protocol):
                 conn.resume_reading_for_client()
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.send_body(data)
+            return
         self.last_active = self._loop.time()
         if self._no_more:
+            if self._upgrade_ex is not None:
+                self._upgrade_data(self._upgrade_ex, data)
             return
         try:
             self._parser.feed_data(data)
+            if self._in_head:
+                # A head still open after a whole read: count the read (the one that
+                # began the head is not counted, so pipelined small requests in one
+                # read never trip this); complete headers are counted exactly.
+                if self._head_fed >= 0:
+                    self._head_fed += len(data)
+                    if self._head_fed > MAX_HEADER_BYTES:
+                        self._in_head = False
+                        self._protocol_error(E_HEADERS_TOO_LARGE)
+                else:
+                    self._head_fed = 0
         except httptools.HttpParserUpgrade as exc:
-            # llhttp stops at an "Upgrade" request. Upgrades are not proxied yet (the
-            # Upgrade header was removed, so the upstream answered normally); carry on
-            # with a fresh parser from where llhttp stopped.
+            # llhttp stops after an upgrade (or CONNECT) request: no more HTTP on this
+            # connection. What follows belongs to the tunnel, if the target agrees.
+            ex = self._upgrade_ex
             offset = int(exc.args[0]) if exc.args else len(data)
-            self._parser = httptools.HttpRequestParser(self)
-            if offset < len(data) and not self._no_more:
-                self.data_received(data[offset:])
+            if ex is not None:
+                self._pause_reading(_PAUSE_UPGRADE)
+                if offset < len(data):
+                    self._upgrade_data(ex, data[offset:])
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, _ParseAbort):
@@ -338,6 +427,8 @@ class _ClientConnection(asyncio.Protocol):
                 self._protocol_error(E_BAD_REQUEST)
 
     def eof_received(self) -> bool | None:
+        if self._tunnel is not None:
+            return False  # closes; connection_lost closes the upstream side gracefully
         # The client half-closed. Finish what is queued, then close (returning False
         # would close the transport right away and lose in-flight answers).
         self._no_more = True
@@ -350,9 +441,12 @@ class _ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
+        self._t_begin = _now_ns()
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._in_head = True
+        self._head_fed = -1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -367,6 +461,7 @@ class _ClientConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._no_more:
             # A request pipelined after one that closes the connection: never answered
             # (RFC 9112 9.6), so not routed either.
@@ -381,6 +476,7 @@ class _ClientConnection(asyncio.Protocol):
         content_length = -1
         chunked = False
         expect = False
+        upgrade_value: bytes | None = None
         out: list[bytes] = []
         for name, value in self._headers:
             kind = _REQUEST_HEADERS.get(name.lower(), 0)
@@ -399,6 +495,8 @@ class _ClientConnection(asyncio.Protocol):
                 xff = value if xff is None else xff + b", " + value
             elif kind == _H_EXPECT:
                 expect = value.strip().lower() == b"100-continue"
+            elif kind == _H_UPGRADE:
+                upgrade_value = value
         if conn_tokens:
             # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
             extra = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
@@ -409,16 +507,31 @@ class _ClientConnection(asyncio.Protocol):
         else:
             keep_alive = not (conn_tokens and b"close" in conn_tokens)
         close_after = not keep_alive or self._shutting_down
-        ex = _Exchange(method, http10, close_after)
-        ex.has_body = chunked or content_length > 0
-        ex.chunked = chunked
+        ex = _Exchange(method, http10, close_after, self._t_begin)
+        # llhttp's own verdict (Connection: upgrade + Upgrade, or CONNECT): it stops
+        # parsing after this head whatever we do, so HTTP ends here on this connection.
+        upgrade = parser.should_upgrade()
+        if upgrade:
+            ex.close_after = True
+            self._no_more = True
+            if method == b"CONNECT" or upgrade_value is None:
+                ex.error = E_BAD_REQUEST  # a reverse proxy offers no CONNECT tunnels
+            else:
+                # Body bytes, if any, are not parsed (llhttp skips to the upgrade):
+                # they go to the target raw, as the tunnel's first bytes.
+                ex.upgrade = True
+                out.append(b"Upgrade: " + upgrade_value + _CRLF + _CONNECTION_UPGRADE)
+        ex.has_body = (chunked or content_length > 0) and not upgrade
+        ex.chunked = chunked and not upgrade
         ex.expect_continue = expect and ex.has_body
         ex.host_header = host
         if close_after:
             self._no_more = True
 
         config = self._holder.current  # read once: this request uses this config
-        if config is None:
+        if ex.error is not None:
+            pass
+        elif config is None:
             ex.error = E_NO_CONFIG
         else:
             route_headers = None
@@ -449,7 +562,12 @@ class _ClientConnection(asyncio.Protocol):
                     out.append(b"Transfer-Encoding: chunked\r\n")
                 out.append(_CRLF)
                 ex.head_tail = b"".join(out)
+                # Hook for consistent hashing: the key is computed here, where the
+                # request head is at hand, before the first pick (see _hash_key).
+                self._hash_key(ex, match)
         ex.discard = ex.error is not None
+        if ex.upgrade and ex.error is None:
+            self._upgrade_ex = ex
         self._parsing = ex
         self._queue.append(ex)
         if len(self._queue) == 1:
@@ -528,22 +646,46 @@ class _ClientConnection(asyncio.Protocol):
             self._transport.write(_CONTINUE)
         self._try_next(ex)
 
+    def _hash_key(self, ex: _Exchange, match: RouteMatch[CompiledService]) -> None:
+        """Compute the consistent-hashing key of ``ex`` before its first pick.
+
+        The hook for ``hash_on``/``hash_fallback``: it runs in ``on_headers_complete``,
+        while the request head (``self._headers``, ``self._url``, ``self._peer_ip``)
+        and the route match (regex captures) are at hand, and stores the key in a
+        fresh ``ex.handle`` (and a ``Set-Cookie`` line in ``ex.set_cookie`` when a
+        cookie was generated). Not wired yet: the upstream's hash spec is not in the
+        compiled config, so every handle is created with ``hash_key=None``.
+        """
+        return None
+
     def _try_next(self, ex: _Exchange) -> None:
-        """Pick an address for the next try and connect (pooled or new)."""
+        """Pick an address for the next try and connect (pooled or new).
+
+        Opens a try: ``on_request_start`` is called on the balancer after a successful
+        pick, and :func:`_end_try` owes it exactly one ``on_request_end``.
+        """
         service = ex.service
         assert service is not None
-        if service.balancer is not None:
-            if ex.handle is None:
-                ex.handle = BalancerHandle()
-            ex.handle.retries = ex.retries
-            address = service.balancer.pick(ex.handle)
+        if ex.try_balancer is not None:
+            _end_try(ex, ex.t_headers == 0)  # defensive: never leak an open try
+        balancer = service.balancer
+        if balancer is not None:
+            handle = ex.handle
+            if handle is None:
+                handle = ex.handle = BalancerHandle()
+            handle.retries = ex.retries
+            address = balancer.pick(handle)
             if address is None:
                 self._respond_error(ex, E_NO_PEER)
                 return
+            balancer.on_request_start(address)
+            ex.try_balancer = balancer
         else:
             address = service.address
             assert address is not None
         ex.address = address
+        ex.t_try = _now_ns()
+        ex.t_headers = 0
         self._connect(ex, address, pooled=True)
 
     def _connect(self, ex: _Exchange, address: Address, *, pooled: bool) -> None:
@@ -587,6 +729,7 @@ class _ClientConnection(asyncio.Protocol):
         if conn is not None:
             self._attach(ex, conn)
             return
+        _end_try(ex, True)
         self._try_failed(ex, timed_out)
         self._advance()
 
@@ -618,6 +761,7 @@ class _ClientConnection(asyncio.Protocol):
         head = b"".join(
             (ex.method, b" ", ex.upstream_path, b" HTTP/1.1\r\nHost: ", host, _CRLF, ex.head_tail)
         )
+        ex.t_sent = _now_ns()
         if ex.body:
             body, ex.body = ex.body, []
             ex.body_size = 0
@@ -636,8 +780,16 @@ class _ClientConnection(asyncio.Protocol):
         if ex.conn is conn:
             ex.conn = None
         if self._closed:
+            return  # connection_lost already ended the try
+        if conn is self._tunnel:
+            # The target closed (or idled out) an upgraded connection: the tunnel ends;
+            # close the client side after what was relayed so far.
+            self._tunnel = None
+            _end_try(ex, False)
+            self._close()
             return
         if ex.response_started:
+            _end_try(ex, False)
             # Part of the response is already out: the client can only learn of the
             # failure from the connection closing before the framing says it is done.
             self._abort()
@@ -652,10 +804,12 @@ class _ClientConnection(asyncio.Protocol):
             and ex.address is not None
         ):
             # The upstream closed an idle keep-alive connection just as we reused it:
-            # one more try on a fresh connection to the same address.
+            # one more try on a fresh connection to the same address (the same try
+            # for the balancer: nothing was sent for real).
             ex.stale_retried = True
             self._connect(ex, ex.address, pooled=False)
             return
+        _end_try(ex, ex.t_headers == 0)
         self._respond_error(ex, E_TIMEOUT if timed_out else E_BAD_GATEWAY)
         self._advance()
 
@@ -668,6 +822,8 @@ class _ClientConnection(asyncio.Protocol):
         """The upstream response for ``ex`` has been relayed completely."""
         ex.conn = None
         ex.response_complete = True
+        if ex.try_balancer is not None:
+            _end_try(ex, False)
         if not ex.request_complete:
             # Answered before the whole request body arrived: drop the rest of it.
             ex.discard = True
@@ -679,6 +835,8 @@ class _ClientConnection(asyncio.Protocol):
 
     def _respond_error(self, ex: _Exchange, error: _ErrorKey) -> None:
         """Answer ``ex`` with a JSON error (does not advance the queue)."""
+        if ex.try_balancer is not None:
+            _end_try(ex, ex.t_headers == 0)
         if ex.response_started:
             self._abort()
             return
@@ -727,6 +885,37 @@ class _ClientConnection(asyncio.Protocol):
         self._queue.append(ex)
         if len(self._queue) == 1:
             self._advance()
+
+    # ------------------------------------------------------------------- upgrades
+
+    def _upgrade_data(self, ex: _Exchange, data: bytes) -> None:
+        """Bytes after an upgrade request's head, before the target answered.
+
+        They are the tunnel's first bytes: written after the request head (now if it
+        is written already). Reading stays paused until the answer, so at most one read
+        is held here.
+        """
+        if ex.discard:
+            return
+        conn = ex.conn
+        if conn is not None:
+            conn.send_body(data)
+        else:
+            ex.body.append(data)
+            ex.body_size += len(data)
+        self._pause_reading(_PAUSE_UPGRADE)
+
+    def start_tunnel(self, ex: _Exchange, conn: _UpstreamConnection) -> None:
+        """The target answered ``ex`` with 101 (relayed): pipe raw bytes from now on."""
+        self._upgrade_ex = None
+        self._tunnel = conn
+        ex.response_started = True
+        self._resume_reading(_PAUSE_UPGRADE)
+
+    def tunnel_write(self, data: bytes) -> None:
+        """Relay raw tunnel bytes from the target."""
+        if self._transport is not None and not self._closed:
+            self._transport.write(data)
 
     # ------------------------------------------------------------------- utilities
 
@@ -778,6 +967,21 @@ class _ClientConnection(asyncio.Protocol):
             self._close()
 
 
+def _end_try(ex: _Exchange, failed: bool) -> None:
+    """Report the end of ``ex``'s current try to its balancer (once; no-op otherwise).
+
+    ``elapsed`` runs from the pick to the response head, or to now when no head came.
+    """
+    balancer = ex.try_balancer
+    if balancer is None:
+        return
+    ex.try_balancer = None
+    address = ex.address
+    assert address is not None
+    end = ex.t_headers or _now_ns()
+    balancer.on_request_end(address, (end - ex.t_try) / 1e9, failed)
+
+
 class _UpstreamConnection(asyncio.Protocol):
     """Client side of one upstream TCP connection; pooled between requests.
 
@@ -804,6 +1008,10 @@ class _UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._head_done = False
         self._request_done = False
+        #: A 101 head for an upgrade request was parsed; the tunnel starts once llhttp
+        #: reports where the raw bytes begin. ``_tunnel``: raw piping is on.
+        self._tunnel_pending = False
+        self._tunnel = False
         self.got_response_bytes = False
         self._paused_for_client = False
         self._write_paused_at: float | None = None
@@ -831,6 +1039,12 @@ class _UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self.transport.abort()
 
+    def end_tunnel(self) -> None:
+        """The client side of a tunnel closed: close after writing what is buffered."""
+        self._unbind()
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
     # ------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -851,6 +1065,11 @@ class _UpstreamConnection(asyncio.Protocol):
         client.upstream_failed(ex, self, timed_out=False)
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel:
+            if self._client is not None:
+                self._last_activity = self._loop.time()
+                self._client.tunnel_write(data)
+            return
         if self._ex is None:
             # Bytes on an idle connection (e.g. an unsolicited 408): unusable now.
             self.close()
@@ -859,19 +1078,50 @@ class _UpstreamConnection(asyncio.Protocol):
         self.got_response_bytes = True
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if not self._tunnel_pending:
+                self._bad_response(None)
+                return
+            offset = int(exc.args[0]) if exc.args else len(data)
+            if offset < len(data):
+                self._out.append(data[offset:])
+            self._start_tunnel()
+            return
         except httptools.HttpParserError as exc:
-            self._out = []
-            ex, client = self._ex, self._client
-            if isinstance(exc, httptools.HttpParserCallbackError):
-                log.error("proxy bug while parsing a response", exc_info=exc.__context__ or exc)
-            if ex is not None and client is not None:
-                self._unbind()
-                if self.transport is not None:
-                    self.transport.abort()
-                client.upstream_failed(ex, self, timed_out=False)
+            self._bad_response(exc)
             return
         if self._out:
             self._flush()
+
+    def _bad_response(self, exc: httptools.HttpParserError | None) -> None:
+        """Unparsable bytes from the target: fail the exchange (502) and drop the connection."""
+        self._out = []
+        ex, client = self._ex, self._client
+        if isinstance(exc, httptools.HttpParserCallbackError) and not isinstance(
+            exc.__context__, _BadUpstreamResponse
+        ):
+            log.error("proxy bug while parsing a response", exc_info=exc.__context__ or exc)
+        if ex is not None and client is not None:
+            self._unbind()
+            if self.transport is not None:
+                self.transport.abort()
+            client.upstream_failed(ex, self, timed_out=False)
+        else:
+            # E.g. garbage after a finished response on a connection now in the pool.
+            self.close()
+
+    def _start_tunnel(self) -> None:
+        """Relay the 101 head (and any bytes after it) and switch to raw piping."""
+        ex, client = self._ex, self._client
+        self._tunnel_pending = False
+        if ex is None or client is None:
+            self._out = []
+            self.close()
+            return
+        self._tunnel = True
+        self._request_done = True
+        self._flush()
+        client.start_tunnel(ex, self)
 
     def _flush(self) -> None:
         out, self._out = self._out, []
@@ -993,17 +1243,19 @@ class _UpstreamConnection(asyncio.Protocol):
         if ex is None or client is None:
             return
         status = self._parser.get_status_code()
-        if status < 200:
+        if status < 200 and not (status == 101 and ex.upgrade):
             # 1xx interim answers are not relayed: "100 Continue" was sent to the client
-            # by the proxy, and 101 cannot happen since Upgrade is not forwarded.
+            # by the proxy (a 101 to anything but an upgrade request is ignored too).
             self._interim = True
             self._reason = b""
             self._headers = []
             return
+        ex.t_headers = now = _now_ns()
         content_length: bytes | None = None
         chunked = False
         upstream_close = False
         conn_tokens: list[bytes] | None = None
+        upgrade_value: bytes | None = None
         parts = [b"HTTP/1.1 %d " % status, self._reason, _CRLF]
         for name, value in self._headers:
             kind = _RESPONSE_HEADERS.get(name.lower(), 0)
@@ -1015,12 +1267,30 @@ class _UpstreamConnection(asyncio.Protocol):
                 chunked = True
             elif kind == _R_CONNECTION:
                 conn_tokens = (conn_tokens or []) + _tokens(value)
+            elif kind == _R_UPGRADE:
+                upgrade_value = value
         if conn_tokens:
             upstream_close = b"close" in conn_tokens
             extra = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
             if extra:
                 parts = parts[:3] + [p for p in parts[3:] if p.split(b":", 1)[0].lower() not in extra]
         parts.append(self._server._via_header)
+        parts.append(
+            _LATENCY_HEADERS
+            % ((now - ex.t_sent) // 1_000_000, (ex.t_sent - ex.t_begin) // 1_000_000)
+        )
+        if ex.set_cookie is not None:
+            parts.append(ex.set_cookie)
+        if status == 101:
+            # Switching protocols (llhttp agrees only with "Connection: upgrade" and
+            # "Upgrade" in the answer; otherwise the raw bytes would be misparsed).
+            if upgrade_value is None or not self._parser.should_upgrade():
+                raise _BadUpstreamResponse("101 without Upgrade/Connection: upgrade")
+            parts.append(b"Upgrade: " + upgrade_value + _CRLF + _CONNECTION_UPGRADE + _CRLF)
+            self._out.append(b"".join(parts))
+            self._body_mode = _BODY_NONE
+            self._tunnel_pending = True
+            return
         no_body = ex.is_head or status == 204 or status == 304
         self._until_close = False
         if no_body:
@@ -1071,7 +1341,7 @@ class _UpstreamConnection(asyncio.Protocol):
         if self._interim:
             self._interim = False
             return
-        if self._ex is None:
+        if self._ex is None or self._tunnel_pending:
             return
         # Read here: should_keep_alive() is only meaningful inside on_message_complete.
         self._finish(self._parser.should_keep_alive())
@@ -1083,7 +1353,9 @@ class _UpstreamConnection(asyncio.Protocol):
         if self._body_mode == _BODY_CHUNK:
             self._out.append(_LAST_CHUNK)
         self._flush()
-        reusable = keep_alive and self._request_done and not self._until_close
+        # An upgrade request's connection is never reused: the target may have read the
+        # bytes after the head as the start of a tunnel.
+        reusable = keep_alive and self._request_done and not self._until_close and not ex.upgrade
         self._unbind()
         if reusable:
             self._server.pool.release(self)
