@@ -75,6 +75,10 @@ MAX_HEADER_BYTES: Final = 32 * 1024
 BODY_BUFFER_LIMIT: Final = 256 * 1024
 #: Close a client connection idle (no request in progress) for this long, in seconds.
 CLIENT_KEEPALIVE_TIMEOUT: Final = 60.0
+#: After answering an unparsable request, keep reading (and dropping) what the client
+#: still sends for up to this many seconds before closing, so that closing with unread
+#: bytes does not reset the connection and destroy the answer (nginx's lingering close).
+LINGER_TIMEOUT: Final = 2.0
 
 # Reasons for pausing reads from the client (a bit set: reading resumes when none is left).
 _PAUSE_UPSTREAM: Final = 1  # the upstream transport's write buffer is full
@@ -331,6 +335,9 @@ class _ClientConnection(asyncio.Protocol):
         self._upgrade_ex: _Exchange | None = None
         #: After a 101: the upstream connection raw bytes are piped to.
         self._tunnel: _UpstreamConnection | None = None
+        #: Close with a lingering drain (see :data:`LINGER_TIMEOUT`).
+        self._linger = False
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------- asyncio callbacks
 
@@ -354,6 +361,9 @@ class _ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server._client_gone(self)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         tunnel, self._tunnel = self._tunnel, None
         queue, self._queue = self._queue, deque()
         for ex in queue:
@@ -864,8 +874,9 @@ class _ClientConnection(asyncio.Protocol):
         self._resume_reading(_PAUSE_UPSTREAM)
 
     def _protocol_error(self, error: _ErrorKey) -> None:
-        """The request stream is unparsable: answer (in order) and close."""
+        """The request stream is unparsable: answer (in order) and close (lingering)."""
         self._no_more = True
+        self._linger = True
         ex = self._parsing
         if ex is not None and not ex.request_complete:
             # Broken in the middle of a body: its upstream request cannot be completed.
@@ -937,8 +948,16 @@ class _ClientConnection(asyncio.Protocol):
             self._resume_reading(_PAUSE_UPSTREAM)
 
     def _close(self) -> None:
-        if self._transport is not None and not self._closed:
-            self._transport.close()
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        if self._linger and self._linger_timer is None and transport.can_write_eof():
+            # Send the answer and FIN, drain the client until it closes (or time is up).
+            transport.write_eof()
+            transport.resume_reading()
+            self._linger_timer = self._loop.call_later(LINGER_TIMEOUT, transport.close)
+            return
+        transport.close()
 
     def _abort(self) -> None:
         if self._transport is not None and not self._closed:

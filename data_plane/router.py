@@ -35,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ferry.route_regex import pcre_to_python
+
 S = TypeVar("S")
 
 _SLASH = 0x2F  # ord("/")
@@ -68,12 +70,16 @@ class RouteMatch(Generic[S]):
     """The result of a match: the route, its service and the upstream request target.
 
     ``upstream_path`` is the path (plus ``?query`` when the request had one) to put on
-    the upstream request line.
+    the upstream request line. ``captures`` maps the named groups of a matching ``~``
+    regex path that took part in the match to their text (decoded as UTF-8 with
+    ``surrogateescape``, so it encodes back to the exact bytes); ``None`` for prefix
+    paths and for regexes without named groups.
     """
 
     route: RouteSpec[S]
     service: S | None
     upstream_path: bytes
+    captures: Mapping[str, str] | None = None
 
 
 class _Candidate(Generic[S]):
@@ -89,6 +95,7 @@ class _Candidate(Generic[S]):
         "headers",
         "prefix",
         "regex",
+        "named_groups",
         "base",
         "base_ends_slash",
         "strip",
@@ -126,9 +133,10 @@ class _Candidate(Generic[S]):
         self.regex: re.Pattern[bytes] | None = None
         if path is not None:
             if path.startswith("~"):
-                self.regex = re.compile(path[1:].encode())
+                self.regex = re.compile(pcre_to_python(path[1:]).encode())
             else:
                 self.prefix = path.encode()
+        self.named_groups = bool(self.regex is not None and self.regex.groupindex)
         self.base = (route.service_path or "/").encode()
         self.base_ends_slash = self.base.endswith(b"/")
         self.strip = route.strip_path
@@ -259,6 +267,15 @@ class Router(Generic[S]):
                 if m is None:
                     continue
                 end = m.end()
+                if c.named_groups:
+                    captures = {
+                        name: value.decode("utf-8", "surrogateescape")
+                        for name, value in m.groupdict().items()
+                        if value is not None
+                    }
+                    return RouteMatch(
+                        c.route, c.route.service, c.upstream_path(path, end, query), captures
+                    )
             else:
                 end = 0
             return RouteMatch(c.route, c.route.service, c.upstream_path(path, end, query))

@@ -15,11 +15,19 @@ a request is served entirely by the old or entirely by the new config.
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from data_plane.balancers import Address, Balancer, create_balancer, parse_target
+from data_plane.balancers import (
+    Address,
+    Balancer,
+    BalancerOptions,
+    create_balancer,
+    parse_target,
+)
+from data_plane.hash_key import HashSpec, compile_hash_spec
+from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch, Router, RouteSpec
 
 __all__ = [
@@ -42,10 +50,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class CompiledUpstream:
-    """An upstream with its balancer.
+    """An upstream with its balancer, hash settings and retry budget.
 
-    The balancer is mutable (round-robin position, health marks) and may be shared
-    with the previous config version when the target set did not change.
+    ``targets`` are the configured targets (sorted by key, hostnames unresolved): the
+    DNS resolver expands them and hands the result to ``balancer.after_targets_changed``,
+    so ``balancer.addresses`` may differ from ``targets``. ``hash_spec`` is ``None`` unless
+    the algorithm is consistent hashing with a ``hash_on`` other than ``none``.
+    ``retry_budget`` is ``None`` unless ``retry_budget_percent`` is set. ``slots`` and
+    ``slow_start`` (seconds) are the balancer options as configured.
+
+    The balancer and the retry budget are mutable (positions, health marks, counters)
+    and are shared with the previous config version when what they depend on did not
+    change: the balancer when algorithm, options and targets are the same, the budget
+    when its percent is the same.
     """
 
     id: str
@@ -53,6 +70,16 @@ class CompiledUpstream:
     algorithm: str
     host_header: bytes | None
     balancer: Balancer
+    targets: tuple[Address, ...] = ()
+    hash_spec: HashSpec | None = None
+    retry_budget: RetryBudget | None = None
+    slots: int = 10000
+    slow_start: float = 0.0
+
+    @property
+    def options(self) -> BalancerOptions:
+        """The balancer options this upstream was built with."""
+        return self.balancer.options
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +108,8 @@ class CompiledService:
     upstream_id: str | None
     default_port: int
     enabled: bool = True
+    #: The balanced upstream (its ``hash_spec`` and ``retry_budget``), or ``None``.
+    upstream: CompiledUpstream | None = None
 
     @property
     def tls(self) -> bool:
@@ -166,6 +195,21 @@ def _int(entity: Mapping[str, Any], key: str, label: str, default: int, lo: int,
     return value
 
 
+def _number(
+    entity: Mapping[str, Any], key: str, label: str, default: float | None, lo: float, hi: float
+) -> float | None:
+    value = entity.get(key)
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not lo <= value <= hi  # also refuses NaN
+    ):
+        raise ConfigError(f"{label}: '{key}' must be a number between {lo:g} and {hi:g}")
+    return float(value)
+
+
 def _bool(entity: Mapping[str, Any], key: str, label: str, default: bool) -> bool:
     value = entity.get(key)
     if value is None:
@@ -216,16 +260,21 @@ def compile_config(
     config_hash: str,
     entities: Mapping[str, list[dict[str, Any]]],
     previous: RuntimeConfig | None = None,
+    *,
+    clock: Callable[[], float] | None = None,
 ) -> RuntimeConfig:
     """Validate and compile a snapshot into a :class:`RuntimeConfig`.
 
     ``entities`` maps ``upstreams``/``targets``/``services``/``routes`` to lists of entity
     dicts; other kinds are ignored. When ``previous`` has an upstream with the same id,
-    algorithm and target set, its balancer object (round-robin position, health marks)
-    is reused instead of starting afresh. Raises :class:`ConfigError`. Pure apart from
+    algorithm, balancer options and configured targets, its balancer object
+    (positions, statistics, health marks, DNS expansion) is reused; when only targets or
+    options changed, a new balancer is seeded from it (health marks, slow-start ramps,
+    statistics of addresses that stay) without modifying it. ``clock`` (monotonic
+    seconds) is for tests of slow start. Raises :class:`ConfigError`. Pure apart from
     that sharing; takes no locks and does no I/O.
     """
-    upstreams = _compile_upstreams(entities, previous)
+    upstreams = _compile_upstreams(entities, previous, clock)
     by_name = {u.name: u for u in upstreams.values()}
     services = _compile_services(entities, by_name)
     specs: list[RouteSpec[CompiledService]] = []
@@ -247,7 +296,9 @@ def compile_config(
 
 
 def _compile_upstreams(
-    entities: Mapping[str, Any], previous: RuntimeConfig | None
+    entities: Mapping[str, Any],
+    previous: RuntimeConfig | None,
+    clock: Callable[[], float] | None,
 ) -> dict[str, CompiledUpstream]:
     raw = _entities(entities, "upstreams")
     targets_by_upstream: dict[str, list[Address]] = {u["id"]: [] for u in raw}
@@ -282,36 +333,62 @@ def _compile_upstreams(
         names.add(name)
         algorithm = _str(upstream, "algorithm", label, required=False) or "round-robin"
         host_header = _str(upstream, "host_header", label, required=False)
+        slots = _int(upstream, "slots", label, 10000, 10, 65536)
+        slow_start = _number(upstream, "slow_start", label, 0.0, 0.0, 3600.0)
+        assert slow_start is not None
+        budget_percent = _number(upstream, "retry_budget_percent", label, None, 0.0, 100.0)
+        try:
+            hash_spec = compile_hash_spec(upstream)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        options = (
+            BalancerOptions(slots=slots, slow_start=slow_start)
+            if clock is None
+            else BalancerOptions(slots=slots, slow_start=slow_start, clock=clock)
+        )
         # Sorted so that every data plane (and every config version) sees the same
         # order whatever order the snapshot or a delta listed the targets in.
-        addresses = sorted(targets_by_upstream[upstream["id"]], key=lambda a: a.key)
-        balancer = _reuse_balancer(previous, upstream["id"], algorithm, addresses)
-        if balancer is None:
+        targets = tuple(sorted(targets_by_upstream[upstream["id"]], key=lambda a: a.key))
+        old = previous.upstreams.get(upstream["id"]) if previous is not None else None
+        if (
+            old is not None
+            and old.algorithm == algorithm
+            and old.balancer.options == options
+            and _identity(old.targets) == _identity(targets)
+        ):
+            balancer = old.balancer
+        else:
             try:
-                balancer = create_balancer(algorithm, addresses)
+                balancer = create_balancer(
+                    algorithm, targets, options, previous=old.balancer if old else None
+                )
             except ValueError as exc:
                 raise ConfigError(f"{label}: {exc}") from None
+        retry_budget: RetryBudget | None = None
+        if budget_percent is not None:
+            if old is not None and old.retry_budget is not None and (
+                old.retry_budget.percent == budget_percent
+            ):
+                retry_budget = old.retry_budget  # keep the counts of requests in flight
+            else:
+                retry_budget = RetryBudget(budget_percent)
         compiled[upstream["id"]] = CompiledUpstream(
             id=upstream["id"],
             name=name,
             algorithm=algorithm,
             host_header=host_header.encode("idna") if host_header else None,
             balancer=balancer,
+            targets=targets,
+            hash_spec=hash_spec,
+            retry_budget=retry_budget,
+            slots=slots,
+            slow_start=slow_start,
         )
     return compiled
 
 
-def _reuse_balancer(
-    previous: RuntimeConfig | None, upstream_id: str, algorithm: str, addresses: list[Address]
-) -> Balancer | None:
-    if previous is None:
-        return None
-    old = previous.upstreams.get(upstream_id)
-    if old is None or old.algorithm != algorithm:
-        return None
-    if old.balancer.fingerprint() != tuple((a.key, a.weight) for a in addresses):
-        return None
-    return old.balancer
+def _identity(addresses: tuple[Address, ...]) -> tuple[tuple[str, int], ...]:
+    return tuple((a.key, a.weight) for a in addresses)
 
 
 def _compile_services(
@@ -357,6 +434,7 @@ def _compile_services(
             upstream_id=upstream.id if upstream is not None else None,
             default_port=_DEFAULT_PORTS[protocol],
             enabled=_bool(service, "enabled", label, True),
+            upstream=upstream,
         )
     return services
 

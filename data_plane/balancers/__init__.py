@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from data_plane.balancers.base import Address, Balancer, BalancerHandle, parse_target
+from data_plane.balancers.base import (
+    Address,
+    Balancer,
+    BalancerHandle,
+    BalancerOptions,
+    parse_target,
+)
+from data_plane.balancers.consistent_hashing import ConsistentHashingBalancer
+from data_plane.balancers.latency import LatencyBalancer
+from data_plane.balancers.least_connections import LeastConnectionsBalancer
 from data_plane.balancers.round_robin import RoundRobinBalancer
 
 __all__ = [
@@ -17,6 +26,7 @@ __all__ = [
     "Address",
     "Balancer",
     "BalancerHandle",
+    "BalancerOptions",
     "KNOWN_ALGORITHMS",
     "create_balancer",
     "parse_target",
@@ -24,24 +34,41 @@ __all__ = [
 
 #: Implemented algorithms by Kong name.
 ALGORITHMS: dict[str, type[Balancer]] = {
-    RoundRobinBalancer.algorithm: RoundRobinBalancer,
+    cls.algorithm: cls
+    for cls in (
+        RoundRobinBalancer,
+        ConsistentHashingBalancer,
+        LeastConnectionsBalancer,
+        LatencyBalancer,
+    )
 }
 
-#: Every algorithm Kong's schema accepts (some not implemented here yet).
+#: Every algorithm Kong's schema accepts.
 KNOWN_ALGORITHMS: frozenset[str] = frozenset(
     {"round-robin", "consistent-hashing", "least-connections", "latency"}
 )
 
 
-def create_balancer(algorithm: str, addresses: Iterable[Address]) -> Balancer:
-    """Build the balancer for ``algorithm`` over ``addresses``.
+def create_balancer(
+    algorithm: str,
+    addresses: Iterable[Address],
+    options: BalancerOptions | None = None,
+    *,
+    previous: Balancer | None = None,
+) -> Balancer:
+    """Build the balancer for ``algorithm`` over ``addresses`` — the single entry point.
 
-    Raises ``ValueError`` for an unknown algorithm and for a known one this data plane
-    does not implement yet (never falls back to round-robin).
+    ``options`` defaults to :class:`BalancerOptions` ``()`` (10000 slots, no slow
+    start). ``previous`` is the balancer being replaced, if any (a new config version
+    changed this upstream's targets or options): health marks, slow-start ramps and,
+    for the same algorithm, statistics of the addresses that stay are carried over;
+    ``previous`` itself is left untouched. Raises ``ValueError`` for an unknown
+    algorithm, for a known one this data plane does not implement (never falls back
+    to round-robin), and for options the algorithm cannot use.
     """
     cls = ALGORITHMS.get(algorithm)
     if cls is None:
         if algorithm in KNOWN_ALGORITHMS:
             raise ValueError(f"unsupported balancer algorithm {algorithm!r} (not implemented)")
         raise ValueError(f"unknown balancer algorithm {algorithm!r}")
-    return cls(addresses)
+    return cls(addresses, options, previous=previous)

@@ -6,13 +6,21 @@ by the request across its tries lets a retry skip the addresses it already tried
 
 Concurrency: balancers live on the data plane's single event loop thread and are not
 thread-safe; ``pick`` never awaits, so no two picks interleave.
+
+Slow start (Envoy's, opt-in per upstream with ``slow_start`` seconds): an address that
+joins an existing address set, or turns healthy again, has its effective weight ramped
+linearly from 10% (Envoy's default ``min_weight_percent``) to 100% over the window. The
+base class keeps the ramp clock; algorithms that honour it (round-robin,
+least-connections, latency) read :meth:`Balancer.effective_weight`. Consistent hashing
+ignores it, as Envoy's ring hash does: a key's target must not depend on time.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -101,7 +109,8 @@ class BalancerHandle:
     ``retries`` counts tries after the first; ``tried`` holds the keys of the addresses
     already handed out (the balancer adds to it on every pick). ``hash_key`` is the
     consistent-hashing key the proxy computed for this request (``None`` for
-    algorithms that do not hash). Owned by one request.
+    algorithms that do not hash; consistent hashing then hashes ``b""``, as Kong does).
+    Owned by one request.
     """
 
     __slots__ = ("hash_key", "retries", "tried")
@@ -112,19 +121,88 @@ class BalancerHandle:
         self.hash_key = hash_key
 
 
+#: Envoy's ``slow_start_config.min_weight_percent`` default: where a ramp starts.
+SLOW_START_MIN_FACTOR = 0.1
+#: Ramp factors are recomputed at most this many times over one slow-start window
+#: (1% steps), so a pick during a ramp usually costs one clock read more, not O(n).
+_RAMP_STEPS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerOptions:
+    """Per-upstream balancer settings (immutable; equal options allow state reuse).
+
+    ``slots``: consistent-hashing ring size (Kong's 10..65536, default 10000); other
+    algorithms ignore it. ``slow_start``: seconds over which a new or recovered address
+    ramps its weight from 10% to 100%; 0 (default) turns slow start off. ``clock``:
+    monotonic seconds, injectable for tests; not part of equality.
+    """
+
+    slots: int = 10000
+    slow_start: float = 0.0
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+
+
+DEFAULT_OPTIONS = BalancerOptions()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class Balancer(ABC):
     """A load-balancing algorithm over one upstream's addresses.
 
-    Subclasses set ``algorithm`` and implement :meth:`pick`. Construction and
-    :meth:`after_targets_changed` take the complete, ordered address list; addresses with
-    weight 0 are kept (they are listed) but never picked.
+    Subclasses set ``algorithm`` and implement :meth:`pick` and :meth:`_rebuild`.
+    Construction and :meth:`after_targets_changed` take the complete, ordered address
+    list; addresses with weight 0 are kept (they are listed) but never picked.
+
+    ``previous`` (optional) is the balancer this one replaces when a new config version
+    changed the upstream's targets: health marks and slow-start ramps of the addresses
+    that stay are carried over (subclasses carry their own statistics too). The previous
+    balancer itself is never modified; requests still in flight on it report to it.
     """
 
     algorithm: ClassVar[str]
+    #: False for algorithms that ignore slow start (consistent hashing).
+    supports_slow_start: ClassVar[bool] = True
 
-    def __init__(self, addresses: Iterable[Address]) -> None:
+    def __init__(
+        self,
+        addresses: Iterable[Address],
+        options: BalancerOptions | None = None,
+        *,
+        previous: Balancer | None = None,
+    ) -> None:
+        self.options = options if options is not None else DEFAULT_OPTIONS
+        self._clock = self.options.clock
+        self._slow_start = float(self.options.slow_start) if self.supports_slow_start else 0.0
         self._addresses: tuple[Address, ...] = ()
         self._unhealthy: set[str] = set()
+        #: Addresses in their slow-start window: key -> ramp start (clock seconds).
+        self._ramp: dict[str, float] = {}
+        #: Current factor (0.1..1) of each ramping address; refreshed by _tick_ramp.
+        self._ramp_factor: dict[str, float] = {}
+        self._ramp_due = 0.0
+        addresses = tuple(addresses)
+        # Which keys count as "already there" when deciding what is new (slow start).
+        # A config rebuild seeds them from the previous balancer; ``None`` (a fresh
+        # balancer) means "everything is already there": the first address set of an
+        # upstream does not ramp, since ramping all addresses together changes nothing.
+        # The seed also covers the next after_targets_changed call when targets are
+        # hostnames, because that call is the DNS resolver's expansion of the same
+        # targets into IPs, which are not new either.
+        self._seed: frozenset[str] | None = None
+        if previous is not None:
+            self._unhealthy = set(previous._unhealthy)
+            if self._slow_start > 0:  # not when slow start was just turned off
+                self._ramp = dict(previous._ramp)
+            self._seed = frozenset(a.key for a in previous._addresses)
+        self._seed_calls = 2 if any(not _is_ip(a.host) for a in addresses) else 1
         self.after_targets_changed(addresses)
 
     @property
@@ -133,29 +211,118 @@ class Balancer(ABC):
         return self._addresses
 
     def fingerprint(self) -> tuple[tuple[str, int], ...]:
-        """What identifies the target set; equal fingerprints mean state can be kept."""
+        """What identifies the address set; equal fingerprints mean state can be kept."""
         return tuple((a.key, a.weight) for a in self._addresses)
 
     def after_targets_changed(self, addresses: Iterable[Address]) -> None:
-        """Replace the address set. Health marks of addresses that stay are kept."""
-        self._addresses = tuple(addresses)
-        keys = {a.key for a in self._addresses}
-        self._unhealthy &= keys
+        """Replace the address set (the DNS resolver's hook; also used at construction).
+
+        Health marks of addresses that stay are kept; with slow start on, an address
+        not in the previous set starts its ramp now. Never awaits.
+        """
+        new = tuple(addresses)
+        keys = {a.key for a in new}
+        seeding = self._seed_calls > 0
+        if self._slow_start > 0:
+            if seeding and self._seed is None:
+                known: set[str] | None = None
+            else:
+                known = {a.key for a in self._addresses}
+                if seeding and self._seed is not None:
+                    known |= self._seed
+            if known is not None:
+                now = self._clock()
+                for a in new:
+                    if a.key not in known:
+                        self._ramp[a.key] = now
+        if seeding:
+            self._seed_calls -= 1
+            # Keep the previous balancer's health marks while its IPs may come back
+            # from the DNS expansion that follows.
+            if self._seed is not None:
+                keys_kept = keys | self._seed
+            else:
+                keys_kept = keys
+            if self._seed_calls == 0:
+                self._seed = None
+        else:
+            keys_kept = keys
+        self._unhealthy &= keys_kept
+        if self._ramp:
+            self._ramp = {k: v for k, v in self._ramp.items() if k in keys_kept}
+        self._addresses = new
+        self._compute_ramp_factors()
         self._rebuild()
 
     def set_address_health(self, key: str, healthy: bool) -> None:
         """Mark an address (by ``key``) usable or not; unknown keys are ignored.
 
         The hook health checkers use; an unhealthy address is skipped by :meth:`pick`.
+        With slow start on, an address turning healthy again starts a ramp.
         """
         if healthy:
+            if key not in self._unhealthy:
+                return
             self._unhealthy.discard(key)
-        elif any(a.key == key for a in self._addresses):
+            if self._slow_start > 0:
+                self._ramp[key] = self._clock()
+                self._compute_ramp_factors()
+        elif key in self._unhealthy or not any(a.key == key for a in self._addresses):
+            return
+        else:
             self._unhealthy.add(key)
         self._rebuild()
 
     def is_usable(self, address: Address) -> bool:
         return address.weight > 0 and address.key not in self._unhealthy
+
+    # ------------------------------------------------------------------ slow start
+
+    def effective_weight(self, address: Address) -> float:
+        """``address.weight`` scaled by its slow-start factor (as of the last refresh)."""
+        factor = self._ramp_factor.get(address.key)
+        return address.weight if factor is None else address.weight * factor
+
+    def ramp_factor(self, key: str) -> float:
+        """The slow-start factor of an address now: 1.0 when not ramping."""
+        if self._ramp:
+            self._tick_ramp(force=True)
+        return self._ramp_factor.get(key, 1.0)
+
+    def _tick_ramp(self, force: bool = False) -> None:
+        """Refresh ramp factors when due; call at the top of :meth:`pick` while
+        ``self._ramp`` is non-empty. Calls :meth:`_weights_changed` on a refresh."""
+        now = self._clock()
+        if not force and now < self._ramp_due:
+            return
+        self._compute_ramp_factors(now)
+        self._weights_changed()
+
+    def _compute_ramp_factors(self, now: float | None = None) -> None:
+        factors = self._ramp_factor
+        factors.clear()
+        if not self._ramp:
+            return
+        if now is None:
+            now = self._clock()
+        window = self._slow_start
+        done = []
+        for key, start in self._ramp.items():
+            # Linear in time (Envoy's aggression 1.0), never below the minimum.
+            factor = (now - start) / window
+            if factor >= 1.0:
+                done.append(key)
+            else:
+                factors[key] = factor if factor > SLOW_START_MIN_FACTOR else SLOW_START_MIN_FACTOR
+        for key in done:
+            del self._ramp[key]
+        self._ramp_due = now + window / _RAMP_STEPS
+
+    def _weights_changed(self) -> None:
+        """Effective weights changed (slow start advanced). Default: full rebuild."""
+        self._rebuild()
+
+    # ------------------------------------------------------------------ reports
 
     def on_request_start(self, address: Address) -> None:
         """The proxy is about to send a try to ``address`` (after a successful pick).
@@ -172,7 +339,7 @@ class Balancer(ABC):
 
     @abstractmethod
     def _rebuild(self) -> None:
-        """Recompute derived state after the address set or health changed."""
+        """Recompute derived state after the address set, health or weights changed."""
 
     @abstractmethod
     def pick(self, handle: BalancerHandle) -> Address | None:

@@ -8,13 +8,21 @@ heavy peer are spread out instead of coming in bursts (weights 5,1,1 give
 
 Kong shuffles a wheel of ``weight / gcd`` slots instead; the long-run shares are the
 same, the smooth variant only avoids bursts.
+
+Slow start scales a ramping address's weight (integers in thousandths, so a 10% ramp
+of weight 1 still has a distinct weight); the scores carry over, so the sequence stays
+smooth while the weights move.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from data_plane.balancers.base import Address, Balancer, BalancerHandle
+from data_plane.balancers.base import Address, Balancer, BalancerHandle, BalancerOptions
+
+#: Weights are kept in thousandths so slow-start fractions stay integers (exact
+#: arithmetic; scaling every weight by one constant does not change the sequence).
+_SCALE = 1000
 
 
 class RoundRobinBalancer(Balancer):
@@ -27,21 +35,33 @@ class RoundRobinBalancer(Balancer):
 
     algorithm = "round-robin"
 
-    def __init__(self, addresses: Iterable[Address]) -> None:
+    def __init__(
+        self,
+        addresses: Iterable[Address],
+        options: BalancerOptions | None = None,
+        *,
+        previous: Balancer | None = None,
+    ) -> None:
         self._usable: list[Address] = []
         self._weights: list[int] = []
         self._current: list[int] = []
         self._total = 0
-        super().__init__(addresses)
+        super().__init__(addresses, options, previous=previous)
 
     def _rebuild(self) -> None:
         previous = dict(zip((a.key for a in self._usable), self._current, strict=True))
         self._usable = [a for a in self._addresses if self.is_usable(a)]
-        self._weights = [a.weight for a in self._usable]
         self._current = [previous.get(a.key, 0) for a in self._usable]
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        weight = self.effective_weight
+        self._weights = [max(1, round(weight(a) * _SCALE)) for a in self._usable]
         self._total = sum(self._weights)
 
     def pick(self, handle: BalancerHandle) -> Address | None:
+        if self._ramp:
+            self._tick_ramp()
         usable = self._usable
         if not usable:
             return None

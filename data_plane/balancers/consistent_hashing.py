@@ -1,0 +1,156 @@
+"""Consistent hashing: a Ketama-style ring of ``slots`` positions (Kong's algorithm).
+
+Building the ring (on every address change, never per request):
+
+- every address with weight > 0 gets ``round(160 * weight / mean_weight)`` points (at
+  least one): 160 each when weights are equal, whatever the number of addresses, as in
+  Kong. Point ``i`` of an address lies at ``H(b"<key> <i>") % slots``;
+- two points landing on one position: the one with the larger full 64-bit hash keeps it.
+  That rule depends only on the two points, not on the order of insertion or on the
+  other addresses, so adding or removing an address only moves the keys that address
+  gains or loses (about 1/N of them), and every data plane builds the same ring from
+  the same address set, whatever order it was listed in.
+
+Looking a key up: ``H(key) % slots`` is a position; the owner is the first point at or
+after it (clockwise, wrapping). A precomputed table maps each position to that point,
+so a lookup is one hash and two indexings. When that owner is unusable (unhealthy) or
+was already tried by this request, the walk goes on clockwise to the next point whose
+address is usable and untried, so a retry goes to another target and the keys of a
+down target spread over the others instead of piling onto one.
+
+``H`` is BLAKE2b with an 8-byte digest, stable across processes and Python versions
+(never Python's randomised ``hash``). It is part of the ring's identity: changing it
+remaps every key.
+
+Departures from Kong: Kong resolves a collision by giving the later address (in sorted
+order) an extra point, so adding an address slightly reshuffles points of the ones sorted
+after it; Kong also walks counter-clockwise and, on a retry, may return the same address
+again. Slow start does not apply (as with Envoy's ring hash: a key's target must not
+change with time). ``BalancerHandle.hash_key`` ``None`` hashes ``b""``, as Kong hashes
+``""`` when there is no value (so ``hash_on: none`` sends every request to one target).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+from hashlib import blake2b
+
+from data_plane.balancers.base import Address, Balancer, BalancerHandle, BalancerOptions
+
+#: Points per address when all weights are equal (Kong's ``SERVER_POINTS``).
+POINTS_PER_ADDRESS = 160
+
+
+def hash64(data: bytes) -> int:
+    """The ring's stable 64-bit hash of ``data``."""
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
+
+
+class ConsistentHashingBalancer(Balancer):
+    """Ring-hash balancer; ``options.slots`` positions.
+
+    State: the ring (rebuilt only when the address set changes; health changes and picks
+    do not touch it). Cost of a pick: one BLAKE2b of the key plus a walk that is one step
+    unless the owner is unhealthy or already tried; no allocation beyond the hash.
+    """
+
+    algorithm = "consistent-hashing"
+    supports_slow_start = False
+
+    def __init__(
+        self,
+        addresses: Iterable[Address],
+        options: BalancerOptions | None = None,
+        *,
+        previous: Balancer | None = None,
+    ) -> None:
+        opts = options if options is not None else BalancerOptions()
+        if not 1 <= opts.slots <= 2**20:
+            raise ValueError(f"slots must be between 1 and {2**20}, got {opts.slots}")
+        self._slots = opts.slots
+        #: Owner address of each occupied position, in position order.
+        self._ring: list[Address] = []
+        #: position -> index into _ring of the first point at or after it.
+        self._start = array("I")
+        self._ring_of: tuple[Address, ...] | None = None
+        self._empty_index = 0
+        super().__init__(addresses, opts, previous=previous)
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    def _rebuild(self) -> None:
+        # Health changes call this too; the ring only depends on the address set.
+        if self._ring_of is self._addresses:
+            return
+        self._ring_of = self._addresses
+        self._build_ring()
+
+    def _build_ring(self) -> None:
+        slots = self._slots
+        weighted = sorted((a for a in self._addresses if a.weight > 0), key=lambda a: a.key)
+        best_hash: dict[int, int] = {}
+        owner: dict[int, Address] = {}
+        if weighted:
+            mean = sum(a.weight for a in weighted) / len(weighted)
+            for address in weighted:
+                points = max(1, round(POINTS_PER_ADDRESS * address.weight / mean))
+                prefix = address.key.encode() + b" "
+                for i in range(points):
+                    h = hash64(prefix + str(i).encode())
+                    pos = h % slots
+                    held = best_hash.get(pos)
+                    if held is None or h > held:
+                        best_hash[pos] = h
+                        owner[pos] = address
+        positions = sorted(owner)
+        self._ring = [owner[pos] for pos in positions]
+        start = array("I", bytes(4 * slots))  # zeros: positions past the last point wrap
+        previous_end = 0
+        for index, pos in enumerate(positions):
+            # Positions previous_end..pos (inclusive) belong to this point.
+            start[previous_end : pos + 1] = array("I", [index]) * (pos + 1 - previous_end)
+            previous_end = pos + 1
+        self._start = start
+        self._empty_index = self._index_of(b"")
+
+    def _index_of(self, key: bytes) -> int:
+        if not self._ring:
+            return 0
+        return self._start[hash64(key) % self._slots]
+
+    def owner_of(self, key: bytes) -> Address | None:
+        """The ring owner of ``key`` ignoring health (for tests and diagnostics)."""
+        if not self._ring:
+            return None
+        return self._ring[self._index_of(key)]
+
+    def pick(self, handle: BalancerHandle) -> Address | None:
+        ring = self._ring
+        if not ring:
+            return None
+        key = handle.hash_key
+        index = self._empty_index if key is None else self._start[hash64(key) % self._slots]
+        unhealthy = self._unhealthy
+        tried = handle.tried
+        size = len(ring)
+        fallback: Address | None = None
+        for _ in range(size):
+            address = ring[index]
+            if address.key not in unhealthy:
+                if address.key not in tried:
+                    tried.add(address.key)
+                    return address
+                if fallback is None:
+                    fallback = address
+            index += 1
+            if index == size:
+                index = 0
+        if fallback is None:
+            return None
+        # Every usable address was tried: start a new round from the key's owner.
+        tried.clear()
+        tried.add(fallback.key)
+        return fallback
