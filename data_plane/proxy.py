@@ -59,6 +59,8 @@ from typing import Final, cast
 import httptools
 
 from data_plane.balancers import Address, Balancer, BalancerHandle
+from data_plane.hash_key import HashInputs
+from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch
 from data_plane.runtime import CompiledService, ConfigHolder
 from data_plane.upstream_pool import UpstreamPool
@@ -240,6 +242,10 @@ class _Exchange:
         "t_headers",
         "try_balancer",
         "set_cookie",
+        "replay",
+        "replay_size",
+        "budget",
+        "budget_retry",
     )
 
     def __init__(self, method: bytes, http10: bool, close_after: bool, t_begin: int = 0) -> None:
@@ -289,6 +295,16 @@ class _Exchange:
         #: A ``Set-Cookie`` header line (with CRLF) to add to the response, from
         #: cookie-based consistent hashing.
         self.set_cookie: bytes | None = None
+        #: Every framed request body piece received so far, kept so that an idempotent
+        #: request can be sent again to another target after a failed try; ``None`` when
+        #: not replayable (no body, a non-idempotent method, or more than
+        #: :data:`BODY_BUFFER_LIMIT` bytes).
+        self.replay: list[bytes] | None = None
+        self.replay_size = 0
+        #: The upstream's retry budget once this request is counted in it (first try).
+        self.budget: RetryBudget | None = None
+        #: The current try is a retry counted in ``budget`` (released when it ends).
+        self.budget_retry = False
 
 
 class _BadUpstreamResponse(Exception):
@@ -379,6 +395,8 @@ class _ClientConnection(asyncio.Protocol):
                     conn.abandon()
             if ex.try_balancer is not None:
                 _end_try(ex, ex.t_headers == 0)
+            if ex.budget is not None:
+                _end_budget(ex)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -534,6 +552,8 @@ class _ClientConnection(asyncio.Protocol):
         ex.has_body = (chunked or content_length > 0) and not upgrade
         ex.chunked = chunked and not upgrade
         ex.expect_continue = expect and ex.has_body
+        if ex.has_body and method in _IDEMPOTENT:
+            ex.replay = []
         ex.host_header = host
         if close_after:
             self._no_more = True
@@ -592,6 +612,15 @@ class _ClientConnection(asyncio.Protocol):
         frame: list[bytes] | bytes = (
             [b"%x\r\n" % len(data), data, _CRLF] if ex.chunked else data
         )
+        replay = ex.replay
+        if replay is not None:
+            ex.replay_size += len(data)
+            if ex.replay_size > BODY_BUFFER_LIMIT or ex.t_headers:
+                ex.replay = None  # too big to keep, or a response is already coming
+            elif isinstance(frame, list):
+                replay.extend(frame)
+            else:
+                replay.append(frame)
         conn = ex.conn
         if conn is not None:
             conn.send_body(frame)
@@ -618,6 +647,8 @@ class _ClientConnection(asyncio.Protocol):
             conn.request_sent()
         elif ex.chunked and not ex.discard:
             ex.body.append(_LAST_CHUNK)
+        if ex.chunked and ex.replay is not None:
+            ex.replay.append(_LAST_CHUNK)
         if ex.response_complete and self._queue and self._queue[0] is ex:
             self._advance()
 
@@ -659,14 +690,48 @@ class _ClientConnection(asyncio.Protocol):
     def _hash_key(self, ex: _Exchange, match: RouteMatch[CompiledService]) -> None:
         """Compute the consistent-hashing key of ``ex`` before its first pick.
 
-        The hook for ``hash_on``/``hash_fallback``: it runs in ``on_headers_complete``,
-        while the request head (``self._headers``, ``self._url``, ``self._peer_ip``)
-        and the route match (regex captures) are at hand, and stores the key in a
-        fresh ``ex.handle`` (and a ``Set-Cookie`` line in ``ex.set_cookie`` when a
-        cookie was generated). Not wired yet: the upstream's hash spec is not in the
-        compiled config, so every handle is created with ``hash_key=None``.
+        Runs in ``on_headers_complete``, while the request head (``self._headers``,
+        ``self._url``, ``self._peer_ip``) and the route match (regex captures) are at
+        hand. Stores the key in a fresh ``ex.handle`` and, when a cookie was generated,
+        the ``Set-Cookie`` line in ``ex.set_cookie``. Only what the upstream's
+        :class:`HashSpec` reads is gathered; nothing happens without a spec.
         """
-        return None
+        service = match.service
+        upstream = service.upstream if service is not None else None
+        spec = upstream.hash_spec if upstream is not None else None
+        if spec is None:
+            return
+        needs = spec.needs
+        inputs = HashInputs()
+        if "client_ip" in needs:
+            inputs.client_ip = self._peer_ip.decode("ascii", "surrogateescape")
+        if "path" in needs or "query" in needs:
+            url = self._url
+            q = url.find(b"?")
+            if q >= 0:
+                inputs.path, inputs.query = url[:q], url[q + 1 :]
+            else:
+                inputs.path = url
+        if "headers" in needs:
+            headers: dict[bytes, bytes] = {}
+            cookie: bytes | None = None
+            for name, value in self._headers:
+                lname = name.lower()
+                if lname == b"cookie":
+                    # Several Cookie headers are one list (RFC 6265 5.4), joined by "; ".
+                    cookie = value if cookie is None else cookie + b"; " + value
+                elif lname in headers:
+                    headers[lname] += b", " + value
+                else:
+                    headers[lname] = value
+            inputs.headers = headers
+            inputs.cookie_header = cookie
+        if "captures" in needs:
+            inputs.captures = match.captures
+        key, set_cookie = spec.key_for(inputs)
+        ex.handle = BalancerHandle(key)
+        if set_cookie is not None:
+            ex.set_cookie = b"Set-Cookie: " + set_cookie + _CRLF
 
     def _try_next(self, ex: _Exchange) -> None:
         """Pick an address for the next try and connect (pooled or new).
@@ -690,6 +755,12 @@ class _ClientConnection(asyncio.Protocol):
                 return
             balancer.on_request_start(address)
             ex.try_balancer = balancer
+            if ex.budget is None:
+                upstream = service.upstream
+                budget = upstream.retry_budget if upstream is not None else None
+                if budget is not None:
+                    budget.request_started()
+                    ex.budget = budget
         else:
             address = service.address
             assert address is not None
@@ -745,13 +816,29 @@ class _ClientConnection(asyncio.Protocol):
 
     def _try_failed(self, ex: _Exchange, timed_out: bool) -> None:
         """A try failed before any request byte reached the upstream: retry or answer."""
-        service = ex.service
-        assert service is not None
-        if ex.retries < service.retries and not self._closed:
-            ex.retries += 1
+        if self._may_retry(ex):
             self._try_next(ex)
         else:
             self._respond_error(ex, E_TIMEOUT if timed_out else E_BAD_GATEWAY)
+
+    def _may_retry(self, ex: _Exchange) -> bool:
+        """Whether ``ex`` gets another try; if so, counts it (retries, retry budget).
+
+        Call after the failed try was ended (:func:`_end_try`), so that its own budget
+        slot is already released. A refused retry leaves ``ex`` to be answered with the
+        error of its last try, as when ``service.retries`` is exhausted.
+        """
+        service = ex.service
+        assert service is not None
+        if ex.retries >= service.retries or self._closed:
+            return False
+        budget = ex.budget
+        if budget is not None:
+            if not budget.try_start_retry():
+                return False
+            ex.budget_retry = True
+        ex.retries += 1
+        return True
 
     def _attach(self, ex: _Exchange, conn: _UpstreamConnection) -> None:
         """Bind ``conn`` to ``ex`` and send the request head plus any buffered body."""
@@ -785,8 +872,24 @@ class _ClientConnection(asyncio.Protocol):
         if self._writing_paused:
             conn.pause_reading_for_client()
 
-    def upstream_failed(self, ex: _Exchange, conn: _UpstreamConnection, timed_out: bool) -> None:
-        """``conn`` (bound to ``ex``) closed, timed out or sent garbage before the response ended."""
+    def upstream_failed(
+        self,
+        ex: _Exchange,
+        conn: _UpstreamConnection,
+        timed_out: bool,
+        invalid: bool = False,
+    ) -> None:
+        """``conn`` (bound to ``ex``) closed, timed out or sent garbage (``invalid``)
+        before the response ended.
+
+        Before a response head, the request is tried again on another target when
+        nginx's ``proxy_next_upstream error timeout`` would (what Kong runs): a
+        connection error or timeout, an idempotent method (a POST or PATCH that may have
+        reached the target is never sent twice) whose body, if any, is still held
+        (:attr:`_Exchange.replay`), and a retry left in ``service.retries`` and the
+        retry budget. Garbage from the target is answered 502 at once, as nginx's
+        default leaves ``invalid_header`` out.
+        """
         if ex.conn is conn:
             ex.conn = None
         if self._closed:
@@ -820,6 +923,21 @@ class _ClientConnection(asyncio.Protocol):
             self._connect(ex, ex.address, pooled=False)
             return
         _end_try(ex, ex.t_headers == 0)
+        if (
+            not invalid
+            and not ex.upgrade
+            and ex.method in _IDEMPOTENT
+            and (not ex.body_sent or ex.replay is not None)
+            and self._may_retry(ex)
+        ):
+            if ex.body_sent:
+                assert ex.replay is not None
+                # Everything received so far goes to the next target, from the start.
+                ex.body = list(ex.replay)
+                ex.body_size = ex.replay_size
+                ex.body_sent = False
+            self._try_next(ex)
+            return
         self._respond_error(ex, E_TIMEOUT if timed_out else E_BAD_GATEWAY)
         self._advance()
 
@@ -834,6 +952,8 @@ class _ClientConnection(asyncio.Protocol):
         ex.response_complete = True
         if ex.try_balancer is not None:
             _end_try(ex, False)
+        if ex.budget is not None:
+            _end_budget(ex)
         if not ex.request_complete:
             # Answered before the whole request body arrived: drop the rest of it.
             ex.discard = True
@@ -847,6 +967,8 @@ class _ClientConnection(asyncio.Protocol):
         """Answer ``ex`` with a JSON error (does not advance the queue)."""
         if ex.try_balancer is not None:
             _end_try(ex, ex.t_headers == 0)
+        if ex.budget is not None:
+            _end_budget(ex)
         if ex.response_started:
             self._abort()
             return
@@ -986,11 +1108,28 @@ class _ClientConnection(asyncio.Protocol):
             self._close()
 
 
+def _end_budget(ex: _Exchange) -> None:
+    """``ex`` is finished: release its request (and any open retry) in the retry budget."""
+    budget = ex.budget
+    if budget is None:
+        return
+    ex.budget = None
+    if ex.budget_retry:
+        ex.budget_retry = False
+        budget.retry_ended()
+    budget.request_ended()
+
+
 def _end_try(ex: _Exchange, failed: bool) -> None:
     """Report the end of ``ex``'s current try to its balancer (once; no-op otherwise).
 
     ``elapsed`` runs from the pick to the response head, or to now when no head came.
+    A try that was a retry also gives its slot back to the retry budget.
     """
+    if ex.budget_retry:
+        ex.budget_retry = False
+        if ex.budget is not None:
+            ex.budget.retry_ended()
     balancer = ex.try_balancer
     if balancer is None:
         return
@@ -1124,7 +1263,7 @@ class _UpstreamConnection(asyncio.Protocol):
             self._unbind()
             if self.transport is not None:
                 self.transport.abort()
-            client.upstream_failed(ex, self, timed_out=False)
+            client.upstream_failed(ex, self, timed_out=False, invalid=True)
         else:
             # E.g. garbage after a finished response on a connection now in the pool.
             self.close()

@@ -247,7 +247,7 @@ async def test_hash_on_query_arg_ignores_the_order_of_repeated_values(gateway: G
 async def test_hash_on_uri_capture_uses_the_named_capture_of_the_route(gateway: Gateway, http: aiohttp.ClientSession, expose: Exposer) -> None:
     name = f"cap{next(_names)}"
     url = await expose(
-        http, gateway, ["a", "b", "c"],
+        ["a", "b", "c"],
         upstream=hashing("uri_capture", hash_on_uri_capture="account"),
         route={"paths": [rf"~/{name}/(?<account>\d+)/"]},
     )

@@ -6,12 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from control_plane.store import EntityStore
 from ferry.redis_server import free_port
 from tests.e2e.conftest import Cluster, admin, backend_of, dp_status, wait_dp_synced, wait_http_ok
 from tests.support import FerryProcess, wait_for
@@ -93,16 +96,32 @@ async def test_data_plane_nacks_config_it_cannot_apply_and_keeps_serving_the_old
     await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
     applied = await wait_dp_synced(http, cluster, dp.status)
 
-    # A valid upstream the control plane accepts but this data plane cannot
-    # balance yet: the DP must refuse it and keep its previous config.
-    await admin(http, "PATCH", f"{cluster.admin}/upstreams/shop", {"algorithm": "least-connections"})
+    # An entity this data plane cannot apply (a route regex Python cannot compile),
+    # written straight to the store as a newer control plane, or a bug, could: the
+    # Admin API would refuse it, so it is written under it.
+    client = aioredis.Redis.from_url(cluster.redis_url or "", decode_responses=True)
+    try:
+        service = (await admin(http, "GET", f"{cluster.admin}/services/shop"))
+        await EntityStore(client).insert(
+            "routes",
+            {
+                "id": str(uuid.uuid4()),
+                "name": "broken",
+                "paths": ["~/(unclosed"],
+                "service": {"id": service["id"]},
+                "protocols": ["http", "https"],
+                "strip_path": True,
+            },
+        )
+    finally:
+        await client.aclose()
 
     async def nacked() -> dict[str, Any] | None:
         rows = (await admin(http, "GET", f"{cluster.admin}/clustering/data-planes"))["data"]
         return rows[0] if rows and rows[0]["sync_status"] == "NACKED" else None
 
     row = await wait_for(nacked, timeout=15, message="the DP to NACK")
-    assert row is not None and "least-connections" in (row["sync_error"] or "")
+    assert row is not None and "broken" in (row["sync_error"] or "")
     status = await dp_status(http, dp.status)
     assert status["configuration_version"] == applied["configuration_version"]
     assert await backend_of(http, f"{dp.proxy}/shop/") == "a"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, cast
@@ -90,12 +89,6 @@ class DnsServer(asyncio.DatagramProtocol):
                 break
         assert self.transport is not None
         self.transport.sendto(response.to_wire(), addr)
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as s:
-        yield s
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-
-import pytest
 
 from data_plane.proxy import MAX_HEADER_BYTES, ProxyServer
 from data_plane.runtime import compile_config
@@ -34,12 +32,6 @@ from tests.support import wait_for
 # ------------------------------------------------------------------------ helpers
 
 ALL_PATHS = [{"id": "r1", "paths": ["/"], "strip_path": False, "service": {"id": "s1"}}]
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as s:
-        yield s
 
 
 @dataclass

@@ -65,8 +65,6 @@ def test_unhealthy_skipped_and_restored() -> None:
 
 def test_registry() -> None:
     assert isinstance(create_balancer("round-robin", addrs(1)), RoundRobinBalancer)
-    with pytest.raises(ValueError, match="unsupported"):
-        create_balancer("least-connections", addrs(1))
     with pytest.raises(ValueError, match="unknown"):
         create_balancer("random", addrs(1))
 

@@ -101,7 +101,6 @@ _DELETE = object()
         ("targets.0.target", "bad:port", "bad port"),
         ("targets.0.weight", 70000, "weight"),
         ("targets.1.target", "10.0.0.1:8001", "duplicate target"),
-        ("upstreams.0.algorithm", "least-connections", "unsupported balancer algorithm"),
         ("upstreams.0.algorithm", "random", "unknown balancer algorithm"),
         ("services.0.protocol", "grpc", "not supported"),
         ("services.0.port", 0, "'port'"),
