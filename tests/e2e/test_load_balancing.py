@@ -287,6 +287,14 @@ async def test_hash_fallback_is_used_when_the_primary_value_is_missing(gateway: 
     assert_sticky_and_spread(await spread(http, [(f"{url}/?session={i}", {}) for i in range(20)]))
 
 
+async def test_hash_on_consumer_without_consumers_uses_the_fallback(gateway: Gateway, http: aiohttp.ClientSession, expose: Exposer) -> None:
+    # Ferry has no consumers (no auth plugins yet), so a consumer key never exists and
+    # every request hashes on the fallback, as Kong does for an anonymous request.
+    url = await expose(["a", "b", "c"],
+                       upstream=hashing("consumer", hash_fallback="header", hash_fallback_header="X-Team"))
+    assert_sticky_and_spread(await spread(http, [(f"{url}/", {"headers": {"X-Team": f"t{i}"}}) for i in range(20)]))
+
+
 async def test_hash_on_none_with_consistent_hashing_still_serves(gateway: Gateway, http: aiohttp.ClientSession, expose: Exposer) -> None:
     url = await expose(["a", "b"], upstream={"algorithm": "consistent-hashing"})
     assert all([await backend(http, f"{url}/") in {"a", "b"} for _ in range(6)])
