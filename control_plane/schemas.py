@@ -346,6 +346,19 @@ def _check_route_header_name(value: str) -> str:
     return value
 
 
+def _check_route_header_values(values: list[str]) -> list[str]:
+    """A route header condition needs a value to match; ``~*`` values are regexes."""
+    if not values:
+        raise RuleError("length must be at least 1")
+    for value in values:
+        if value.startswith("~*"):
+            try:
+                re.compile(pcre_to_python(value[2:]))
+            except re.error as exc:
+                raise RuleError(f"invalid regex: '{value[2:]}' (PCRE returned: {exc})") from None
+    return values
+
+
 def _check_cookie_name(value: str) -> str:
     if value == "":
         raise RuleError("no cookie name provided")
@@ -620,7 +633,13 @@ class Route(_Model):
     ] = None
     hosts: list[Annotated[str, Rule(_check_route_host)]] | None = None
     paths: list[RouterPath] | None = None
-    headers: dict[Annotated[str, Rule(_check_route_header_name)], list[str]] | None = None
+    headers: (
+        dict[
+            Annotated[str, Rule(_check_route_header_name)],
+            Annotated[list[str], Rule(_check_route_header_values, (("minItems", 1),))],
+        ]
+        | None
+    ) = None
     https_redirect_status_code: Literal[426, 301, 302, 307, 308] = 426
     regex_priority: int = 0
     strip_path: bool = True

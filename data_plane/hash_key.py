@@ -220,7 +220,8 @@ class HashSpec:
         """The hash key for a request, and a ``Set-Cookie`` value or ``None``.
 
         The ``Set-Cookie`` value is set only when a cookie source found no cookie and
-        generated one; the proxy must add it to the response (whatever its status).
+        generated one; the proxy adds it to the target's response (the proxy's own
+        502/503/504 answers do not carry it: the client tries again without a cookie).
         """
         value = self._primary(inputs)
         if value is not None:

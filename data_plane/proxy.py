@@ -49,6 +49,7 @@ joining precomputed byte strings; one ``transport.write`` per header block.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import ssl
@@ -564,9 +565,18 @@ class _ClientConnection(asyncio.Protocol):
         elif config is None:
             ex.error = E_NO_CONFIG
         else:
-            route_headers = None
+            route_headers: dict[bytes, bytes | list[bytes]] | None = None
             if config.uses_headers:
-                route_headers = {n.lower(): v for n, v in self._headers}
+                route_headers = {}
+                for n, v in self._headers:
+                    n = n.lower()
+                    seen = route_headers.get(n)
+                    if seen is None:
+                        route_headers[n] = v
+                    elif isinstance(seen, list):
+                        seen.append(v)
+                    else:
+                        route_headers[n] = [seen, v]
             match = config.match(method, host, self._url, route_headers)
             if match is None:
                 ex.error = E_NO_ROUTE
@@ -794,7 +804,9 @@ class _ClientConnection(asyncio.Protocol):
                     address.host,
                     address.port,
                     ssl=server._ssl_context if service.tls else None,
-                    server_hostname=address.host if service.tls else None,
+                    server_hostname=_sni(_upstream_host(ex, service, address))
+                    if service.tls
+                    else None,
                 )
         except TimeoutError:
             timed_out = True
@@ -847,14 +859,7 @@ class _ClientConnection(asyncio.Protocol):
         assert service is not None and address is not None
         ex.conn = conn
         conn.bind(self, ex, service)
-        if ex.preserve_host and ex.host_header is not None:
-            host = ex.host_header
-        elif service.host_header is not None:
-            host = service.host_header
-        elif address.port == service.default_port:
-            host = address.host_bytes
-        else:
-            host = address.key_bytes
+        host = _upstream_host(ex, service, address)
         head = b"".join(
             (ex.method, b" ", ex.upstream_path, b" HTTP/1.1\r\nHost: ", host, _CRLF, ex.head_tail)
         )
@@ -1106,6 +1111,33 @@ class _ClientConnection(asyncio.Protocol):
         """Close the connection if no request is in progress."""
         if not self._queue:
             self._close()
+
+
+def _upstream_host(ex: _Exchange, service: CompiledService, address: Address) -> bytes:
+    """The Host header sent to ``address``: the client's (``preserve_host``), else the
+    upstream's ``host_header``, else the target's name (with its port unless it is the
+    scheme's default), as Kong sends."""
+    if ex.preserve_host and ex.host_header is not None:
+        return ex.host_header
+    if service.host_header is not None:
+        return service.host_header
+    if address.port == service.default_port:
+        return address.host_bytes
+    return address.key_bytes
+
+
+def _sni(host: bytes) -> str:
+    """The TLS server name for an upstream Host header (Kong: ``proxy_ssl_name
+    $upstream_host``): the host without port; empty (no SNI) for an IP literal."""
+    text = host.decode("ascii", "replace")
+    if text.startswith("["):
+        return ""  # IPv6 literal
+    name = text.rsplit(":", 1)[0] if ":" in text else text
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name
+    return ""
 
 
 def _end_budget(ex: _Exchange) -> None:

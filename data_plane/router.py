@@ -124,9 +124,16 @@ class _Candidate(Generic[S]):
         headers: list[tuple[bytes, frozenset[bytes], tuple[re.Pattern[bytes], ...]]] = []
         for name, values in route.headers:
             plain_values = frozenset(v.lower().encode() for v in values if not v.startswith("~*"))
-            regexes = tuple(
-                re.compile(v[2:].encode(), re.IGNORECASE) for v in values if v.startswith("~*")
-            )
+            try:
+                regexes = tuple(
+                    re.compile(pcre_to_python(v[2:]).encode(), re.IGNORECASE)
+                    for v in values
+                    if v.startswith("~*")
+                )
+            except re.error as exc:
+                raise ValueError(
+                    f"route {route.name or route.id}: invalid regex in header {name!r}: {exc}"
+                ) from None
             headers.append((name.lower().encode("ascii"), plain_values, regexes))
         self.headers = tuple(headers)
         self.prefix: bytes | None = None
@@ -229,13 +236,14 @@ class Router(Generic[S]):
         method: bytes,
         host: bytes | None,
         target: bytes,
-        headers: Mapping[bytes, bytes] | None = None,
+        headers: Mapping[bytes, bytes | list[bytes]] | None = None,
     ) -> RouteMatch[S] | None:
         """Find the route for a request, or ``None``.
 
         ``method`` is upper-case; ``host`` the raw Host header (any case, optional port);
         ``target`` the request target (path plus optional ``?query``); ``headers`` maps
-        lower-case header names to values and is only consulted when a route has
+        lower-case header names to a value (a list of values for a repeated header;
+        a route's header condition holds when any of them matches) and is only consulted when a route has
         ``headers`` (see :attr:`uses_headers`).
         """
         q = target.find(b"?")
@@ -288,7 +296,10 @@ def _host_matches(c: _Candidate[S], host_full: bytes, host_bare: bytes) -> bool:
     if host_full in c.plain_hosts or host_bare in c.plain_hosts:
         return True
     for suffix in c.wildcard_suffixes:
-        if host_bare.endswith(suffix) and len(host_bare) > len(suffix):
+        # "*.a.com" matches any port; "*.a.com:8000" only that port (the full Host).
+        if (host_bare.endswith(suffix) and len(host_bare) > len(suffix)) or (
+            host_full.endswith(suffix) and len(host_full) > len(suffix)
+        ):
             return True
     for prefix in c.wildcard_prefixes:
         if host_bare.startswith(prefix) and len(host_bare) > len(prefix):
@@ -296,16 +307,19 @@ def _host_matches(c: _Candidate[S], host_full: bytes, host_bare: bytes) -> bool:
     return False
 
 
-def _headers_match(c: _Candidate[S], headers: Mapping[bytes, bytes] | None) -> bool:
+def _headers_match(c: _Candidate[S], headers: Mapping[bytes, bytes | list[bytes]] | None) -> bool:
     if headers is None:
         return False
     for name, values, regexes in c.headers:
         value = headers.get(name)
         if value is None:
             return False
-        if value.lower() in values:
-            continue
-        if any(r.search(value) for r in regexes):
+        if isinstance(value, bytes):
+            if value.lower() in values or any(r.search(value) for r in regexes):
+                continue
+            return False
+        # A repeated header matches when any of its occurrences does, as in Kong.
+        if any(v.lower() in values or any(r.search(v) for r in regexes) for v in value):
             continue
         return False
     return True

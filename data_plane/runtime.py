@@ -15,7 +15,7 @@ a request is served entirely by the old or entirely by the new config.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +139,7 @@ class RuntimeConfig:
         method: bytes,
         host: bytes | None,
         path: bytes,
-        headers: Mapping[bytes, bytes] | None = None,
+        headers: Mapping[bytes, bytes | list[bytes]] | None = None,
     ) -> RouteMatch[CompiledService] | None:
         """Route a request; see :meth:`data_plane.router.Router.match`."""
         return self.router.match(method, host, path, headers)
@@ -252,6 +252,13 @@ def _entities(entities: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]
     return items
 
 
+def _created_order(entity: Mapping[str, Any]) -> tuple[float, str]:
+    created = entity.get("created_at")
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        created = 0
+    return float(created), str(entity["id"])
+
+
 # --------------------------------------------------------------------------- compile
 
 
@@ -275,10 +282,10 @@ def compile_config(
     that sharing; takes no locks and does no I/O.
     """
     upstreams = _compile_upstreams(entities, previous, clock)
-    by_name = {u.name: u for u in upstreams.values()}
-    services = _compile_services(entities, by_name)
+    services = _compile_services(entities, _UpstreamNames(upstreams.values()))
     specs: list[RouteSpec[CompiledService]] = []
-    for route in _entities(entities, "routes"):
+    # Kong breaks ties between equally specific routes by creation time, oldest first.
+    for route in sorted(_entities(entities, "routes"), key=_created_order):
         spec = _compile_route(route, services)
         if spec is not None:
             specs.append(spec)
@@ -327,7 +334,6 @@ def _compile_upstreams(
         label = _label("upstream", upstream)
         name = _str(upstream, "name", label)
         assert name is not None
-        name = name.lower()
         if name in names:
             raise ConfigError(f"{label}: duplicate upstream name {name!r}")
         names.add(name)
@@ -391,8 +397,27 @@ def _identity(addresses: tuple[Address, ...]) -> tuple[tuple[str, int], ...]:
     return tuple((a.key, a.weight) for a in addresses)
 
 
+class _UpstreamNames:
+    """Finds the upstream a service ``host`` names: the exact name first, else the one
+    name equal ignoring case (host names are case-insensitive). Names the Admin API
+    keeps apart only by case (``Shop`` and ``shop``) are matched exactly only, so the
+    config still applies instead of being refused as ambiguous."""
+
+    def __init__(self, upstreams: Iterable[CompiledUpstream]) -> None:
+        self._exact: dict[str, CompiledUpstream] = {}
+        self._folded: dict[str, CompiledUpstream | None] = {}
+        for upstream in upstreams:
+            self._exact[upstream.name] = upstream
+            key = upstream.name.lower()
+            self._folded[key] = None if key in self._folded else upstream
+
+    def find(self, host: str) -> CompiledUpstream | None:
+        found = self._exact.get(host)
+        return found if found is not None else self._folded.get(host.lower())
+
+
 def _compile_services(
-    entities: Mapping[str, Any], upstreams_by_name: Mapping[str, CompiledUpstream]
+    entities: Mapping[str, Any], upstream_names: _UpstreamNames
 ) -> dict[str, CompiledService]:
     services: dict[str, CompiledService] = {}
     for service in _entities(entities, "services"):
@@ -402,7 +427,8 @@ def _compile_services(
             raise ConfigError(f"{label}: protocol {protocol!r} is not supported (http, https)")
         host = _str(service, "host", label)
         assert host is not None
-        port = _int(service, "port", label, _DEFAULT_PORTS[protocol], 1, 65535)
+        # Kong accepts port 0; it only matters (as a refused connection) for a plain host.
+        port = _int(service, "port", label, _DEFAULT_PORTS[protocol], 0, 65535)
         path = _str(service, "path", label, required=False)
         if path is not None and not path.startswith("/"):
             raise ConfigError(f"{label}: 'path' must start with '/'")
@@ -410,13 +436,19 @@ def _compile_services(
             _int(service, key, label, 60000, 1, _MAX_TIMEOUT_MS) / 1000.0
             for key in ("connect_timeout", "write_timeout", "read_timeout")
         ]
-        upstream = upstreams_by_name.get(host.lower())
+        upstream = upstream_names.find(host)
         address: Address | None = None
         if upstream is None:
+            # Port 0 is parsed as 1 and then set: connecting to it fails (502), as in Kong.
+            text_port = port or 1
             try:
-                address = parse_target(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+                address = parse_target(
+                    f"[{host}]:{text_port}" if ":" in host else f"{host}:{text_port}"
+                )
             except ValueError as exc:
                 raise ConfigError(f"{label}: invalid host: {exc}") from None
+            if port == 0:
+                address = Address(address.host, 0)
         services[service["id"]] = CompiledService(
             id=service["id"],
             name=service.get("name"),
@@ -476,6 +508,8 @@ def _compile_route(
             raise ConfigError(f"{label}: use 'hosts' to match on Host, not 'headers'")
         headers.append((name, tuple(values)))
     if not (paths or hosts or methods or headers):
+        if _str_list(route, "snis", label):
+            return None  # matches on TLS SNI only: this proxy does not terminate TLS
         raise ConfigError(f"{label}: must set at least one of 'paths', 'hosts', 'methods', 'headers'")
     return RouteSpec(
         id=route["id"],
@@ -488,6 +522,6 @@ def _compile_route(
         headers=tuple(headers),
         strip_path=_bool(route, "strip_path", label, True),
         preserve_host=_bool(route, "preserve_host", label, False),
-        regex_priority=_int(route, "regex_priority", label, 0, -(2**31), 2**31 - 1),
+        regex_priority=_int(route, "regex_priority", label, 0, -(2**63), 2**63 - 1),
         https_only="http" not in protocols,
     )

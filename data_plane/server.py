@@ -124,7 +124,7 @@ class DataPlane:
         log.info("status API listening on %s:%d", host, self.status_port)
 
         host, port = parse_host_port(self.settings.proxy_listen, default_host="0.0.0.0")
-        self._proxy = ProxyServer(self.holder, host, port, via=f"1.1 ferry/{ferry.__version__}")
+        self._proxy = ProxyServer(self.holder, host, port, via=f"ferry/{ferry.__version__}")
         await self._proxy.start()
         self.proxy_port = self._proxy.port
         log.info("proxy listening on %s:%d", host, self.proxy_port)

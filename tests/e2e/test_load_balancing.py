@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 import redis
 
+import ferry
 from ferry.redis_server import EmbeddedRedis, free_port
 from tests.e2e.conftest import admin
 from tests.support import FerryProcess, wait_for
@@ -381,3 +382,13 @@ async def test_routes_match_on_hosts_with_wildcards_and_methods(gateway: Gateway
         assert response.status == 404
 
 
+
+
+async def test_a_real_data_plane_names_itself_once_in_via_and_server(gateway: Gateway, http: aiohttp.ClientSession, expose: Exposer) -> None:
+    url = await expose(["a"])
+    status, headers, _ = await call(http, f"{url}/")
+    assert status == 200
+    assert headers["Via"] == f"1.1 ferry/{ferry.__version__}"
+    assert int(headers["X-Ferry-Upstream-Latency"]) >= 0 and int(headers["X-Ferry-Proxy-Latency"]) >= 0
+    status, headers, _ = await call(http, f"{gateway.proxy}/no-such-route-here")
+    assert status == 404 and headers["Server"] == f"ferry/{ferry.__version__}"

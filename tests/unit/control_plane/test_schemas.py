@@ -432,3 +432,15 @@ def test_upstream_slow_start_and_retry_budget_accept_fractions() -> None:
 )
 def test_upstream_extension_out_of_range_is_a_schema_violation(field: str, value: Any, message: str) -> None:
     assert errors("upstreams", name="a", **{field: value}) == {field: message}
+
+
+def test_route_header_values_must_be_given_and_regexes_must_compile() -> None:
+    # Both would otherwise reach every data plane as a config it cannot apply.
+    assert errors("routes", paths=["/"], headers={"x-a": []}) == {
+        "headers": "length must be at least 1"
+    }
+    fields = errors("routes", paths=["/"], headers={"x-a": ["~*("]})
+    assert str(fields["headers"]).startswith("invalid regex: '('")
+    assert valid("routes", paths=["/"], headers={"x-a": ["~*^v(?<n>\\d)$", "plain"]})["headers"] == {
+        "x-a": ["~*^v(?<n>\\d)$", "plain"]
+    }

@@ -69,6 +69,13 @@ def test_hosts_exact_wildcard_and_port() -> None:
     assert route_id(Router([spec("v6", hosts=("::1",))]), host=b"[::1]:80") is None
 
 
+def test_wildcard_hosts_with_a_port_match_only_that_port() -> None:
+    r = Router([spec("wildport", hosts=("*.example.com:8000",))])
+    assert route_id(r, host=b"a.example.com:8000") == "wildport"
+    assert route_id(r, host=b"a.example.com:9000") is None
+    assert route_id(r, host=b"a.example.com") is None
+
+
 def test_plain_hosts_before_wildcards() -> None:
     r = Router([spec("wild", hosts=("*.example.com",)), spec("plain", hosts=("a.example.com",))])
     assert route_id(r, host=b"a.example.com") == "plain"
@@ -86,6 +93,13 @@ def test_methods_and_headers() -> None:
     assert route_id(r, b"POST", path=b"/", headers={b"x-version": b"Beta-7"}) == "v2"
     assert route_id(r, b"POST", path=b"/", headers={b"x-version": b"v3"}) is None
     assert route_id(r, b"HEAD", path=b"/") == "get"
+
+
+def test_a_repeated_header_matches_when_any_occurrence_does() -> None:
+    r = Router([spec("v2", paths=("/",), headers=(("X-Version", ("v2",)),))])
+    many: dict[bytes, bytes | list[bytes]] = {b"x-version": [b"v1", b"V2"]}
+    assert r.match(b"GET", None, b"/", many) is not None
+    assert r.match(b"GET", None, b"/", {b"x-version": [b"v1", b"v3"]}) is None
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,8 @@ _DELETE = object()
         ("targets.1.target", "10.0.0.1:8001", "duplicate target"),
         ("upstreams.0.algorithm", "random", "unknown balancer algorithm"),
         ("services.0.protocol", "grpc", "not supported"),
-        ("services.0.port", 0, "'port'"),
+        ("services.0.port", -1, "'port'"),
+        ("routes.0.headers", {"x-a": ["~*("]}, "invalid regex in header"),
         ("services.0.retries", -1, "'retries'"),
         ("services.0.read_timeout", 0, "'read_timeout'"),
         ("services.0.path", "nopath", "'path'"),
@@ -126,9 +127,45 @@ def test_duplicate_ids_and_upstream_names() -> None:
     with pytest.raises(ConfigError, match="duplicate id"):
         compile_config(1, "h", cfg)
     cfg = base()
-    cfg["upstreams"].append({"id": "u2", "name": "BACKENDS"})
+    cfg["upstreams"].append({"id": "u2", "name": "backends"})
     with pytest.raises(ConfigError, match="duplicate upstream name"):
         compile_config(1, "h", cfg)
+
+
+def test_upstream_names_match_hosts_ignoring_case_unless_only_case_tells_them_apart() -> None:
+    cfg = base()
+    cfg["services"][0]["host"] = "BackEnds"
+    assert compile_config(1, "h", cfg).services["s1"].upstream_id == "u1"
+    # The Admin API keeps "backends" and "BACKENDS" apart (Kong's names are
+    # case-sensitive): each is found by its exact name, and the config still applies.
+    cfg["upstreams"].append({"id": "u2", "name": "BACKENDS"})
+    cfg["services"][0]["host"] = "BACKENDS"
+    config = compile_config(1, "h", cfg)
+    assert config.services["s1"].upstream_id == "u2"
+    cfg["services"][0]["host"] = "Backends"  # ambiguous: a plain host, not an upstream
+    assert compile_config(1, "h", cfg).services["s1"].upstream_id is None
+
+
+def test_values_the_admin_api_accepts_are_applied() -> None:
+    cfg = base()
+    cfg["services"][1]["port"] = 0  # Kong allows port 0
+    cfg["routes"][0]["regex_priority"] = 2**40
+    cfg["routes"].append(
+        {"id": "r3", "service": {"id": "s1"}, "snis": ["tls.test"], "protocols": ["https"]}
+    )
+    config = compile_config(1, "h", cfg)
+    assert config.services["s2"].port == 0
+    assert {r.route.id for r in [config.match(b"GET", b"b.test", b"/")] if r} == {"r2"}
+
+
+def test_equally_specific_routes_tie_break_by_creation_time() -> None:
+    cfg = base()
+    cfg["routes"] = [
+        {"id": "r-b", "service": {"id": "s1"}, "paths": ["/x"], "created_at": 200},
+        {"id": "r-a", "service": {"id": "s1"}, "paths": ["/x"], "created_at": 100},
+    ]
+    match = compile_config(1, "h", cfg).match(b"GET", None, b"/x")
+    assert match is not None and match.route.id == "r-a"
 
 
 def test_config_error_is_value_error() -> None:
