@@ -530,6 +530,12 @@ class PassiveHealthcheck(_Model):
     type: Literal["tcp", "http", "https"] = "http"
     healthy: PassiveHealthy = Field(default_factory=PassiveHealthy)
     unhealthy: PassiveUnhealthy = Field(default_factory=PassiveUnhealthy)
+    # Ferry extensions (Envoy's outlier detection; see docs/health-checks.md): a target
+    # ejected by passive checks is let through again (half-open) after this many
+    # seconds, doubled on each consecutive ejection up to max_ejection_time; 0 keeps it
+    # out until an active check or an operator brings it back (Kong's behaviour).
+    base_ejection_time: Seconds = 30
+    max_ejection_time: Seconds = 300
 
 
 class Healthchecks(_Model):

@@ -55,17 +55,47 @@ class Ping(_message.Message):
     config_hash: str
     def __init__(self, config_version: _Optional[int] = ..., config_hash: _Optional[str] = ...) -> None: ...
 
+class AddressHealth(_message.Message):
+    __slots__ = ("upstream_id", "target_id", "target", "address", "state", "reason", "time", "weight")
+    UPSTREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    upstream_id: str
+    target_id: str
+    target: str
+    address: str
+    state: str
+    reason: str
+    time: float
+    weight: int
+    def __init__(self, upstream_id: _Optional[str] = ..., target_id: _Optional[str] = ..., target: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., time: _Optional[float] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class HealthReport(_message.Message):
+    __slots__ = ("full", "addresses")
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    full: bool
+    addresses: _containers.RepeatedCompositeFieldContainer[AddressHealth]
+    def __init__(self, full: _Optional[bool] = ..., addresses: _Optional[_Iterable[_Union[AddressHealth, _Mapping]]] = ...) -> None: ...
+
 class DataPlaneMessage(_message.Message):
-    __slots__ = ("hello", "ack", "nack", "ping")
+    __slots__ = ("hello", "ack", "nack", "ping", "health")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     NACK_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ack: Ack
     nack: Nack
     ping: Ping
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+    health: HealthReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., health: _Optional[_Union[HealthReport, _Mapping]] = ...) -> None: ...
 
 class Resource(_message.Message):
     __slots__ = ("kind", "id", "body")
@@ -93,10 +123,26 @@ class Pong(_message.Message):
     config_version: int
     def __init__(self, config_version: _Optional[int] = ...) -> None: ...
 
+class HealthOverride(_message.Message):
+    __slots__ = ("upstream_id", "target", "address", "healthy", "time")
+    UPSTREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    upstream_id: str
+    target: str
+    address: str
+    healthy: bool
+    time: float
+    def __init__(self, upstream_id: _Optional[str] = ..., target: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., time: _Optional[float] = ...) -> None: ...
+
 class ControlPlaneMessage(_message.Message):
-    __slots__ = ("snapshot", "pong")
+    __slots__ = ("snapshot", "pong", "health_override")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     pong: Pong
-    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
+    health_override: HealthOverride
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., health_override: _Optional[_Union[HealthOverride, _Mapping]] = ...) -> None: ...

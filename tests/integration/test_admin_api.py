@@ -109,6 +109,9 @@ async def test_upstream_post_returns_201_with_kongs_defaults(admin: Client) -> N
             "successes": 0,
         },
         "unhealthy": {"http_statuses": [429, 500, 503], "tcp_failures": 0, "timeouts": 0, "http_failures": 0},
+        # Ferry's half-open breaker (Envoy's outlier ejection times), beyond Kong's fields.
+        "base_ejection_time": 30,
+        "max_ejection_time": 300,
     }
 
 
