@@ -24,6 +24,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver
+from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
 from ferry.cluster_link import require_secured_link
@@ -86,6 +87,7 @@ class ClusterClient:
         on_applied: Callable[[RuntimeConfig], None] | None = None,
         resolver: TargetResolver | None = None,
         dns_timeout: float = 2.0,
+        health: HealthSupervisor | None = None,
     ) -> None:
         require_secured_link(insecure)
         self._target = control_plane
@@ -98,6 +100,10 @@ class ClusterClient:
         self._on_applied = on_applied
         self._resolver = resolver
         self._dns_timeout = dns_timeout
+        self._health = health
+        #: gRPC aio allows one write in progress per call: pings, ACKs and health
+        #: reports take turns.
+        self._write_lock = asyncio.Lock()
         self.state = ClusterLinkState()
 
     async def run(self) -> None:
@@ -148,16 +154,20 @@ class ClusterClient:
         ]
         async with grpc.aio.insecure_channel(self._target, options=options) as channel:
             call = cluster_pb2_grpc.ClusterStub(channel).Connect()
-            await call.write(self._hello())
+            await self._write(call, self._hello())
             pinger = asyncio.create_task(self._ping(call))
+            reporter = asyncio.create_task(self._report_health(call))
             established = False
             try:
                 while True:
                     message = await call.read()
                     if message is grpc.aio.EOF:
                         break
-                    if message.WhichOneof("message") == "snapshot":
+                    kind = message.WhichOneof("message")
+                    if kind == "snapshot":
                         await self._handle_snapshot(call, message.snapshot)
+                    elif kind == "health_override":
+                        self._handle_override(message.health_override)
                     if not established:
                         # Only after handling it: the CP's first message is the
                         # snapshot when one is due, a Pong otherwise.
@@ -171,18 +181,78 @@ class ClusterClient:
             finally:
                 self.state.connected = False
                 pinger.cancel()
-                await asyncio.gather(pinger, return_exceptions=True)
+                reporter.cancel()
+                await asyncio.gather(pinger, reporter, return_exceptions=True)
                 call.cancel()
             if established:
                 log.warning("stream to control plane %s ended; reconnecting", self._target)
                 raise SessionEnded()
             raise OSError("control plane closed the stream before sending anything")
 
+    async def _write(
+        self, call: grpc.aio.StreamStreamCall, message: cluster_pb2.DataPlaneMessage
+    ) -> None:
+        async with self._write_lock:
+            await call.write(message)
+
+    async def _report_health(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Send this DP's health view once connected, then every transition.
+
+        Transitions queued together go out as one message; a full view replaces
+        everything the CP holds for this DP.
+        """
+        health = self._health
+        if health is None:
+            return
+        health.queue_full_view()  # the CP may hold nothing (or something stale) for us
+        queue = health.reports
+        while True:
+            full, rows = await queue.get()
+            batch = list(rows)
+            while not queue.empty():
+                next_full, next_rows = queue.get_nowait()
+                if next_full:
+                    full, batch = True, list(next_rows)
+                else:
+                    batch.extend(next_rows)
+            await self._write(
+                call,
+                cluster_pb2.DataPlaneMessage(
+                    health=cluster_pb2.HealthReport(
+                        full=full,
+                        addresses=[
+                            cluster_pb2.AddressHealth(
+                                upstream_id=r.upstream_id,
+                                target_id=r.target_id,
+                                target=r.target,
+                                address=r.address,
+                                state=r.state,
+                                reason=r.reason,
+                                time=r.time,
+                                weight=r.weight,
+                            )
+                            for r in batch
+                        ],
+                    )
+                ),
+            )
+
+    def _handle_override(self, override: cluster_pb2.HealthOverride) -> None:
+        if self._health is None:
+            return
+        if not self._health.override(
+            override.upstream_id, override.target, override.address, override.healthy
+        ):
+            log.warning(
+                "health override for unknown upstream %s target %s ignored",
+                override.upstream_id, override.target,
+            )
+
     async def _ping(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:
             await asyncio.sleep(self._ping_interval)
             current = self._holder.current
-            await call.write(
+            await self._write(call,
                 cluster_pb2.DataPlaneMessage(
                     ping=cluster_pb2.Ping(
                         config_version=current.version if current else 0,
@@ -199,7 +269,8 @@ class ClusterClient:
         except ConfigError as exc:
             self.state.last_nack = str(exc)
             log.error("rejected config version %d: %s", snapshot.version, exc)
-            await call.write(
+            await self._write(
+                call,
                 cluster_pb2.DataPlaneMessage(
                     nack=cluster_pb2.Nack(
                         version=snapshot.version, hash=snapshot.hash, error_detail=str(exc)
@@ -211,6 +282,8 @@ class ClusterClient:
             # Resolve new target names first so the first requests balance over IPs.
             await self._resolver.apply(config, timeout=self._dns_timeout)
         self._holder.current = config
+        if self._health is not None:
+            self._health.apply(config)
         self.state.last_config_at = time.time()
         self.state.last_nack = None
         if self._on_applied is not None:
@@ -221,6 +294,7 @@ class ClusterClient:
             # Serving the new config matters more than caching it; say so loudly.
             log.error("could not write the config cache %s: %s", self._cache.path, exc)
         log.info("applied config version %d (%s)", snapshot.version, snapshot.hash[:12])
-        await call.write(
+        await self._write(
+            call,
             cluster_pb2.DataPlaneMessage(ack=cluster_pb2.Ack(version=snapshot.version, hash=snapshot.hash))
         )

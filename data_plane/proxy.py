@@ -61,6 +61,7 @@ import httptools
 
 from data_plane.balancers import Address, Balancer, BalancerHandle
 from data_plane.hash_key import HashInputs
+from data_plane.health_checker import HealthChecker
 from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch
 from data_plane.runtime import CompiledService, ConfigHolder
@@ -247,6 +248,8 @@ class _Exchange:
         "replay_size",
         "budget",
         "budget_retry",
+        "try_health",
+        "status",
     )
 
     def __init__(self, method: bytes, http10: bool, close_after: bool, t_begin: int = 0) -> None:
@@ -306,6 +309,10 @@ class _Exchange:
         self.budget: RetryBudget | None = None
         #: The current try is a retry counted in ``budget`` (released when it ends).
         self.budget_retry = False
+        #: The health checker owed a passive report for the current try, if any.
+        self.try_health: HealthChecker | None = None
+        #: The status of the current try's response head (0 until it arrives).
+        self.status = 0
 
 
 class _BadUpstreamResponse(Exception):
@@ -395,7 +402,7 @@ class _ClientConnection(asyncio.Protocol):
                 else:
                     conn.abandon()
             if ex.try_balancer is not None:
-                _end_try(ex, ex.t_headers == 0)
+                _end_try(ex, ex.t_headers == 0, aborted=True)
             if ex.budget is not None:
                 _end_budget(ex)
 
@@ -752,9 +759,12 @@ class _ClientConnection(asyncio.Protocol):
         service = ex.service
         assert service is not None
         if ex.try_balancer is not None:
-            _end_try(ex, ex.t_headers == 0)  # defensive: never leak an open try
+            _end_try(ex, ex.t_headers == 0, aborted=True)  # defensive: never leak a try
         balancer = service.balancer
         if balancer is not None:
+            if balancer.below_threshold:
+                self._respond_error(ex, E_NO_PEER)  # Kong: the balancer is unhealthy
+                return
             handle = ex.handle
             if handle is None:
                 handle = ex.handle = BalancerHandle()
@@ -765,6 +775,13 @@ class _ClientConnection(asyncio.Protocol):
                 return
             balancer.on_request_start(address)
             ex.try_balancer = balancer
+            upstream = service.upstream
+            health = upstream.health if upstream is not None else None
+            if health is not None:
+                if health.trial_waiting:
+                    health.on_pick(address)  # a half-open address: one request only
+                if health.passive_on:
+                    ex.try_health = health
             if ex.budget is None:
                 upstream = service.upstream
                 budget = upstream.retry_budget if upstream is not None else None
@@ -777,6 +794,7 @@ class _ClientConnection(asyncio.Protocol):
         ex.address = address
         ex.t_try = _now_ns()
         ex.t_headers = 0
+        ex.status = 0
         self._connect(ex, address, pooled=True)
 
     def _connect(self, ex: _Exchange, address: Address, *, pooled: bool) -> None:
@@ -822,7 +840,7 @@ class _ClientConnection(asyncio.Protocol):
         if conn is not None:
             self._attach(ex, conn)
             return
-        _end_try(ex, True)
+        _end_try(ex, True, timed_out)
         self._try_failed(ex, timed_out)
         self._advance()
 
@@ -927,7 +945,7 @@ class _ClientConnection(asyncio.Protocol):
             ex.stale_retried = True
             self._connect(ex, ex.address, pooled=False)
             return
-        _end_try(ex, ex.t_headers == 0)
+        _end_try(ex, ex.t_headers == 0, timed_out)
         if (
             not invalid
             and not ex.upgrade
@@ -971,7 +989,7 @@ class _ClientConnection(asyncio.Protocol):
     def _respond_error(self, ex: _Exchange, error: _ErrorKey) -> None:
         """Answer ``ex`` with a JSON error (does not advance the queue)."""
         if ex.try_balancer is not None:
-            _end_try(ex, ex.t_headers == 0)
+            _end_try(ex, ex.t_headers == 0, aborted=True)
         if ex.budget is not None:
             _end_budget(ex)
         if ex.response_started:
@@ -1152,11 +1170,14 @@ def _end_budget(ex: _Exchange) -> None:
     budget.request_ended()
 
 
-def _end_try(ex: _Exchange, failed: bool) -> None:
+def _end_try(ex: _Exchange, failed: bool, timed_out: bool = False, aborted: bool = False) -> None:
     """Report the end of ``ex``'s current try to its balancer (once; no-op otherwise).
 
     ``elapsed`` runs from the pick to the response head, or to now when no head came.
-    A try that was a retry also gives its slot back to the retry budget.
+    A try that was a retry also gives its slot back to the retry budget. With passive
+    health checks on, the outcome also goes to the health checker: ``timed_out`` /
+    other failure / the response status; an ``aborted`` try without a response head
+    (the client went away, or the proxy answered itself) is no verdict on the target.
     """
     if ex.budget_retry:
         ex.budget_retry = False
@@ -1170,6 +1191,13 @@ def _end_try(ex: _Exchange, failed: bool) -> None:
     assert address is not None
     end = ex.t_headers or _now_ns()
     balancer.on_request_end(address, (end - ex.t_try) / 1e9, failed)
+    health = ex.try_health
+    if health is not None:
+        ex.try_health = None
+        if failed and aborted:
+            health.report_aborted(address)
+        else:
+            health.report_passive(address, failed, timed_out, ex.status)
 
 
 class _UpstreamConnection(asyncio.Protocol):
@@ -1441,6 +1469,7 @@ class _UpstreamConnection(asyncio.Protocol):
             self._headers = []
             return
         ex.t_headers = now = _now_ns()
+        ex.status = status
         content_length: bytes | None = None
         chunked = False
         upstream_close = False

@@ -14,9 +14,10 @@ a request is served entirely by the old or entirely by the new config.
 
 from __future__ import annotations
 
+import time
 import types
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from data_plane.balancers import (
@@ -27,6 +28,8 @@ from data_plane.balancers import (
     parse_target,
 )
 from data_plane.hash_key import HashSpec, compile_hash_spec
+from data_plane.health_checker import HealthChecker
+from data_plane.health_settings import compile_health_settings
 from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch, Router, RouteSpec
 
@@ -75,6 +78,11 @@ class CompiledUpstream:
     retry_budget: RetryBudget | None = None
     slots: int = 10000
     slow_start: float = 0.0
+    #: The upstream's health checker (Kong's healthchecks; also when all checks are
+    #: off, so that manual overrides work). Started by the health supervisor.
+    health: HealthChecker | None = None
+    #: Configured target key (``host:port``) -> target entity id.
+    target_ids: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
 
     @property
     def options(self) -> BalancerOptions:
@@ -309,6 +317,7 @@ def _compile_upstreams(
 ) -> dict[str, CompiledUpstream]:
     raw = _entities(entities, "upstreams")
     targets_by_upstream: dict[str, list[Address]] = {u["id"]: [] for u in raw}
+    target_ids: dict[str, dict[str, str]] = {u["id"]: {} for u in raw}
     for target in _entities(entities, "targets"):
         label = f"target {target.get('target')!r} ({target['id']})"
         upstream_id = _ref(target, "upstream", label)
@@ -327,6 +336,7 @@ def _compile_upstreams(
         if any(a.key == address.key for a in addresses):
             raise ConfigError(f"{label}: duplicate target {address.key} in upstream {upstream_id}")
         addresses.append(address)
+        target_ids[upstream_id][address.key] = str(target["id"])
 
     compiled: dict[str, CompiledUpstream] = {}
     names: set[str] = set()
@@ -370,6 +380,30 @@ def _compile_upstreams(
                 )
             except ValueError as exc:
                 raise ConfigError(f"{label}: {exc}") from None
+        try:
+            settings = compile_health_settings(upstream.get("healthchecks"))
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        ids = types.MappingProxyType(target_ids[upstream["id"]])
+        old_health = old.health if old is not None else None
+        if (
+            old_health is not None
+            and old_health.balancer is balancer
+            and old_health.settings == settings
+            and old_health.host_header == host_header
+            and old_health.target_ids == ids
+        ):
+            health = old_health
+        else:
+            health = HealthChecker(
+                upstream["id"],
+                settings,
+                balancer,
+                target_ids=ids,
+                host_header=host_header,
+                previous=old_health,
+                clock=clock if clock is not None else time.monotonic,
+            )
         retry_budget: RetryBudget | None = None
         if budget_percent is not None:
             if old is not None and old.retry_budget is not None and (
@@ -389,6 +423,8 @@ def _compile_upstreams(
             retry_budget=retry_budget,
             slots=slots,
             slow_start=slow_start,
+            health=health,
+            target_ids=ids,
         )
     return compiled
 

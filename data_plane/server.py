@@ -18,6 +18,7 @@ import ferry
 from data_plane.cluster_client import ClusterClient, apply_snapshot
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
+from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity, default_hostname, load_or_create_node_id
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
@@ -77,6 +78,7 @@ class DataPlane:
             labels=dict(settings.labels),
         )
         self.resolver = TargetResolver(parse_nameservers(settings.dns_resolver) or None)
+        self.health = HealthSupervisor()
         self.client = ClusterClient(
             settings.control_plane,
             self.holder,
@@ -84,6 +86,7 @@ class DataPlane:
             self.node,
             insecure=settings.cluster_insecure,
             resolver=self.resolver,
+            health=self.health,
         )
         self._proxy: ProxyServer | None = None
         self._runner: web.AppRunner | None = None
@@ -100,6 +103,7 @@ class DataPlane:
             config = apply_snapshot(cached, None)
             await self.resolver.apply(config, timeout=2.0)
             self.holder.current = config
+            self.health.apply(config)
             log.info("serving cached config version %d until the control plane answers", cached.version)
         except ConfigError as exc:
             log.error("ignoring the config cache %s: %s", self._cache.path, exc)
@@ -115,7 +119,12 @@ class DataPlane:
         await self._load_cache()
         self._resolver_task = asyncio.create_task(self.resolver.run(), name="ferry-dns-resolver")
         app = create_status_app(
-            self.holder, self.client.state, self.node, control_plane=self.settings.control_plane
+            self.holder,
+            self.client.state,
+            self.node,
+            control_plane=self.settings.control_plane,
+            health=self.health,
+            resolver=self.resolver,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -141,6 +150,7 @@ class DataPlane:
             self._resolver_task.cancel()
             await asyncio.gather(self._resolver_task, return_exceptions=True)
             self._resolver_task = None
+        await self.health.stop()
         if self._proxy is not None:
             await self._proxy.stop(grace)
             self._proxy = None

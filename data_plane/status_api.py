@@ -2,25 +2,79 @@
 
 ``GET /status`` reports the config this DP serves and its link to the control
 plane; ``GET /status/ready`` answers 200 only once a config is loaded (a
-readiness probe for load balancers and Kubernetes).
+readiness probe for load balancers and Kubernetes); ``GET /upstreams/{id or
+name}/health`` shows target health as this data plane sees it, in the shape of Kong's
+Admin API endpoint (the control plane's endpoint merges every data plane's view).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from data_plane.cluster_client import ClusterLinkState
+from data_plane.dns_resolver import TargetResolver
+from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
-from data_plane.runtime import ConfigHolder
+from data_plane.runtime import CompiledUpstream, ConfigHolder
 
 _JSON = "application/json"
 
 
+def _upstream_health(
+    upstream: CompiledUpstream, dns_errors: Mapping[str, str], node_id: str
+) -> dict[str, Any]:
+    """Kong's ``GET /upstreams/{u}/health`` body for this data plane's view."""
+    checker = upstream.health
+    views = checker.view() if checker is not None else []
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for v in views:
+        by_target.setdefault(v.target, []).append(
+            {"ip": v.address.host, "port": v.address.port, "weight": v.address.weight,
+             "health": v.state, "reason": v.reason or None}
+        )
+    data = []
+    for target in upstream.targets:
+        addresses = by_target.get(target.key, [])
+        total = sum(a["weight"] for a in addresses)
+        available = sum(a["weight"] for a in addresses if a["health"] != "UNHEALTHY")
+        if target.weight <= 0:
+            health = "HEALTHCHECKS_OFF"
+        elif not addresses:
+            health = "DNS_ERROR" if target.key in dns_errors else "HEALTHY"
+        elif any(a["health"] == "HEALTHY" for a in addresses):
+            health = "HEALTHY"
+        elif any(a["health"] == "UNHEALTHY" for a in addresses):
+            health = "UNHEALTHY"
+        else:
+            health = "HEALTHCHECKS_OFF"
+        data.append(
+            {
+                "id": upstream.target_ids.get(target.key),
+                "target": target.key,
+                "weight": target.weight,
+                "upstream": {"id": upstream.id},
+                "health": health,
+                "data": {
+                    "addresses": addresses,
+                    "weight": {"total": total, "available": available, "unavailable": total - available},
+                },
+            }
+        )
+    return {"data": data, "next": None, "node_id": node_id}
+
+
 def create_status_app(
-    holder: ConfigHolder, link: ClusterLinkState, node: NodeIdentity, *, control_plane: str
+    holder: ConfigHolder,
+    link: ClusterLinkState,
+    node: NodeIdentity,
+    *,
+    control_plane: str,
+    health: HealthSupervisor | None = None,
+    resolver: TargetResolver | None = None,
 ) -> web.Application:
     started = time.time()
 
@@ -49,7 +103,39 @@ def create_status_app(
             return web.json_response({"message": "no configuration loaded yet"}, status=503)
         return web.json_response({"message": "ready"})
 
+    async def upstream_health(request: web.Request) -> web.Response:
+        current = holder.current
+        ref = request.match_info["upstream"]
+        upstream = None
+        if current is not None:
+            upstream = current.upstreams.get(ref) or current.upstream_by_name(ref)
+        if upstream is None:
+            return web.json_response({"message": "Not found"}, status=404)
+        dns_errors = resolver.dns_errors() if resolver is not None else {}
+        body = _upstream_health(upstream, dns_errors, node.node_id)
+        if request.query.get("balancer_health") in ("1", "true"):
+            checker = upstream.health
+            below = upstream.balancer.below_threshold
+            return web.json_response(
+                {
+                    "data": {
+                        "id": upstream.id,
+                        "health": "UNHEALTHY" if below else (
+                            "HEALTHY" if checker is not None and checker.settings.enabled
+                            else "HEALTHCHECKS_OFF"
+                        ),
+                        "balancer_health": "UNHEALTHY" if below else "HEALTHY",
+                        "details": {
+                            "threshold": checker.settings.threshold if checker else 0,
+                            "targets": body["data"],
+                        },
+                    }
+                }
+            )
+        return web.json_response(body)
+
     app = web.Application()
     app.router.add_get("/status", status)
     app.router.add_get("/status/ready", ready)
+    app.router.add_get("/upstreams/{upstream}/health", upstream_health)
     return app

@@ -183,6 +183,9 @@ class Balancer(ABC):
         self._slow_start = float(self.options.slow_start) if self.supports_slow_start else 0.0
         self._addresses: tuple[Address, ...] = ()
         self._unhealthy: set[str] = set()
+        #: Set by the health checker: less than ``healthchecks.threshold`` % of the
+        #: weight is healthy, so the whole upstream answers 503 (Kong's threshold).
+        self.below_threshold = False
         #: Addresses in their slow-start window: key -> ramp start (clock seconds).
         self._ramp: dict[str, float] = {}
         #: Current factor (0.1..1) of each ramping address; refreshed by _tick_ramp.

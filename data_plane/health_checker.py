@@ -1,0 +1,533 @@
+"""Target health of one upstream: Kong's counters, active probes, passive outcomes,
+the threshold, and Ferry's half-open circuit breaker.
+
+One :class:`HealthChecker` per upstream and config version; it feeds the upstream's
+balancer through :meth:`Balancer.set_address_health` (and ``below_threshold``), so the
+proxy's hot path only reads what the checker decided. Health is per **address** (an
+``ip:port`` a DNS target resolved to, or the IP target itself), as in Kong.
+
+Counters (lua-resty-healthcheck, as Kong): per address ``successes``, ``http_failures``,
+``tcp_failures``, ``timeouts``. A success resets the three failure counters; a failure
+resets ``successes``. When a healthy address's failure counter reaches its threshold it
+turns unhealthy; when an unhealthy address's ``successes`` reach theirs it turns healthy;
+a threshold of 0 makes that counter inert. Active probes and passive outcomes share the
+counters, each compared with its own thresholds. Every transition resets all counters.
+
+Active probes run in two loops (healthy addresses every ``healthy.interval``, unhealthy
+ones every ``unhealthy.interval``; 0 disables a loop), at most ``concurrency`` at a time,
+through an injected :class:`Prober`. Passive outcomes come from the proxy after each try:
+a try that timed out is a timeout, another failed try a TCP failure, otherwise the
+response status is classified by ``passive.healthy/unhealthy.http_statuses`` (with
+``passive.type`` ``tcp`` any response is a success).
+
+Beyond Kong (Envoy's outlier ejection): an address ejected by *passive* checks while no
+active loop probes unhealthy addresses would stay out forever in Kong. Here it is let
+through again after ``passive.base_ejection_time`` seconds (doubling on each consecutive
+ejection, capped at ``passive.max_ejection_time``): the balancer may pick it for exactly
+one request (half-open); its success closes the breaker (healthy again), its failure
+ejects it again for twice as long.
+
+Concurrency: everything runs on the data plane's single event loop; no method awaits
+except the probe loops, so a transition is atomic with respect to requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol
+
+from data_plane.balancers import Address, Balancer
+from data_plane.health_settings import HealthSettings
+
+__all__ = [
+    "AddressView",
+    "HealthChecker",
+    "HealthTransition",
+    "ProbeOutcome",
+    "Prober",
+    "target_key_of",
+]
+
+log = logging.getLogger("ferry.data_plane.health")
+
+HealthState = Literal["HEALTHY", "UNHEALTHY", "DNS_ERROR", "HEALTHCHECKS_OFF"]
+ProbeOutcome = Literal["success", "http_failure", "tcp_failure", "timeout", "ignored"]
+
+_SUCCESS: Final = "success"
+_HTTP: Final = "http_failure"
+_TCP: Final = "tcp_failure"
+_TIMEOUT: Final = "timeout"
+_IGNORED: Final = "ignored"
+
+# Half-open trial states of an ejected address.
+_TRIAL_NONE: Final = 0
+_TRIAL_WAITING: Final = 1  # usable again for one request
+_TRIAL_IN_FLIGHT: Final = 2  # that request is on its way; not usable
+
+
+class Prober(Protocol):
+    """Sends one active probe; implemented over real sockets in ``health_probe``."""
+
+    async def probe(self, address: Address, host: str) -> tuple[ProbeOutcome, int]:
+        """Probe ``address`` (``host`` for the Host header / SNI); returns the outcome
+        and the HTTP status (0 when there was none)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HealthTransition:
+    """One address changing state (or its state, in a full view). ``time`` is epoch s."""
+
+    upstream_id: str
+    target_id: str
+    target: str
+    address: str
+    state: HealthState
+    reason: str
+    time: float
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddressView:
+    """What the status API shows for one address."""
+
+    address: Address
+    target: str
+    state: HealthState
+    reason: str
+    since: float
+
+
+def target_key_of(address: Address) -> str:
+    """The configured target (``host:port``) an address belongs to."""
+    hostname = getattr(address, "hostname", "")
+    if hostname:
+        return Address(hostname, address.port).key
+    return address.key
+
+
+class _AddressHealth:
+    """Counters and state of one address. Owned by its checker (moved to the next
+    version's checker when the address stays)."""
+
+    __slots__ = (
+        "ejections",
+        "healthy",
+        "http_failures",
+        "last_ejection_end",
+        "reason",
+        "retry_at",
+        "since",
+        "successes",
+        "tcp_failures",
+        "timeouts",
+        "trial",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.healthy = True
+        self.successes = 0
+        self.http_failures = 0
+        self.tcp_failures = 0
+        self.timeouts = 0
+        self.reason = ""
+        self.since = now
+        #: Consecutive passive ejections (the half-open back-off exponent).
+        self.ejections = 0
+        #: Wall time the last half-open trial closed the breaker (0 = never).
+        self.last_ejection_end = 0.0
+        #: Monotonic time of the next half-open trial (0 = none scheduled).
+        self.retry_at = 0.0
+        self.trial = _TRIAL_NONE
+
+    def reset_counters(self) -> None:
+        self.successes = self.http_failures = self.tcp_failures = self.timeouts = 0
+
+
+class HealthChecker:
+    """Health of one upstream's addresses for one config version.
+
+    Built by ``compile_config`` (pure: no task, no timer) and started by the data
+    plane's health supervisor once its config is applied; the supervisor stops the
+    checker a newer version replaced. ``previous`` hands over the state of addresses
+    that stay (counters, health, ejections); the previous checker must be stopped.
+    ``on_transition`` (set by the supervisor) hears every transition.
+    """
+
+    def __init__(
+        self,
+        upstream_id: str,
+        settings: HealthSettings,
+        balancer: Balancer,
+        *,
+        target_ids: Mapping[str, str],
+        host_header: str | None = None,
+        previous: HealthChecker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.upstream_id = upstream_id
+        self.settings = settings
+        self.balancer = balancer
+        self.target_ids = dict(target_ids)
+        self.host_header = host_header
+        self._clock = clock
+        self._wall = wall_clock
+        self.on_transition: Callable[[HealthTransition], None] | None = None
+        #: Whether the proxy should report passive outcomes (hot-path flag).
+        self.passive_on = settings.passive.enabled
+        #: Addresses (keys) let through for one half-open trial request.
+        self.trial_waiting: set[str] = set()
+        self._states: dict[str, _AddressHealth] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._prober: Prober | None = None
+        self._started = False
+        if previous is not None:
+            self._states = dict(previous._states)
+            for state in self._states.values():
+                if state.trial == _TRIAL_IN_FLIGHT:
+                    # That request reports to the previous checker: try again here.
+                    state.trial = _TRIAL_WAITING
+        for key, state in self._states.items():
+            balancer.set_address_health(key, state.healthy)
+        self._update_threshold()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, prober: Prober) -> None:
+        """Start the active probe loops (if configured) and pending half-open timers.
+
+        Must run on the event loop. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        self._prober = prober
+        active = self.settings.active
+        if active.healthy_interval > 0:
+            self._tasks.append(asyncio.create_task(self._probe_loop(True), name="ferry-health"))
+        if active.unhealthy_interval > 0:
+            self._tasks.append(asyncio.create_task(self._probe_loop(False), name="ferry-health"))
+        now = self._clock()
+        for key, state in self._states.items():
+            if state.trial == _TRIAL_WAITING:
+                self._admit_trial(key)
+            elif not state.healthy and state.retry_at:
+                self._schedule_trial(key, max(0.0, state.retry_at - now))
+
+    async def stop(self) -> None:
+        """Stop probe loops and timers; state stays for a successor to take over."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._started = False
+
+    # ------------------------------------------------------------------ reports
+
+    def report_passive(self, address: Address, failed: bool, timed_out: bool, status: int) -> None:
+        """The outcome of one proxied try to ``address`` (called by the proxy).
+
+        ``failed``: no response head came (``timed_out`` says whether the try timed
+        out); otherwise ``status`` is the response status.
+        """
+        passive = self.settings.passive
+        if failed:
+            outcome: ProbeOutcome = _TIMEOUT if timed_out else _TCP
+        elif passive.type == "tcp":
+            outcome = _SUCCESS
+        elif status in passive.unhealthy_statuses:
+            outcome = _HTTP
+        elif status in passive.healthy_statuses:
+            outcome = _SUCCESS
+        else:
+            outcome = _IGNORED
+        state = self._states.get(address.key)
+        if state is not None and state.trial == _TRIAL_IN_FLIGHT:
+            self._end_trial(address, state, outcome)
+            return
+        if outcome == _IGNORED:
+            return
+        self._record(address, outcome, status, active=False)
+
+    def report_aborted(self, address: Address) -> None:
+        """A try ended without a verdict (the client went away): a half-open trial
+        in flight on it is let through again."""
+        state = self._states.get(address.key)
+        if state is not None and state.trial == _TRIAL_IN_FLIGHT:
+            state.trial = _TRIAL_WAITING
+            self._admit_trial(address.key)
+
+    def on_pick(self, address: Address) -> None:
+        """The balancer picked ``address``; call only while :attr:`trial_waiting` is
+        non-empty. Takes a waiting half-open address out again until its one trial
+        request has reported."""
+        key = address.key
+        if key in self.trial_waiting:
+            self.trial_waiting.discard(key)
+            state = self._states.get(key)
+            if state is not None:
+                state.trial = _TRIAL_IN_FLIGHT
+            self.balancer.set_address_health(key, False)
+
+    def set_health(self, keys: Iterable[str], healthy: bool, reason: str = "manual") -> None:
+        """Force addresses to a state and reset their counters (Kong's manual
+        ``/healthy`` / ``/unhealthy``). Unknown keys get a state for when they appear."""
+        now = self._clock()
+        for key in keys:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = _AddressHealth(now)
+            self._cancel_trial(key, state)
+            state.reset_counters()
+            state.ejections = 0
+            address = self._address(key)
+            if state.healthy != healthy:
+                self._transition(key, address, state, healthy, reason)
+            else:
+                state.reason = reason
+                self.balancer.set_address_health(key, healthy)
+
+    # ------------------------------------------------------------------ views
+
+    def state_of(self, address: Address) -> HealthState:
+        if address.weight <= 0:
+            return "HEALTHCHECKS_OFF"
+        state = self._states.get(address.key)
+        if state is not None and not state.healthy:
+            return "UNHEALTHY"
+        if not self.settings.enabled and (state is None or not state.reason):
+            return "HEALTHCHECKS_OFF"
+        return "HEALTHY"
+
+    def view(self) -> list[AddressView]:
+        """Every balanced address with its state (for the status API and full reports)."""
+        out = []
+        for address in self.balancer.addresses:
+            state = self._states.get(address.key)
+            out.append(
+                AddressView(
+                    address=address,
+                    target=target_key_of(address),
+                    state=self.state_of(address),
+                    reason=state.reason if state is not None else "",
+                    since=state.since if state is not None else 0.0,
+                )
+            )
+        return out
+
+    def report_rows(self) -> list[HealthTransition]:
+        """This checker's full view as report rows (``time`` = when each state began)."""
+        now_wall, now = self._wall(), self._clock()
+        rows = []
+        for v in self.view():
+            rows.append(
+                HealthTransition(
+                    upstream_id=self.upstream_id,
+                    target_id=self.target_ids.get(v.target, ""),
+                    target=v.target,
+                    address=v.address.key,
+                    state=v.state,
+                    reason=v.reason,
+                    time=now_wall - (now - v.since) if v.since else now_wall,
+                    weight=v.address.weight,
+                )
+            )
+        return rows
+
+    # ------------------------------------------------------------------ internals
+
+    def _address(self, key: str) -> Address | None:
+        for address in self.balancer.addresses:
+            if address.key == key:
+                return address
+        return None
+
+    def _record(self, address: Address, outcome: ProbeOutcome, status: int, *, active: bool) -> None:
+        key = address.key
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _AddressHealth(self._clock())
+        if active:
+            a = self.settings.active
+            successes, http_limit, tcp_limit, timeout_limit = (
+                a.healthy_successes,
+                a.unhealthy_http_failures,
+                a.unhealthy_tcp_failures,
+                a.unhealthy_timeouts,
+            )
+        else:
+            p = self.settings.passive
+            successes, http_limit, tcp_limit, timeout_limit = (
+                p.healthy_successes,
+                p.unhealthy_http_failures,
+                p.unhealthy_tcp_failures,
+                p.unhealthy_timeouts,
+            )
+        source = "active" if active else "passive"
+        if outcome == _SUCCESS:
+            state.http_failures = state.tcp_failures = state.timeouts = 0
+            state.successes += 1
+            if not state.healthy and successes > 0 and state.successes >= successes:
+                self._transition(key, address, state, True, f"{source}: {state.successes} successes")
+            return
+        state.successes = 0
+        if outcome == _HTTP:
+            state.http_failures += 1
+            count, limit, what = state.http_failures, http_limit, f"http_failures (last status {status})"
+        elif outcome == _TCP:
+            state.tcp_failures += 1
+            count, limit, what = state.tcp_failures, tcp_limit, "tcp_failures"
+        else:
+            state.timeouts += 1
+            count, limit, what = state.timeouts, timeout_limit, "timeouts"
+        if state.healthy and limit > 0 and count >= limit:
+            self._transition(key, address, state, False, f"{source}: {count} {what}")
+            if not active:
+                self._eject(key, state)
+
+    def _transition(
+        self, key: str, address: Address | None, state: _AddressHealth, healthy: bool, reason: str
+    ) -> None:
+        state.healthy = healthy
+        state.reason = reason
+        state.since = self._clock()
+        state.reset_counters()
+        self.balancer.set_address_health(key, healthy)
+        self._update_threshold()
+        log.info(
+            "upstream %s: %s is now %s (%s)",
+            self.upstream_id, key, "healthy" if healthy else "unhealthy", reason,
+        )
+        callback = self.on_transition
+        if callback is not None:
+            target = target_key_of(address) if address is not None else key
+            callback(
+                HealthTransition(
+                    upstream_id=self.upstream_id,
+                    target_id=self.target_ids.get(target, ""),
+                    target=target,
+                    address=key,
+                    state="HEALTHY" if healthy else "UNHEALTHY",
+                    reason=reason,
+                    time=self._wall(),
+                    weight=address.weight if address is not None else 0,
+                )
+            )
+
+    def _update_threshold(self) -> None:
+        threshold = self.settings.threshold
+        if threshold <= 0:
+            self.balancer.below_threshold = False
+            return
+        total = healthy = 0
+        for address in self.balancer.addresses:
+            if address.weight <= 0:
+                continue
+            total += address.weight
+            state = self._states.get(address.key)
+            if state is None or state.healthy or state.trial != _TRIAL_NONE:
+                healthy += address.weight
+        self.balancer.below_threshold = total > 0 and healthy * 100.0 < threshold * total
+
+    # ---------------------------------------------------------- half-open breaker
+
+    def _eject(self, key: str, state: _AddressHealth) -> None:
+        passive = self.settings.passive
+        if self.settings.active.unhealthy_interval > 0 or passive.base_ejection_time <= 0:
+            return  # active probes bring it back, or Kong's behaviour was asked for
+        if state.last_ejection_end and self._wall() - state.last_ejection_end > passive.max_ejection_time:
+            state.ejections = 0  # healthy long enough: the back-off starts over
+        state.ejections += 1
+        delay = min(
+            passive.base_ejection_time * (2 ** (state.ejections - 1)), passive.max_ejection_time
+        )
+        state.retry_at = self._clock() + delay
+        if self._started:
+            self._schedule_trial(key, delay)
+
+    def _schedule_trial(self, key: str, delay: float) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._admit_trial, key)
+
+    def _admit_trial(self, key: str) -> None:
+        self._timers.pop(key, None)
+        state = self._states.get(key)
+        if state is None or state.healthy:
+            return
+        state.trial = _TRIAL_WAITING
+        state.retry_at = 0.0
+        self.trial_waiting.add(key)
+        self.balancer.set_address_health(key, True)
+        self._update_threshold()
+
+    def _end_trial(self, address: Address, state: _AddressHealth, outcome: ProbeOutcome) -> None:
+        key = address.key
+        state.trial = _TRIAL_NONE
+        if outcome in (_SUCCESS, _IGNORED):
+            state.last_ejection_end = self._wall()
+            self._transition(key, address, state, True, "passive: half-open request succeeded")
+            return
+        what = {"http_failure": "an HTTP failure", "tcp_failure": "a TCP failure"}.get(
+            outcome, "a timeout"
+        )
+        state.reason = f"passive: half-open request ended in {what}"
+        self.balancer.set_address_health(key, False)
+        self._update_threshold()
+        self._eject(key, state)
+
+    def _cancel_trial(self, key: str, state: _AddressHealth) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self.trial_waiting.discard(key)
+        state.trial = _TRIAL_NONE
+        state.retry_at = 0.0
+
+    # ------------------------------------------------------------------ active
+
+    async def _probe_loop(self, healthy: bool) -> None:
+        active = self.settings.active
+        interval = active.healthy_interval if healthy else active.unhealthy_interval
+        limit = asyncio.Semaphore(active.concurrency)
+        while True:
+            targets = [
+                a
+                for a in self.balancer.addresses
+                if a.weight > 0 and self._is_healthy(a.key) == healthy
+            ]
+            if targets:
+                await asyncio.gather(*(self._probe(a, limit) for a in targets))
+            await asyncio.sleep(interval)
+
+    def _is_healthy(self, key: str) -> bool:
+        state = self._states.get(key)
+        return state is None or (state.healthy and state.trial == _TRIAL_NONE)
+
+    async def _probe(self, address: Address, limit: asyncio.Semaphore) -> None:
+        prober = self._prober
+        if prober is None:
+            return
+        host = self.host_header or getattr(address, "hostname", "") or address.host
+        async with limit:
+            try:
+                outcome, status = await prober.probe(address, host)
+            except Exception:  # a prober bug must not end the loop
+                log.exception("health probe of %s failed unexpectedly", address.key)
+                return
+        if outcome != _IGNORED and address.key in {a.key for a in self.balancer.addresses}:
+            self._record(address, outcome, status, active=True)

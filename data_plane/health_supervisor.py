@@ -1,0 +1,127 @@
+"""Runs the health checkers of the data plane's current config and collects their
+transitions for the control plane.
+
+``compile_config`` builds one :class:`HealthChecker` per upstream (pure objects, handing
+state over from the previous version's checkers); :meth:`HealthSupervisor.apply` is
+called right after a config is swapped in: it starts the new checkers' probe loops and
+stops the replaced ones. Transitions and full views are queued for the cluster client,
+which sends them as ``HealthReport`` messages; manual overrides from the control plane
+arrive through :meth:`override`.
+
+Single event loop; :meth:`apply` and :meth:`override` never await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from data_plane.health_checker import HealthChecker, HealthTransition, target_key_of
+from data_plane.health_probe import ActiveProber
+from data_plane.runtime import RuntimeConfig
+
+__all__ = ["HealthSupervisor", "ReportBatch"]
+
+log = logging.getLogger("ferry.data_plane.health")
+
+#: ``(full, rows)``: a full view replaces everything reported before.
+ReportBatch = tuple[bool, list[HealthTransition]]
+
+#: Transitions kept while nobody sends them (the next full view supersedes them).
+_MAX_QUEUED = 10_000
+
+
+class HealthSupervisor:
+    """Owns the running checkers and the report queue. Create it on the event loop."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, HealthChecker] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._config: RuntimeConfig | None = None
+        #: Batches for the control plane, in order. The cluster client drains it.
+        self.reports: asyncio.Queue[ReportBatch] = asyncio.Queue()
+
+    def _probe_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Probes never reuse connections (Kong sends Connection: close).
+            connector = aiohttp.TCPConnector(force_close=True, limit=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, trust_env=False
+            )
+        return self._session
+
+    def apply(self, config: RuntimeConfig) -> None:
+        """Start the checkers of ``config`` and stop those it replaced; queue a full view."""
+        self._config = config
+        wanted = {
+            u.id: u.health for u in config.upstreams.values() if u.health is not None
+        }
+        for upstream_id, checker in list(self._running.items()):
+            if wanted.get(upstream_id) is not checker:
+                del self._running[upstream_id]
+                task = asyncio.create_task(checker.stop())
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+        for upstream_id, checker in wanted.items():
+            if self._running.get(upstream_id) is checker:
+                continue
+            self._running[upstream_id] = checker
+            checker.on_transition = self._transition
+            checker.start(ActiveProber(checker.settings.active, self._probe_session()))
+        self.queue_full_view()
+
+    def queue_full_view(self) -> None:
+        """Queue this data plane's complete health view (after connecting or applying)."""
+        rows: list[HealthTransition] = []
+        for checker in self._running.values():
+            if checker.settings.enabled or any(
+                v.state == "UNHEALTHY" for v in checker.view()
+            ):
+                rows.extend(checker.report_rows())
+        # A full view supersedes everything still queued.
+        while not self.reports.empty():
+            self.reports.get_nowait()
+        self.reports.put_nowait((True, rows))
+
+    def _transition(self, transition: HealthTransition) -> None:
+        if self.reports.qsize() >= _MAX_QUEUED:
+            self.queue_full_view()
+            return
+        self.reports.put_nowait((False, [transition]))
+
+    def checker(self, upstream_id: str) -> HealthChecker | None:
+        return self._running.get(upstream_id)
+
+    def override(self, upstream_id: str, target: str, address: str, healthy: bool) -> bool:
+        """Apply an operator's override; False when the upstream or target is unknown.
+
+        ``target`` is the configured ``host:port``; ``address`` one ``ip:port`` of it,
+        or ``""`` for all of its addresses.
+        """
+        checker = self._running.get(upstream_id)
+        if checker is None:
+            return False
+        if address:
+            keys = [address]
+        else:
+            keys = [a.key for a in checker.balancer.addresses if target_key_of(a) == target]
+            if not keys and target in checker.target_ids:
+                keys = [target]  # not resolved (yet): remembered for when it is
+        if not keys:
+            return False
+        checker.set_health(keys, healthy, "manual")
+        log.info(
+            "upstream %s: %s set %s by the control plane",
+            upstream_id, ", ".join(keys), "healthy" if healthy else "unhealthy",
+        )
+        return True
+
+    async def stop(self) -> None:
+        checkers, self._running = list(self._running.values()), {}
+        await asyncio.gather(*(c.stop() for c in checkers), *self._stopping, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
