@@ -1,0 +1,297 @@
+"""Health checks through the real proxy: real aiohttp backends whose health endpoint
+can be flipped, real probes (HTTP and TCP) from the health supervisor, passive outcomes
+from proxied traffic, the threshold and the half-open breaker.
+
+Nothing here asserts a duration: tests poll for a state with a deadline and check the
+counters (how many probes or requests it took) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from data_plane.health_supervisor import HealthSupervisor
+from data_plane.proxy import ProxyServer
+from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
+from tests.integration.test_proxy import refused_port
+from tests.support import wait_for
+
+
+class FlipBackend:
+    """A backend that answers ``{"backend": name}`` on every path but ``/health``,
+    which answers ``health_status`` (flip it) and records each probe's headers."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.health_status = 200
+        self.status = 200  # for proxied requests
+        self.probes: list[dict[str, str]] = []
+        self.requests = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        self.probes.append(dict(request.headers))
+        return web.json_response({"ok": self.health_status == 200}, status=self.health_status)
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        return web.json_response({"backend": self.name}, status=self.status)
+
+    async def start(self, stack: AsyncExitStack, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_route("*", "/{tail:.*}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        stack.push_async_callback(self.stop)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    @property
+    def key(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def config(
+    targets: list[str], healthchecks: dict[str, Any], *, version: int = 1,
+    previous: RuntimeConfig | None = None, **upstream: Any,
+) -> RuntimeConfig:
+    return compile_config(
+        version,
+        f"h{version}",
+        {
+            "upstreams": [{"id": "u1", "name": "backends", "healthchecks": healthchecks, **upstream}],
+            "targets": [
+                {"id": f"t{i}", "target": t, "upstream": {"id": "u1"}} for i, t in enumerate(targets)
+            ],
+            "services": [{"id": "s1", "host": "backends", "port": 80, "retries": 5}],
+            "routes": [{"id": "r1", "paths": ["/"], "service": {"id": "s1"}, "strip_path": False}],
+        },
+        previous=previous,
+    )
+
+
+class Gateway:
+    """The proxy plus a health supervisor over one config, as a data plane runs them."""
+
+    def __init__(self) -> None:
+        self.holder = ConfigHolder()
+        self.health = HealthSupervisor()
+        self.proxy = ProxyServer(self.holder, "127.0.0.1", 0)
+        self.url = ""
+
+    async def start(self, stack: AsyncExitStack, cfg: RuntimeConfig) -> None:
+        self.apply(cfg)
+        await self.proxy.start()
+        stack.push_async_callback(self.proxy.stop, 2.0)
+        stack.push_async_callback(self.health.stop)
+        self.url = f"http://127.0.0.1:{self.proxy.port}"
+
+    def apply(self, cfg: RuntimeConfig) -> None:
+        self.holder.current = cfg
+        self.health.apply(cfg)
+
+    def state(self, key: str) -> str:
+        cfg = self.holder.current
+        assert cfg is not None
+        checker = cfg.upstreams["u1"].health
+        assert checker is not None
+        return next(v.state for v in checker.view() if v.address.key == key)
+
+    def reason(self, key: str) -> str:
+        cfg = self.holder.current
+        assert cfg is not None and cfg.upstreams["u1"].health is not None
+        return next(v.reason for v in cfg.upstreams["u1"].health.view() if v.address.key == key)
+
+
+async def session(stack: AsyncExitStack) -> aiohttp.ClientSession:
+    s = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+    stack.push_async_callback(s.close)
+    return s
+
+
+async def backends_seen(http: aiohttp.ClientSession, url: str, n: int) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        async with http.get(f"{url}/x") as resp:
+            body = await resp.json()
+            seen[body.get("backend", f"status {resp.status}")] += 1
+    return seen
+
+
+ACTIVE = {
+    "active": {
+        "http_path": "/health",
+        "timeout": 2,
+        "healthy": {"interval": 0.05, "successes": 2},
+        "unhealthy": {"interval": 0.05, "http_failures": 2, "tcp_failures": 2, "timeouts": 2},
+    }
+}
+
+
+async def test_a_target_failing_its_probe_is_taken_out_after_the_threshold_and_returns(
+    stack: AsyncExitStack,
+) -> None:
+    a, b = FlipBackend("a"), FlipBackend("b")
+    await a.start(stack)
+    await b.start(stack)
+    gw = Gateway()
+    await gw.start(stack, config([a.key, b.key], ACTIVE))
+    http = await session(stack)
+    await wait_for(lambda: len(b.probes) >= 2, message="b probed")
+    assert await backends_seen(http, gw.url, 10) == {"a": 5, "b": 5}
+
+    b.health_status = 500
+    await wait_for(lambda: gw.state(b.key) == "UNHEALTHY", message="b unhealthy")
+    # Exactly the configured number of failed probes took it out.
+    assert gw.reason(b.key) == "active: 2 http_failures (last status 500)"
+    assert await backends_seen(http, gw.url, 10) == {"a": 10}
+
+    b.health_status = 200
+    await wait_for(lambda: gw.state(b.key) == "HEALTHY", message="b healthy again")
+    assert gw.reason(b.key) == "active: 2 successes"
+    assert (await backends_seen(http, gw.url, 10))["b"] >= 4
+
+
+async def test_probes_send_kongs_request(stack: AsyncExitStack) -> None:
+    a = FlipBackend("a")
+    await a.start(stack)
+    checks = {"active": {**ACTIVE["active"], "headers": {"X-Probe": ["ferry"]}}}
+    gw = Gateway()
+    await gw.start(stack, config([a.key], checks, host_header="api.internal"))
+    await wait_for(lambda: len(a.probes) >= 1, message="a probe")
+    probe = a.probes[0]
+    assert probe["Host"] == "api.internal"
+    assert probe["X-Probe"] == "ferry"
+    assert probe["Connection"] == "close"
+
+
+async def test_tcp_probes_take_out_a_target_that_refuses_connections(stack: AsyncExitStack) -> None:
+    a = FlipBackend("a")
+    await a.start(stack)
+    dead = f"127.0.0.1:{refused_port()}"
+    checks = {"active": {**ACTIVE["active"], "type": "tcp"}}
+    gw = Gateway()
+    await gw.start(stack, config([a.key, dead], checks))
+    await wait_for(lambda: gw.state(dead) == "UNHEALTHY", message="dead target unhealthy")
+    assert gw.reason(dead) == "active: 2 tcp_failures"
+    assert gw.state(a.key) == "HEALTHY"
+
+
+async def test_a_killed_target_costs_clients_no_failed_idempotent_request(stack: AsyncExitStack) -> None:
+    backends = [FlipBackend(n) for n in "abc"]
+    for b in backends:
+        await b.start(stack)
+    passive = {"passive": {"unhealthy": {"tcp_failures": 1, "timeouts": 1}}}
+    gw = Gateway()
+    await gw.start(stack, config([b.key for b in backends], passive))
+    http = await session(stack)
+    statuses: Counter[int] = Counter()
+    killed = asyncio.Event()
+
+    async def client() -> None:
+        for i in range(60):
+            if i == 20 and not killed.is_set():
+                killed.set()
+                await backends[1].stop()
+            async with http.get(f"{gw.url}/x") as resp:
+                statuses[resp.status] += 1
+                await resp.read()
+
+    await asyncio.gather(*(client() for _ in range(5)))
+    assert statuses == {200: 300}
+    # The killed target was ejected after its first refused connection.
+    assert gw.state(backends[1].key) == "UNHEALTHY"
+    assert gw.reason(backends[1].key) == "passive: 1 tcp_failures"
+
+
+async def test_the_half_open_breaker_recovers_a_passive_only_target(stack: AsyncExitStack) -> None:
+    a, b = FlipBackend("a"), FlipBackend("b")
+    await a.start(stack)
+    await b.start(stack)
+    passive = {
+        "passive": {"unhealthy": {"http_failures": 2}, "base_ejection_time": 0.5, "max_ejection_time": 5}
+    }
+    gw = Gateway()
+    await gw.start(stack, config([a.key, b.key], passive))
+    http = await session(stack)
+    b.status = 500
+    for _ in range(20):
+        await backends_seen(http, gw.url, 1)
+        if gw.state(b.key) == "UNHEALTHY":
+            break
+    assert gw.state(b.key) == "UNHEALTHY" and b.requests == 2
+
+    # Still failing: each half-open trial lets exactly one request through.
+    requests_at_ejection = b.requests
+    await wait_for(lambda: _trial_open(gw), message="first half-open trial")
+    await backends_seen(http, gw.url, 6)
+    assert b.requests == requests_at_ejection + 1
+    assert gw.state(b.key) == "UNHEALTHY"
+
+    b.status = 200
+
+    async def recovered() -> bool:
+        await backends_seen(http, gw.url, 2)
+        return gw.state(b.key) == "HEALTHY"
+
+    await wait_for(recovered, timeout=10, message="b back through the half-open trial")
+    assert gw.reason(b.key) == "passive: half-open request succeeded"
+    assert (await backends_seen(http, gw.url, 10))["b"] == 5
+
+
+def _trial_open(gw: Gateway) -> bool:
+    cfg = gw.holder.current
+    assert cfg is not None and cfg.upstreams["u1"].health is not None
+    return bool(cfg.upstreams["u1"].health.trial_waiting)
+
+
+async def test_the_threshold_answers_503_when_too_little_weight_is_healthy(stack: AsyncExitStack) -> None:
+    a = FlipBackend("a")
+    await a.start(stack)
+    dead = f"127.0.0.1:{refused_port()}"
+    checks = {"threshold": 75, "passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}
+    gw = Gateway()
+    await gw.start(stack, config([a.key, dead], checks))
+    http = await session(stack)
+    for _ in range(4):  # the dead target is tried (and retried on a) until it is ejected
+        async with http.get(f"{gw.url}/x") as resp:
+            if resp.status == 503:
+                break
+    async with http.get(f"{gw.url}/x") as resp:
+        assert resp.status == 503
+        assert await resp.json() == {"message": "failure to get a peer from the ring-balancer"}
+    gw.health.override("u1", dead, "", True)  # an operator brings it back
+    async with http.get(f"{gw.url}/x") as resp:
+        assert resp.status == 200
+
+
+async def test_health_survives_a_config_change_that_keeps_the_target(stack: AsyncExitStack) -> None:
+    a, b, c = FlipBackend("a"), FlipBackend("b"), FlipBackend("c")
+    for x in (a, b, c):
+        await x.start(stack)
+    gw = Gateway()
+    first = config([a.key, b.key], ACTIVE)
+    await gw.start(stack, first)
+    b.health_status = 500
+    await wait_for(lambda: gw.state(b.key) == "UNHEALTHY", message="b unhealthy")
+    gw.apply(config([a.key, b.key, c.key], ACTIVE, version=2, previous=first))
+    assert gw.state(b.key) == "UNHEALTHY"
+    http = await session(stack)
+    assert set(await backends_seen(http, gw.url, 12)) == {"a", "c"}
+    # The new version's checker probes: b comes back when it recovers.
+    b.health_status = 200
+    await wait_for(lambda: gw.state(b.key) == "HEALTHY", message="b healthy")
