@@ -30,11 +30,14 @@ from aiohttp import web
 from control_plane.admin_openapi import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    UPSTREAM_HEALTH_QUERY,
+    UPSTREAM_HEALTH_RESPONSE,
     Handler,
     build_openapi,
 )
 from control_plane.admin_openapi import AdminRoute as _Route
 from control_plane.errors import (
+    BadRequest,
     FerryError,
     ForeignKeysUnresolved,
     InvalidBody,
@@ -45,6 +48,8 @@ from control_plane.errors import (
     NotFound,
     StoreUnavailable,
 )
+from control_plane.health import DataPlaneReport, ManualOverride, TargetHealthStore
+from control_plane.health_view import balancer_health, targets_with_health
 from control_plane.schemas import (
     RuleError,
     decode_form,
@@ -52,6 +57,7 @@ from control_plane.schemas import (
     is_uuid,
     merge_patch,
     normalize_target,
+    parse_host,
     validate_entity,
 )
 from control_plane.store import EntityStore, WriteConflict
@@ -62,12 +68,26 @@ log = logging.getLogger(__name__)
 _CAS_ATTEMPTS = 8
 
 
-
 class DataPlaneLister(Protocol):
     """Lists the data planes known to the cluster server, for ``/clustering/data-planes``."""
 
     async def list_data_planes(self) -> list[dict[str, Any]]:
         """Rows shaped as Kong's (``id``, ``hostname``, ``ip``, ``version``, ``sync_status`` ...)."""
+        ...
+
+
+class ClusterHealth(Protocol):
+    """The cluster-wide health source behind ``/upstreams/{u}/health`` and the overrides.
+
+    Both methods raise :class:`StoreUnavailable` when the shared store is unreachable.
+    """
+
+    async def reports(self, upstream_id: str | None = None) -> list[DataPlaneReport]:
+        """What every live data plane reports about ``upstream_id``."""
+        ...
+
+    async def publish_override(self, override: ManualOverride, *, origin: str = "") -> str:
+        """Send ``override`` to every data plane of every control plane; returns once stored."""
         ...
 
 
@@ -165,6 +185,11 @@ def _tag_filter(raw: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def _page(request: web.Request, items: list[dict[str, Any]], base: str) -> web.Response:
+    """:func:`_page_body` as a response."""
+    return _json(_page_body(request, items, base))
+
+
+def _page_body(request: web.Request, items: list[dict[str, Any]], base: str) -> dict[str, Any]:
     """One page of ``items`` (sorted by id) as ``{"data", "next"[, "offset"]}``.
 
     ``size`` (1..1000, default 100) and ``offset`` (an opaque token naming the
@@ -195,11 +220,26 @@ def _page(request: web.Request, items: list[dict[str, Any]], base: str) -> web.R
         offset = _encode_offset(page[-1]["id"])
         body["next"] = f"{base}?offset={quote(offset)}{tags_suffix}"
         body["offset"] = offset
-    return _json(body)
+    return body
 
 
 def _now() -> int:
     return int(time.time())
+
+
+def _override_address(text: str, target: str) -> str:
+    """An override's ``ip[:port]`` in the canonical form health reports use.
+
+    The port defaults to the target's (Kong uses 8000); IPv6 is written fully
+    expanded and bracketed, as targets are stored. A name is refused: 400.
+    """
+    try:
+        parsed = parse_host(text)
+    except RuleError:
+        parsed = None
+    if parsed is None or parsed.kind == "name":
+        raise BadRequest(f"invalid address '{text}': expected an IP address with an optional port")
+    return parsed.format(parse_host(target).port)
 
 
 # ------------------------------------------------------------------ the API
@@ -209,10 +249,16 @@ class _AdminAPI:
     """Request handlers over one :class:`EntityStore`."""
 
     def __init__(
-        self, store: EntityStore, data_planes: DataPlaneLister, node_id: str, version: str
+        self,
+        store: EntityStore,
+        data_planes: DataPlaneLister,
+        health: ClusterHealth,
+        node_id: str,
+        version: str,
     ) -> None:
         self.store = store
         self.data_planes = data_planes
+        self.health = health
         self.node_id = node_id
         self.version = version
         self.last_version = 0
@@ -458,6 +504,44 @@ class _AdminAPI:
 
         return {"GET": get, "PATCH": patch, "PUT": put, "DELETE": delete}
 
+    # -- health
+
+    async def upstream_health(self, request: web.Request) -> web.StreamResponse:
+        """Kong's ``GET /upstreams/{u}/health``, cluster-wide (``health_view`` has the rules)."""
+        key = request.match_info["upstream"]
+        upstream = await self._require(_UPSTREAMS, key)
+        targets = await self.store.list_children("targets", "upstream", upstream["id"])
+        reports = await self.health.reports(upstream["id"])
+        if request.query.get("balancer_health") in ("1", "true"):
+            data = balancer_health(upstream, targets, reports)
+            return _json({"data": data, "next": None, "node_id": self.node_id})
+        items = targets_with_health(upstream, targets, reports)
+        body = _page_body(request, items, f"/upstreams/{quote(key, safe='')}/health")
+        body["node_id"] = self.node_id
+        return _json(body)
+
+    def health_override(self, healthy: bool) -> Handler:
+        """``PUT`` (Kong 3.x) or ``POST`` (Kong 2.x and older) ``.../healthy|unhealthy``: 204.
+
+        The override is in Redis when the 204 is sent; every CP's follower then
+        forwards it to its connected DPs.
+        """
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            upstream = await self._require(_UPSTREAMS, request.match_info["upstream"])
+            found = await self._find_target(upstream, request.match_info["target"])
+            if found is None:
+                raise NotFound()
+            target = found[0]["target"]
+            address = ""
+            if "address" in request.match_info:
+                address = _override_address(request.match_info["address"], target)
+            override = ManualOverride(upstream["id"], target, address, healthy, time.time())
+            await self.health.publish_override(override, origin=self.node_id)
+            return web.Response(status=204)
+
+        return handler
+
     # -- node information
 
     async def root(self, request: web.Request) -> web.StreamResponse:
@@ -545,21 +629,52 @@ def _routes(api: _AdminAPI) -> list[_Route]:
             "One target by id or host:port",
             "Target",
         ),
+        _Route(
+            "/upstreams/{upstream}/health",
+            {"GET": api.upstream_health},
+            "Cluster-wide health of an upstream's targets, as its data planes report it",
+            response=UPSTREAM_HEALTH_RESPONSE,
+            query=UPSTREAM_HEALTH_QUERY,
+        ),
+        *(
+            _Route(
+                f"/upstreams/{{upstream}}/targets/{{target}}{address}/{state}",
+                {"PUT": handler, "POST": handler},
+                f"Set {'one address' if address else 'every address'} of a target {state} "
+                "on every data plane",
+                no_content=True,
+            )
+            for address in ("", "/{address}")
+            for state, handler in (
+                ("healthy", api.health_override(True)),
+                ("unhealthy", api.health_override(False)),
+            )
+        ),
     ]
 
 
 def create_admin_app(
-    store: EntityStore, data_planes: DataPlaneLister, *, node_id: str, version: str
+    store: EntityStore,
+    data_planes: DataPlaneLister,
+    *,
+    node_id: str,
+    version: str,
+    health: ClusterHealth | None = None,
 ) -> web.Application:
     """The Admin API application over ``store``.
 
     ``data_planes`` feeds ``/clustering/data-planes``; ``node_id`` and
-    ``version`` are reported by ``GET /``. Any method a path does not serve
-    answers 405, any unknown path 404, both with Kong's JSON bodies.
+    ``version`` are reported by ``GET /`` and ``/upstreams/{u}/health``.
+    ``health`` serves the health views and overrides; by default a
+    :class:`TargetHealthStore` over the store's Redis and prefix. Any method a
+    path does not serve answers 405, any unknown path 404, both with Kong's
+    JSON bodies.
     """
     app = web.Application(middlewares=[_error_middleware])
     app[_STATS] = {"total_requests": 0, "connections_active": 0}
-    api = _AdminAPI(store, data_planes, node_id, version)
+    if health is None:
+        health = TargetHealthStore(store.redis, store.prefix)
+    api = _AdminAPI(store, data_planes, health, node_id, version)
     routes = _routes(api)
     openapi = build_openapi(routes, version)
 

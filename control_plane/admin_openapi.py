@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +26,12 @@ class AdminRoute:
     summary: str
     schema: str | None = None  # the entity schema of bodies and responses
     collection: bool = False
+    #: Every method answers 204 without a body (health overrides).
+    no_content: bool = False
+    #: The JSON schema of a 200 answer when it is not ``schema`` (health views).
+    response: dict[str, Any] | None = None
+    #: Extra query parameters, as OpenAPI parameter objects.
+    query: tuple[dict[str, Any], ...] = field(default=())
 
 
 _STATUS_TEXT = {
@@ -49,7 +55,7 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
         ]
         operations: dict[str, Any] = {}
         for method in route.handlers:
-            code, text = _STATUS_TEXT[method]
+            code, text = ("204", "No Content") if route.no_content else _STATUS_TEXT[method]
             op: dict[str, Any] = {"summary": f"{route.summary} ({method})", "responses": {}}
             if params:
                 op["parameters"] = list(params)
@@ -61,8 +67,15 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
                         "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
                     }
                 }
-            if method == "DELETE":
+            if route.query:
+                op["parameters"] = [*op.get("parameters", []), *route.query]
+            if method == "DELETE" or route.no_content:
                 op["responses"][code] = {"description": text}
+            elif route.response is not None:
+                op["responses"][code] = {
+                    "description": text,
+                    "content": {"application/json": {"schema": route.response}},
+                }
             elif route.collection and method == "GET":
                 op["parameters"] = [
                     *op.get("parameters", []),
@@ -93,6 +106,7 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
             operations[method.lower()] = op
         paths[route.path] = operations
     schemas = json_schemas()
+    schemas.update(_health_schemas())
     schemas["Error"] = {
         "type": "object",
         "properties": {
@@ -111,3 +125,123 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
     }
 
 
+_HEALTH_STATES = ["HEALTHY", "UNHEALTHY", "MIXED", "DNS_ERROR", "HEALTHCHECKS_OFF"]
+
+
+def _health_schemas() -> dict[str, Any]:
+    """Schemas of ``GET /upstreams/{u}/health`` (list and ``?balancer_health=1``)."""
+    state = {"type": "string", "enum": _HEALTH_STATES}
+    weight = {
+        "type": "object",
+        "properties": {k: {"type": "integer"} for k in ("total", "available", "unavailable")},
+    }
+    number = {"type": "number"}
+    return {
+        "TargetHealth": {
+            "type": "object",
+            "description": "A target entity plus its cluster-wide health",
+            "properties": {
+                "id": {"type": "string"},
+                "target": {"type": "string"},
+                "weight": {"type": "integer"},
+                "health": state,
+                "data": {
+                    "type": "object",
+                    "properties": {
+                        "host": {"type": "string"},
+                        "port": {"type": "integer"},
+                        "nodeWeight": {"type": "integer"},
+                        "addresses": {"type": "array", "items": {
+                            "type": "object",
+                            "properties": {
+                                "ip": {"type": "string"},
+                                "port": {"type": "integer"},
+                                "weight": {"type": "integer"},
+                                "health": state,
+                            },
+                        }},
+                        "weight": weight,
+                    },
+                },
+                "data_planes": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "hostname": {"type": "string"},
+                        "health": state,
+                        "reason": {"type": "string"},
+                        "updated_at": number,
+                        "addresses": {"type": "array", "items": {
+                            "type": "object",
+                            "properties": {
+                                "address": {"type": "string"},
+                                "health": state,
+                                "reason": {"type": "string"},
+                                "updated_at": number,
+                            },
+                        }},
+                    },
+                }},
+            },
+        },
+        "UpstreamHealthList": {
+            "type": "object",
+            "properties": {
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/TargetHealth"}},
+                "next": {"type": ["string", "null"]},
+                "offset": {"type": "string"},
+                "node_id": {"type": ["string", "null"]},
+            },
+        },
+        "UpstreamBalancerHealth": {
+            "type": "object",
+            "properties": {
+                "data": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "health": {"type": "string", "enum": ["HEALTHY", "UNHEALTHY", "HEALTHCHECKS_OFF"]},
+                        "balancer_health": {"type": "string", "enum": ["HEALTHY", "UNHEALTHY"]},
+                        "details": {
+                            "type": "object",
+                            "properties": {
+                                "healthy": {"type": "boolean"},
+                                "weight": weight,
+                                "healthy_weight": {"type": "integer"},
+                                "total_weight": {"type": "integer"},
+                                "threshold": number,
+                                "data_planes": {"type": "object", "additionalProperties": {
+                                    "type": "object",
+                                    "properties": {
+                                        "hostname": {"type": "string"},
+                                        "balancer_health": {"type": "string", "enum": ["HEALTHY", "UNHEALTHY"]},
+                                        "healthy_weight": {"type": "integer"},
+                                        "total_weight": {"type": "integer"},
+                                    },
+                                }},
+                            },
+                        },
+                    },
+                },
+                "next": {"type": "null"},
+                "node_id": {"type": ["string", "null"]},
+            },
+        },
+    }
+
+
+#: The 200 answer of ``GET /upstreams/{u}/health``.
+UPSTREAM_HEALTH_RESPONSE: dict[str, Any] = {
+    "oneOf": [
+        {"$ref": "#/components/schemas/UpstreamHealthList"},
+        {"$ref": "#/components/schemas/UpstreamBalancerHealth"},
+    ]
+}
+
+#: The query parameters of ``GET /upstreams/{u}/health``.
+UPSTREAM_HEALTH_QUERY: tuple[dict[str, Any], ...] = (
+    {"name": "balancer_health", "in": "query", "schema": {"type": "string", "enum": ["1"]},
+     "description": "1: the upstream's balancer health instead of the target list"},
+    {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
+    {"name": "offset", "in": "query", "schema": {"type": "string"}},
+)

@@ -1,28 +1,67 @@
 """The gRPC side of the cluster link: a thin adapter over the SnapshotStore.
 
 Like go-control-plane's ``pkg/server``, the servicer knows nothing of Redis: it
-reads snapshots from a :class:`~control_plane.snapshot.SnapshotStore` and
-records each DP's sync state through a :class:`DataPlaneRegistry`.
+reads snapshots from a :class:`~control_plane.snapshot.SnapshotStore`, records
+each DP's sync state through a :class:`DataPlaneRegistry`, hands health reports
+to a :class:`HealthSink` and writes the manual overrides an :class:`OverrideFeed`
+hands it. Only the conversion between wire messages and those values lives here.
 
 Per stream: the DP says ``Hello`` (what it already holds); the CP sends the
 current snapshot unless the DP holds exactly it, then one snapshot per new
 version. ACKs mark the DP ``SYNCED``; a sent-but-unacknowledged version shows
-``STALE``; a NACK shows ``NACKED`` with the DP's error.
+``STALE``; a NACK shows ``NACKED`` with the DP's error. ``HealthReport`` s go to
+the DP's health session; each ``Ping`` (and the ``Hello``) keeps its reported
+health alive. ``HealthOverride`` s are sent only after the stream's first message
+(the snapshot or the ``Pong``), in the order the feed hands them over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 import grpc
 
 from control_plane.data_planes import DataPlaneRegistry, DataPlaneRow
+from control_plane.health import AddressReport, ManualOverride
 from control_plane.snapshot import Snapshot, SnapshotStore
 from proto import cluster_pb2, cluster_pb2_grpc
 
 log = logging.getLogger("ferry.control_plane.cluster")
+
+
+class HealthSession(Protocol):
+    """Where one DP stream's health goes; implementations never raise on storage errors."""
+
+    async def report(self, full: bool, entries: Sequence[AddressReport]) -> bool:
+        """Record a report (``full``: it replaces the DP's previous view)."""
+        ...
+
+    async def touch(self) -> bool:
+        """The DP is alive: keep its reported view counting."""
+        ...
+
+
+class HealthSink(Protocol):
+    """Opens one :class:`HealthSession` per DP stream (a ``TargetHealthStore``)."""
+
+    def session(self, node_id: str, hostname: str) -> HealthSession: ...
+
+
+class OverrideSubscription(Protocol):
+    """Manual overrides for one stream, in order; closed when the stream ends."""
+
+    async def get(self) -> ManualOverride: ...
+
+    def close(self) -> None: ...
+
+
+class OverrideFeed(Protocol):
+    """Hands every manual override to every open subscription (an ``OverrideBroadcaster``)."""
+
+    def subscribe(self) -> OverrideSubscription: ...
 
 
 def snapshot_message(snapshot: Snapshot) -> cluster_pb2.ControlPlaneMessage:
@@ -43,6 +82,43 @@ def snapshot_message(snapshot: Snapshot) -> cluster_pb2.ControlPlaneMessage:
     return cached
 
 
+def override_message(override: ManualOverride) -> cluster_pb2.ControlPlaneMessage:
+    """The wire form of a manual override."""
+    return cluster_pb2.ControlPlaneMessage(
+        health_override=cluster_pb2.HealthOverride(
+            upstream_id=override.upstream_id,
+            target=override.target,
+            address=override.address,
+            healthy=override.healthy,
+            time=override.time,
+        )
+    )
+
+
+def address_reports(report: cluster_pb2.HealthReport, node_id: str) -> list[AddressReport]:
+    """The usable entries of a ``HealthReport``; unusable ones are logged and skipped."""
+    entries: list[AddressReport] = []
+    for item in report.addresses:
+        entry = AddressReport.normalised(
+            upstream_id=item.upstream_id,
+            target_id=item.target_id,
+            target=item.target,
+            address=item.address,
+            state=item.state,
+            reason=item.reason,
+            time=item.time,
+            weight=item.weight,
+        )
+        if entry is None:
+            log.warning(
+                "data plane %s reported unusable health (upstream %r, target %r, address %r, state %r)",
+                node_id, item.upstream_id, item.target, item.address, item.state,
+            )
+            continue
+        entries.append(entry)
+    return entries
+
+
 def peer_ip(peer: str) -> str:
     """``ipv4:10.0.0.1:5000`` → ``10.0.0.1``; ``ipv6:[::1]:5000`` → ``::1``."""
     if peer.startswith("ipv4:"):
@@ -55,10 +131,20 @@ def peer_ip(peer: str) -> str:
 class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
     """Serves ``Cluster.Connect``; one coroutine per connected DP."""
 
-    def __init__(self, snapshots: SnapshotStore, registry: DataPlaneRegistry, *, cp_id: str) -> None:
+    def __init__(
+        self,
+        snapshots: SnapshotStore,
+        registry: DataPlaneRegistry,
+        *,
+        cp_id: str,
+        health: HealthSink,
+        overrides: OverrideFeed,
+    ) -> None:
         self._snapshots = snapshots
         self._registry = registry
         self._cp_id = cp_id
+        self._health = health
+        self._overrides = overrides
 
     async def Connect(  # noqa: N802 - gRPC method name
         self,
@@ -85,10 +171,17 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
             control_plane=self._cp_id,
         )
         log.info("data plane %s (%s, %s) connected", row.id, row.hostname, row.ip)
-        # Outgoing messages: snapshots from the watcher loop, pongs from the reader.
+        # Outgoing messages: snapshots from the watcher loop, pongs from the
+        # reader, overrides from the forwarder (once the first message is out).
         outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage] = asyncio.Queue()
-        reader = asyncio.create_task(self._read(request_iterator, row, outbox))
-        watcher = asyncio.create_task(self._watch(row, outbox))
+        first_queued = asyncio.Event()
+        session = self._health.session(hello.node_id, hello.hostname)
+        # Subscribe before anything is sent: an override published once the DP
+        # holds its config is never missed.
+        subscription = self._overrides.subscribe()
+        reader = asyncio.create_task(self._read(request_iterator, row, outbox, session))
+        watcher = asyncio.create_task(self._watch(row, outbox, first_queued))
+        forwarder = asyncio.create_task(self._forward(subscription, outbox, first_queued))
         try:
             while True:
                 getter = asyncio.ensure_future(outbox.get())
@@ -99,12 +192,20 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                 getter.cancel()
                 break  # the DP closed its side of the stream
         finally:
-            for task in (reader, watcher):
+            subscription.close()
+            for task in (reader, watcher, forwarder):
                 task.cancel()
-            await asyncio.gather(reader, watcher, return_exceptions=True)
+            await asyncio.gather(reader, watcher, forwarder, return_exceptions=True)
+            # The DP's reported health stays until its TTL runs out: it may
+            # reconnect (here or to another CP) and keep reporting.
             log.info("data plane %s disconnected", row.id)
 
-    async def _watch(self, row: DataPlaneRow, outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage]) -> None:
+    async def _watch(
+        self,
+        row: DataPlaneRow,
+        outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
+        first_queued: asyncio.Event,
+    ) -> None:
         current = self._snapshots.current
         held_version, held_hash = row.config_version, row.config_hash
         if current is not None and (current.version, current.hash) == (held_version, held_hash):
@@ -113,22 +214,36 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
             await outbox.put(
                 cluster_pb2.ControlPlaneMessage(pong=cluster_pb2.Pong(config_version=current.version))
             )
+            first_queued.set()
         await self._registry.save_quietly(row)
         while True:
             snapshot = await self._snapshots.wait_for_change(held_version, held_hash)
             held_version, held_hash = snapshot.version, snapshot.hash
             await outbox.put(snapshot_message(snapshot))
+            first_queued.set()
             if (row.config_version, row.config_hash) != (snapshot.version, snapshot.hash):
                 row.sync_status = "STALE"
                 row.sync_error = None
             await self._registry.save_quietly(row)
+
+    async def _forward(
+        self,
+        subscription: OverrideSubscription,
+        outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
+        first_queued: asyncio.Event,
+    ) -> None:
+        await first_queued.wait()
+        while True:
+            await outbox.put(override_message(await subscription.get()))
 
     async def _read(
         self,
         request_iterator: AsyncIterator[cluster_pb2.DataPlaneMessage],
         row: DataPlaneRow,
         outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
+        session: HealthSession,
     ) -> None:
+        await session.touch()
         async for message in request_iterator:
             kind = message.WhichOneof("message")
             if kind == "ack":
@@ -157,6 +272,10 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                         pong=cluster_pb2.Pong(config_version=current.version if current else 0)
                     )
                 )
+                await session.touch()
+            elif kind == "health":
+                await session.report(message.health.full, address_reports(message.health, row.id))
+                continue
             else:
                 continue
             await self._registry.save_quietly(row)

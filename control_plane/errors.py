@@ -236,6 +236,13 @@ class InvalidBody(FerryError):
         super().__init__(message)
 
 
+class BadRequest(FerryError):
+    """400 ``{"message": "..."}``: a request Kong refuses with a plain message
+    (e.g. an address that is not ``ip[:port]`` in a health override)."""
+
+    status = 400
+
+
 class MethodNotAllowed(FerryError):
     """405 ``{"message": "Method not allowed"}``."""
 

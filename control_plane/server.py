@@ -1,4 +1,4 @@
-"""The control plane's lifecycle: Redis, config follower, Admin API, cluster gRPC.
+"""The control plane's lifecycle: Redis, followers, Admin API, cluster gRPC.
 
 ``ControlPlane.start`` brings the parts up in dependency order and
 ``ControlPlane.stop`` takes them down in reverse, with a grace period for open
@@ -24,6 +24,12 @@ from control_plane.admin_api import create_admin_app
 from control_plane.cluster_server import ClusterServicer
 from control_plane.config_follower import ConfigFollower
 from control_plane.data_planes import DEFAULT_PURGE_DELAY, DataPlaneRegistry
+from control_plane.health import (
+    DEFAULT_HEALTH_TTL,
+    OverrideBroadcaster,
+    OverrideFollower,
+    TargetHealthStore,
+)
 from control_plane.snapshot import SnapshotStore
 from control_plane.store import EntityStore
 from ferry.cluster_link import require_secured_link
@@ -53,6 +59,10 @@ class ControlPlaneSettings(BaseModel):
     #: Changes arriving within this many seconds go out to DPs as one update.
     merge_window: float = Field(default=0.05, ge=0, le=10)
     data_plane_purge_delay: int = Field(default=DEFAULT_PURGE_DELAY, ge=1)
+    #: Seconds a DP's reported target health keeps counting after its last report
+    #: or ping (DPs ping every 30 s). Not the purge delay: a DP gone for days must
+    #: not keep voting on the health of targets.
+    health_report_ttl: float = Field(default=DEFAULT_HEALTH_TTL, gt=0, le=86400)
 
     @field_validator("admin_listen", "cluster_listen")
     @classmethod
@@ -86,6 +96,9 @@ class ControlPlane:
         self._embedded: EmbeddedRedis | None = None
         self._redis: aioredis.Redis | None = None
         self._follower: ConfigFollower | None = None
+        self._override_follower: OverrideFollower | None = None
+        #: Hands manual overrides from Redis to this CP's DP streams.
+        self.overrides = OverrideBroadcaster()
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
@@ -117,11 +130,23 @@ class ControlPlane:
             self._redis, store, self.snapshots, merge_window=settings.merge_window
         )
         await self._follower.start()
+        health_store = TargetHealthStore(
+            self._redis, settings.redis_prefix, ttl=settings.health_report_ttl
+        )
+        self._override_follower = OverrideFollower(
+            self._redis, health_store.overrides_stream_key, self.overrides
+        )
+        await self._override_follower.start()
 
         self._grpc = grpc.aio.server()
-        cluster_pb2_grpc.add_ClusterServicer_to_server(
-            ClusterServicer(self.snapshots, registry, cp_id=self.node_id), self._grpc
+        servicer = ClusterServicer(
+            self.snapshots,
+            registry,
+            cp_id=self.node_id,
+            health=health_store,
+            overrides=self.overrides,
         )
+        cluster_pb2_grpc.add_ClusterServicer_to_server(servicer, self._grpc)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._grpc)
         host, port = parse_host_port(settings.cluster_listen)
@@ -133,7 +158,9 @@ class ControlPlane:
         await health_servicer.set("ferry.cluster.v1.Cluster", health_pb2.HealthCheckResponse.SERVING)
         log.info("cluster gRPC listening on %s:%d (insecure)", host, self.cluster_port)
 
-        app = create_admin_app(store, registry, node_id=self.node_id, version=ferry.__version__)
+        app = create_admin_app(
+            store, registry, node_id=self.node_id, version=ferry.__version__, health=health_store
+        )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = parse_host_port(settings.admin_listen)
@@ -154,6 +181,9 @@ class ControlPlane:
         if self._follower is not None:
             await self._follower.stop()
             self._follower = None
+        if self._override_follower is not None:
+            await self._override_follower.stop()
+            self._override_follower = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

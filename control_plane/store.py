@@ -179,8 +179,12 @@ class WriteConflict(Exception):
 
 
 @asynccontextmanager
-async def _reachable() -> AsyncIterator[None]:
-    """Turn Redis connection failures into :class:`StoreUnavailable` (HTTP 503)."""
+async def redis_reachable() -> AsyncIterator[None]:
+    """Turn Redis connection failures into :class:`StoreUnavailable` (HTTP 503).
+
+    Every control-plane module that answers the Admin API from Redis wraps its
+    Redis calls in this, so an outage is one 503 body everywhere, never a 500.
+    """
     try:
         yield
     except FerryError:
@@ -206,6 +210,11 @@ class EntityStore:
         self._prefix = prefix
         self._write = redis.register_script(_WRITE_LUA)
         self._load_all = redis.register_script(_LOAD_ALL_LUA)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client this store uses (shared with other Redis-backed views)."""
+        return self._redis
 
     @property
     def prefix(self) -> str:
@@ -236,7 +245,7 @@ class EntityStore:
 
     async def current_version(self) -> int:
         """The configuration version: 0 when nothing was ever written."""
-        async with _reachable():
+        async with redis_reachable():
             value = await self._redis.get(self.version_key)
         return int(value) if value is not None else 0
 
@@ -246,7 +255,7 @@ class EntityStore:
         Keys of the dict are exactly ``upstreams``, ``targets``, ``services``,
         ``routes``; each entity is the dict the Admin API returns.
         """
-        async with _reachable():
+        async with redis_reachable():
             raw = await self._load_all(args=[self._prefix, *KINDS])
         version = int(_text(raw[0]))
         entities = {
@@ -257,7 +266,7 @@ class EntityStore:
 
     async def get_raw(self, kind: str, entity_id: str) -> str | None:
         """The stored JSON text of one entity (for a later compare-and-set), or None."""
-        async with _reachable():
+        async with redis_reachable():
             value = await self._redis.hget(self._entities_key(kind), entity_id)
         return _text(value) if value is not None else None
 
@@ -268,7 +277,7 @@ class EntityStore:
 
     async def id_by_unique(self, kind: str, field: str, value: str) -> str | None:
         """The id of the ``kind`` entity whose unique ``field`` equals ``value``."""
-        async with _reachable():
+        async with redis_reachable():
             found = await self._redis.hget(
                 f"{self._prefix}:unique:{kind}:{field}", value
             )
@@ -280,7 +289,7 @@ class EntityStore:
 
     async def list_all(self, kind: str) -> list[dict[str, Any]]:
         """Every ``kind`` entity, ordered by id (the paging order)."""
-        async with _reachable():
+        async with redis_reachable():
             values = await self._redis.hvals(self._entities_key(kind))
         return sorted((json.loads(_text(v)) for v in values), key=lambda e: e["id"])
 
@@ -288,7 +297,7 @@ class EntityStore:
         self, kind: str, field: str, parent_id: str
     ) -> list[dict[str, Any]]:
         """The ``kind`` entities whose foreign key ``field`` points at ``parent_id``."""
-        async with _reachable():
+        async with redis_reachable():
             ids = await self._redis.smembers(
                 f"{self._prefix}:refs:{kind}:{field}:{parent_id}"
             )
@@ -304,7 +313,7 @@ class EntityStore:
     # ----------------------------------------------------------------- writes
 
     async def _run(self, request: dict[str, Any]) -> dict[str, Any]:
-        async with _reachable():
+        async with redis_reachable():
             raw = await self._write(
                 args=[self._prefix, json.dumps(request), str(CHANGES_MAXLEN)]
             )
