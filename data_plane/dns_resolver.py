@@ -231,6 +231,9 @@ class TargetResolver:
         )
         self._wakeup = asyncio.Event()
         self._stopped = False
+        #: Called (no arguments, never awaited) after an expansion changed the
+        #: addresses of any balancer; the health supervisor re-reports its view.
+        self.on_change: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -335,11 +338,15 @@ class TargetResolver:
 
     def _expand(self, config: RuntimeConfig) -> None:
         now = self._clock()
+        changed = False
         for upstream in config.upstreams.values():
             expanded = self.expand_targets(self._targets_of(upstream), now)
             balancer = upstream.balancer
             if _identity(balancer.addresses) != _identity(expanded):
                 balancer.after_targets_changed(expanded)
+                changed = True
+        if changed and self.on_change is not None:
+            self.on_change()
 
     def expand_targets(self, targets: Iterable[Address], now: float | None = None) -> list[Address]:
         """The balanced addresses for ``targets`` given what is known now.

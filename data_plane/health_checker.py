@@ -426,6 +426,10 @@ class HealthChecker:
                 )
             )
 
+    def refresh(self) -> None:
+        """The balancer's addresses changed (DNS): re-evaluate the threshold."""
+        self._update_threshold()
+
     def _update_threshold(self) -> None:
         threshold = self.settings.threshold
         if threshold <= 0:

@@ -14,6 +14,7 @@ Single event loop; :meth:`apply` and :meth:`override` never await.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 
 import aiohttp
@@ -31,6 +32,16 @@ ReportBatch = tuple[bool, list[HealthTransition]]
 
 #: Transitions kept while nobody sends them (the next full view supersedes them).
 _MAX_QUEUED = 10_000
+
+
+def _address_value(key: str) -> tuple[object, str]:
+    """``ip:port`` / ``[v6]:port`` as a comparable value (the text when not an IP)."""
+    host, _, port = key.rpartition(":")
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host), port
+    except ValueError:
+        return host.lower(), port
 
 
 class HealthSupervisor:
@@ -73,6 +84,13 @@ class HealthSupervisor:
             checker.start(ActiveProber(checker.settings.active, self._probe_session()))
         self.queue_full_view()
 
+    def addresses_changed(self) -> None:
+        """Balancers were re-expanded (DNS): refresh thresholds, re-report the view."""
+        for checker in self._running.values():
+            checker.refresh()
+        if self._running:
+            self.queue_full_view()
+
     def queue_full_view(self) -> None:
         """Queue this data plane's complete health view (after connecting or applying)."""
         rows: list[HealthTransition] = []
@@ -105,7 +123,11 @@ class HealthSupervisor:
         if checker is None:
             return False
         if address:
-            keys = [address]
+            # Compared by value: the CP writes IPv6 expanded, DNS answers compressed.
+            wanted = _address_value(address)
+            keys = [
+                a.key for a in checker.balancer.addresses if _address_value(a.key) == wanted
+            ] or [address]
         else:
             keys = [a.key for a in checker.balancer.addresses if target_key_of(a) == target]
             if not keys and target in checker.target_ids:

@@ -79,6 +79,7 @@ class DataPlane:
         )
         self.resolver = TargetResolver(parse_nameservers(settings.dns_resolver) or None)
         self.health = HealthSupervisor()
+        self.resolver.on_change = self.health.addresses_changed
         self.client = ClusterClient(
             settings.control_plane,
             self.holder,

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="seconds to merge changes into one update to data planes")
     _flag(cp, "--data-plane-purge-delay", default=14 * 24 * 3600, type=int,
           help="seconds after which a data plane not seen is dropped from /clustering/data-planes")
+    _flag(cp, "--health-report-ttl", default=90.0, type=float,
+          help="seconds a data plane's target health counts after its last report or ping")
     _switch(cp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
     _common(cp)
 
@@ -142,6 +144,7 @@ def _run_control_plane(args: argparse.Namespace) -> int:
             cluster_insecure=args.cluster_insecure,
             merge_window=args.merge_window,
             data_plane_purge_delay=args.data_plane_purge_delay,
+            health_report_ttl=args.health_report_ttl,
         )
     except ValidationError as exc:
         return _fail(_validation_message(exc))
