@@ -154,6 +154,10 @@ class ClusterClient:
         ]
         async with grpc.aio.insecure_channel(self._target, options=options) as channel:
             call = cluster_pb2_grpc.ClusterStub(channel).Connect()
+            if self._health is not None:
+                # Probe everything until this CP says otherwise: a CP that does not
+                # shard never sends an assignment, and no target may go unprobed.
+                self._health.assign(False, [])
             await self._write(call, self._hello())
             pinger = asyncio.create_task(self._ping(call))
             reporter = asyncio.create_task(self._report_health(call))
@@ -168,6 +172,16 @@ class ClusterClient:
                         await self._handle_snapshot(call, message.snapshot)
                     elif kind == "health_override":
                         self._handle_override(message.health_override)
+                    elif kind == "probe_assignment" and self._health is not None:
+                        assignment = message.probe_assignment
+                        self._health.assign(assignment.sharded, list(assignment.targets))
+                    elif kind == "health_verdicts" and self._health is not None:
+                        self._health.verdicts(
+                            [
+                                (v.upstream_id, v.target, v.address, v.state, v.reason)
+                                for v in message.health_verdicts.addresses
+                            ]
+                        )
                     if not established:
                         # Only after handling it: the CP's first message is the
                         # snapshot when one is due, a Pong otherwise.

@@ -189,6 +189,9 @@ class HealthChecker:
         self._tasks: list[asyncio.Task[None]] = []
         self._prober: Prober | None = None
         self._started = False
+        #: Health-check sharding: the configured targets (``host:port``) this data
+        #: plane probes actively; ``None`` = all of them (no sharding).
+        self.probe_targets: frozenset[str] | None = None
         if previous is not None:
             self._states = dict(previous._states)
             for state in self._states.values():
@@ -298,6 +301,19 @@ class HealthChecker:
             else:
                 state.reason = reason
                 self.balancer.set_address_health(key, healthy)
+
+    def apply_verdict(self, address: str, target: str, healthy: bool, reason: str) -> bool:
+        """Take the state another data plane's probes found for ``address`` (of
+        ``target``), when this one does not probe that target (sharding). Returns
+        whether it was applied."""
+        only = self.probe_targets
+        if only is None or target in only:
+            return False
+        state = self._states.get(address)
+        if state is not None and state.healthy == healthy and state.reason == reason:
+            return True
+        self.set_health([address], healthy, reason)
+        return True
 
     # ------------------------------------------------------------------ views
 
@@ -509,10 +525,13 @@ class HealthChecker:
         interval = active.healthy_interval if healthy else active.unhealthy_interval
         limit = asyncio.Semaphore(active.concurrency)
         while True:
+            only = self.probe_targets
             targets = [
                 a
                 for a in self.balancer.addresses
-                if a.weight > 0 and self._is_healthy(a.key) == healthy
+                if a.weight > 0
+                and self._is_healthy(a.key) == healthy
+                and (only is None or target_key_of(a) in only)
             ]
             if targets:
                 await asyncio.gather(*(self._probe(a, limit) for a in targets))

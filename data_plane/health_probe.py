@@ -31,10 +31,14 @@ class ActiveProber:
     concurrent tasks on one event loop.
     """
 
-    def __init__(self, settings: ActiveSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, settings: ActiveSettings, session: aiohttp.ClientSession, *, user_agent: str
+    ) -> None:
         self._settings = settings
         self._session = session
-        self._headers = [*settings.headers, ("Connection", "close")]
+        # The User-Agent names the probing node, so a target's logs show which data
+        # plane probes it (with health-check sharding, only K of them do).
+        self._headers = [("User-Agent", user_agent), *settings.headers, ("Connection", "close")]
         self._ssl: ssl.SSLContext | None = None
         if settings.type == "https":
             context = ssl.create_default_context()

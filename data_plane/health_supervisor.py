@@ -19,6 +19,7 @@ import logging
 
 import aiohttp
 
+import ferry
 from data_plane.health_checker import HealthChecker, HealthTransition, target_key_of
 from data_plane.health_probe import ActiveProber
 from data_plane.runtime import RuntimeConfig
@@ -47,7 +48,13 @@ def _address_value(key: str) -> tuple[object, str]:
 class HealthSupervisor:
     """Owns the running checkers and the report queue. Create it on the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_name: str = "") -> None:
+        self._user_agent = f"ferry/{ferry.__version__} health-check" + (
+            f" ({node_name})" if node_name else ""
+        )
+        #: Health-check sharding: upstream id -> the targets this DP probes; ``None``
+        #: when the control plane does not shard (every DP probes every target).
+        self._assignment: dict[str, frozenset[str]] | None = None
         self._running: dict[str, HealthChecker] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -81,7 +88,12 @@ class HealthSupervisor:
                 continue
             self._running[upstream_id] = checker
             checker.on_transition = self._transition
-            checker.start(ActiveProber(checker.settings.active, self._probe_session()))
+            checker.probe_targets = self._targets_for(upstream_id)
+            checker.start(
+                ActiveProber(
+                    checker.settings.active, self._probe_session(), user_agent=self._user_agent
+                )
+            )
         self.queue_full_view()
 
     def addresses_changed(self) -> None:
@@ -110,6 +122,48 @@ class HealthSupervisor:
             return
         self.reports.put_nowait((False, [transition]))
 
+    def _targets_for(self, upstream_id: str) -> frozenset[str] | None:
+        if self._assignment is None:
+            return None
+        return self._assignment.get(upstream_id, frozenset())
+
+    def assign(self, sharded: bool, keys: list[str]) -> None:
+        """The control plane's probe assignment: ``upstream_id|target`` keys this DP
+        probes actively (``sharded`` False: probe everything, as without sharding)."""
+        if not sharded:
+            self._assignment = None
+        else:
+            assignment: dict[str, set[str]] = {}
+            for key in keys:
+                upstream_id, sep, target = key.partition("|")
+                if sep:
+                    assignment.setdefault(upstream_id, set()).add(target)
+            self._assignment = {u: frozenset(t) for u, t in assignment.items()}
+        for upstream_id, checker in self._running.items():
+            checker.probe_targets = self._targets_for(upstream_id)
+
+    def verdicts(self, rows: list[tuple[str, str, str, str, str]]) -> int:
+        """Apply other data planes' probe verdicts: ``(upstream_id, target, address,
+        state, reason)`` rows; states other than HEALTHY/UNHEALTHY are ignored.
+        Returns how many were applied."""
+        applied = 0
+        for upstream_id, target, address, state, reason in rows:
+            checker = self._running.get(upstream_id)
+            if checker is None or state not in ("HEALTHY", "UNHEALTHY") or not address:
+                continue
+            key = self._local_key(checker, address)
+            if checker.apply_verdict(key, target, state == "HEALTHY", reason):
+                applied += 1
+        return applied
+
+    @staticmethod
+    def _local_key(checker: HealthChecker, address: str) -> str:
+        wanted = _address_value(address)
+        for a in checker.balancer.addresses:
+            if _address_value(a.key) == wanted:
+                return a.key
+        return address
+
     def checker(self, upstream_id: str) -> HealthChecker | None:
         return self._running.get(upstream_id)
 
@@ -124,10 +178,7 @@ class HealthSupervisor:
             return False
         if address:
             # Compared by value: the CP writes IPv6 expanded, DNS answers compressed.
-            wanted = _address_value(address)
-            keys = [
-                a.key for a in checker.balancer.addresses if _address_value(a.key) == wanted
-            ] or [address]
+            keys = [self._local_key(checker, address)]
         else:
             keys = [a.key for a in checker.balancer.addresses if target_key_of(a) == target]
             if not keys and target in checker.target_ids:

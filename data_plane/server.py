@@ -78,7 +78,7 @@ class DataPlane:
             labels=dict(settings.labels),
         )
         self.resolver = TargetResolver(parse_nameservers(settings.dns_resolver) or None)
-        self.health = HealthSupervisor()
+        self.health = HealthSupervisor(self.node.hostname)
         self.resolver.on_change = self.health.addresses_changed
         self.client = ClusterClient(
             settings.control_plane,

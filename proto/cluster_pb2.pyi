@@ -137,12 +137,32 @@ class HealthOverride(_message.Message):
     time: float
     def __init__(self, upstream_id: _Optional[str] = ..., target: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., time: _Optional[float] = ...) -> None: ...
 
+class ProbeAssignment(_message.Message):
+    __slots__ = ("sharded", "targets", "replicas")
+    SHARDED_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    sharded: bool
+    targets: _containers.RepeatedScalarFieldContainer[str]
+    replicas: int
+    def __init__(self, sharded: _Optional[bool] = ..., targets: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class HealthVerdicts(_message.Message):
+    __slots__ = ("addresses",)
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedCompositeFieldContainer[AddressHealth]
+    def __init__(self, addresses: _Optional[_Iterable[_Union[AddressHealth, _Mapping]]] = ...) -> None: ...
+
 class ControlPlaneMessage(_message.Message):
-    __slots__ = ("snapshot", "pong", "health_override")
+    __slots__ = ("snapshot", "pong", "health_override", "probe_assignment", "health_verdicts")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     HEALTH_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_VERDICTS_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     pong: Pong
     health_override: HealthOverride
-    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., health_override: _Optional[_Union[HealthOverride, _Mapping]] = ...) -> None: ...
+    probe_assignment: ProbeAssignment
+    health_verdicts: HealthVerdicts
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., health_override: _Optional[_Union[HealthOverride, _Mapping]] = ..., probe_assignment: _Optional[_Union[ProbeAssignment, _Mapping]] = ..., health_verdicts: _Optional[_Union[HealthVerdicts, _Mapping]] = ...) -> None: ...

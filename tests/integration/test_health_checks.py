@@ -295,3 +295,38 @@ async def test_health_survives_a_config_change_that_keeps_the_target(stack: Asyn
     # The new version's checker probes: b comes back when it recovers.
     b.health_status = 200
     await wait_for(lambda: gw.state(b.key) == "HEALTHY", message="b healthy")
+
+
+async def test_a_sharded_data_plane_probes_only_its_targets_and_takes_verdicts_for_the_rest(
+    stack: AsyncExitStack,
+) -> None:
+    a, b = FlipBackend("a"), FlipBackend("b")
+    await a.start(stack)
+    await b.start(stack)
+    gw = Gateway()
+    gw.health = HealthSupervisor("dp-test")
+    await gw.start(stack, config([a.key, b.key], ACTIVE))
+    await wait_for(lambda: a.probes and b.probes, message="both probed before sharding")
+    assert a.probes[0]["User-Agent"].endswith("health-check (dp-test)")
+
+    gw.health.assign(True, [f"u1|{a.key}"])  # the CP: this DP probes a only
+    probes_of_b = len(b.probes)
+    seen_a = len(a.probes)
+    await wait_for(lambda: len(a.probes) >= seen_a + 3, message="a probed on")
+    # At most the probe that was under way when the assignment came reached b.
+    assert len(b.probes) <= probes_of_b + 1
+
+    # b's prober (another DP) found it unhealthy: this DP routes around it.
+    applied = gw.health.verdicts([("u1", b.key, b.key, "UNHEALTHY", "active (dp2): 2 http_failures")])
+    assert applied == 1 and gw.state(b.key) == "UNHEALTHY"
+    assert gw.reason(b.key) == "active (dp2): 2 http_failures"
+    http = await session(stack)
+    assert await backends_seen(http, gw.url, 6) == {"a": 6}
+    # A verdict for a target this DP probes itself is ignored.
+    assert gw.health.verdicts([("u1", a.key, a.key, "UNHEALTHY", "active (dp2): x")]) == 0
+    assert gw.state(a.key) == "HEALTHY"
+    gw.health.verdicts([("u1", b.key, b.key, "HEALTHY", "active (dp2): 2 successes")])
+    assert gw.state(b.key) == "HEALTHY"
+
+    gw.health.assign(False, [])  # no sharding any more: b is probed again
+    await wait_for(lambda: len(b.probes) > probes_of_b + 1, message="b probed again")
