@@ -3,8 +3,10 @@
 Like go-control-plane's ``pkg/server``, the servicer knows nothing of Redis: it
 reads snapshots from a :class:`~control_plane.snapshot.SnapshotStore`, records
 each DP's sync state through a :class:`DataPlaneRegistry`, hands health reports
-to a :class:`HealthSink` and writes the manual overrides an :class:`OverrideFeed`
-hands it. Only the conversion between wire messages and those values lives here.
+to a :class:`HealthSink`, writes the manual overrides an :class:`OverrideFeed`
+hands it and, with health-check sharding on, the probe assignments and shared
+verdicts a :class:`ProbeFeed` hands it. Only the conversion between wire
+messages and those values lives here.
 
 Per stream: the DP says ``Hello`` (what it already holds); the CP sends the
 current snapshot unless the DP holds exactly it, then one snapshot per new
@@ -12,7 +14,10 @@ version. ACKs mark the DP ``SYNCED``; a sent-but-unacknowledged version shows
 ``STALE``; a NACK shows ``NACKED`` with the DP's error. ``HealthReport`` s go to
 the DP's health session; each ``Ping`` (and the ``Hello``) keeps its reported
 health alive. ``HealthOverride`` s are sent only after the stream's first message
-(the snapshot or the ``Pong``), in the order the feed hands them over.
+(the snapshot or the ``Pong``), in the order the feed hands them over; so are
+``ProbeAssignment`` s and ``HealthVerdicts`` (sharding: the ``Hello``, each ``Ping``
+and each report also keep the DP in the live set, and each report, once stored,
+goes to the probe feed, which shares the DP's own probe verdicts).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import grpc
 
 from control_plane.data_planes import DataPlaneRegistry, DataPlaneRow
 from control_plane.health import AddressReport, ManualOverride
+from control_plane.probe_assignment import AssignmentUpdate, ProbeUpdate
 from control_plane.snapshot import Snapshot, SnapshotStore
 from proto import cluster_pb2, cluster_pb2_grpc
 
@@ -64,6 +70,33 @@ class OverrideFeed(Protocol):
     def subscribe(self) -> OverrideSubscription: ...
 
 
+class ProbeStream(Protocol):
+    """Health-check sharding for one DP stream (a ``probe_assignment.ProbeStream``).
+
+    None of its methods raises on storage errors.
+    """
+
+    async def alive(self) -> None:
+        """The DP is alive (``Hello``, ``Ping``): keep it in the live set."""
+        ...
+
+    async def reported(self, full: bool, entries: Sequence[AddressReport]) -> None:
+        """The DP's report, after it was stored: share its own probe verdicts."""
+        ...
+
+    async def get(self) -> ProbeUpdate:
+        """The next assignment or verdicts to send; waits for one."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ProbeFeed(Protocol):
+    """Opens one :class:`ProbeStream` per DP stream (a ``ProbeCoordinator``)."""
+
+    def open(self, node_id: str, hostname: str) -> ProbeStream: ...
+
+
 def snapshot_message(snapshot: Snapshot) -> cluster_pb2.ControlPlaneMessage:
     """The wire form of ``snapshot``, built once per snapshot and shared by every stream."""
     cached = snapshot.wire_cache.get("message")
@@ -91,6 +124,33 @@ def override_message(override: ManualOverride) -> cluster_pb2.ControlPlaneMessag
             address=override.address,
             healthy=override.healthy,
             time=override.time,
+        )
+    )
+
+
+def probe_message(update: ProbeUpdate) -> cluster_pb2.ControlPlaneMessage:
+    """The wire form of a probe assignment or of shared verdicts."""
+    if isinstance(update, AssignmentUpdate):
+        return cluster_pb2.ControlPlaneMessage(
+            probe_assignment=cluster_pb2.ProbeAssignment(
+                sharded=True, targets=list(update.targets), replicas=update.replicas
+            )
+        )
+    return cluster_pb2.ControlPlaneMessage(
+        health_verdicts=cluster_pb2.HealthVerdicts(
+            addresses=[
+                cluster_pb2.AddressHealth(
+                    upstream_id=e.upstream_id,
+                    target_id=e.target_id,
+                    target=e.target,
+                    address=e.address,
+                    state=e.state,
+                    reason=e.reason,
+                    time=e.time,
+                    weight=e.weight,
+                )
+                for e in update.entries
+            ]
         )
     )
 
@@ -139,12 +199,15 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         cp_id: str,
         health: HealthSink,
         overrides: OverrideFeed,
+        probes: ProbeFeed | None = None,
     ) -> None:
+        """``probes`` is None when health-check sharding is off (no assignment is sent)."""
         self._snapshots = snapshots
         self._registry = registry
         self._cp_id = cp_id
         self._health = health
         self._overrides = overrides
+        self._probes = probes
 
     async def Connect(  # noqa: N802 - gRPC method name
         self,
@@ -179,9 +242,13 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         # Subscribe before anything is sent: an override published once the DP
         # holds its config is never missed.
         subscription = self._overrides.subscribe()
-        reader = asyncio.create_task(self._read(request_iterator, row, outbox, session))
+        probe = self._probes.open(hello.node_id, hello.hostname) if self._probes is not None else None
+        reader = asyncio.create_task(self._read(request_iterator, row, outbox, session, probe))
         watcher = asyncio.create_task(self._watch(row, outbox, first_queued))
         forwarder = asyncio.create_task(self._forward(subscription, outbox, first_queued))
+        tasks = [reader, watcher, forwarder]
+        if probe is not None:
+            tasks.append(asyncio.create_task(self._forward_probes(probe, outbox, first_queued)))
         try:
             while True:
                 getter = asyncio.ensure_future(outbox.get())
@@ -193,9 +260,11 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                 break  # the DP closed its side of the stream
         finally:
             subscription.close()
-            for task in (reader, watcher, forwarder):
+            if probe is not None:
+                probe.close()  # its targets go to the other live DPs
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, watcher, forwarder, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             # The DP's reported health stays until its TTL runs out: it may
             # reconnect (here or to another CP) and keep reporting.
             log.info("data plane %s disconnected", row.id)
@@ -236,14 +305,27 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         while True:
             await outbox.put(override_message(await subscription.get()))
 
+    async def _forward_probes(
+        self,
+        probe: ProbeStream,
+        outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
+        first_queued: asyncio.Event,
+    ) -> None:
+        await first_queued.wait()
+        while True:
+            await outbox.put(probe_message(await probe.get()))
+
     async def _read(
         self,
         request_iterator: AsyncIterator[cluster_pb2.DataPlaneMessage],
         row: DataPlaneRow,
         outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
         session: HealthSession,
+        probe: ProbeStream | None,
     ) -> None:
         await session.touch()
+        if probe is not None:
+            await probe.alive()
         async for message in request_iterator:
             kind = message.WhichOneof("message")
             if kind == "ack":
@@ -273,8 +355,13 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                     )
                 )
                 await session.touch()
+                if probe is not None:
+                    await probe.alive()
             elif kind == "health":
-                await session.report(message.health.full, address_reports(message.health, row.id))
+                entries = address_reports(message.health, row.id)
+                await session.report(message.health.full, entries)
+                if probe is not None:
+                    await probe.reported(message.health.full, entries)
                 continue
             else:
                 continue

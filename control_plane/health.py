@@ -53,9 +53,9 @@ from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from control_plane.store import redis_reachable
+from control_plane.stream_follower import StreamFollower
 
 log = logging.getLogger("ferry.control_plane.health")
 
@@ -225,6 +225,37 @@ end
 return out
 """
 
+# Selected targets of selected DPs. KEYS = the DPs' hashes; ARGV = for each key
+# in turn, a count n followed by n target prefixes ("{upstream_id}|{target}|").
+# Returns one list of values per key: the entries of those targets (none when
+# the hash has expired). A field's target prefix ends at its second "|".
+_SELECT_LUA = r"""
+local out = {}
+local pos = 1
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[pos])
+  pos = pos + 1
+  local wanted = {}
+  for j = 1, n do
+    wanted[ARGV[pos]] = true
+    pos = pos + 1
+  end
+  local found = {}
+  if n > 0 then
+    local all = redis.call("HGETALL", KEYS[i])
+    for f = 1, #all, 2 do
+      local first = string.find(all[f], "|", 1, true)
+      local second = first and string.find(all[f], "|", first + 1, true)
+      if second and wanted[string.sub(all[f], 1, second)] then
+        table.insert(found, all[f + 1])
+      end
+    end
+  end
+  table.insert(out, found)
+end
+return out
+"""
+
 
 def _encode(report: AddressReport, hostname: str) -> str:
     return json.dumps({**asdict(report), "hostname": hostname}, separators=(",", ":"))
@@ -272,6 +303,7 @@ class TargetHealthStore:
         self._update = redis.register_script(_UPDATE_LUA)
         self._touch = redis.register_script(_TOUCH_LUA)
         self._read = redis.register_script(_READ_LUA)
+        self._select = redis.register_script(_SELECT_LUA)
 
     @property
     def ttl_ms(self) -> int:
@@ -346,6 +378,39 @@ class TargetHealthStore:
                 entries.sort(key=lambda e: e.field)
                 out.append(DataPlaneReport(_text(node_raw), hostname, tuple(entries)))
         out.sort(key=lambda r: (r.hostname, r.node_id))
+        return out
+
+    async def target_entries(
+        self, wanted: Mapping[str, Iterable[str]]
+    ) -> dict[str, tuple[str, list[AddressReport]]]:
+        """What some DPs reported about some targets, in one round trip.
+
+        ``wanted`` maps a node id to ``"{upstream_id}|{target}"`` keys; the answer
+        maps each node id whose hash exists and holds any of them to its
+        hostname and those entries (every address of each target). Raises
+        ``RedisError``/``OSError`` (callers are background tasks, not the Admin API).
+        """
+        nodes = list(wanted)
+        keys: list[str] = []
+        args: list[str | int] = []
+        for node in nodes:
+            prefixes = sorted({f"{key}|" for key in wanted[node]})
+            keys.append(self.data_plane_key(node))
+            args += [len(prefixes), *prefixes]
+        if not keys:
+            return {}
+        raw = await self._select(keys=keys, args=args)
+        out: dict[str, tuple[str, list[AddressReport]]] = {}
+        for node, values in zip(nodes, raw, strict=True):
+            entries: list[AddressReport] = []
+            hostname = ""
+            for value in values:
+                decoded = _decode(value)
+                if decoded is not None:
+                    entry, hostname = decoded
+                    entries.append(entry)
+            if entries:
+                out[node] = (hostname, entries)
         return out
 
     # -- overrides
@@ -528,64 +593,19 @@ class OverrideSink(Protocol):
     def publish(self, override: ManualOverride) -> int: ...
 
 
-class OverrideFollower:
+class OverrideFollower(StreamFollower[ManualOverride]):
     """Follows the overrides stream and publishes each entry into ``sink``.
 
-    Owns one background task. :meth:`start` records the stream's tip before it
-    returns, so every override appended after ``start`` is delivered, and none
-    appended before. After a Redis error it retries with jittered exponential
-    backoff and resumes after the last entry it delivered (entries written
-    meanwhile by other CPs are delivered late rather than lost).
+    A :class:`~control_plane.stream_follower.StreamFollower`: :meth:`start`
+    records the stream's tip before it returns, so every override appended
+    after ``start`` is delivered, and none appended before; after a Redis error
+    it resumes after the last entry it delivered.
     """
 
     def __init__(
         self, redis: aioredis.Redis, stream_key: str, sink: OverrideSink, *, block_ms: int = 1000
     ) -> None:
-        self._redis = redis
-        self._key = stream_key
-        self._sink = sink
-        # Below the client's socket timeout, or an idle XREAD looks like a dead Redis.
-        self._block_ms = block_ms
-        self._last_id = "0-0"
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Read the tip (raises on a Redis error, like the config follower) and start following."""
-        tip: Any = await self._redis.xrevrange(self._key, count=1)
-        if tip:
-            self._last_id = _text(tip[0][0])
-        self._task = asyncio.create_task(self._run(), name="ferry-override-follower")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((RedisError, OSError)),
-                wait=wait_random_exponential(multiplier=0.2, max=10),
-                before_sleep=lambda state: log.warning(
-                    "redis unavailable (%s); health overrides paused, retrying",
-                    state.outcome.exception() if state.outcome else "?",
-                ),
-            ):
-                with attempt:
-                    await self._follow()
-
-    async def _follow(self) -> None:
-        while True:
-            batch: Any = await self._redis.xread({self._key: self._last_id}, block=self._block_ms)
-            for _stream, entries in batch or ():
-                for entry_id, fields in entries:
-                    self._last_id = _text(entry_id)
-                    override = override_from_entry(fields)
-                    if override is None:
-                        log.warning("ignoring malformed health override %s", self._last_id)
-                        continue
-                    self._sink.publish(override)
+        super().__init__(
+            redis, stream_key, override_from_entry, sink.publish,
+            what="health overrides", block_ms=block_ms,
+        )

@@ -30,6 +30,7 @@ from control_plane.health import (
     OverrideFollower,
     TargetHealthStore,
 )
+from control_plane.probe_assignment import DEFAULT_MEMBERSHIP_INTERVAL, ProbeCoordinator
 from control_plane.snapshot import SnapshotStore
 from control_plane.store import EntityStore
 from ferry.cluster_link import require_secured_link
@@ -63,6 +64,9 @@ class ControlPlaneSettings(BaseModel):
     #: or ping (DPs ping every 30 s). Not the purge delay: a DP gone for days must
     #: not keep voting on the health of targets.
     health_report_ttl: float = Field(default=DEFAULT_HEALTH_TTL, gt=0, le=86400)
+    #: Health-check sharding: how many DPs actively probe each target (0 = every
+    #: DP probes every target). Every CP sharing a Redis must use the same value.
+    health_check_replicas: int = Field(default=0, ge=0)
 
     @field_validator("admin_listen", "cluster_listen")
     @classmethod
@@ -87,10 +91,17 @@ class ControlPlaneSettings(BaseModel):
 
 
 class ControlPlane:
-    """One control-plane process. ``start`` → ``wait_stopped``/``stop``; single event loop."""
+    """One control-plane process. ``start`` → ``wait_stopped``/``stop``; single event loop.
 
-    def __init__(self, settings: ControlPlaneSettings) -> None:
+    ``membership_interval`` is how often (seconds) health-check sharding re-reads
+    the live data planes of every CP (tests shorten it; no CLI flag).
+    """
+
+    def __init__(
+        self, settings: ControlPlaneSettings, *, membership_interval: float = DEFAULT_MEMBERSHIP_INTERVAL
+    ) -> None:
         self.settings = settings
+        self._membership_interval = membership_interval
         self.node_id = str(uuid.uuid4())
         self.snapshots = SnapshotStore()
         self._embedded: EmbeddedRedis | None = None
@@ -99,6 +110,8 @@ class ControlPlane:
         self._override_follower: OverrideFollower | None = None
         #: Hands manual overrides from Redis to this CP's DP streams.
         self.overrides = OverrideBroadcaster()
+        #: Health-check sharding (None with ``health_check_replicas`` 0).
+        self.probes: ProbeCoordinator | None = None
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
@@ -137,6 +150,22 @@ class ControlPlane:
             self._redis, health_store.overrides_stream_key, self.overrides
         )
         await self._override_follower.start()
+        if settings.health_check_replicas > 0:
+            self.probes = ProbeCoordinator(
+                self._redis,
+                self.snapshots,
+                health_store,
+                replicas=settings.health_check_replicas,
+                prefix=settings.redis_prefix,
+                ttl=settings.health_report_ttl,
+                membership_interval=self._membership_interval,
+                cp_id=self.node_id,
+            )
+            await self.probes.start()
+            log.info(
+                "health-check sharding on: each target is probed by %d data plane(s)",
+                settings.health_check_replicas,
+            )
 
         self._grpc = grpc.aio.server()
         servicer = ClusterServicer(
@@ -145,6 +174,7 @@ class ControlPlane:
             cp_id=self.node_id,
             health=health_store,
             overrides=self.overrides,
+            probes=self.probes,
         )
         cluster_pb2_grpc.add_ClusterServicer_to_server(servicer, self._grpc)
         health_servicer = health.aio.HealthServicer()
@@ -184,6 +214,10 @@ class ControlPlane:
         if self._override_follower is not None:
             await self._override_follower.stop()
             self._override_follower = None
+        if self.probes is not None:
+            # After the gRPC server: the closed streams' DPs leave the live set first.
+            await self.probes.stop()
+            self.probes = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

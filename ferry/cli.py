@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
           help="seconds after which a data plane not seen is dropped from /clustering/data-planes")
     _flag(cp, "--health-report-ttl", default=90.0, type=float,
           help="seconds a data plane's target health counts after its last report or ping")
+    _flag(cp, "--health-check-replicas", default=0, type=int,
+          help="health-check sharding: data planes that actively probe each target, sharing "
+          "their verdicts with the others (0: every data plane probes every target)")
     _switch(cp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
     _common(cp)
 
@@ -145,6 +148,7 @@ def _run_control_plane(args: argparse.Namespace) -> int:
             merge_window=args.merge_window,
             data_plane_purge_delay=args.data_plane_purge_delay,
             health_report_ttl=args.health_report_ttl,
+            health_check_replicas=args.health_check_replicas,
         )
     except ValidationError as exc:
         return _fail(_validation_message(exc))
