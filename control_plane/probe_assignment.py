@@ -521,6 +521,9 @@ class ProbeCoordinator:
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
         if self._task is not None:
+            # The flag as well as the cancel: on Python 3.11 a cancel that lands as
+            # a Redis command completes is lost (asyncio.wait_for in redis-py).
+            self._wake.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -608,18 +611,14 @@ class ProbeCoordinator:
     # -- the loop
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 await self._tick()
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one bad tick stop sharding
                 log.exception("health-check assignment failed; retrying")
-            if asyncio.current_task().cancelling():
-                open("/tmp/scratch/swallow.txt", "a").write("after tick\n")
             await self._wait()
-            if asyncio.current_task().cancelling():
-                open("/tmp/scratch/swallow.txt", "a").write("after wait\n")
 
     async def _wait(self) -> None:
         if not self._wake.is_set():
@@ -648,14 +647,10 @@ class ProbeCoordinator:
     async def _tick(self) -> None:
         try:
             self._remote = await self.membership.members()
-            if asyncio.current_task().cancelling():
-                open("/tmp/scratch/swallow.txt", "a").write("after members\n")
             if self._redis_failed:
                 log.info("health-check sharding sees the live data planes again")
             self._redis_failed = False
         except (RedisError, OSError) as exc:
-            import traceback
-            open("/tmp/scratch/swallow.txt", "a").write(f"members exc {type(exc)} {exc} cancelling={asyncio.current_task().cancelling()}\n{''.join(traceback.format_exception(exc))}\n")
             if not self._redis_failed:
                 log.warning("cannot read the live data planes (%s); assigning from the last known set", exc)
             self._redis_failed = True
@@ -699,11 +694,7 @@ class ProbeCoordinator:
             return
         try:
             stored = await self._health.target_entries(wanted)
-            if asyncio.current_task().cancelling():
-                open("/tmp/scratch/swallow.txt", "a").write("after target_entries\n")
         except (RedisError, OSError) as exc:
-            import traceback
-            open("/tmp/scratch/swallow.txt", "a").write(f"handover exc {type(exc)} {exc} cancelling={asyncio.current_task().cancelling()}\n{''.join(traceback.format_exception(exc))}\n")
             log.warning("cannot read the probers' health for a hand-over (%s); retrying", exc)
             return
         found: dict[str, list[tuple[str, str, AddressReport]]] = {}

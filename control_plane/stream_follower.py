@@ -59,6 +59,7 @@ class StreamFollower(Generic[T]):
         self._block_ms = block_ms
         self._last_id = "0-0"
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def stream_key(self) -> str:
@@ -76,7 +77,14 @@ class StreamFollower(Generic[T]):
         self._task = asyncio.create_task(self._run(), name=f"ferry-follower-{self._key}")
 
     async def stop(self) -> None:
-        """Cancel the task and wait for it. Idempotent."""
+        """Cancel the task and wait for it. Idempotent.
+
+        The task also checks a flag after each read: on Python 3.11 a cancel that
+        lands as a Redis command completes is lost (``asyncio.wait_for`` inside
+        redis-py returns the result instead), and the next ``XREAD`` ends within
+        ``block_ms``.
+        """
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -86,7 +94,7 @@ class StreamFollower(Generic[T]):
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type((RedisError, OSError)),
                 wait=wait_random_exponential(multiplier=0.2, max=10),
@@ -100,7 +108,7 @@ class StreamFollower(Generic[T]):
                     await self._follow()
 
     async def _follow(self) -> None:
-        while True:
+        while not self._stopping:
             batch: Any = await self._redis.xread({self._key: self._last_id}, block=self._block_ms)
             for _stream, entries in batch or ():
                 for entry_id, fields in entries:
