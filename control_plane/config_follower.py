@@ -52,12 +52,17 @@ class ConfigFollower:
         self._block_ms = block_ms
         self._task: asyncio.Task[None] | None = None
         self._last_id = "0-0"
+        # Stop by flag as well as by cancel: on Python 3.11 a cancel that lands as an
+        # asyncio.wait_for (redis-py wraps every command in one) completes is lost, and
+        # the loop would go on; the flag ends it at the next XREAD (<= block_ms).
+        self._stopping = False
 
     async def start(self) -> None:
         await self._reload_from_tip()
         self._task = asyncio.create_task(self._run(), name="ferry-config-follower")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -78,7 +83,7 @@ class ConfigFollower:
             log.info("config version %d loaded", version)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type((RedisError, OSError)),
                 wait=wait_random_exponential(multiplier=0.2, max=10),
@@ -94,7 +99,7 @@ class ConfigFollower:
         key = self._source.changes_stream_key
         # After an outage, resynchronise from the tip (the stream may have been trimmed).
         await self._reload_from_tip()
-        while True:
+        while not self._stopping:
             batch = await self._redis.xread({key: self._last_id}, block=self._block_ms)
             if not batch:
                 continue
