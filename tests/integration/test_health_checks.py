@@ -19,6 +19,7 @@ from aiohttp import web
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
+from tests.integration.test_https_upstream import TlsBackend
 from tests.integration.test_proxy import refused_port
 from tests.support import wait_for
 
@@ -330,3 +331,27 @@ async def test_a_sharded_data_plane_probes_only_its_targets_and_takes_verdicts_f
 
     gw.health.assign(False, [])  # no sharding any more: b is probed again
     await wait_for(lambda: len(b.probes) > probes_of_b + 1, message="b probed again")
+
+
+async def test_https_probes_send_the_sni_and_verify_the_certificate_when_asked(
+    stack: AsyncExitStack,
+) -> None:
+    tls = TlsBackend()  # a self-signed certificate no system CA trusts
+    await tls.start(stack)
+    target = f"127.0.0.1:{tls.port}"
+
+    def checks(verify: bool) -> dict[str, Any]:
+        return {"active": {**ACTIVE["active"], "type": "https", "https_sni": "probe.example",
+                           "https_verify_certificate": verify}}
+
+    unverified = Gateway()
+    await unverified.start(stack, config([target], checks(False)))
+    await wait_for(lambda: len(tls.hosts) >= 3, message="https probes answered")
+    assert unverified.state(target) == "HEALTHY"
+    assert "probe.example" in tls.server_names
+    await unverified.health.stop()
+
+    verified = Gateway()
+    await verified.start(stack, config([target], checks(True)))
+    await wait_for(lambda: verified.state(target) == "UNHEALTHY", message="untrusted certificate")
+    assert verified.reason(target) == "active: 2 tcp_failures"
