@@ -122,6 +122,22 @@ class AddressReport:
             return None
         return cls(upstream_id, target_id, target, address, state, reason, time, weight)
 
+    @staticmethod
+    def fields_of(raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor arguments stored in a JSON object (Redis hash values and
+        verdict stream entries). Raises ``KeyError``/``ValueError``/``TypeError`` when
+        a required field is missing or malformed."""
+        return {
+            "upstream_id": str(raw["upstream_id"]),
+            "target_id": str(raw.get("target_id") or ""),
+            "target": str(raw["target"]),
+            "address": str(raw.get("address") or ""),
+            "state": str(raw["state"]),
+            "reason": str(raw.get("reason") or ""),
+            "time": float(raw.get("time") or 0.0),
+            "weight": int(raw.get("weight") or 0),
+        }
+
     @property
     def field(self) -> str:
         """The hash field of this report in the DP's hash."""
@@ -264,16 +280,7 @@ def _encode(report: AddressReport, hostname: str) -> str:
 def _decode(value: bytes | str) -> tuple[AddressReport, str] | None:
     try:
         raw = json.loads(_text(value))
-        report = AddressReport(
-            upstream_id=str(raw["upstream_id"]),
-            target_id=str(raw.get("target_id") or ""),
-            target=str(raw["target"]),
-            address=str(raw.get("address") or ""),
-            state=str(raw["state"]),
-            reason=str(raw.get("reason") or ""),
-            time=float(raw.get("time") or 0.0),
-            weight=int(raw.get("weight") or 0),
-        )
+        report = AddressReport(**AddressReport.fields_of(raw))
         return report, str(raw.get("hostname") or "")
     except (ValueError, KeyError, TypeError):
         return None

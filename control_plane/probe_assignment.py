@@ -291,16 +291,7 @@ def verdicts_from_entry(fields: Mapping[Any, Any]) -> VerdictBatch | None:
     try:
         entries: list[AddressReport] = []
         for raw in json.loads(values["entries"]):
-            entry = AddressReport.normalised(
-                upstream_id=str(raw["upstream_id"]),
-                target_id=str(raw.get("target_id") or ""),
-                target=str(raw["target"]),
-                address=str(raw.get("address") or ""),
-                state=str(raw["state"]),
-                reason=str(raw.get("reason") or ""),
-                time=float(raw.get("time") or 0.0),
-                weight=int(raw.get("weight") or 0),
-            )
+            entry = AddressReport.normalised(**AddressReport.fields_of(raw))
             if entry is not None:
                 entries.append(entry)
         return VerdictBatch(values["origin"], values.get("hostname", ""), tuple(entries))
