@@ -29,6 +29,8 @@ from typing import Protocol
 
 import grpc
 
+import ferry
+from control_plane.compatibility import incompatibility
 from control_plane.data_planes import DataPlaneRegistry, DataPlaneRow
 from control_plane.health import AddressReport, ManualOverride
 from control_plane.probe_assignment import AssignmentUpdate, ProbeUpdate
@@ -200,8 +202,12 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         health: HealthSink,
         overrides: OverrideFeed,
         probes: ProbeFeed | None = None,
+        version: str = ferry.__version__,
     ) -> None:
-        """``probes`` is None when health-check sharding is off (no assignment is sent)."""
+        """``probes`` is None when health-check sharding is off (no assignment is sent).
+        ``version`` is this CP's Ferry version, compared with each DP's (see
+        :mod:`control_plane.compatibility`)."""
+        self._version = version
         self._snapshots = snapshots
         self._registry = registry
         self._cp_id = cp_id
@@ -233,6 +239,15 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
             config_hash=hello.config_hash,
             control_plane=self._cp_id,
         )
+        refusal = incompatibility(self._version, hello.version)
+        if refusal is not None:
+            # Shown in /clustering/data-planes; the DP logs the same reason and retries
+            # with back-off (an upgraded CP will take it).
+            row.sync_status = "VERSION_INCOMPATIBLE"
+            row.sync_error = refusal
+            await self._registry.save_quietly(row)
+            log.warning("refused data plane %s (%s): %s", row.id, row.hostname, refusal)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         log.info("data plane %s (%s, %s) connected", row.id, row.hostname, row.ip)
         # Outgoing messages: snapshots from the watcher loop, pongs from the
         # reader, overrides from the forwarder (once the first message is out).

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-SyncStatus = Literal["SYNCED", "STALE", "NACKED", "UNKNOWN"]
+SyncStatus = Literal["SYNCED", "STALE", "NACKED", "UNKNOWN", "VERSION_INCOMPATIBLE"]
 
 #: Kong's default purge delay: 14 days.
 DEFAULT_PURGE_DELAY = 14 * 24 * 3600

@@ -125,6 +125,16 @@ class ClusterClient:
         exc = state.outcome.exception() if state.outcome else None
         detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
         self.state.last_error = detail
+        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            # Not a network problem: the CP will not serve this DP (e.g. its version).
+            log.error(
+                "control plane %s refused this data plane: %s; retry %d in %.1fs",
+                self._target,
+                detail,
+                state.attempt_number,
+                state.next_action.sleep if state.next_action else 0.0,
+            )
+            return
         log.warning(
             "control plane %s unreachable (%s); retry %d in %.1fs",
             self._target,

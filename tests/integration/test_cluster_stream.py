@@ -45,11 +45,11 @@ async def control_planes(redis_url: str, tmp_path: Path) -> AsyncIterator[list[C
 
 
 class RunningClient:
-    def __init__(self, cp: ControlPlane, tmp_path: Path, name: str) -> None:
+    def __init__(self, cp: ControlPlane, tmp_path: Path, name: str, version: str = "0.1.0") -> None:
         self.holder = ConfigHolder()
         self.cache = ConfigCache(tmp_path / name)
         self.node = NodeIdentity(node_id=f"00000000-0000-4000-8000-00000000000{len(name)}",
-                                 hostname=name, version="0.1.0")
+                                 hostname=name, version=version)
         self.client = ClusterClient(f"127.0.0.1:{cp.cluster_port}", self.holder, self.cache, self.node,
                                     insecure=True, backoff_base=0.05, backoff_max=0.5)
         self.task = asyncio.create_task(self.client.run())
@@ -153,3 +153,36 @@ def test_a_snapshot_with_a_body_that_is_not_json_is_rejected() -> None:
 def test_an_empty_snapshot_applies() -> None:
     config = apply_snapshot(_snapshot(1, []), None)
     assert config.version == 1
+
+
+@pytest.mark.parametrize(
+    ("dp_version", "served"),
+    [("0.1.7", True), ("0.0.9", True), ("0.2.0", False), ("1.1.0", False)],
+)
+async def test_a_data_plane_of_another_major_or_a_newer_minor_version_is_refused(
+    control_planes: list[ControlPlane], tmp_path: Path, dp_version: str, served: bool
+) -> None:
+    cp = control_planes[0]  # Ferry 0.1.x
+    dp = RunningClient(cp, tmp_path, "dp", version=dp_version)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def row() -> dict[str, Any] | None:
+                async with session.get(f"http://127.0.0.1:{cp.admin_port}/clustering/data-planes") as r:
+                    rows = (await r.json())["data"]
+                wanted = "SYNCED" if served else "VERSION_INCOMPATIBLE"
+                return rows[0] if rows and rows[0]["sync_status"] == wanted else None
+
+            found = await wait_for(row, message=f"the DP row of version {dp_version}")
+            assert found is not None and found["version"] == dp_version
+            if served:
+                assert dp.holder.current is not None and dp.client.state.connected
+            else:
+                assert dp.holder.current is None and not dp.client.state.connected
+                assert "upgrade the control planes first" in found["sync_error"] or (
+                    "different major version" in found["sync_error"]
+                )
+                await wait_for(lambda: dp.client.state.last_error == found["sync_error"],
+                               message="the DP to know why it was refused")
+    finally:
+        await dp.close()
