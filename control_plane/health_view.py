@@ -35,12 +35,16 @@ from typing import Any
 
 from control_plane.health import AddressReport, DataPlaneReport
 from control_plane.schemas import RuleError, parse_host
+from ferry.target_health import (
+    DNS_ERROR,
+    HEALTHCHECKS_OFF,
+    HEALTHY,
+    MIXED,
+    UNHEALTHY,
+    target_rule,
+)
 
-HEALTHY = "HEALTHY"
-UNHEALTHY = "UNHEALTHY"
-MIXED = "MIXED"
-DNS_ERROR = "DNS_ERROR"
-HEALTHCHECKS_OFF = "HEALTHCHECKS_OFF"
+__all__ = ["balancer_health", "checks_enabled", "combine_address", "target_rule", "targets_with_health"]
 
 #: Address states under which some data plane still sends the address traffic.
 _AVAILABLE = frozenset({HEALTHY, MIXED, HEALTHCHECKS_OFF})
@@ -69,15 +73,6 @@ def combine_address(states: Sequence[str]) -> str:
         return DNS_ERROR
     return MIXED
 
-
-def target_rule(address_healths: Sequence[str]) -> str:
-    """Kong's target health over its addresses' healths, extended with ``MIXED``."""
-    if not address_healths:
-        return DNS_ERROR
-    for state in (HEALTHY, MIXED, UNHEALTHY):
-        if state in address_healths:
-            return state
-    return HEALTHCHECKS_OFF
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -42,6 +42,12 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from control_plane.errors import SchemaViolation
 from ferry.route_regex import pcre_to_python
+from ferry.target_health import (
+    ACTIVE_HEALTHY_STATUSES,
+    ACTIVE_UNHEALTHY_STATUSES,
+    PASSIVE_HEALTHY_STATUSES,
+    PASSIVE_UNHEALTHY_STATUSES,
+)
 
 #: The entity kinds the store keeps, in dependency order.
 KINDS: tuple[str, ...] = ("upstreams", "targets", "services", "routes")
@@ -473,7 +479,7 @@ class ActiveHealthy(_Model):
     """Active probing of healthy targets; ``interval`` 0 disables it."""
 
     interval: Seconds = 0
-    http_statuses: list[HttpStatus] = Field(default_factory=lambda: [200, 302])
+    http_statuses: list[HttpStatus] = Field(default_factory=lambda: list(ACTIVE_HEALTHY_STATUSES))
     successes: Counter = 0
 
 
@@ -482,7 +488,7 @@ class ActiveUnhealthy(_Model):
 
     interval: Seconds = 0
     http_statuses: list[HttpStatus] = Field(
-        default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505]
+        default_factory=lambda: list(ACTIVE_UNHEALTHY_STATUSES)
     )
     tcp_failures: Counter = 0
     timeouts: Counter = 0
@@ -503,14 +509,11 @@ class ActiveHealthcheck(_Model):
     unhealthy: ActiveUnhealthy = Field(default_factory=ActiveUnhealthy)
 
 
-_PASSIVE_HEALTHY_STATUSES = [*range(200, 209), 226, *range(300, 309)]
-
-
 class PassiveHealthy(_Model):
     """Proxied responses that count as successes."""
 
     http_statuses: list[HttpStatus] = Field(
-        default_factory=lambda: list(_PASSIVE_HEALTHY_STATUSES)
+        default_factory=lambda: list(PASSIVE_HEALTHY_STATUSES)
     )
     successes: Counter = 0
 
@@ -518,7 +521,7 @@ class PassiveHealthy(_Model):
 class PassiveUnhealthy(_Model):
     """Proxied outcomes that count as failures (the circuit breaker)."""
 
-    http_statuses: list[HttpStatus] = Field(default_factory=lambda: [429, 500, 503])
+    http_statuses: list[HttpStatus] = Field(default_factory=lambda: list(PASSIVE_UNHEALTHY_STATUSES))
     tcp_failures: Counter = 0
     timeouts: Counter = 0
     http_failures: Counter = 0

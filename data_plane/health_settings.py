@@ -7,7 +7,7 @@ partial record still works.
 
 Kong's rules: an ``interval`` of 0 disables that active loop (probing of healthy or of
 unhealthy targets); a counter threshold of 0 makes that counter inert. Passive checks
-are "on" when any passive threshold is non-zero. Ferry adds
+are "on" when any ``passive.unhealthy`` counter is non-zero. Ferry adds
 ``passive.base_ejection_time`` / ``passive.max_ejection_time`` (Envoy's outlier
 ejection times) for its half-open circuit breaker; see ``docs/health-checks.md``.
 """
@@ -18,6 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ferry.target_health import (
+    ACTIVE_HEALTHY_STATUSES,
+    ACTIVE_UNHEALTHY_STATUSES,
+    PASSIVE_HEALTHY_STATUSES,
+    PASSIVE_UNHEALTHY_STATUSES,
+)
+
 __all__ = [
     "ActiveSettings",
     "HealthSettings",
@@ -27,10 +34,10 @@ __all__ = [
 
 ProbeType = Literal["tcp", "http", "https"]
 
-_ACTIVE_HEALTHY = frozenset({200, 302})
-_ACTIVE_UNHEALTHY = frozenset({429, 404, 500, 501, 502, 503, 504, 505})
-_PASSIVE_HEALTHY = frozenset([*range(200, 209), 226, *range(300, 309)])
-_PASSIVE_UNHEALTHY = frozenset({429, 500, 503})
+_ACTIVE_HEALTHY = frozenset(ACTIVE_HEALTHY_STATUSES)
+_ACTIVE_UNHEALTHY = frozenset(ACTIVE_UNHEALTHY_STATUSES)
+_PASSIVE_HEALTHY = frozenset(PASSIVE_HEALTHY_STATUSES)
+_PASSIVE_UNHEALTHY = frozenset(PASSIVE_UNHEALTHY_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +82,11 @@ class PassiveSettings:
 
     @property
     def enabled(self) -> bool:
+        """Kong's test (the CP's view uses the same): an unhealthy counter is set."""
         return (
             self.unhealthy_tcp_failures > 0
             or self.unhealthy_timeouts > 0
             or self.unhealthy_http_failures > 0
-            or self.healthy_successes > 0
         )
 
 

@@ -107,10 +107,10 @@ class HealthSupervisor:
         """Queue this data plane's complete health view (after connecting or applying)."""
         rows: list[HealthTransition] = []
         for checker in self._running.values():
-            if checker.settings.enabled or any(
-                v.state == "UNHEALTHY" for v in checker.view()
-            ):
-                rows.extend(checker.report_rows())
+            checker_rows = checker.report_rows()
+            # Upstreams without checks only matter once an operator held a target down.
+            if checker.settings.enabled or any(r.state == "UNHEALTHY" for r in checker_rows):
+                rows.extend(checker_rows)
         # A full view supersedes everything still queued.
         while not self.reports.empty():
             self.reports.get_nowait()

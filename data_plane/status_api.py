@@ -20,6 +20,7 @@ from data_plane.dns_resolver import TargetResolver
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import CompiledUpstream, ConfigHolder
+from ferry.target_health import HEALTHCHECKS_OFF, HEALTHY, target_rule
 
 _JSON = "application/json"
 
@@ -42,15 +43,11 @@ def _upstream_health(
         total = sum(a["weight"] for a in addresses)
         available = sum(a["weight"] for a in addresses if a["health"] != "UNHEALTHY")
         if target.weight <= 0:
-            health = "HEALTHCHECKS_OFF"
-        elif not addresses:
-            health = "DNS_ERROR" if target.key in dns_errors else "HEALTHY"
-        elif any(a["health"] == "HEALTHY" for a in addresses):
-            health = "HEALTHY"
-        elif any(a["health"] == "UNHEALTHY" for a in addresses):
-            health = "UNHEALTHY"
+            health = HEALTHCHECKS_OFF
+        elif not addresses and target.key not in dns_errors:
+            health = HEALTHY  # its name is still being resolved
         else:
-            health = "HEALTHCHECKS_OFF"
+            health = target_rule([a["health"] for a in addresses])
         data.append(
             {
                 "id": upstream.target_ids.get(target.key),

@@ -24,6 +24,7 @@ from aiohttp import web
 from data_plane.balancers import Address, Balancer
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import ResolvedAddress, TargetResolver, parse_nameservers
+from data_plane.health_supervisor import HealthSupervisor
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
 from data_plane.server import DataPlane, DataPlaneSettings
@@ -468,3 +469,34 @@ async def test_data_plane_resolves_the_cached_config_with_its_dns_resolver_flag(
         assert resp.status == 200
     assert seen_hosts == [f"backend.test:{port}"]
     assert dns_server.count("backend.test") >= 1
+
+
+async def test_a_record_change_re_reports_the_health_view_with_the_new_addresses(
+    stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path
+) -> None:
+    dns_server.records["backend.test"] = {"A": ["10.0.0.1"]}
+    dns_server.ttl = 1
+    resolver = await start_resolver(stack, dns_server, tmp_path)
+    health = HealthSupervisor()
+    resolver.on_change = health.addresses_changed
+    stack.push_async_callback(health.stop)
+    config = make_config(1, {"api": [("backend.test:8080", 100)]})
+    await resolver.apply(config, timeout=5)
+    health.apply(config)
+    # Held down by an operator, so this check-less upstream is part of the view.
+    assert health.override("u0", "backend.test:8080", "10.0.0.1:8080", False)
+    while not health.reports.empty():
+        health.reports.get_nowait()
+
+    dns_server.records["backend.test"] = {"A": ["10.0.0.1", "10.0.0.3"]}
+
+    def full_view() -> list[tuple[str, str]] | None:
+        latest = None
+        while not health.reports.empty():
+            full, rows = health.reports.get_nowait()
+            if full:
+                latest = sorted((r.address, r.state) for r in rows)
+        return latest
+
+    view = await wait_for(full_view, timeout=10, message="a full view after the record change")
+    assert view == [("10.0.0.1:8080", "UNHEALTHY"), ("10.0.0.3:8080", "HEALTHCHECKS_OFF")]

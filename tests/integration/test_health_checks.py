@@ -16,9 +16,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from data_plane.cluster_client import ClusterLinkState
 from data_plane.health_supervisor import HealthSupervisor
+from data_plane.node_identity import NodeIdentity
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
+from data_plane.status_api import create_status_app
 from tests.integration.test_https_upstream import TlsBackend
 from tests.integration.test_proxy import refused_port
 from tests.support import wait_for
@@ -355,3 +358,38 @@ async def test_https_probes_send_the_sni_and_verify_the_certificate_when_asked(
     await verified.start(stack, config([target], checks(True)))
     await wait_for(lambda: verified.state(target) == "UNHEALTHY", message="untrusted certificate")
     assert verified.reason(target) == "active: 2 tcp_failures"
+
+
+async def test_the_status_api_shows_this_data_planes_view_in_kongs_shape(stack: AsyncExitStack) -> None:
+    a = FlipBackend("a")
+    await a.start(stack)
+    dead = f"127.0.0.1:{refused_port()}"
+    checks = {"threshold": 75, "passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}
+    gw = Gateway()
+    await gw.start(stack, config([a.key, dead], checks))
+    app = create_status_app(
+        gw.holder, ClusterLinkState(), NodeIdentity(node_id="n1", hostname="dp", version="0.1.0"),
+        control_plane="127.0.0.1:8005", health=gw.health,
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    status = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    http = await session(stack)
+    gw.health.override("u1", dead, "", False)
+
+    async with http.get(f"{status}/upstreams/backends/health") as resp:
+        body = await resp.json()
+    assert resp.status == 200 and body["node_id"] == "n1" and body["next"] is None
+    by_target = {t["target"]: t for t in body["data"]}
+    assert by_target[a.key]["health"] == "HEALTHY"
+    assert by_target[dead]["health"] == "UNHEALTHY" and by_target[dead]["id"] == "t1"
+    assert by_target[dead]["data"]["addresses"][0]["reason"] == "manual"
+    assert by_target[dead]["data"]["weight"] == {"total": 100, "available": 0, "unavailable": 100}
+
+    async with http.get(f"{status}/upstreams/u1/health?balancer_health=1") as resp:
+        balancer = (await resp.json())["data"]
+    assert balancer["balancer_health"] == "UNHEALTHY" and balancer["details"]["threshold"] == 75
+    async with http.get(f"{status}/upstreams/nope/health") as resp:
+        assert resp.status == 404 and await resp.json() == {"message": "Not found"}
