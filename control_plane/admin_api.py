@@ -11,6 +11,7 @@ exception becomes a logged 500 with Kong's generic body, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import bisect
@@ -28,6 +29,9 @@ from urllib.parse import quote
 from aiohttp import web
 
 from control_plane.admin_openapi import (
+    DECLARATIVE_CONFIG_QUERY,
+    DECLARATIVE_CONFIG_REQUEST,
+    DECLARATIVE_CONFIG_SCHEMA,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     UPSTREAM_HEALTH_QUERY,
@@ -36,8 +40,17 @@ from control_plane.admin_openapi import (
     build_openapi,
 )
 from control_plane.admin_openapi import AdminRoute as _Route
+from control_plane.declarative import (
+    ConfigDiff,
+    DocumentParseError,
+    diff_configs,
+    export_document,
+    parse_document,
+    resolve_document,
+)
 from control_plane.errors import (
     BadRequest,
+    ConfigVersionMismatch,
     FerryError,
     ForeignKeysUnresolved,
     InvalidBody,
@@ -60,12 +73,15 @@ from control_plane.schemas import (
     parse_host,
     validate_entity,
 )
-from control_plane.store import EntityStore, WriteConflict
+from control_plane.store import ConfigChanged, EntityStore, WriteConflict
 
 log = logging.getLogger(__name__)
 
 #: Compare-and-set attempts for a read-modify-write before giving up (503).
 _CAS_ATTEMPTS = 8
+
+#: Largest request body accepted (a whole configuration for ``POST /config``).
+MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 class DataPlaneLister(Protocol):
@@ -157,6 +173,50 @@ async def _read_body(request: web.Request, kind: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidBody()
     return data
+
+
+async def _read_config_document(request: web.Request) -> dict[str, Any]:
+    """The declarative document of a ``POST /config`` request, parsed (not validated).
+
+    As Kong: a JSON body (``application/json``), a YAML body (any other type:
+    ``application/yaml``, ``text/yaml`` ...), or a form whose ``config`` field
+    (text or uploaded file) holds YAML or JSON. Unparsable → 400
+    ``{"message": "failed parsing declarative configuration: ..."}``.
+    """
+    try:
+        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = await request.post()
+            value = form.get("config")
+            if isinstance(value, web.FileField):
+                return await asyncio.to_thread(parse_document, value.file.read())
+            if not isinstance(value, str):
+                raise DocumentParseError("expected the configuration in the 'config' field")
+            return await asyncio.to_thread(parse_document, value)
+        raw = await request.read()
+        json_only = request.content_type == "application/json" or request.content_type.endswith("+json")
+        # In a thread: a large YAML document takes seconds to parse, and this
+        # loop also serves the data planes' streams.
+        return await asyncio.to_thread(parse_document, raw, json_only=json_only)
+    except DocumentParseError as exc:
+        raise InvalidBody(f"failed parsing declarative configuration: {exc}") from None
+
+
+def _plan_config(
+    document: dict[str, Any], current: dict[str, list[dict[str, Any]]], now: int
+) -> tuple[dict[str, list[dict[str, Any]]], ConfigDiff]:
+    """The configuration ``document`` describes and the changes from ``current`` to it."""
+    desired = resolve_document(document, current, now)
+    return desired, diff_configs(current, desired)
+
+
+def _expected_version(request: web.Request) -> int | None:
+    """``?expected_version=N`` (Ferry): apply only if the configuration is at version N."""
+    text = request.query.get("expected_version")
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        raise InvalidOptions("expected_version", "expected a non-negative integer")
+    return int(text)
 
 
 def _encode_offset(entity_id: str) -> str:
@@ -542,6 +602,48 @@ class _AdminAPI:
 
         return handler
 
+    # -- declarative configuration
+
+    async def get_config(self, request: web.Request) -> web.StreamResponse:
+        """``GET /config``: the whole configuration as one document, read atomically."""
+        version, entities = await self.store.load_all()
+        self.last_version = version
+        return _json(export_document(version, entities))
+
+    async def post_config(self, request: web.Request) -> web.StreamResponse:
+        """``POST /config``: replace the whole configuration with the document → 201.
+
+        The document is validated whole before anything is written (400 with
+        Kong's ``invalid declarative configuration`` body otherwise). The
+        changes are computed against one consistent read and applied as one
+        Redis script that checks the version did not move: one version bump,
+        one change-stream entry per changed entity, nothing written when
+        nothing changes. A concurrent write makes it re-read and recompute;
+        with ``?expected_version=N`` it answers 409 instead. With
+        ``?check_hash=1`` an unchanged configuration answers 304 (Kong).
+        """
+        document = await _read_config_document(request)
+        expected = _expected_version(request)
+        check_hash = request.query.get("check_hash") in ("1", "true")
+        for _ in range(_CAS_ATTEMPTS):
+            version, current = await self.store.load_all()
+            if expected is not None and version != expected:
+                raise ConfigVersionMismatch(expected, version)
+            desired, plan = await asyncio.to_thread(_plan_config, document, current, _now())
+            if check_hash and plan.empty:
+                return web.Response(status=304)
+            try:
+                new_version = await self.store.replace_config(
+                    plan.upserts, plan.deletes, expect_version=version
+                )
+            except ConfigChanged as exc:
+                if expected is not None:
+                    raise ConfigVersionMismatch(expected, exc.version) from None
+                continue
+            self.last_version = new_version
+            return _json(export_document(new_version, desired), 201)
+        raise StoreUnavailable("too many concurrent writes during the configuration import; retry")
+
     # -- node information
 
     async def root(self, request: web.Request) -> web.StreamResponse:
@@ -597,6 +699,15 @@ def _routes(api: _AdminAPI) -> list[_Route]:
             "/clustering/data-planes",
             {"GET": api.data_plane_list},
             "Data planes connected to this control plane",
+        ),
+        _Route(
+            "/config",
+            {"GET": api.get_config, "POST": api.post_config},
+            "The whole configuration as one declarative document (GET: export; "
+            "POST: replace it atomically)",
+            response=DECLARATIVE_CONFIG_SCHEMA,
+            request_body=DECLARATIVE_CONFIG_REQUEST,
+            query=DECLARATIVE_CONFIG_QUERY,
         ),
         _Route("/services", api.collection(_SERVICES), "Services", "Service", True),
         _Route("/services/{service}", api.entity(_SERVICES), "One service by id or name", "Service"),
@@ -670,7 +781,7 @@ def create_admin_app(
     path does not serve answers 405, any unknown path 404, both with Kong's
     JSON bodies.
     """
-    app = web.Application(middlewares=[_error_middleware])
+    app = web.Application(middlewares=[_error_middleware], client_max_size=MAX_BODY_BYTES)
     app[_STATS] = {"total_requests": 0, "connections_active": 0}
     if health is None:
         health = TargetHealthStore(store.redis, store.prefix)

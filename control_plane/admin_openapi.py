@@ -32,6 +32,8 @@ class AdminRoute:
     response: dict[str, Any] | None = None
     #: Extra query parameters, as OpenAPI parameter objects.
     query: tuple[dict[str, Any], ...] = field(default=())
+    #: The OpenAPI request body of POST when it is not ``schema`` (``/config``).
+    request_body: dict[str, Any] | None = None
 
 
 _STATUS_TEXT = {
@@ -67,6 +69,8 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
                         "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
                     }
                 }
+            if route.request_body is not None and method == "POST":
+                op["requestBody"] = route.request_body
             if route.query:
                 op["parameters"] = [*op.get("parameters", []), *route.query]
             if method == "DELETE" or route.no_content:
@@ -107,6 +111,7 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
         paths[route.path] = operations
     schemas = json_schemas()
     schemas.update(_health_schemas())
+    schemas["DeclarativeConfig"] = _declarative_config_schema()
     schemas["Error"] = {
         "type": "object",
         "properties": {
@@ -244,4 +249,65 @@ UPSTREAM_HEALTH_QUERY: tuple[dict[str, Any], ...] = (
      "description": "1: the upstream's balancer health instead of the target list"},
     {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
     {"name": "offset", "in": "query", "schema": {"type": "string"}},
+)
+
+
+def _declarative_config_schema() -> dict[str, Any]:
+    """Schema of the declarative document of ``GET``/``POST /config``."""
+
+    def entities(name: str, nested: str | None = None) -> dict[str, Any]:
+        description = (
+            f"{name} entities as the Admin API returns them; on input, id and "
+            "timestamps may be left out and foreign keys given as {name: ...}"
+        )
+        if nested:
+            description += f"; {nested} may be nested in them"
+        return {
+            "type": "array",
+            "items": {"$ref": f"#/components/schemas/{name}"},
+            "description": description,
+        }
+
+    return {
+        "type": "object",
+        "required": ["_format_version"],
+        "properties": {
+            "_format_version": {"type": "string", "enum": ["3.0"]},
+            "_transform": {"type": "boolean"},
+            "_config_version": {"type": "integer", "readOnly": True,
+                                "description": "the configuration version (ignored on input)"},
+            "_config_hash": {"type": "string", "readOnly": True,
+                             "description": "the configuration hash data planes get (ignored on input)"},
+            "upstreams": entities("Upstream", "targets"),
+            "targets": entities("Target"),
+            "services": entities("Service", "routes"),
+            "routes": entities("Route"),
+        },
+    }
+
+
+#: The 200 (GET) and 201 (POST) answers of ``/config``.
+DECLARATIVE_CONFIG_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/DeclarativeConfig"}
+
+#: The request body of ``POST /config``: JSON, YAML, or Kong's ``config`` form field.
+DECLARATIVE_CONFIG_REQUEST: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": DECLARATIVE_CONFIG_SCHEMA},
+        "application/yaml": {"schema": DECLARATIVE_CONFIG_SCHEMA},
+        "multipart/form-data": {"schema": {
+            "type": "object", "properties": {"config": {"type": "string", "format": "binary"}},
+        }},
+        "application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "properties": {"config": {"type": "string"}},
+        }},
+    },
+}
+
+#: The query parameters of ``POST /config``.
+DECLARATIVE_CONFIG_QUERY: tuple[dict[str, Any], ...] = (
+    {"name": "check_hash", "in": "query", "schema": {"type": "string", "enum": ["1"]},
+     "description": "POST: 304 without writing when the configuration would not change"},
+    {"name": "expected_version", "in": "query", "schema": {"type": "integer", "minimum": 0},
+     "description": "POST: apply only if the configuration is at this version, else 409"},
 )

@@ -8,10 +8,16 @@ hands it and, with health-check sharding on, the probe assignments and shared
 verdicts a :class:`ProbeFeed` hands it. Only the conversion between wire
 messages and those values lives here.
 
-Per stream: the DP says ``Hello`` (what it already holds); the CP sends the
-current snapshot unless the DP holds exactly it, then one snapshot per new
-version. ACKs mark the DP ``SYNCED``; a sent-but-unacknowledged version shows
-``STALE``; a NACK shows ``NACKED`` with the DP's error. ``HealthReport`` s go to
+Per stream: the DP says ``Hello`` (what it already holds); the CP sends nothing
+but a ``Pong`` when the DP holds exactly the current snapshot, a ``Delta`` from
+the DP's version when the store can compute one, the full snapshot otherwise;
+then one delta (or snapshot) per new version. ACKs mark the DP ``SYNCED``; a
+sent-but-unacknowledged version shows ``STALE``; a NACK shows ``NACKED`` with the
+DP's error. A NACK asking for a resync (the DP could not apply a delta to what it
+holds) is answered with the full snapshot; after any other NACK, the next delta
+starts from the version the DP last acknowledged. Keep-alive: the CP pings at
+the interval the DP announced in its ``Hello`` and ends a stream on which
+nothing arrived for 1.5 intervals. ``HealthReport`` s go to
 the DP's health session; each ``Ping`` (and the ``Hello``) keeps its reported
 health alive. ``HealthOverride`` s are sent only after the stream's first message
 (the snapshot or the ``Pong``), in the order the feed hands them over; so are
@@ -24,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -34,10 +42,34 @@ from control_plane.compatibility import incompatibility
 from control_plane.data_planes import DataPlaneRegistry, DataPlaneRow
 from control_plane.health import AddressReport, ManualOverride
 from control_plane.probe_assignment import AssignmentUpdate, ProbeUpdate
-from control_plane.snapshot import Snapshot, SnapshotStore
+from control_plane.snapshot import Delta, Snapshot, SnapshotStore
 from proto import cluster_pb2, cluster_pb2_grpc
 
 log = logging.getLogger("ferry.control_plane.cluster")
+
+#: Kong's: a DP pings every 30 s; a peer silent for 1.5 intervals (45 s) is dropped.
+DEFAULT_PING_INTERVAL = 30.0
+SILENCE_FACTOR = 1.5
+
+
+@dataclass(slots=True)
+class _StreamState:
+    """What one stream's DP holds, or will once it has read what was sent.
+
+    Shared by the stream's reader and watcher tasks (one event loop).
+    """
+
+    #: The config the DP will hold once it has applied what was sent: the base of
+    #: the next delta. After a NACK, what it last acknowledged.
+    held_version: int
+    held_hash: str
+    #: The last version sent (or held at Hello): the next one goes out when the
+    #: store's differs, so a NACKed version is not sent again.
+    sent_version: int
+    sent_hash: str
+    #: The reader asks the watcher for a full snapshot (a NACK with resync).
+    resync: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class HealthSession(Protocol):
@@ -114,6 +146,27 @@ def snapshot_message(snapshot: Snapshot) -> cluster_pb2.ControlPlaneMessage:
             )
         )
         snapshot.wire_cache["message"] = cached
+    return cached
+
+
+def delta_message(delta: Delta) -> cluster_pb2.ControlPlaneMessage:
+    """The wire form of ``delta``, built once and shared by every stream at its base."""
+    cached = delta.wire_cache.get("message")
+    if cached is None:
+        snapshot = delta.snapshot
+        cached = cluster_pb2.ControlPlaneMessage(
+            delta=cluster_pb2.Delta(
+                from_version=delta.from_version,
+                from_hash=delta.from_hash,
+                version=snapshot.version,
+                hash=snapshot.hash,
+                upserts=[
+                    cluster_pb2.Resource(kind=r.kind, id=r.id, body=r.body) for r in delta.upserts
+                ],
+                removals=[cluster_pb2.ResourceKey(kind=k, id=i) for k, i in delta.removals],
+            )
+        )
+        delta.wire_cache["message"] = cached
     return cached
 
 
@@ -203,11 +256,14 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         overrides: OverrideFeed,
         probes: ProbeFeed | None = None,
         version: str = ferry.__version__,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
     ) -> None:
         """``probes`` is None when health-check sharding is off (no assignment is sent).
         ``version`` is this CP's Ferry version, compared with each DP's (see
-        :mod:`control_plane.compatibility`)."""
+        :mod:`control_plane.compatibility`). ``ping_interval`` (seconds) is used
+        for DPs whose ``Hello`` does not say theirs."""
         self._version = version
+        self._ping_interval = ping_interval
         self._snapshots = snapshots
         self._registry = registry
         self._cp_id = cp_id
@@ -229,6 +285,12 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         hello = first.hello
         if not hello.node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Hello.node_id is required")
+        interval = hello.ping_interval or self._ping_interval
+        if not (math.isfinite(interval) and 0 < interval <= 3600):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Hello.ping_interval must be in (0, 3600] seconds, got {hello.ping_interval}",
+            )
         row = DataPlaneRow(
             id=hello.node_id,
             hostname=hello.hostname,
@@ -258,10 +320,16 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         # holds its config is never missed.
         subscription = self._overrides.subscribe()
         probe = self._probes.open(hello.node_id, hello.hostname) if self._probes is not None else None
-        reader = asyncio.create_task(self._read(request_iterator, row, outbox, session, probe))
-        watcher = asyncio.create_task(self._watch(row, outbox, first_queued))
+        state = _StreamState(
+            hello.config_version, hello.config_hash, hello.config_version, hello.config_hash
+        )
+        reader = asyncio.create_task(
+            self._read(request_iterator, row, outbox, session, probe, state, interval)
+        )
+        watcher = asyncio.create_task(self._watch(row, outbox, first_queued, state))
         forwarder = asyncio.create_task(self._forward(subscription, outbox, first_queued))
-        tasks = [reader, watcher, forwarder]
+        pinger = asyncio.create_task(self._keep_alive(outbox, first_queued, interval))
+        tasks = [reader, watcher, forwarder, pinger]
         if probe is not None:
             tasks.append(asyncio.create_task(self._forward_probes(probe, outbox, first_queued)))
         try:
@@ -289,10 +357,13 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         row: DataPlaneRow,
         outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
         first_queued: asyncio.Event,
+        state: _StreamState,
     ) -> None:
         current = self._snapshots.current
-        held_version, held_hash = row.config_version, row.config_hash
-        if current is not None and (current.version, current.hash) == (held_version, held_hash):
+        if current is not None and (current.version, current.hash) == (
+            state.sent_version,
+            state.sent_hash,
+        ):
             # Nothing to send: answer with a Pong so the DP knows the link is up.
             row.sync_status = "SYNCED"
             await outbox.put(
@@ -301,14 +372,62 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
             first_queued.set()
         await self._registry.save_quietly(row)
         while True:
-            snapshot = await self._snapshots.wait_for_change(held_version, held_hash)
-            held_version, held_hash = snapshot.version, snapshot.hash
-            await outbox.put(snapshot_message(snapshot))
+            snapshot = await self._next_change(state)
+            delta = None
+            if state.resync:
+                state.resync = False
+            else:
+                delta = self._snapshots.delta(state.held_version, state.held_hash)
+            state.held_version, state.held_hash = snapshot.version, snapshot.hash
+            state.sent_version, state.sent_hash = snapshot.version, snapshot.hash
+            if delta is not None and delta.snapshot is snapshot:
+                await outbox.put(delta_message(delta))
+            else:
+                await outbox.put(snapshot_message(snapshot))
             first_queued.set()
             if (row.config_version, row.config_hash) != (snapshot.version, snapshot.hash):
                 row.sync_status = "STALE"
                 row.sync_error = None
             await self._registry.save_quietly(row)
+
+    async def _next_change(self, state: _StreamState) -> Snapshot:
+        """The snapshot to send next: a version the DP does not hold, or a resync's."""
+        while True:
+            current = self._snapshots.current
+            if state.resync and current is not None:
+                return current
+            state.wake.clear()
+            changed = asyncio.ensure_future(
+                self._snapshots.wait_for_change(state.sent_version, state.sent_hash)
+            )
+            woken = asyncio.ensure_future(state.wake.wait())
+            try:
+                await asyncio.wait({changed, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                woken.cancel()
+            if changed.done() and not changed.cancelled():
+                return changed.result()
+
+    async def _keep_alive(
+        self,
+        outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
+        first_queued: asyncio.Event,
+        interval: float,
+    ) -> None:
+        """Ping the DP every ``interval`` seconds, so it can tell a silent CP from a quiet one."""
+        await first_queued.wait()
+        while True:
+            await asyncio.sleep(interval)
+            current = self._snapshots.current
+            await outbox.put(
+                cluster_pb2.ControlPlaneMessage(
+                    ping=cluster_pb2.Ping(
+                        config_version=current.version if current else 0,
+                        config_hash=current.hash if current else "",
+                    )
+                )
+            )
 
     async def _forward(
         self,
@@ -337,11 +456,26 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         outbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage],
         session: HealthSession,
         probe: ProbeStream | None,
+        state: _StreamState,
+        interval: float,
     ) -> None:
         await session.touch()
         if probe is not None:
             await probe.alive()
-        async for message in request_iterator:
+        messages = aiter(request_iterator)
+        silence = interval * SILENCE_FACTOR
+        while True:
+            try:
+                async with asyncio.timeout(silence):
+                    message = await anext(messages)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                log.warning(
+                    "data plane %s (%s) silent for %.1fs (pings every %.1fs): dropping its stream",
+                    row.id, row.hostname, silence, interval,
+                )
+                return
             kind = message.WhichOneof("message")
             if kind == "ack":
                 row.config_version = message.ack.version
@@ -354,14 +488,24 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                 row.sync_status = "SYNCED" if synced else "STALE"
                 row.sync_error = None
             elif kind == "nack":
-                row.sync_status = "NACKED"
-                row.sync_error = message.nack.error_detail
+                nack = message.nack
                 log.warning(
-                    "data plane %s rejected version %d: %s",
+                    "data plane %s rejected version %d%s: %s",
                     row.id,
-                    message.nack.version,
-                    message.nack.error_detail,
+                    nack.version,
+                    " (asks for a full snapshot)" if nack.resync else "",
+                    nack.error_detail,
                 )
+                if nack.resync:
+                    # It could not apply a delta to what it holds: send it everything.
+                    state.resync = True
+                    state.wake.set()
+                    continue
+                row.sync_status = "NACKED"
+                row.sync_error = nack.error_detail
+                if nack.version == state.sent_version:
+                    # It keeps what it last acknowledged: the next delta starts there.
+                    state.held_version, state.held_hash = row.config_version, row.config_hash
             elif kind == "ping":
                 current = self._snapshots.current
                 await outbox.put(

@@ -5,21 +5,42 @@ reaches the data planes of every CP. On each batch of changes it waits a short
 merge window (changes arriving together go out as one update), then reloads the
 whole config in one consistent read. When Redis is unreachable it keeps the
 last snapshot published and retries with jittered exponential backoff.
+
+With each snapshot it hands the store the change stream's entries up to that
+snapshot's version, which is what deltas are computed from. Entries of every
+version up to the loaded one are in the stream by then (the store's Lua scripts
+bump the version and append its entries atomically). At start it reads the
+whole stream, so a restarted CP can still send deltas to DPs that reconnect.
+When entries may be missing (the stream was trimmed past the last one read, or
+a version has none) it says so, and the store answers with full snapshots for
+versions before that point.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
-from control_plane.snapshot import SnapshotStore, build_snapshot
+from control_plane.snapshot import Change, SnapshotStore, build_snapshot
 
 log = logging.getLogger("ferry.control_plane.follower")
+
+#: Stream entries read per XRANGE call.
+_CHUNK = 1000
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
 
 
 class ConfigSource(Protocol):
@@ -52,6 +73,9 @@ class ConfigFollower:
         self._block_ms = block_ms
         self._task: asyncio.Task[None] | None = None
         self._last_id = "0-0"
+        #: The config version of the last load (what the store was handed).
+        self._version = 0
+        self._loaded = False
         # Stop by flag as well as by cancel: on Python 3.11 a cancel that lands as an
         # asyncio.wait_for (redis-py wraps every command in one) completes is lost, and
         # the loop would go on; the flag ends it at the next XREAD (<= block_ms).
@@ -72,14 +96,52 @@ class ConfigFollower:
             self._task = None
 
     async def _reload_from_tip(self) -> None:
-        # Read the stream's tip *before* the config: a change landing between
-        # the two reads is then seen by the next XREAD and reloaded, never lost.
-        tip = await self._redis.xrevrange(self._source.changes_stream_key, count=1)
-        if tip:
-            entry_id = tip[0][0]
-            self._last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        """Publish the current config with every stream entry since the last one read."""
+        key = self._source.changes_stream_key
         version, entities = await self._source.load_all()
-        if self._snapshots.set(build_snapshot(version, entities)):
+        resuming = self._loaded
+        since: int | None = None
+        start = "(" + self._last_id
+        if resuming:
+            since = self._version
+            if self._last_id != "0-0":
+                # Entries after the last one read were trimmed if the stream now starts later.
+                first = await self._redis.xrange(key, count=1)
+                if first and _stream_id(_text(first[0][0])) > _stream_id(self._last_id):
+                    since = None
+        changes: list[Change] = []
+        done = False
+        while not done:
+            batch: list[Any] = await self._redis.xrange(key, min=start, count=_CHUNK) or []
+            for entry_id, raw in batch:
+                fields = {_text(k): _text(v) for k, v in raw.items()}
+                change = Change(int(fields["version"]), fields["kind"], fields["id"])
+                if change.version > version:
+                    done = True  # written after the load: the next round's
+                    break
+                changes.append(change)
+                self._last_id = _text(entry_id)
+            if len(batch) < _CHUNK:
+                done = True
+            start = "(" + self._last_id
+        if not resuming and changes:
+            # The oldest version read may have lost some entries to trimming,
+            # unless it is the very first.
+            oldest = changes[0].version
+            since = 0 if oldest == 1 else oldest
+        if since is not None and not _contiguous(changes, since, version):
+            since = None
+        if version < self._version:
+            # Redis lost its data or was swapped: the store keeps serving the newer
+            # config it holds rather than push an older (maybe empty) one to every DP.
+            log.error(
+                "config version went back from %d to %d (Redis lost data or was replaced); "
+                "data planes keep version %d until the version passes it",
+                self._version, version, self._version,
+            )
+        self._version = version
+        self._loaded = True
+        if self._snapshots.set(build_snapshot(version, entities), changes, since=since):
             log.info("config version %d loaded", version)
 
     async def _run(self) -> None:
@@ -106,3 +168,9 @@ class ConfigFollower:
             if self._merge_window > 0:
                 await asyncio.sleep(self._merge_window)
             await self._reload_from_tip()
+
+
+def _contiguous(changes: list[Change], since: int, version: int) -> bool:
+    """Whether ``changes`` has entries for every version in ``(since, version]``."""
+    seen = {c.version for c in changes if c.version > since}
+    return seen == set(range(since + 1, version + 1))

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from control_plane.store import redis_reachable
+
 SyncStatus = Literal["SYNCED", "STALE", "NACKED", "UNKNOWN", "VERSION_INCOMPATIBLE"]
 
 #: Kong's default purge delay: 14 days.
@@ -68,7 +70,9 @@ class DataPlaneRegistry:
             return False
 
     async def list_data_planes(self) -> list[dict[str, Any]]:
-        raw: dict[Any, Any] = await self._redis.hgetall(self._key)
+        """Kong's ``/clustering/data-planes`` rows; ``StoreUnavailable`` when Redis is down."""
+        async with redis_reachable(self._redis):
+            raw: dict[Any, Any] = await self._redis.hgetall(self._key)
         now = time.time()
         rows: list[dict[str, Any]] = []
         expired: list[Any] = []
@@ -79,6 +83,7 @@ class DataPlaneRegistry:
                 continue
             rows.append(row)
         if expired:
-            await self._redis.hdel(self._key, *expired)
+            async with redis_reachable(self._redis):
+                await self._redis.hdel(self._key, *expired)
         rows.sort(key=lambda r: (r.get("hostname", ""), r["id"]))
         return rows

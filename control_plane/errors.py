@@ -9,6 +9,7 @@ tools written against Kong's Admin API parse Ferry's errors unchanged.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 #: Kong's DAO error codes (``kong.db.errors``); the subset Ferry produces.
@@ -17,9 +18,11 @@ CODE_PRIMARY_KEY_VIOLATION = 3
 CODE_FOREIGN_KEY_VIOLATION = 4
 CODE_UNIQUE_VIOLATION = 5
 CODE_INVALID_OFFSET = 7
+CODE_DATABASE_ERROR = 8
 CODE_INVALID_SIZE = 9
 CODE_INVALID_OPTIONS = 11
 CODE_FOREIGN_KEYS_UNRESOLVED = 13
+CODE_DECLARATIVE_CONFIG = 14
 
 
 def lua_pretty(value: Any) -> str:
@@ -188,6 +191,83 @@ class ForeignKeysUnresolved(_CodedError):
         )
 
 
+def lua_table(value: Any) -> str:
+    """Render a nested error tree as Kong prints declarative errors (``pl.pretty``).
+
+    Like :func:`lua_pretty`, but arrays holding ``None`` placeholders (valid
+    elements) show only their failing elements, by 1-based position:
+    ``{"services": [None, {"host": "x"}]}`` -> ``{services={[2]={host="x"}}}``.
+    Keys that are not Lua identifiers are bracketed (``["@entity"]=``).
+    """
+    if isinstance(value, dict):
+        parts = []
+        for key in sorted(value):
+            name = key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) else f'["{key}"]'
+            parts.append(f"{name}={lua_table(value[key])}")
+        return "{" + ",".join(parts) + "}"
+    if isinstance(value, list):
+        if all(item is not None for item in value):
+            return "{" + ",".join(lua_table(item) for item in value) + "}"
+        return "{" + ",".join(
+            f"[{index}]={lua_table(item)}"
+            for index, item in enumerate(value, start=1)
+            if item is not None
+        ) + "}"
+    return lua_pretty(value)
+
+
+class DeclarativeConfigInvalid(_CodedError):
+    """400: a declarative configuration document (``POST /config``) is invalid.
+
+    ``fields`` mirrors the document: ``{"services": [None, {"host": "..."}]}``
+    (array elements by position, ``None`` for valid ones; document-level
+    problems under the top-level key or ``"@entity"``). ``flattened_errors``
+    lists one item per invalid entity, as Kong 3.x's ``flatten_errors``:
+    ``{"entity_type", "entity_id", "entity_name", "entity_tags", "entity",
+    "errors": [{"type": "field"|"entity", "field"?, "message"}]}``.
+    """
+
+    status = 400
+    code = CODE_DECLARATIVE_CONFIG
+    name = "invalid declarative configuration"
+
+    def __init__(
+        self,
+        fields: dict[str, Any],
+        flattened_errors: list[dict[str, Any]],
+        problems: list[str] | None = None,
+    ) -> None:
+        super().__init__(f"declarative config is invalid: {lua_table(fields)}", fields)
+        self.flattened_errors = flattened_errors
+        #: One line per problem, ``location (what): field: message``, for a terminal.
+        self.problems = problems if problems is not None else [self.message]
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["flattened_errors"] = self.flattened_errors
+        return body
+
+
+class ConfigVersionMismatch(FerryError):
+    """409: ``POST /config?expected_version=N`` while the configuration is at another version.
+
+    Nothing was written; ``version`` is the configuration's current version.
+    """
+
+    status = 409
+
+    def __init__(self, expected: int, version: int) -> None:
+        super().__init__(
+            f"the configuration is at version {version}, not the expected {expected}: "
+            "it changed since it was read; nothing was applied"
+        )
+        self.expected = expected
+        self.version = version
+
+    def body(self) -> dict[str, Any]:
+        return {"message": self.message, "version": self.version}
+
+
 class InvalidSize(_CodedError):
     """400: the ``size`` paging argument is not an integer in 1..1000."""
 
@@ -252,11 +332,16 @@ class MethodNotAllowed(FerryError):
         super().__init__(message)
 
 
-class StoreUnavailable(FerryError, ConnectionError):
+class StoreUnavailable(_CodedError, ConnectionError):
     """503: Redis could not be reached; nothing was written.
 
-    Also a builtin :class:`ConnectionError` (an ``OSError``), so code that
-    retries on connection failures (the config follower) treats it as one.
+    (After a timeout, a write may have run: read before retrying it.) The body
+    carries Kong's ``database error`` code; Kong itself answers 500 with a
+    generic message where Ferry says what is down. Also a builtin
+    :class:`ConnectionError` (an ``OSError``), so code that retries on
+    connection failures (the config follower) treats it as one.
     """
 
     status = 503
+    code = CODE_DATABASE_ERROR
+    name = "database error"

@@ -366,7 +366,7 @@ class TargetHealthStore:
         then node id. Raises ``StoreUnavailable`` when Redis is unreachable.
         """
         field_prefix = f"{upstream_id}|" if upstream_id is not None else ""
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             raw = await self._read(
                 keys=[self.index_key], args=[f"{self._prefix}:health:dp:", field_prefix]
             )
@@ -437,7 +437,7 @@ class TargetHealthStore:
             "time": repr(override.time),
             "origin": origin,
         }
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             entry_id = await self._redis.xadd(
                 self.overrides_stream_key, fields, maxlen=OVERRIDES_MAXLEN, approximate=True
             )

@@ -31,9 +31,15 @@ from control_plane.health import (
     TargetHealthStore,
 )
 from control_plane.probe_assignment import DEFAULT_MEMBERSHIP_INTERVAL, ProbeCoordinator
+from control_plane.redis_connection import (
+    create_redis_client,
+    describe_redis_url,
+    validate_redis_url,
+)
 from control_plane.snapshot import SnapshotStore
 from control_plane.store import EntityStore
 from ferry.cluster_link import require_secured_link
+from ferry.cluster_tls import ClusterTLS, add_cluster_port, server_interceptors
 from ferry.http_site import start_site
 from ferry.listen import format_host_port, parse_host_port
 from ferry.redis_server import EmbeddedRedis
@@ -49,7 +55,8 @@ class ConfigurationError(ValueError):
 class ControlPlaneSettings(BaseModel):
     """Validated control-plane settings (one per CLI flag)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a bad --redis-url may carry a password.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     admin_listen: str = "127.0.0.1:8001"
     cluster_listen: str = "127.0.0.1:8005"
@@ -57,6 +64,8 @@ class ControlPlaneSettings(BaseModel):
     redis_url: str | None = None
     redis_prefix: str = "ferry"
     cluster_insecure: bool = False
+    #: mTLS for the cluster link (None: plaintext, only with ``cluster_insecure``).
+    cluster_tls: ClusterTLS | None = None
     #: Changes arriving within this many seconds go out to DPs as one update.
     merge_window: float = Field(default=0.05, ge=0, le=10)
     data_plane_purge_delay: int = Field(default=DEFAULT_PURGE_DELAY, ge=1)
@@ -80,13 +89,12 @@ class ControlPlaneSettings(BaseModel):
         if value in (None, ""):
             return None
         assert value is not None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
-        return value
+        # redis://, rediss://, unix:// or redis+sentinel://; the message never shows a password.
+        return validate_redis_url(value)
 
     @model_validator(mode="after")
     def _cluster_link_is_secured(self) -> ControlPlaneSettings:
-        require_secured_link(self.cluster_insecure)
+        require_secured_link(self.cluster_insecure, self.cluster_tls)
         return self
 
 
@@ -134,7 +142,9 @@ class ControlPlane:
             self._embedded.start()
             redis_url = self._embedded.url
             log.info("embedded redis-server started on %s (data in %s)", redis_url, settings.data_dir / "redis")
-        self._redis = aioredis.Redis.from_url(redis_url, health_check_interval=10)
+        else:
+            log.info("using %s", describe_redis_url(redis_url))
+        self._redis = create_redis_client(redis_url)
         store = EntityStore(self._redis, prefix=settings.redis_prefix)
         registry = DataPlaneRegistry(
             self._redis, settings.redis_prefix, purge_delay=settings.data_plane_purge_delay
@@ -167,7 +177,7 @@ class ControlPlane:
                 settings.health_check_replicas,
             )
 
-        self._grpc = grpc.aio.server()
+        self._grpc = grpc.aio.server(interceptors=server_interceptors(settings.cluster_tls))
         servicer = ClusterServicer(
             self.snapshots,
             registry,
@@ -180,13 +190,14 @@ class ControlPlane:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._grpc)
         host, port = parse_host_port(settings.cluster_listen)
-        self.cluster_port = self._grpc.add_insecure_port(format_host_port(host, port))
+        self.cluster_port = add_cluster_port(self._grpc, format_host_port(host, port), settings.cluster_tls)
         if self.cluster_port == 0:
             raise OSError(f"cannot listen for the cluster on {settings.cluster_listen}")
         await self._grpc.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("ferry.cluster.v1.Cluster", health_pb2.HealthCheckResponse.SERVING)
-        log.info("cluster gRPC listening on %s:%d (insecure)", host, self.cluster_port)
+        security = settings.cluster_tls.describe() if settings.cluster_tls else "insecure"
+        log.info("cluster gRPC listening on %s:%d (%s)", host, self.cluster_port, security)
 
         app = create_admin_app(
             store, registry, node_id=self.node_id, version=ferry.__version__, health=health_store

@@ -12,17 +12,20 @@ Layout under ``prefix`` (default ``ferry``):
 ``{p}:changes``                        stream: ``version kind id op`` per changed entity
 =====================================  ==============================================
 
-Every write (insert, replace, delete with its cascade) is one Lua script: the
-unique and foreign-key checks, the entity writes, the version ``INCR`` and the
-``XADD`` of every change happen atomically, so a reader of the stream never sees
-a version whose entities are not in place, and a check never races a write.
+Every write (insert, replace, delete with its cascade, and the replace of the
+whole configuration by ``POST /config``) is one Lua script: the unique and
+foreign-key checks, the entity writes, the version ``INCR`` and the ``XADD`` of
+every change happen atomically, so a reader of the stream never sees a version
+whose entities are not in place, and a check never races a write. (A delete of
+a missing entity, and a whole-config replace that changes nothing, write nothing
+and keep the version.)
 A method returns only after Redis has executed (acknowledged) the script.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,19 +39,16 @@ from control_plane.errors import (
     StoreUnavailable,
     UniqueViolation,
 )
+from control_plane.redis_connection import unreachable_message
 from control_plane.schemas import KINDS
 
 #: How many change entries the stream keeps (approximately; ``MAXLEN ~``).
 CHANGES_MAXLEN = 10000
 
-# One script for every write. ARGV[1] = prefix, ARGV[2] = JSON request:
-#   {"op": "insert"|"replace"|"delete", "kind", "id", "entity": "<json>",
-#    "expect": "<json currently stored>" | null}
-# "replace" is a compare-and-set: it applies only when the stored JSON still
-# equals "expect" (null: the entity must not exist), so a read-modify-write in
-# Python cannot lose a concurrent update; a mismatch answers {"err":"conflict"}
-# and the caller re-reads and retries.
-_WRITE_LUA = r"""
+# What every write script shares: the key layout, an entity's unique claims and
+# parent references, unlinking an entity, and the version bump with one stream
+# entry per change. ARGV[1] = prefix, ARGV[2] = JSON request, ARGV[3] = MAXLEN.
+_LUA_COMMON = r"""
 local p = ARGV[1]
 local req = cjson.decode(ARGV[2])
 local maxlen = ARGV[3]
@@ -95,6 +95,13 @@ local function unlink(kind, id, e)
   redis.call("HDEL", ekey(kind), id)
 end
 
+local function link(kind, id, text)
+  local e = cjson.decode(text)
+  redis.call("HSET", ekey(kind), id, text)
+  for _, c in ipairs(claims(kind, e)) do redis.call("HSET", c[1], c[2], id) end
+  for _, r in ipairs(parents(kind, e)) do redis.call("SADD", r[1], id) end
+end
+
 local function bump(changes)
   local v = redis.call("INCR", p .. ":version")
   for _, c in ipairs(changes) do
@@ -103,7 +110,16 @@ local function bump(changes)
   end
   return v
 end
+"""
 
+# One script for every single-entity write. Request:
+#   {"op": "insert"|"replace"|"delete", "kind", "id", "entity": "<json>",
+#    "expect": "<json currently stored>" | null}
+# "replace" is a compare-and-set: it applies only when the stored JSON still
+# equals "expect" (null: the entity must not exist), so a read-modify-write in
+# Python cannot lose a concurrent update; a mismatch answers {"err":"conflict"}
+# and the caller re-reads and retries.
+_WRITE_LUA = _LUA_COMMON + r"""
 local kind, id = req.kind, req.id
 local current = redis.call("HGET", ekey(kind), id)
 
@@ -154,10 +170,46 @@ for _, c in ipairs(claims(kind, new)) do
   end
 end
 if current then unlink(kind, id, cjson.decode(current)) end
-redis.call("HSET", ekey(kind), id, req.entity)
-for _, c in ipairs(claims(kind, new)) do redis.call("HSET", c[1], c[2], id) end
-for _, r in ipairs(parents(kind, new)) do redis.call("SADD", r[1], id) end
+link(kind, id, req.entity)
 return cjson.encode({version = bump({{kind, id, "upsert"}})})
+"""
+
+# The whole configuration replaced at once (``POST /config``). Request:
+#   {"expect": <version the plan was computed against>,
+#    "upserts": [[kind, id, "<json>"], ...], "deletes": [[kind, id], ...]}
+# A compare-and-set on the version: the plan applies only when the version is
+# still "expect" (else {"err":"version","version":v}). Every write bumps the
+# version, so an unchanged version means the entities are exactly those the
+# plan was computed from, and the plan (a complete, validated configuration)
+# cannot break a unique or foreign-key rule: no check is repeated here. Every
+# changed entity is unlinked before any is linked, so two entities may swap a
+# name. One version for the whole plan, one stream entry per changed entity;
+# an empty plan writes nothing and keeps the version.
+_REPLACE_ALL_LUA = _LUA_COMMON + r"""
+local version = tonumber(redis.call("GET", p .. ":version") or "0")
+if version ~= tonumber(req.expect) then
+  return cjson.encode({err = "version", version = version})
+end
+if #req.upserts == 0 and #req.deletes == 0 then
+  return cjson.encode({version = version})
+end
+local changes = {}
+for _, d in ipairs(req.deletes) do
+  local current = redis.call("HGET", ekey(d[1]), d[2])
+  if current then
+    unlink(d[1], d[2], cjson.decode(current))
+    table.insert(changes, {d[1], d[2], "delete"})
+  end
+end
+for _, u in ipairs(req.upserts) do
+  local current = redis.call("HGET", ekey(u[1]), u[2])
+  if current then unlink(u[1], u[2], cjson.decode(current)) end
+end
+for _, u in ipairs(req.upserts) do
+  link(u[1], u[2], u[3])
+  table.insert(changes, {u[1], u[2], "upsert"})
+end
+return cjson.encode({version = bump(changes)})
 """
 
 # A consistent snapshot: the version and every entity, read in one script.
@@ -178,19 +230,39 @@ class WriteConflict(Exception):
     """
 
 
+class ConfigChanged(Exception):
+    """A whole-config replace found the version moved since the plan was computed.
+
+    Not a :class:`FerryError`: callers re-read and retry (or report a
+    mismatch to a client that asked for a version). ``version`` is the
+    version found.
+    """
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"the configuration is now at version {version}")
+        self.version = version
+
+
 @asynccontextmanager
-async def redis_reachable() -> AsyncIterator[None]:
+async def redis_reachable(client: aioredis.Redis | None = None) -> AsyncIterator[None]:
     """Turn Redis connection failures into :class:`StoreUnavailable` (HTTP 503).
 
     Every control-plane module that answers the Admin API from Redis wraps its
     Redis calls in this, so an outage is one 503 body everywhere, never a 500.
+    Pass the ``client`` used inside: the message then says which Redis (never
+    its password). A write refused by a read-only replica counts as an outage.
     """
     try:
         yield
     except FerryError:
         raise
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"the database is unreachable: {exc}") from exc
+    except (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.ReadOnlyError,
+        OSError,
+    ) as exc:
+        raise StoreUnavailable(unreachable_message(exc, client)) from exc
 
 
 def _text(value: bytes | str) -> str:
@@ -210,6 +282,7 @@ class EntityStore:
         self._prefix = prefix
         self._write = redis.register_script(_WRITE_LUA)
         self._load_all = redis.register_script(_LOAD_ALL_LUA)
+        self._replace_all = redis.register_script(_REPLACE_ALL_LUA)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -245,7 +318,7 @@ class EntityStore:
 
     async def current_version(self) -> int:
         """The configuration version: 0 when nothing was ever written."""
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             value = await self._redis.get(self.version_key)
         return int(value) if value is not None else 0
 
@@ -255,7 +328,7 @@ class EntityStore:
         Keys of the dict are exactly ``upstreams``, ``targets``, ``services``,
         ``routes``; each entity is the dict the Admin API returns.
         """
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             raw = await self._load_all(args=[self._prefix, *KINDS])
         version = int(_text(raw[0]))
         entities = {
@@ -266,7 +339,7 @@ class EntityStore:
 
     async def get_raw(self, kind: str, entity_id: str) -> str | None:
         """The stored JSON text of one entity (for a later compare-and-set), or None."""
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             value = await self._redis.hget(self._entities_key(kind), entity_id)
         return _text(value) if value is not None else None
 
@@ -277,7 +350,7 @@ class EntityStore:
 
     async def id_by_unique(self, kind: str, field: str, value: str) -> str | None:
         """The id of the ``kind`` entity whose unique ``field`` equals ``value``."""
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             found = await self._redis.hget(
                 f"{self._prefix}:unique:{kind}:{field}", value
             )
@@ -289,7 +362,7 @@ class EntityStore:
 
     async def list_all(self, kind: str) -> list[dict[str, Any]]:
         """Every ``kind`` entity, ordered by id (the paging order)."""
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             values = await self._redis.hvals(self._entities_key(kind))
         return sorted((json.loads(_text(v)) for v in values), key=lambda e: e["id"])
 
@@ -297,7 +370,7 @@ class EntityStore:
         self, kind: str, field: str, parent_id: str
     ) -> list[dict[str, Any]]:
         """The ``kind`` entities whose foreign key ``field`` points at ``parent_id``."""
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             ids = await self._redis.smembers(
                 f"{self._prefix}:refs:{kind}:{field}:{parent_id}"
             )
@@ -313,7 +386,7 @@ class EntityStore:
     # ----------------------------------------------------------------- writes
 
     async def _run(self, request: dict[str, Any]) -> dict[str, Any]:
-        async with redis_reachable():
+        async with redis_reachable(self._redis):
             raw = await self._write(
                 args=[self._prefix, json.dumps(request), str(CHANGES_MAXLEN)]
             )
@@ -371,3 +444,38 @@ class EntityStore:
         result = await self._run({"op": "delete", "kind": kind, "id": entity_id})
         version = result.get("version")
         return int(version) if version is not None else None
+
+    async def replace_config(
+        self,
+        upserts: Sequence[tuple[str, dict[str, Any]]],
+        deletes: Sequence[tuple[str, str]],
+        *,
+        expect_version: int,
+    ) -> int:
+        """Apply a whole-config plan atomically, if the version is still ``expect_version``.
+
+        ``upserts`` are ``(kind, entity)`` pairs written as given (created or
+        replaced); ``deletes`` are ``(kind, id)`` pairs. The plan must take
+        the configuration read at ``expect_version`` (:meth:`load_all`) to a
+        complete, valid one (:mod:`control_plane.declarative` computes it):
+        the store does not repeat unique or foreign-key checks, and deletes
+        nothing it is not told to (no cascade). One script: one version for
+        the whole plan and one change-stream entry per changed entity.
+
+        Returns the new version, or ``expect_version`` unchanged when the plan
+        is empty (nothing written). Raises :class:`ConfigChanged` when the
+        version moved in between (nothing written; re-read and retry).
+        """
+        request = {
+            "expect": expect_version,
+            "upserts": [[kind, entity["id"], json.dumps(entity)] for kind, entity in upserts],
+            "deletes": [[kind, entity_id] for kind, entity_id in deletes],
+        }
+        async with redis_reachable(self._redis):
+            raw = await self._replace_all(
+                args=[self._prefix, json.dumps(request), str(CHANGES_MAXLEN)]
+            )
+        result: dict[str, Any] = json.loads(_text(raw))
+        if result.get("err") == "version":
+            raise ConfigChanged(int(result["version"]))
+        return int(result["version"])

@@ -1,12 +1,16 @@
 """The data plane's end of the cluster link.
 
 Opens ``Cluster.Connect``, says ``Hello`` with the version/hash it holds, and
-for every snapshot received: verifies the hash, compiles it, swaps it into the
-:class:`~data_plane.runtime.ConfigHolder` (one reference assignment, so a
-request sees the old or the new config, never a mix), writes it to the disk
-cache and ACKs. A snapshot it cannot apply is NACKed with the reason and the
-previous config keeps serving. Reconnects with jittered exponential backoff
-(tenacity) so many DPs returning after a CP restart do not arrive at once.
+for every snapshot or delta received: builds the whole new config (a delta is
+applied to a copy of the held one), verifies its hash, compiles it, swaps it
+into the :class:`~data_plane.runtime.ConfigHolder` (one reference assignment,
+so a request sees the old or the new config, never a mix), writes it to the
+disk cache and ACKs. A config it cannot apply is NACKed with the reason and the
+previous config keeps serving; a delta that does not fit what it holds is
+NACKed with ``resync`` so the CP sends the full snapshot. Reconnects with
+jittered exponential backoff (tenacity) so many DPs returning after a CP
+restart do not arrive at once. Keep-alive: pings every ``ping_interval``
+seconds and ends a stream on which nothing arrived for 1.5 intervals.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
 from ferry.cluster_link import require_secured_link
+from ferry.cluster_tls import ClusterTLS, explain_link_failure, open_channel
 from ferry.snapshot_format import KINDS, config_hash
 from proto import cluster_pb2, cluster_pb2_grpc
 
@@ -48,6 +53,15 @@ class ClusterLinkState:
     last_nack: str | None = None
 
 
+class DeltaDoesNotFit(ConfigError):
+    """A delta whose base is not the held config, or whose result has another hash."""
+
+
+#: Kong's: a DP pings every 30 s; a peer silent for 1.5 intervals (45 s) is dropped.
+DEFAULT_PING_INTERVAL = 30.0
+SILENCE_FACTOR = 1.5
+
+
 def apply_snapshot(
     snapshot: cluster_pb2.Snapshot, previous: RuntimeConfig | None
 ) -> RuntimeConfig:
@@ -56,6 +70,52 @@ def apply_snapshot(
     digest = config_hash(resources)
     if digest != snapshot.hash:
         raise ConfigError(f"config hash mismatch: received {snapshot.hash!r}, computed {digest!r}")
+    return _compile(snapshot.version, snapshot.hash, resources, previous)
+
+
+def merge_delta(held: cluster_pb2.Snapshot | None, delta: cluster_pb2.Delta) -> cluster_pb2.Snapshot:
+    """The whole config ``delta`` leads to from ``held``, hash verified.
+
+    Raises :class:`DeltaDoesNotFit` when ``held`` is not the delta's base or the
+    result does not hash to ``delta.hash``; ``held`` is never modified.
+    """
+    if held is None or held.version != delta.from_version:
+        holding = f"version {held.version}" if held is not None else "no config"
+        raise DeltaDoesNotFit(
+            f"delta from version {delta.from_version} does not apply: this data plane holds {holding}"
+        )
+    if delta.from_hash and delta.from_hash != held.hash:
+        raise DeltaDoesNotFit(
+            f"delta from version {delta.from_version} is based on config {delta.from_hash[:12]}, "
+            f"this data plane holds {held.hash[:12]}"
+        )
+    merged: dict[tuple[str, str], bytes] = {(r.kind, r.id): r.body for r in held.resources}
+    for key in delta.removals:
+        merged.pop((key.kind, key.id), None)
+    for resource in delta.upserts:
+        merged[(resource.kind, resource.id)] = resource.body
+    digest = config_hash((kind, entity_id, body) for (kind, entity_id), body in merged.items())
+    if digest != delta.hash:
+        raise DeltaDoesNotFit(
+            f"config after the delta to version {delta.version} hashes to {digest[:12]}, "
+            f"expected {delta.hash[:12]}"
+        )
+    return cluster_pb2.Snapshot(
+        version=delta.version,
+        hash=delta.hash,
+        resources=[
+            cluster_pb2.Resource(kind=kind, id=entity_id, body=body)
+            for (kind, entity_id), body in sorted(merged.items())
+        ],
+    )
+
+
+def _compile(
+    version: int,
+    digest: str,
+    resources: list[tuple[str, str, bytes]],
+    previous: RuntimeConfig | None,
+) -> RuntimeConfig:
     entities: dict[str, list[dict]] = {kind: [] for kind in KINDS}
     for kind, entity_id, body in resources:
         if kind not in entities:
@@ -67,7 +127,7 @@ def apply_snapshot(
         if not isinstance(entity, dict):
             raise ConfigError(f"{kind} {entity_id}: body is not a JSON object")
         entities[kind].append(entity)
-    return compile_config(snapshot.version, snapshot.hash, entities, previous=previous)
+    return compile_config(version, digest, entities, previous=previous)
 
 
 class ClusterClient:
@@ -81,7 +141,8 @@ class ClusterClient:
         node: NodeIdentity,
         *,
         insecure: bool,
-        ping_interval: float = 30.0,
+        tls: ClusterTLS | None = None,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         on_applied: Callable[[RuntimeConfig], None] | None = None,
@@ -89,7 +150,8 @@ class ClusterClient:
         dns_timeout: float = 2.0,
         health: HealthSupervisor | None = None,
     ) -> None:
-        require_secured_link(insecure)
+        require_secured_link(insecure, tls)
+        self._tls = tls
         self._target = control_plane
         self._holder = holder
         self._cache = cache
@@ -105,6 +167,25 @@ class ClusterClient:
         #: reports take turns.
         self._write_lock = asyncio.Lock()
         self.state = ClusterLinkState()
+        #: The whole config being served, as received (the base of the next delta).
+        self._held: cluster_pb2.Snapshot | None = None
+
+    async def load_cache(self) -> bool:
+        """Serve the disk cache's config until a CP answers; False when there is none usable.
+
+        Call once, before :meth:`run`.
+        """
+        cached = await asyncio.to_thread(self._cache.load)
+        if cached is None:
+            return False
+        try:
+            config = apply_snapshot(cached, None)
+        except ConfigError as exc:
+            log.error("ignoring the config cache %s: %s", self._cache.path, exc)
+            return False
+        await self._install(cached, config, save=False)
+        log.info("serving cached config version %d until the control plane answers", cached.version)
+        return True
 
     async def run(self) -> None:
         """Connect, stream, reconnect; returns only when cancelled."""
@@ -125,6 +206,18 @@ class ClusterClient:
         exc = state.outcome.exception() if state.outcome else None
         detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
         self.state.last_error = detail
+        security = explain_link_failure(exc, self._tls)
+        if security is not None:
+            # A certificate or TLS mismatch: retrying alone will not fix it.
+            self.state.last_error = security
+            log.error(
+                "control plane %s: %s; retry %d in %.1fs",
+                self._target,
+                security,
+                state.attempt_number,
+                state.next_action.sleep if state.next_action else 0.0,
+            )
+            return
         if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
             # Not a network problem: the CP will not serve this DP (e.g. its version).
             log.error(
@@ -153,6 +246,7 @@ class ClusterClient:
                 labels=self._node.labels,
                 config_version=current.version if current else 0,
                 config_hash=current.hash if current else "",
+                ping_interval=self._ping_interval,
             )
         )
 
@@ -162,7 +256,7 @@ class ClusterClient:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
         ]
-        async with grpc.aio.insecure_channel(self._target, options=options) as channel:
+        async with open_channel(self._target, self._tls, options) as channel:
             call = cluster_pb2_grpc.ClusterStub(channel).Connect()
             if self._health is not None:
                 # Probe everything until this CP says otherwise: a CP that does not
@@ -172,14 +266,27 @@ class ClusterClient:
             pinger = asyncio.create_task(self._ping(call))
             reporter = asyncio.create_task(self._report_health(call))
             established = False
+            silence = self._ping_interval * SILENCE_FACTOR
             try:
                 while True:
-                    message = await call.read()
+                    try:
+                        async with asyncio.timeout(silence):
+                            message = await call.read()
+                    except TimeoutError:
+                        log.warning(
+                            "control plane %s silent for %.1fs; dropping the stream",
+                            self._target, silence,
+                        )
+                        if not established:
+                            raise OSError(f"control plane sent nothing for {silence:.1f}s") from None
+                        break
                     if message is grpc.aio.EOF:
                         break
                     kind = message.WhichOneof("message")
                     if kind == "snapshot":
                         await self._handle_snapshot(call, message.snapshot)
+                    elif kind == "delta":
+                        await self._handle_delta(call, message.delta)
                     elif kind == "health_override":
                         self._handle_override(message.health_override)
                     elif kind == "probe_assignment" and self._health is not None:
@@ -291,23 +398,58 @@ class ClusterClient:
         try:
             config = apply_snapshot(snapshot, self._holder.current)
         except ConfigError as exc:
-            self.state.last_nack = str(exc)
-            log.error("rejected config version %d: %s", snapshot.version, exc)
-            await self._write(
-                call,
-                cluster_pb2.DataPlaneMessage(
-                    nack=cluster_pb2.Nack(
-                        version=snapshot.version, hash=snapshot.hash, error_detail=str(exc)
-                    )
-                )
-            )
+            await self._nack(call, snapshot.version, snapshot.hash, exc)
             return
+        await self._install(snapshot, config)
+        await self._ack(call, snapshot)
+
+    async def _handle_delta(self, call: grpc.aio.StreamStreamCall, delta: cluster_pb2.Delta) -> None:
+        try:
+            merged = merge_delta(self._held, delta)
+            config = _compile(
+                merged.version,
+                merged.hash,
+                [(r.kind, r.id, r.body) for r in merged.resources],
+                self._holder.current,
+            )
+        except ConfigError as exc:
+            await self._nack(call, delta.version, delta.hash, exc)
+            return
+        await self._install(merged, config)
+        await self._ack(call, merged)
+
+    async def _nack(
+        self, call: grpc.aio.StreamStreamCall, version: int, digest: str, exc: ConfigError
+    ) -> None:
+        resync = isinstance(exc, DeltaDoesNotFit)
+        if resync:
+            log.warning("cannot apply the delta to version %d: %s; asking for the full config",
+                        version, exc)
+        else:
+            self.state.last_nack = str(exc)
+            log.error("rejected config version %d: %s", version, exc)
+        await self._write(
+            call,
+            cluster_pb2.DataPlaneMessage(
+                nack=cluster_pb2.Nack(
+                    version=version, hash=digest, error_detail=str(exc), resync=resync
+                )
+            ),
+        )
+
+    async def _install(
+        self, snapshot: cluster_pb2.Snapshot, config: RuntimeConfig, *, save: bool = True
+    ) -> None:
+        """Serve ``config`` (compiled from ``snapshot``) and, with ``save``, cache it on disk."""
         if self._resolver is not None:
             # Resolve new target names first so the first requests balance over IPs.
             await self._resolver.apply(config, timeout=self._dns_timeout)
         self._holder.current = config
+        self._held = snapshot
         if self._health is not None:
             self._health.apply(config)
+        if not save:
+            return
         self.state.last_config_at = time.time()
         self.state.last_nack = None
         if self._on_applied is not None:
@@ -318,7 +460,11 @@ class ClusterClient:
             # Serving the new config matters more than caching it; say so loudly.
             log.error("could not write the config cache %s: %s", self._cache.path, exc)
         log.info("applied config version %d (%s)", snapshot.version, snapshot.hash[:12])
+
+    async def _ack(self, call: grpc.aio.StreamStreamCall, snapshot: cluster_pb2.Snapshot) -> None:
         await self._write(
             call,
-            cluster_pb2.DataPlaneMessage(ack=cluster_pb2.Ack(version=snapshot.version, hash=snapshot.hash))
+            cluster_pb2.DataPlaneMessage(
+                ack=cluster_pb2.Ack(version=snapshot.version, hash=snapshot.hash)
+            ),
         )

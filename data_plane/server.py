@@ -12,18 +12,19 @@ import logging
 from pathlib import Path
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import ferry
-from data_plane.cluster_client import ClusterClient, apply_snapshot
+from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity, default_hostname, load_or_create_node_id
 from data_plane.proxy import ProxyServer
-from data_plane.runtime import ConfigError, ConfigHolder
+from data_plane.runtime import ConfigHolder
 from data_plane.status_api import create_status_app
 from ferry.cluster_link import require_secured_link
+from ferry.cluster_tls import ClusterTLS
 from ferry.http_site import start_site
 from ferry.listen import parse_host_port
 
@@ -40,10 +41,15 @@ class DataPlaneSettings(BaseModel):
     status_listen: str = "127.0.0.1:8100"
     data_dir: Path = Path("./ferry-data")
     cluster_insecure: bool = False
+    #: mTLS for the cluster link (None: plaintext, only with ``cluster_insecure``).
+    cluster_tls: ClusterTLS | None = None
     hostname: str = ""
     labels: dict[str, str] = {}
     #: Kong's ``dns_resolver``: ``IP[:PORT]`` list; empty = /etc/resolv.conf's nameservers
     dns_resolver: str = ""
+    #: Seconds between keep-alive pings to the CP (Kong's 30); the CP pings back at the
+    #: same interval, and either side drops the stream after 1.5 silent intervals.
+    cluster_ping_interval: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("control_plane", "proxy_listen", "status_listen")
     @classmethod
@@ -59,7 +65,7 @@ class DataPlaneSettings(BaseModel):
 
     @model_validator(mode="after")
     def _cluster_link_is_secured(self) -> DataPlaneSettings:
-        require_secured_link(self.cluster_insecure)
+        require_secured_link(self.cluster_insecure, self.cluster_tls)
         return self
 
 
@@ -86,6 +92,8 @@ class DataPlane:
             self._cache,
             self.node,
             insecure=settings.cluster_insecure,
+            ping_interval=settings.cluster_ping_interval,
+            tls=settings.cluster_tls,
             resolver=self.resolver,
             health=self.health,
         )
@@ -96,19 +104,6 @@ class DataPlane:
         self.proxy_port = 0
         self.status_port = 0
 
-    async def _load_cache(self) -> None:
-        cached = self._cache.load()
-        if cached is None:
-            return
-        try:
-            config = apply_snapshot(cached, None)
-            await self.resolver.apply(config, timeout=2.0)
-            self.holder.current = config
-            self.health.apply(config)
-            log.info("serving cached config version %d until the control plane answers", cached.version)
-        except ConfigError as exc:
-            log.error("ignoring the config cache %s: %s", self._cache.path, exc)
-
     async def start(self) -> None:
         try:
             await self._start()
@@ -117,7 +112,7 @@ class DataPlane:
             raise
 
     async def _start(self) -> None:
-        await self._load_cache()
+        await self.client.load_cache()
         self._resolver_task = asyncio.create_task(self.resolver.run(), name="ferry-dns-resolver")
         app = create_status_app(
             self.holder,

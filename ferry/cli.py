@@ -20,6 +20,8 @@ import ferry
 from ferry.logging_setup import configure_logging
 
 _TRUE = {"1", "true", "yes", "on"}
+#: ``ferry dump``/``apply``'s control plane: ``ferry control-plane``'s default --admin-listen.
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8001"
 _FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -27,13 +29,16 @@ def _env_name(flag: str) -> str:
     return "FERRY_" + flag.lstrip("-").replace("-", "_").upper()
 
 
-def _flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, help: str, **kw: Any) -> None:
+def _flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, help: str,
+          short: str | None = None, aliases: tuple[str, ...] = (), **kw: Any) -> None:
+    """Add ``flag`` (and ``aliases``, other spellings) defaulting to its env variable."""
     env = _env_name(flag)
     value = os.environ.get(env, default)
     if kw.get("type") is not None and isinstance(value, str) and env in os.environ:
         value = kw["type"](value)
     shown = "" if default is None else f" (default: {default})"
-    parser.add_argument(flag, default=value, help=f"{help}{shown} [env {env}]", **kw)
+    names = ((short,) if short else ()) + (flag, *aliases)
+    parser.add_argument(*names, default=value, help=f"{help}{shown} [env {env}]", **kw)
 
 
 def _switch(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
@@ -42,6 +47,21 @@ def _switch(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
     if raw not in _TRUE | _FALSE:
         raise SystemExit(f"ferry: {env}={raw!r} is not a boolean (use 1/0, true/false)")
     parser.add_argument(flag, action="store_true", default=raw in _TRUE, help=f"{help} [env {env}]")
+
+
+def _cluster_tls_flags(parser: argparse.ArgumentParser, *, data_plane: bool) -> None:
+    """The cluster-link mTLS flags (Kong's cluster_mtls, cluster_cert, ...); see docs/hybrid-mode.md."""
+    _flag(parser, "--cluster-mtls", default="shared", choices=["shared", "pki"],
+          help="cluster mTLS mode: shared (one certificate on every plane, from `ferry cert generate`) "
+          "or pki (certificates issued by --cluster-ca-cert)")
+    _flag(parser, "--cluster-cert", help="this plane's cluster certificate (PEM)")
+    _flag(parser, "--cluster-cert-key", aliases=("--cluster-key",),
+          help="the private key of --cluster-cert (PEM, unencrypted)")
+    _flag(parser, "--cluster-ca-cert", aliases=("--cluster-ca",), help="pki mode: the CA certificate(s) that issued the cluster "
+          "certificates (PEM)")
+    if data_plane:
+        _flag(parser, "--cluster-server-name", help="pki mode: the name expected in the control "
+              "plane's certificate (default: the host of --control-plane)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -63,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(cp, "--admin-listen", default="127.0.0.1:8001", help="Admin API address HOST:PORT")
     _flag(cp, "--cluster-listen", default="127.0.0.1:8005", help="cluster gRPC address HOST:PORT")
     _flag(cp, "--data-dir", default="./ferry-data", help="state directory (embedded Redis data)")
-    _flag(cp, "--redis-url", help="external Redis (redis://, rediss://); default: start an "
-          "embedded redis-server under --data-dir")
+    _flag(cp, "--redis-url", help="external Redis: redis://[:PASSWORD@]HOST:PORT/DB, rediss://, "
+          "unix:///PATH, or redis+sentinel://[:PASSWORD@]SENTINEL:26379[,...]/SERVICE[/DB] "
+          "(docs/hybrid-mode.md); default: start an embedded redis-server under --data-dir")
     _flag(cp, "--merge-window", default=0.05, type=float,
           help="seconds to merge changes into one update to data planes")
     _flag(cp, "--data-plane-purge-delay", default=14 * 24 * 3600, type=int,
@@ -75,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
           help="health-check sharding: data planes that actively probe each target, sharing "
           "their verdicts with the others (0: every data plane probes every target)")
     _switch(cp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
+    _cluster_tls_flags(cp, data_plane=False)
     _common(cp)
 
     dp = sub.add_parser("data-plane", help="run a data plane (the proxy)",
@@ -87,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(dp, "--labels", default="", help="comma-separated key=value labels reported to the control plane")
     _flag(dp, "--dns-resolver", default="",
           help="nameservers IP[:PORT][,IP[:PORT]] resolving target host names (default: /etc/resolv.conf's)")
+    _flag(dp, "--cluster-ping-interval", default=30.0, type=float,
+          help="seconds between keep-alive pings on the cluster link; the control plane pings "
+          "back at the same interval and either side drops a peer silent for 1.5 intervals")
     _switch(dp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
+    _cluster_tls_flags(dp, data_plane=True)
     _common(dp)
 
     up = sub.add_parser("up", help="all in one: embedded Redis + control plane + data planes + demo",
@@ -103,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
           help="status address of the first data plane (the next ones use the following ports)")
     _switch(up, "--no-demo", help="do not start the demo backends or create the demo entities")
     _common(up)
+    cert = sub.add_parser("cert", help="cluster certificates (mTLS between the planes)",
+                          description="Manage the certificates of the cluster link.")
+    cert_sub = cert.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
+    gen = cert_sub.add_parser("generate", help="write a shared cluster certificate and key",
+                              description="Write a self-signed EC P-384 cluster certificate and its key "
+                              "(mode 0600) for --cluster-mtls shared, like `kong hybrid gen_cert`.")
+    _flag(gen, "--cert", default="cluster.crt", help="certificate file to write")
+    _flag(gen, "--key", default="cluster.key", help="private key file to write")
+    _flag(gen, "--days", default=1095, type=int, help="validity in days")
+    _switch(gen, "--force", help="overwrite existing files")
+
+    dump = sub.add_parser("dump", help="write the whole configuration as a declarative YAML file",
+                          description="Read the whole configuration from a control plane (one "
+                          "consistent read) and write it as Kong's declarative format (YAML).")
+    _flag(dump, "--admin-url", default=DEFAULT_ADMIN_URL, metavar="URL", help="the control plane's Admin API")
+    _flag(dump, "--output", short="-o", metavar="FILE", help="file to write (default: standard output)")
+    apply = sub.add_parser("apply", help="make the configuration equal to a declarative file",
+                           description="Validate FILE, print what it creates, updates and deletes on "
+                           "the control plane, and apply it as one atomic change (POST /config).")
+    apply.add_argument("file", metavar="FILE", help="declarative configuration (YAML or JSON; - for stdin)")
+    _flag(apply, "--admin-url", default=DEFAULT_ADMIN_URL, metavar="URL", help="the control plane's Admin API")
+    _switch(apply, "--dry-run", help="print the diff only; write nothing")
     return parser
 
 
@@ -145,13 +193,14 @@ def _run_control_plane(args: argparse.Namespace) -> int:
             data_dir=Path(args.data_dir),
             redis_url=args.redis_url,
             cluster_insecure=args.cluster_insecure,
+            cluster_tls=_cluster_tls(args),
             merge_window=args.merge_window,
             data_plane_purge_delay=args.data_plane_purge_delay,
             health_report_ttl=args.health_report_ttl,
             health_check_replicas=args.health_check_replicas,
         )
-    except ValidationError as exc:
-        return _fail(_validation_message(exc))
+    except (ValidationError, ValueError) as exc:
+        return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
     configure_logging(args.log_level, component="control-plane")
     plane = ControlPlane(settings)
     return _run(_serve_until_signalled(plane.start, plane.stop))
@@ -169,15 +218,24 @@ def _run_data_plane(args: argparse.Namespace) -> int:
             status_listen=args.status_listen,
             data_dir=Path(args.data_dir),
             cluster_insecure=args.cluster_insecure,
+            cluster_tls=_cluster_tls(args),
             hostname=args.hostname,
             labels=parse_labels(args.labels),
             dns_resolver=args.dns_resolver,
+            cluster_ping_interval=args.cluster_ping_interval,
         )
     except (ValidationError, ValueError) as exc:
         return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
     configure_logging(args.log_level, component="data-plane")
     plane = DataPlane(settings)
     return _run(_serve_until_signalled(plane.start, plane.stop))
+
+
+def _cluster_tls(args: argparse.Namespace) -> Any:
+    from ferry.cluster_tls import cluster_tls_from_flags
+
+    return cluster_tls_from_flags(args.cluster_mtls, args.cluster_cert, args.cluster_cert_key,
+                                  args.cluster_ca_cert, getattr(args, "cluster_server_name", None))
 
 
 def _validation_message(exc: Any) -> str:
@@ -207,8 +265,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_control_plane(args)
     if args.command == "data-plane":
         return _run_data_plane(args)
+    if args.command == "cert":
+        from ferry.cluster_certs import run_cert_command
+
+        return run_cert_command(args)
     if args.command == "up":
         from ferry.up import run_up
 
         return run_up(args)
+    if args.command in ("dump", "apply"):
+        from ferry.config_commands import run_apply, run_dump
+
+        if args.command == "dump":
+            return run_dump(args.admin_url, args.output)
+        return run_apply(args.admin_url, args.file, dry_run=args.dry_run)
     return _fail(f"unknown command {args.command}")

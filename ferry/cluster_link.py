@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def require_secured_link(cluster_insecure: bool) -> None:
-    """Refuse a cluster link that is neither mTLS nor explicitly marked insecure.
+if TYPE_CHECKING:
+    from ferry.cluster_tls import ClusterTLS
 
-    Until mTLS lands, the only way to run is to opt in to plaintext with
-    ``--cluster-insecure`` on both sides; anything else is refused at start-up
-    with this message, before a port is bound.
+
+def require_secured_link(cluster_insecure: bool, tls: ClusterTLS | None = None) -> None:
+    """Accept exactly one of: mTLS settings (``tls``) or an explicit plaintext opt-in.
+
+    ``tls`` is already validated (:class:`~ferry.cluster_tls.ClusterTLS` checks its
+    files on construction). Neither, or both, is refused at start-up with a
+    message naming the flags, before a port is bound.
     """
-    if not cluster_insecure:
+    if cluster_insecure and tls is not None:
         raise ValueError(
-            "the cluster link has no TLS certificates configured; mTLS is not available "
-            "in this release yet, so start with --cluster-insecure (FERRY_CLUSTER_INSECURE=1) "
-            "on both the control plane and the data planes, on a trusted network only"
+            "--cluster-insecure contradicts --cluster-cert: drop --cluster-insecure to use mTLS, "
+            "or drop the certificate flags for a plaintext link"
+        )
+    if not cluster_insecure and tls is None:
+        raise ValueError(
+            "the cluster link has no TLS certificate: give both the control plane and the data "
+            "planes --cluster-cert and --cluster-cert-key (create a shared pair with "
+            "`ferry cert generate`), or opt in to a plaintext link with --cluster-insecure "
+            "(FERRY_CLUSTER_INSECURE=1) on both sides, on a trusted network only"
         )

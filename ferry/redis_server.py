@@ -17,21 +17,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+#: Run by a fresh interpreter between spawn and exec (Linux): ask the kernel to
+#: SIGTERM this process when its parent dies (``PR_SET_PDEATHSIG``, kept across
+#: ``execv``), then become ``argv[1:]``.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when its parent dies.
+def spawn_dying_with_parent(args: list[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(args, **popen_kwargs)``; on Linux the child gets SIGTERM when we die.
 
     The embedded Redis must never outlive the control plane, even a killed one.
-    The signal fires when the *thread* that forked exits, so start Redis from a
-    long-lived thread (the main thread).
+    The signal fires when the *thread* that spawned it exits, so start from a
+    long-lived thread (the main thread). Not a ``preexec_fn``: that forks
+    without exec and runs Python in the child, which is unsafe while other
+    threads run (gRPC's do) and was seen to abort the child. A short-lived
+    interpreter sets the signal and execs ``args`` instead (same pid).
     """
     if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        args = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, *args]
+    return subprocess.Popen(args, **popen_kwargs)
 
 
 class RedisBinaryNotFound(RuntimeError):
@@ -108,7 +118,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]
-        self._process = subprocess.Popen(
+        self._process = spawn_dying_with_parent(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -116,7 +126,6 @@ class EmbeddedRedis:
             # Its own process group: a Ctrl-C in the terminal reaches us, and we
             # stop Redis in order, after the control plane stopped writing.
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
@@ -156,6 +165,22 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server and wait for it: a crash, no flush (tests of outages).
+
+        Writes acknowledged more than ``appendfsync`` ago survive in the AOF;
+        :meth:`start` on the same ``data_dir`` and port brings them back.
+        """
+        proc = self._process
+        if proc is None:
+            return
+        self._process = None
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
         if proc.stderr:
             proc.stderr.close()
 

@@ -1,7 +1,9 @@
 """``ferry up``: embedded Redis + a control plane + data planes + demo backends.
 
 The planes run as real child processes (exactly what production runs); the
-two demo backends run inside this process. Ctrl-C (or SIGTERM) stops the data
+two demo backends run inside this process. The cluster link is mTLS in shared
+mode, with a cluster certificate generated under ``<data-dir>/cluster/`` on
+the first run (and again when it has expired). Ctrl-C (or SIGTERM) stops the data
 planes, then the control plane (which stops its Redis), waiting for each and
 killing what does not exit in time, so nothing is left running.
 """
@@ -20,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ferry.cluster_tls import ClusterTLS
 from ferry.demo_backend import start_demo_backend
 from ferry.listen import format_host_port, parse_host_port
 
@@ -75,6 +78,20 @@ async def configure_demo(session: aiohttp.ClientSession, admin: str, backend_por
                  {"paths": ["/demo"], "strip_path": True, "service": {"name": "demo"}})
 
 
+def ensure_cluster_certificate(data_dir: Path) -> tuple[Path, Path]:
+    """Make sure ``data_dir/cluster`` holds a usable shared pair; return ``(cert, key)``."""
+    from pydantic import ValidationError
+
+    from ferry.cluster_certs import write_cluster_certificate
+
+    cert, key = data_dir / "cluster" / "cluster.crt", data_dir / "cluster" / "cluster.key"
+    try:
+        ClusterTLS(mode="shared", cert=cert, key=key)
+    except ValidationError:  # absent, expired or damaged: ferry up owns these files
+        write_cluster_certificate(cert, key, force=True)
+    return cert, key
+
+
 async def _stop_process(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -87,7 +104,7 @@ async def _stop_process(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
-async def _up(args: argparse.Namespace) -> int:
+async def _up(args: argparse.Namespace, cluster_cert: Path, cluster_key: Path) -> int:
     data_dir = Path(args.data_dir)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -96,7 +113,10 @@ async def _up(args: argparse.Namespace) -> int:
 
     processes: list[asyncio.subprocess.Process] = []
     runners: list[web.AppRunner] = []
-    common = ["--log-level", args.log_level, "--cluster-insecure"]
+    common = [
+        "--log-level", args.log_level,
+        "--cluster-mtls", "shared", "--cluster-cert", str(cluster_cert), "--cluster-cert-key", str(cluster_key),
+    ]
     admin_host, admin_port = parse_host_port(args.admin_listen)
     admin = f"http://{format_host_port(admin_host, admin_port)}"
     try:
@@ -141,7 +161,7 @@ async def _up(args: argparse.Namespace) -> int:
                 host, port = parse_host_port(proxy_listen)
                 proxies.append(format_host_port("127.0.0.1" if host == "0.0.0.0" else host, port))
 
-            print(_banner(admin, proxies, ports), flush=True)
+            print(_banner(admin, proxies, ports, str(cluster_cert)), flush=True)
             waiters = [asyncio.ensure_future(p.wait()) for p in processes]
             stop_waiter = asyncio.ensure_future(stopping.wait())
             done, _ = await asyncio.wait([stop_waiter, *waiters], return_when=asyncio.FIRST_COMPLETED)
@@ -163,13 +183,14 @@ async def _up(args: argparse.Namespace) -> int:
             await runner.cleanup()
 
 
-def _banner(admin: str, proxies: list[str], backend_ports: list[int]) -> str:
+def _banner(admin: str, proxies: list[str], backend_ports: list[int], cluster_cert: str) -> str:
     proxy = proxies[0] if proxies else "127.0.0.1:8000"
     lines = [
         "",
         "Ferry is up.",
         f"  Admin API:     {admin}",
         *(f"  Proxy (DP {i + 1}): http://{p}" for i, p in enumerate(proxies)),
+        f"  Cluster link:  mTLS (shared certificate {cluster_cert})",
     ]
     if backend_ports:
         lines += [
@@ -195,4 +216,9 @@ def run_up(args: argparse.Namespace) -> int:
         print("ferry up: --data-planes must be at least 1", file=sys.stderr)
         return 2
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
-    return uvloop.run(_up(args))
+    try:
+        cluster_cert, cluster_key = ensure_cluster_certificate(Path(args.data_dir))
+    except OSError as exc:
+        print(f"ferry up: cannot write the cluster certificate: {exc}", file=sys.stderr)
+        return 1
+    return uvloop.run(_up(args, cluster_cert, cluster_key))

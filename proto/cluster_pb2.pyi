@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "hostname", "version", "labels", "config_version", "config_hash")
+    __slots__ = ("node_id", "hostname", "version", "labels", "config_version", "config_hash", "ping_interval")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,13 +21,15 @@ class Hello(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
+    PING_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     hostname: str
     version: str
     labels: _containers.ScalarMap[str, str]
     config_version: int
     config_hash: str
-    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., config_version: _Optional[int] = ..., config_hash: _Optional[str] = ...) -> None: ...
+    ping_interval: float
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., config_version: _Optional[int] = ..., config_hash: _Optional[str] = ..., ping_interval: _Optional[float] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "hash")
@@ -38,14 +40,16 @@ class Ack(_message.Message):
     def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class Nack(_message.Message):
-    __slots__ = ("version", "hash", "error_detail")
+    __slots__ = ("version", "hash", "error_detail", "resync")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     ERROR_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
     version: int
     hash: str
     error_detail: str
-    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., error_detail: _Optional[str] = ...) -> None: ...
+    resync: bool
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., error_detail: _Optional[str] = ..., resync: _Optional[bool] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("config_version", "config_hash")
@@ -117,6 +121,30 @@ class Snapshot(_message.Message):
     resources: _containers.RepeatedCompositeFieldContainer[Resource]
     def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ...) -> None: ...
 
+class Delta(_message.Message):
+    __slots__ = ("from_version", "from_hash", "version", "hash", "upserts", "removals")
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FROM_HASH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVALS_FIELD_NUMBER: _ClassVar[int]
+    from_version: int
+    from_hash: str
+    version: int
+    hash: str
+    upserts: _containers.RepeatedCompositeFieldContainer[Resource]
+    removals: _containers.RepeatedCompositeFieldContainer[ResourceKey]
+    def __init__(self, from_version: _Optional[int] = ..., from_hash: _Optional[str] = ..., version: _Optional[int] = ..., hash: _Optional[str] = ..., upserts: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., removals: _Optional[_Iterable[_Union[ResourceKey, _Mapping]]] = ...) -> None: ...
+
+class ResourceKey(_message.Message):
+    __slots__ = ("kind", "id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    id: str
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
 class Pong(_message.Message):
     __slots__ = ("config_version",)
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -154,15 +182,19 @@ class HealthVerdicts(_message.Message):
     def __init__(self, addresses: _Optional[_Iterable[_Union[AddressHealth, _Mapping]]] = ...) -> None: ...
 
 class ControlPlaneMessage(_message.Message):
-    __slots__ = ("snapshot", "pong", "health_override", "probe_assignment", "health_verdicts")
+    __slots__ = ("snapshot", "pong", "health_override", "probe_assignment", "health_verdicts", "delta", "ping")
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     HEALTH_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     PROBE_ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     HEALTH_VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
     snapshot: Snapshot
     pong: Pong
     health_override: HealthOverride
     probe_assignment: ProbeAssignment
     health_verdicts: HealthVerdicts
-    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., health_override: _Optional[_Union[HealthOverride, _Mapping]] = ..., probe_assignment: _Optional[_Union[ProbeAssignment, _Mapping]] = ..., health_verdicts: _Optional[_Union[HealthVerdicts, _Mapping]] = ...) -> None: ...
+    delta: Delta
+    ping: Ping
+    def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., health_override: _Optional[_Union[HealthOverride, _Mapping]] = ..., probe_assignment: _Optional[_Union[ProbeAssignment, _Mapping]] = ..., health_verdicts: _Optional[_Union[HealthVerdicts, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...

@@ -231,6 +231,9 @@ async def test_ferry_up_serves_the_demo_and_ctrl_c_leaves_no_process(tmp_path: P
         await wait_for(lambda: "Press Ctrl-C" in log_path.read_text(), timeout=10,
                        message="ferry up to print what to curl")
         assert f"curl -s http://127.0.0.1:{proxy_port}/demo/hello" in log_path.read_text()
+        # The planes talk mTLS with a cluster certificate ferry up generated under its data dir.
+        assert "(mTLS shared, cluster certificate" in log_path.read_text()
+        assert (data_dir / "cluster" / "cluster.key").stat().st_mode & 0o777 == 0o600
 
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert process.wait(30) == 0, log_path.read_text()

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from control_plane.admin_api import create_admin_app
+from control_plane.redis_connection import create_redis_client
 from control_plane.store import EntityStore
 
 DATA_PLANES = [{"id": "dp-1", "hostname": "dp1.local", "sync_status": "SYNCED", "version": "0.1.0"}]
@@ -799,7 +800,8 @@ async def test_openapi_document_covers_every_route_and_entity(admin: Client) -> 
 
 
 async def test_store_unreachable_is_503(unused_port: Any) -> None:
-    dead = aioredis.Redis(host="127.0.0.1", port=unused_port(), socket_connect_timeout=0.5)
+    # Ferry's client: bounded retries, so each call fails in well under a second.
+    dead = create_redis_client(f"redis://127.0.0.1:{unused_port()}/0")
     app = create_admin_app(EntityStore(dead), FixedDataPlanes(), node_id="n", version="0")
     async with TestClient(TestServer(app)) as client:
         status, body = await call(client, "POST", "/upstreams", {"name": "a"})

@@ -20,6 +20,7 @@ from control_plane.errors import (
     StoreUnavailable,
     UniqueViolation,
 )
+from control_plane.redis_connection import create_redis_client
 from control_plane.schemas import validate_entity
 from control_plane.store import EntityStore, WriteConflict
 from tests.integration.test_admin_api import FixedDataPlanes, call, make
@@ -183,7 +184,8 @@ async def test_concurrent_creates_of_one_name_leave_exactly_one(admin: Any, stor
 
 
 async def test_unreachable_redis_raises_store_unavailable(unused_port: Any) -> None:
-    dead = aioredis.Redis(host="127.0.0.1", port=unused_port(), socket_connect_timeout=0.5)
+    # Ferry's client: bounded retries, so each call fails in well under a second.
+    dead = create_redis_client(f"redis://127.0.0.1:{unused_port()}/0")
     store_ = EntityStore(dead)
     with pytest.raises(StoreUnavailable):
         await store_.current_version()

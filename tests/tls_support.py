@@ -1,0 +1,105 @@
+"""Certificates for tests: CAs, issued certificates, odd self-signed ones (real X.509, no mocks)."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ferry.cluster_tls import SHARED_SERVER_NAME
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A certificate file and its key file."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A self-signed CA (``is_ca``) able to issue certificates; also written as a :class:`Pair`."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    pair: Pair
+
+    def issue(self, directory: Path, name: str, dns_names: list[str] | None = None) -> Pair:
+        """A leaf certificate for ``name`` (CN; DNS SANs default to ``[name]``) signed by this CA."""
+        return _write(directory, name, *_build(name, dns_names or [name], issuer=self))
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _build(
+    common_name: str,
+    dns_names: list[str],
+    *,
+    issuer: Authority | None = None,
+    is_ca: bool = False,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.cert.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or _now() - datetime.timedelta(minutes=5))
+        .not_valid_after(not_after or _now() + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    if dns_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+        )
+    if not is_ca:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+    signer = issuer.key if issuer else key
+    return builder.sign(signer, hashes.SHA256()), key
+
+
+def _write(directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Pair:
+    directory.mkdir(parents=True, exist_ok=True)
+    pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pair.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    pair.key.chmod(0o600)
+    return pair
+
+
+def make_authority(directory: Path, name: str, dns_names: list[str] | None = None) -> Authority:
+    """A CA named ``name`` (optionally also carrying DNS names, to serve as a server certificate)."""
+    cert, key = _build(name, dns_names or [], is_ca=True)
+    return Authority(cert, key, _write(directory, name, cert, key))
+
+
+def self_signed(
+    directory: Path,
+    name: str,
+    common_name: str = SHARED_SERVER_NAME,
+    *,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> Pair:
+    """A self-signed leaf (what a foreign ``ferry cert generate`` would make)."""
+    cert, key = _build(common_name, [common_name], not_before=not_before, not_after=not_after)
+    return _write(directory, name, cert, key)
