@@ -186,3 +186,19 @@ async def test_a_data_plane_of_another_major_or_a_newer_minor_version_is_refused
                                message="the DP to know why it was refused")
     finally:
         await dp.close()
+
+
+async def test_the_control_plane_serves_the_standard_grpc_health_service(
+    control_planes: list[ControlPlane],
+) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{control_planes[0].cluster_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "ferry.cluster.v1.Cluster"):
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
