@@ -16,29 +16,19 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from control_plane.server import ControlPlane, ControlPlaneSettings
+from control_plane.server import ControlPlane
 from data_plane.cluster_client import ClusterClient, apply_snapshot
 from data_plane.config_cache import ConfigCache
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigHolder
 from proto import cluster_pb2, cluster_pb2_grpc
-from tests.support import wait_for
+from tests.support import start_control_plane, wait_for
 
 NODE = "00000000-0000-4000-8000-0000000000d1"
 
 
 async def start_cp(redis_url: str, tmp_path: Path, merge_window: float = 0.01) -> ControlPlane:
-    plane = ControlPlane(
-        ControlPlaneSettings(
-            admin_listen="127.0.0.1:0",
-            cluster_listen="127.0.0.1:0",
-            data_dir=tmp_path,
-            redis_url=redis_url,
-            cluster_insecure=True,
-            merge_window=merge_window,
-        )
-    )
-    await plane.start()
+    plane: ControlPlane = await start_control_plane(redis_url, tmp_path, merge_window=merge_window)
     return plane
 
 

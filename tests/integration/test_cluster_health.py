@@ -24,27 +24,18 @@ from redis.backoff import NoBackoff
 
 from control_plane.admin_api import create_admin_app
 from control_plane.health import AddressReport, TargetHealthStore
-from control_plane.server import ControlPlane, ControlPlaneSettings
+from control_plane.server import ControlPlane
 from control_plane.store import EntityStore
 from proto import cluster_pb2, cluster_pb2_grpc
-from tests.support import wait_for
+from tests.support import start_control_plane, wait_for
 
 CHECKED = {"healthchecks": {"active": {"healthy": {"interval": 5}, "unhealthy": {"interval": 5}}}}
 
 
 async def start_cp(redis_url: str, tmp_path: Path, *, ttl: float = 60.0) -> ControlPlane:
-    plane = ControlPlane(
-        ControlPlaneSettings(
-            admin_listen="127.0.0.1:0",
-            cluster_listen="127.0.0.1:0",
-            data_dir=tmp_path,
-            redis_url=redis_url,
-            cluster_insecure=True,
-            merge_window=0.0,
-            health_report_ttl=ttl,
-        )
+    plane: ControlPlane = await start_control_plane(
+        redis_url, tmp_path, merge_window=0.0, health_report_ttl=ttl
     )
-    await plane.start()
     return plane
 
 

@@ -10,27 +10,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from control_plane.server import ControlPlane, ControlPlaneSettings
+from control_plane.server import ControlPlane
 from data_plane.cluster_client import ClusterClient, apply_snapshot
 from data_plane.config_cache import ConfigCache
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder
 from proto import cluster_pb2
-from tests.support import wait_for
+from tests.support import start_control_plane, wait_for
 
 
 async def start_cp(redis_url: str, tmp_path: Path) -> ControlPlane:
-    plane = ControlPlane(
-        ControlPlaneSettings(
-            admin_listen="127.0.0.1:0",
-            cluster_listen="127.0.0.1:0",
-            data_dir=tmp_path,
-            redis_url=redis_url,
-            cluster_insecure=True,
-            merge_window=0.01,
-        )
-    )
-    await plane.start()
+    plane: ControlPlane = await start_control_plane(redis_url, tmp_path)
     return plane
 
 
