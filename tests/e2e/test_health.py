@@ -21,8 +21,10 @@ ACTIVE = {
     "active": {
         "http_path": "/health",
         # Unhealthy targets are not probed: what takes one out stays until an operator
-        # brings it back, so each state below holds still while it is looked at.
-        "healthy": {"interval": 0.1, "successes": 1},
+        # brings it back, so each state below holds still while it is looked at. Two
+        # successes, not one: a probe already in flight when a passive failure takes
+        # the target out may still answer 200, and must not bring it straight back.
+        "healthy": {"interval": 0.1, "successes": 2},
         "unhealthy": {"interval": 0, "http_failures": 1},
     },
     "passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0},
