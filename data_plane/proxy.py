@@ -1236,7 +1236,11 @@ class _UpstreamConnection(asyncio.Protocol):
         self._last_activity = 0.0
         self._read_timeout = 60.0
         self._write_timeout = 60.0
+        #: The read/write timeout timer and when it fires. Kept across exchanges on a
+        #: pooled connection (a timer that fires early just re-arms itself for the
+        #: current deadline), so most requests schedule no timer at all.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         #: Response bytes for the client gathered while parsing one read from the
         #: upstream; flushed as one write at the end of it (head and first body bytes
         #: usually arrive together: one syscall instead of two).
@@ -1271,6 +1275,9 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         ex, client = self._ex, self._client
         if ex is None or client is None:
             self._server.pool.discard(self)
@@ -1351,10 +1358,7 @@ class _UpstreamConnection(asyncio.Protocol):
         if self._client is not None:
             self._client.upstream_write_paused(True)
         if self._timer is not None and self._write_timeout < self._read_timeout:
-            self._timer.cancel()
-            self._timer = self._loop.call_at(
-                self._write_paused_at + self._write_timeout, self._on_timer
-            )
+            self._arm(self._write_paused_at + self._write_timeout)
 
     def resume_writing(self) -> None:
         self._write_paused_at = None
@@ -1376,14 +1380,20 @@ class _UpstreamConnection(asyncio.Protocol):
         self.got_response_bytes = False
         self._read_timeout = service.read_timeout
         self._write_timeout = service.write_timeout
-        self._last_activity = self._loop.time()
-        self._timer = self._loop.call_at(self._last_activity + self._read_timeout, self._on_timer)
+        self._last_activity = now = self._loop.time()
+        deadline = now + self._read_timeout
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(deadline)
 
-    def _unbind(self) -> None:
-        self._out = []
+    def _arm(self, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer_at = deadline
+
+    def _unbind(self) -> None:
+        # The timer stays armed: it finds no exchange and ends, or serves the next one.
+        self._out = []
         client = self._client
         self._client = None
         self._ex = None
@@ -1439,7 +1449,7 @@ class _UpstreamConnection(asyncio.Protocol):
         else:
             deadline = self._last_activity + self._read_timeout
         if now < deadline:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._arm(deadline)
             return
         ex, client = self._ex, self._client
         self._unbind()

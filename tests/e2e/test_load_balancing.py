@@ -333,6 +333,17 @@ async def test_504_when_the_target_answers_slower_than_read_timeout(gateway: Gat
     assert body == {"message": "The upstream server is timing out"}
 
 
+async def test_a_pooled_connection_times_out_by_the_read_timeout_of_the_request_it_carries(gateway: Gateway, http: aiohttp.ClientSession, expose: Exposer) -> None:
+    # Both services reach target "a", so the second request reuses the connection the
+    # first (60 s timeout) left in the pool: its own 200 ms must still apply.
+    patient = await expose(["a"], service={"read_timeout": 60000, "retries": 0})
+    hasty = await expose(["a"], service={"read_timeout": 200, "retries": 0})
+    assert await backend(http, f"{patient}/") == "a"
+    status, _, body = await call(http, f"{hasty}/delay/5000", timeout=aiohttp.ClientTimeout(total=4))
+    assert status == 504
+    assert body == {"message": "The upstream server is timing out"}
+
+
 async def test_a_request_is_answered_by_another_target_when_the_first_refuses(gateway: Gateway, http: aiohttp.ClientSession, expose: Exposer) -> None:
     url = await expose([f"127.0.0.1:{gateway.dead_port}", "a"])
     assert [await backend(http, f"{url}/") for _ in range(10)] == ["a"] * 10
