@@ -149,7 +149,10 @@ class ClusterClient:
         resolver: TargetResolver | None = None,
         dns_timeout: float = 2.0,
         health: HealthSupervisor | None = None,
+        on_installed: Callable[[cluster_pb2.Snapshot], None] | None = None,
     ) -> None:
+        """``on_installed`` is called with each snapshot once it serves (from the
+        cache too), after the health checkers of its config started."""
         require_secured_link(insecure, tls)
         self._tls = tls
         self._target = control_plane
@@ -163,6 +166,7 @@ class ClusterClient:
         self._resolver = resolver
         self._dns_timeout = dns_timeout
         self._health = health
+        self._on_installed = on_installed
         #: gRPC aio allows one write in progress per call: pings, ACKs and health
         #: reports take turns.
         self._write_lock = asyncio.Lock()
@@ -448,6 +452,8 @@ class ClusterClient:
         self._held = snapshot
         if self._health is not None:
             self._health.apply(config)
+        if self._on_installed is not None:
+            self._on_installed(snapshot)
         if not save:
             return
         self.state.last_config_at = time.time()

@@ -315,6 +315,16 @@ class HealthChecker:
         self.set_health([address], healthy, reason)
         return True
 
+    def adopt(self, address: str, healthy: bool, reason: str) -> bool:
+        """Take a state another process of this node found for ``address`` (its
+        counters reset, as for a verdict), whether or not this checker probes it.
+        Returns False when ``address`` already had that state and reason."""
+        state = self._states.get(address)
+        if state is not None and state.healthy == healthy and state.reason == reason:
+            return False
+        self.set_health([address], healthy, reason)
+        return True
+
     # ------------------------------------------------------------------ views
 
     def state_of(self, address: Address) -> HealthState:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
 
 import aiohttp
 
@@ -61,6 +62,8 @@ class HealthSupervisor:
         self._config: RuntimeConfig | None = None
         #: Batches for the control plane, in order. The cluster client drains it.
         self.reports: asyncio.Queue[ReportBatch] = asyncio.Queue()
+        #: Called with every transition as it happens (the worker hub shares them).
+        self.listeners: list[Callable[[HealthTransition], None]] = []
 
     def _probe_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -116,7 +119,27 @@ class HealthSupervisor:
             self.reports.get_nowait()
         self.reports.put_nowait((True, rows))
 
+    def all_rows(self) -> list[HealthTransition]:
+        """The state of every address of every running checker, as report rows."""
+        return [row for checker in self._running.values() for row in checker.report_rows()]
+
+    def adopt(self, rows: list[tuple[str, str, str, str, str]]) -> int:
+        """Take transitions another process of this node made (a proxy worker's
+        passive checks): ``(upstream_id, target, address, state, reason)`` rows, set
+        as this node's state whatever it probes. Returns how many changed anything."""
+        changed = 0
+        for upstream_id, _target, address, state, reason in rows:
+            checker = self._running.get(upstream_id)
+            if checker is None or state not in ("HEALTHY", "UNHEALTHY") or not address:
+                continue
+            key = self._local_key(checker, address)
+            if checker.adopt(key, state == "HEALTHY", reason):
+                changed += 1
+        return changed
+
     def _transition(self, transition: HealthTransition) -> None:
+        for listener in self.listeners:
+            listener(transition)
         if self.reports.qsize() >= _MAX_QUEUED:
             self.queue_full_view()
             return

@@ -1612,10 +1612,14 @@ class ProxyServer:
         max_idle_per_target: int = 256,
         upstream_idle_timeout: float = 60.0,
         client_keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: bind with ``SO_REUSEPORT``, so that several processes (the
+        workers of one node) accept on one port and the kernel spreads connections."""
         self.holder = holder
         self._host = host
         self._requested_port = port
+        self._reuse_port = reuse_port
         self._via_header = b"Via: 1.1 " + via.encode("ascii") + _CRLF
         server_header = b"Server: " + via.encode("ascii") + _CRLF
         self._errors = {key: _ErrorResponse(key, server_header) for key in _ALL_ERRORS}
@@ -1661,7 +1665,12 @@ class ProxyServer:
             return _ClientConnection(self)
 
         self._server = await self._loop.create_server(
-            factory, self._host, self._requested_port, reuse_address=True, backlog=1024
+            factory,
+            self._host,
+            self._requested_port,
+            reuse_address=True,
+            reuse_port=self._reuse_port or None,
+            backlog=1024,
         )
         self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep_idle_clients)
 

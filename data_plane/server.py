@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -23,10 +25,12 @@ from data_plane.node_identity import NodeIdentity, default_hostname, load_or_cre
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder
 from data_plane.status_api import create_status_app
+from data_plane.worker_hub import WorkerHub, WorkerProcesses
 from ferry.cluster_link import require_secured_link
 from ferry.cluster_tls import ClusterTLS
 from ferry.http_site import start_site
-from ferry.listen import parse_host_port
+from ferry.listen import format_host_port, parse_host_port
+from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane")
 
@@ -50,6 +54,8 @@ class DataPlaneSettings(BaseModel):
     #: Seconds between keep-alive pings to the CP (Kong's 30); the CP pings back at the
     #: same interval, and either side drops the stream after 1.5 silent intervals.
     cluster_ping_interval: float = Field(default=30.0, gt=0, le=3600)
+    #: Proxy processes sharing the proxy port (SO_REUSEPORT); 1 = proxy in this process.
+    workers: int = Field(default=1, ge=1, le=256)
 
     @field_validator("control_plane", "proxy_listen", "status_listen")
     @classmethod
@@ -96,8 +102,13 @@ class DataPlane:
             tls=settings.cluster_tls,
             resolver=self.resolver,
             health=self.health,
+            on_installed=self._installed,
         )
         self._proxy: ProxyServer | None = None
+        #: With ``workers`` > 1: the hub the worker processes follow, and the processes.
+        self.hub: WorkerHub | None = None
+        self.worker_processes: WorkerProcesses | None = None
+        self._port_reservation: socket.socket | None = None
         self._runner: web.AppRunner | None = None
         self._client_task: asyncio.Task[None] | None = None
         self._resolver_task: asyncio.Task[None] | None = None
@@ -111,7 +122,15 @@ class DataPlane:
             await self.stop()
             raise
 
+    def _installed(self, snapshot: cluster_pb2.Snapshot) -> None:
+        if self.hub is not None:
+            self.hub.publish(snapshot)
+
     async def _start(self) -> None:
+        if self.settings.workers > 1:
+            # Before the cache is loaded, so the workers get the cached config too.
+            self.hub = WorkerHub(self.settings.data_dir / "workers.sock", self.health)
+            await self.hub.start()
         await self.client.load_cache()
         self._resolver_task = asyncio.create_task(self.resolver.run(), name="ferry-dns-resolver")
         app = create_status_app(
@@ -121,6 +140,12 @@ class DataPlane:
             control_plane=self.settings.control_plane,
             health=self.health,
             resolver=self.resolver,
+            workers=self.hub.workers if self.hub is not None else None,
+            workers_ready=(
+                (lambda: self.hub is not None and self.hub.all_configured(self.settings.workers))
+                if self.hub is not None
+                else None
+            ),
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -129,14 +154,59 @@ class DataPlane:
         log.info("status API listening on %s:%d", host, self.status_port)
 
         host, port = parse_host_port(self.settings.proxy_listen, default_host="0.0.0.0")
-        self._proxy = ProxyServer(self.holder, host, port, via=f"ferry/{ferry.__version__}")
-        await self._proxy.start()
-        self.proxy_port = self._proxy.port
-        log.info("proxy listening on %s:%d", host, self.proxy_port)
+        if self.hub is not None:
+            self._start_workers(host, port)
+        else:
+            self._proxy = ProxyServer(self.holder, host, port, via=f"ferry/{ferry.__version__}")
+            await self._proxy.start()
+            self.proxy_port = self._proxy.port
+            log.info("proxy listening on %s:%d", host, self.proxy_port)
 
         self._client_task = asyncio.create_task(self.client.run(), name="ferry-cluster-client")
 
+    def _start_workers(self, host: str, port: int) -> None:
+        if port == 0:
+            # Every worker must bind the same port: pick it here and hold it (bound,
+            # never listening, so the kernel hands it no connection).
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            reservation = socket.socket(family, socket.SOCK_STREAM)
+            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            reservation.bind((host, 0))
+            self._port_reservation = reservation
+            port = reservation.getsockname()[1]
+        self.proxy_port = port
+        assert self.hub is not None
+        hub_path = str(self.hub.path)
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        listen = format_host_port(host, port)
+
+        def command(index: int) -> list[str]:
+            return [
+                sys.executable, "-m", "ferry", "data-plane-worker",
+                "--hub", hub_path,
+                "--proxy-listen", listen,
+                "--index", str(index),
+                "--dns-resolver", self.settings.dns_resolver,
+                "--hostname", self.node.hostname,
+                "--log-level", level if level in ("debug", "info", "warning", "error") else "info",
+            ]
+
+        self.worker_processes = WorkerProcesses(self.settings.workers, command)
+        self.worker_processes.start()
+        log.info("proxy listening on %s:%d with %d worker processes",
+                 host, port, self.settings.workers)
+
     async def stop(self, grace: float = 5.0) -> None:
+        if self.worker_processes is not None:
+            await self.worker_processes.stop(grace)
+            self.worker_processes = None
+        if self.hub is not None:
+            await self.hub.stop()
+            self.hub = None
+        if self._port_reservation is not None:
+            self._port_reservation.close()
+            self._port_reservation = None
         if self._client_task is not None:
             self._client_task.cancel()
             await asyncio.gather(self._client_task, return_exceptions=True)

@@ -10,7 +10,7 @@ Admin API endpoint (the control plane's endpoint merges every data plane's view)
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -72,7 +72,11 @@ def create_status_app(
     control_plane: str,
     health: HealthSupervisor | None = None,
     resolver: TargetResolver | None = None,
+    workers: Callable[[], list[dict[str, Any]]] | None = None,
+    workers_ready: Callable[[], bool] | None = None,
 ) -> web.Application:
+    """``workers`` lists the node's proxy workers (``--workers N``) for ``/status``;
+    ``workers_ready`` says whether each serves the config (``/status/ready`` waits)."""
     started = time.time()
 
     async def status(_: web.Request) -> web.Response:
@@ -93,11 +97,17 @@ def create_status_app(
                 "last_nack": link.last_nack,
             },
         }
+        if workers is not None:
+            body["workers"] = workers()
         return web.json_response(body)
 
     async def ready(_: web.Request) -> web.Response:
         if holder.current is None:
             return web.json_response({"message": "no configuration loaded yet"}, status=503)
+        if workers_ready is not None and not workers_ready():
+            return web.json_response(
+                {"message": "proxy workers are not all serving the configuration yet"}, status=503
+            )
         return web.json_response({"message": "ready"})
 
     async def upstream_health(request: web.Request) -> web.Response:

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
           "unix:///PATH, or redis+sentinel://[:PASSWORD@]SENTINEL:26379[,...]/SERVICE[/DB] "
           "(docs/hybrid-mode.md); default: start an embedded redis-server under --data-dir")
     _flag(cp, "--merge-window", default=0.05, type=float,
-          help="seconds to merge changes into one update to data planes")
+          help="at most one update to data planes per this many seconds: a change after a "
+          "quiet window goes out at once, changes within a window of the last update go out together")
     _flag(cp, "--data-plane-purge-delay", default=14 * 24 * 3600, type=int,
           help="seconds after which a data plane not seen is dropped from /clustering/data-planes")
     _flag(cp, "--health-report-ttl", default=90.0, type=float,
@@ -112,9 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(dp, "--cluster-ping-interval", default=30.0, type=float,
           help="seconds between keep-alive pings on the cluster link; the control plane pings "
           "back at the same interval and either side drops a peer silent for 1.5 intervals")
+    _flag(dp, "--workers", default=1, type=int,
+          help="proxy processes sharing --proxy-listen (SO_REUSEPORT), with one cluster link "
+          "and one health checker for the node; 1 proxies in this process")
     _switch(dp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
     _cluster_tls_flags(dp, data_plane=True)
     _common(dp)
+
+    # Internal: one proxy worker of `data-plane --workers N` (started by the node).
+    worker = sub.add_parser("data-plane-worker")
+    worker.add_argument("--hub", required=True, help="the node's worker socket")
+    worker.add_argument("--proxy-listen", required=True, help="proxy address HOST:PORT")
+    worker.add_argument("--index", type=int, default=0, help="this worker's number")
+    worker.add_argument("--dns-resolver", default="", help="as for data-plane")
+    worker.add_argument("--hostname", default="", help="the node's hostname")
+    _common(worker)
 
     up = sub.add_parser("up", help="all in one: embedded Redis + control plane + data planes + demo",
                         description="Start an embedded Redis, a control plane, data planes and two demo "
@@ -223,12 +236,33 @@ def _run_data_plane(args: argparse.Namespace) -> int:
             labels=parse_labels(args.labels),
             dns_resolver=args.dns_resolver,
             cluster_ping_interval=args.cluster_ping_interval,
+            workers=args.workers,
         )
     except (ValidationError, ValueError) as exc:
         return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
     configure_logging(args.log_level, component="data-plane")
     plane = DataPlane(settings)
     return _run(_serve_until_signalled(plane.start, plane.stop))
+
+
+def _run_data_plane_worker(args: argparse.Namespace) -> int:
+    import ferry
+    from data_plane.worker import ProxyWorker, run_worker
+    from ferry.listen import parse_host_port
+
+    configure_logging(args.log_level, component=f"data-plane-worker-{args.index}")
+    host, port = parse_host_port(args.proxy_listen, default_host="0.0.0.0")
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        worker = ProxyWorker(Path(args.hub), host, port, args.index, via=f"ferry/{ferry.__version__}",
+                             dns_resolver=args.dns_resolver, hostname=args.hostname)
+        await run_worker(worker, stopping)
+
+    return _run(serve())
 
 
 def _cluster_tls(args: argparse.Namespace) -> Any:
@@ -265,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_control_plane(args)
     if args.command == "data-plane":
         return _run_data_plane(args)
+    if args.command == "data-plane-worker":
+        return _run_data_plane_worker(args)
     if args.command == "cert":
         from ferry.cluster_certs import run_cert_command
 

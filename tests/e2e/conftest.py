@@ -47,7 +47,9 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def start_data_plane(self, name: str = "dp1", *, cluster_port: int | None = None) -> DataPlaneProc:
+    def start_data_plane(
+        self, name: str = "dp1", *extra: str, cluster_port: int | None = None
+    ) -> DataPlaneProc:
         proxy_port, status_port = free_port(), free_port()
         process = FerryProcess(
             [
@@ -58,6 +60,7 @@ class Cluster:
                 "--data-dir", str(self.tmp_path / name),
                 "--hostname", name,
                 "--cluster-insecure",
+                *extra,
             ],
             self.tmp_path / f"{name}.log",
         )

@@ -1,0 +1,173 @@
+"""One proxy worker process of a ``--workers N`` data-plane node.
+
+It proxies on the node's port (``SO_REUSEPORT``: the kernel spreads new
+connections over the workers), takes its config and health state from the
+node's :class:`~data_plane.worker_hub.WorkerHub` over a Unix socket, and sends
+back the transitions its own passive checks make. It probes nothing itself
+(the node's checker does) and resolves target names itself. When the link to
+the node ends, the worker stops: the node starts a new one, or is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from data_plane.cluster_client import apply_snapshot
+from data_plane.dns_resolver import TargetResolver, parse_nameservers
+from data_plane.health_checker import HealthTransition
+from data_plane.health_supervisor import HealthSupervisor
+from data_plane.proxy import ProxyServer
+from data_plane.runtime import ConfigError, ConfigHolder
+from data_plane.worker_hub import address_health, verdict_rows
+from data_plane.worker_link import FrameError, encode_frame, read_frame
+from proto import cluster_pb2
+
+log = logging.getLogger("ferry.data_plane.worker")
+
+#: How long a new worker waits for the node's socket to accept it.
+CONNECT_TIMEOUT = 10.0
+
+
+class ProxyWorker:
+    """Proxy + hub link of one worker. Single event loop."""
+
+    def __init__(
+        self,
+        hub: Path,
+        host: str,
+        port: int,
+        index: int,
+        *,
+        via: str,
+        dns_resolver: str = "",
+        hostname: str = "",
+    ) -> None:
+        self._hub = hub
+        self._index = index
+        self.holder = ConfigHolder()
+        self._resolver = TargetResolver(parse_nameservers(dns_resolver) or None)
+        # Named apart from the node: were a worker ever to probe, it would show.
+        self._health = HealthSupervisor(f"{hostname} worker {index}")
+        # The node probes; this worker only counts what its own requests see.
+        self._health.assign(True, [])
+        self._health.listeners.append(self._own_transition)
+        self._applying_node_state = False
+        self._resolver.on_change = self._health.addresses_changed
+        self._proxy = ProxyServer(self.holder, host, port, via=via, reuse_port=True)
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.finished = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._proxy.start()
+        reader, self._writer = await self._connect()
+        self._writer.write(
+            encode_frame(
+                cluster_pb2.DataPlaneMessage(
+                    hello=cluster_pb2.Hello(
+                        node_id=f"worker-{self._index}",
+                        labels={"worker": str(self._index), "pid": str(os.getpid())},
+                    )
+                )
+            )
+        )
+        self._tasks = [
+            asyncio.create_task(self._resolver.run(), name="ferry-worker-dns"),
+            asyncio.create_task(self._follow(reader), name="ferry-worker-link"),
+        ]
+        log.info("proxy worker %d serving on port %d", self._index, self._proxy.port)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while True:
+            try:
+                return await asyncio.open_unix_connection(str(self._hub))
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise OSError(f"the data-plane node's socket {self._hub} does not answer") from None
+                await asyncio.sleep(0.05)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._resolver.stop()
+        await self._health.stop()
+        await self._proxy.stop(grace)
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _follow(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                message = cluster_pb2.ControlPlaneMessage.FromString(frame)
+                kind = message.WhichOneof("message")
+                if kind == "snapshot":
+                    await self._apply(message.snapshot)
+                elif kind == "health_verdicts":
+                    self._applying_node_state = True
+                    try:
+                        self._health.verdicts(verdict_rows(message.health_verdicts.addresses))
+                    finally:
+                        self._applying_node_state = False
+            log.info("proxy worker %d: the node closed the link; stopping", self._index)
+        except (FrameError, ConnectionError) as exc:
+            log.error("proxy worker %d: link to the node broke (%s); stopping", self._index, exc)
+        finally:
+            self.finished.set()
+
+    async def _apply(self, snapshot: cluster_pb2.Snapshot) -> None:
+        assert self._writer is not None
+        try:
+            config = apply_snapshot(snapshot, self.holder.current)
+        except ConfigError as exc:
+            self._writer.write(
+                encode_frame(
+                    cluster_pb2.DataPlaneMessage(
+                        nack=cluster_pb2.Nack(
+                            version=snapshot.version, hash=snapshot.hash, error_detail=str(exc)
+                        )
+                    )
+                )
+            )
+            return
+        await self._resolver.apply(config, timeout=2.0)
+        self.holder.current = config
+        self._health.apply(config)
+        self._writer.write(
+            encode_frame(
+                cluster_pb2.DataPlaneMessage(
+                    ack=cluster_pb2.Ack(version=snapshot.version, hash=snapshot.hash)
+                )
+            )
+        )
+
+    def _own_transition(self, transition: HealthTransition) -> None:
+        # Node state applied here is the node's already; only this worker's own
+        # findings (passive checks, half-open trials) go back.
+        if self._applying_node_state or self._writer is None:
+            return
+        self._writer.write(
+            encode_frame(
+                cluster_pb2.DataPlaneMessage(
+                    health=cluster_pb2.HealthReport(addresses=address_health([transition]))
+                )
+            )
+        )
+
+
+async def run_worker(worker: ProxyWorker, stopping: asyncio.Event) -> None:
+    """Run until ``stopping`` is set or the node's link ends, then stop gracefully."""
+    await worker.start()
+    try:
+        ended = asyncio.ensure_future(worker.finished.wait())
+        signalled = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({ended, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        signalled.cancel()
+    finally:
+        await worker.stop()

@@ -1,0 +1,163 @@
+"""``ferry data-plane --workers N``: N proxy processes on one port, one cluster link
+and one health checker per node, health state shared by every worker.
+
+New connections are spread over the workers by the kernel (SO_REUSEPORT hashes each
+connection's addresses), so the tests open a fresh connection per request: thirty of
+them all landing on one of two workers has a chance of 2^-29.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+
+from tests.e2e.conftest import (
+    Cluster,
+    DataPlaneProc,
+    admin,
+    dp_status,
+    wait_dp_synced,
+    wait_http_ok,
+)
+from tests.integration.test_health_checks import FlipBackend
+from tests.support import wait_for
+
+FRESH = 30
+
+
+async def fresh_get(url: str) -> tuple[int, str | None]:
+    """One request on its own connection: (status, backend name or None)."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session, session.get(url) as response:
+        body = await response.json(content_type=None)
+        return response.status, body.get("backend") if isinstance(body, dict) else None
+
+
+async def start(
+    cluster: Cluster, http: aiohttp.ClientSession, stack: AsyncExitStack, checks: dict[str, Any]
+) -> tuple[DataPlaneProc, FlipBackend, FlipBackend]:
+    cp = cluster.start_control_plane()
+    await wait_http_ok(http, f"{cluster.admin}/status", cp)
+    a, b = FlipBackend("a"), FlipBackend("b")
+    await a.start(stack)
+    await b.start(stack)
+    await admin(http, "POST", f"{cluster.admin}/upstreams", {"name": "shop", "healthchecks": checks})
+    for backend in (a, b):
+        await admin(http, "POST", f"{cluster.admin}/upstreams/shop/targets", {"target": backend.key})
+    await admin(http, "POST", f"{cluster.admin}/services", {"name": "shop", "host": "shop", "port": 80})
+    await admin(http, "POST", f"{cluster.admin}/services/shop/routes", {"name": "shop", "paths": ["/shop"]})
+    dp = cluster.start_data_plane("node", "--workers", "2")
+    await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+    await wait_dp_synced(http, cluster, dp.status)
+    return dp, a, b
+
+
+async def node_health(http: aiohttp.ClientSession, dp: DataPlaneProc, target: str) -> str:
+    async with http.get(f"{dp.status}/upstreams/shop/health") as response:
+        body = await response.json()
+    return str(next(t["health"] for t in body["data"] if t["target"] == target))
+
+
+async def test_two_workers_serve_one_port_and_a_killed_worker_is_replaced(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    async with AsyncExitStack() as stack:
+        dp, a, b = await start(cluster, http, stack, {})
+        status = await dp_status(http, dp.status)
+        assert [w["index"] for w in status["workers"]] == [0, 1]
+        assert {w["configuration_hash"] for w in status["workers"]} == {status["configuration_hash"]}
+        answers = [await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)]
+        assert {s for s, _ in answers} == {200}
+        assert {name for _, name in answers} == {"a", "b"}
+
+        # A config change reaches every worker.
+        await admin(http, "DELETE", f"{cluster.admin}/upstreams/shop/targets/{b.key}")
+        await wait_dp_synced(http, cluster, dp.status)
+        await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+        assert {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)} == {(200, "a")}
+
+        pids = [int(p) for p in (await worker_pids(dp))]
+        os.kill(pids[0], signal.SIGKILL)
+
+        async def replaced() -> bool:
+            now = await worker_pids(dp)
+            return len(now) == 2 and pids[0] not in now
+
+        await wait_for(replaced, timeout=20, message="the node to start a new worker")
+        await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+        assert {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)} == {(200, "a")}
+
+
+async def worker_pids(dp: DataPlaneProc) -> list[int]:
+    """The node's worker processes, from /proc (children of the node process)."""
+    node = dp.process.process.pid
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if int(fields[1]) == node and b"data-plane-worker" in cmdline and fields[0] != "Z":
+            children.append(int(entry))
+    return sorted(children)
+
+
+async def test_a_passive_failure_seen_by_one_worker_takes_the_target_out_on_every_worker(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    passive = {"passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0}}
+    async with AsyncExitStack() as stack:
+        dp, a, b = await start(cluster, http, stack, passive)
+        b.status = 500
+        statuses = [await fresh_get(f"{dp.proxy}/shop/") for _ in range(2)]
+        assert (500, "b") in statuses, "round-robin sent one of two requests to b"
+        b.status = 200
+
+        await wait_for(lambda: _is(node_health(http, dp, b.key), "UNHEALTHY"),
+                       message="the node to adopt the worker's verdict")
+        answers = {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)}
+        assert answers == {(200, "a")}, "no worker sends traffic to b any more"
+
+        # The control plane sees the node's view, and an operator's override reaches
+        # every worker through the node.
+        async with http.put(f"{cluster.admin}/upstreams/shop/targets/{b.key}/healthy") as resp:
+            assert resp.status == 204
+        await wait_for(lambda: _is(node_health(http, dp, b.key), "HEALTHY"),
+                       message="the override to reach the node")
+        answers = {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)}
+        assert {name for _, name in answers} == {"a", "b"}
+
+
+async def test_only_the_node_probes_and_its_verdicts_reach_every_worker(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    active = {
+        "active": {
+            "http_path": "/health",
+            "healthy": {"interval": 0.1, "successes": 2},
+            "unhealthy": {"interval": 0, "http_failures": 1},
+        }
+    }
+    async with AsyncExitStack() as stack:
+        dp, a, b = await start(cluster, http, stack, active)
+        await wait_for(lambda: len(b.probes) >= 3, message="probes of b")
+        b.health_status = 500
+        await wait_for(lambda: _is(node_health(http, dp, b.key), "UNHEALTHY"),
+                       message="the node's probe to take b out")
+        answers = {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)}
+        assert answers == {(200, "a")}
+        agents = {p.get("User-Agent", "") for p in a.probes + b.probes}
+        assert agents == {"ferry/0.1.0 health-check (node)"}, "the workers never probe"
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
