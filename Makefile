@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck proto clean venv
+.PHONY: demo test lint typecheck proto clean venv bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy control_plane data_plane ferry
 	$(BIN)/pytest -q
+
+## Benchmarks: installs nginx, HAProxy and wrk (Debian packages) if missing, then runs
+## every scenario; results in bench/results/. Pass options with BENCH_ARGS="--quick".
+BENCH_ARGS ?=
+bench: $(STAMP)
+	bash bench/install.sh
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

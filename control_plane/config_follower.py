@@ -1,10 +1,12 @@
 """Follows Redis's change stream and publishes snapshots into a SnapshotStore.
 
 Every control plane runs one follower, so a write through any CP's Admin API
-reaches the data planes of every CP. On each batch of changes it waits a short
-merge window (changes arriving together go out as one update), then reloads the
-whole config in one consistent read. When Redis is unreachable it keeps the
-last snapshot published and retries with jittered exponential backoff.
+reaches the data planes of every CP. It publishes at most one update per merge
+window: a change after a quiet window is reloaded at once, changes arriving
+within a window of the last update wait for its end and go out as one update.
+Each reload reads the whole config in one consistent read. When Redis is
+unreachable it keeps the last snapshot published and retries with jittered
+exponential backoff.
 
 With each snapshot it hands the store the change stream's entries up to that
 snapshot's version, which is what deltas are computed from. Entries of every
@@ -26,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
-from control_plane.snapshot import Change, SnapshotStore, build_snapshot
+from control_plane.snapshot import Change, SnapshotBuilder, SnapshotStore
 
 log = logging.getLogger("ferry.control_plane.follower")
 
@@ -49,7 +51,9 @@ class ConfigSource(Protocol):
     @property
     def changes_stream_key(self) -> str: ...
 
-    async def load_all(self) -> tuple[int, dict[str, list[dict]]]: ...
+    async def load_all_raw(self) -> tuple[int, dict[str, list[str | bytes]]]:
+        """The version and each entity's stored JSON text, read atomically."""
+        ...
 
 
 class ConfigFollower:
@@ -76,6 +80,8 @@ class ConfigFollower:
         #: The config version of the last load (what the store was handed).
         self._version = 0
         self._loaded = False
+        #: Re-encodes only the entities whose stored text changed since the last load.
+        self._builder = SnapshotBuilder()
         # Stop by flag as well as by cancel: on Python 3.11 a cancel that lands as an
         # asyncio.wait_for (redis-py wraps every command in one) completes is lost, and
         # the loop would go on; the flag ends it at the next XREAD (<= block_ms).
@@ -98,7 +104,7 @@ class ConfigFollower:
     async def _reload_from_tip(self) -> None:
         """Publish the current config with every stream entry since the last one read."""
         key = self._source.changes_stream_key
-        version, entities = await self._source.load_all()
+        version, texts = await self._source.load_all_raw()
         resuming = self._loaded
         since: int | None = None
         start = "(" + self._last_id
@@ -141,7 +147,7 @@ class ConfigFollower:
             )
         self._version = version
         self._loaded = True
-        if self._snapshots.set(build_snapshot(version, entities), changes, since=since):
+        if self._snapshots.set(self._builder.build(version, texts), changes, since=since):
             log.info("config version %d loaded", version)
 
     async def _run(self) -> None:
@@ -159,15 +165,22 @@ class ConfigFollower:
 
     async def _follow(self) -> None:
         key = self._source.changes_stream_key
+        loop = asyncio.get_running_loop()
         # After an outage, resynchronise from the tip (the stream may have been trimmed).
         await self._reload_from_tip()
+        published = loop.time()
         while not self._stopping:
             batch = await self._redis.xread({key: self._last_id}, block=self._block_ms)
             if not batch:
                 continue
-            if self._merge_window > 0:
-                await asyncio.sleep(self._merge_window)
+            # At most one update per merge window: a change after a quiet window goes
+            # out at once; changes arriving within a window of the last update wait for
+            # its end and go out together (a burst of writes: the first, then the rest).
+            wait = self._merge_window - (loop.time() - published)
+            if wait > 0:
+                await asyncio.sleep(wait)
             await self._reload_from_tip()
+            published = loop.time()
 
 
 def _contiguous(changes: list[Change], since: int, version: int) -> bool:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 import ferry
 from control_plane.admin_api import create_admin_app
-from control_plane.cluster_server import ClusterServicer
+from control_plane.cluster_server import ClusterServicer, add_cluster_servicer
 from control_plane.config_follower import ConfigFollower
 from control_plane.data_planes import DEFAULT_PURGE_DELAY, DataPlaneRegistry
 from control_plane.health import (
@@ -43,7 +43,6 @@ from ferry.cluster_tls import ClusterTLS, add_cluster_port, server_interceptors
 from ferry.http_site import start_site
 from ferry.listen import format_host_port, parse_host_port
 from ferry.redis_server import EmbeddedRedis
-from proto import cluster_pb2_grpc
 
 log = logging.getLogger("ferry.control_plane")
 
@@ -66,7 +65,8 @@ class ControlPlaneSettings(BaseModel):
     cluster_insecure: bool = False
     #: mTLS for the cluster link (None: plaintext, only with ``cluster_insecure``).
     cluster_tls: ClusterTLS | None = None
-    #: Changes arriving within this many seconds go out to DPs as one update.
+    #: At most one update to DPs per this many seconds: a change after a quiet window
+    #: goes out at once, changes within a window of the last update go out together.
     merge_window: float = Field(default=0.05, ge=0, le=10)
     data_plane_purge_delay: int = Field(default=DEFAULT_PURGE_DELAY, ge=1)
     #: Seconds a DP's reported target health keeps counting after its last report
@@ -186,7 +186,7 @@ class ControlPlane:
             overrides=self.overrides,
             probes=self.probes,
         )
-        cluster_pb2_grpc.add_ClusterServicer_to_server(servicer, self._grpc)
+        add_cluster_servicer(servicer, self._grpc)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._grpc)
         host, port = parse_host_port(settings.cluster_listen)

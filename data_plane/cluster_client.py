@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
@@ -62,15 +63,24 @@ DEFAULT_PING_INTERVAL = 30.0
 SILENCE_FACTOR = 1.5
 
 
+#: Entity bodies (canonical JSON) → their decoded dicts, as a compile left them.
+DecodedBodies = dict[bytes, dict[str, Any]]
+
+
 def apply_snapshot(
-    snapshot: cluster_pb2.Snapshot, previous: RuntimeConfig | None
+    snapshot: cluster_pb2.Snapshot,
+    previous: RuntimeConfig | None,
+    decoded: DecodedBodies | None = None,
 ) -> RuntimeConfig:
-    """Verify and compile ``snapshot``; raise :class:`ConfigError` when it cannot be applied."""
+    """Verify and compile ``snapshot``; raise :class:`ConfigError` when it cannot be applied.
+
+    ``decoded`` (see :func:`_compile`) saves decoding bodies an earlier compile decoded.
+    """
     resources = [(r.kind, r.id, r.body) for r in snapshot.resources]
     digest = config_hash(resources)
     if digest != snapshot.hash:
         raise ConfigError(f"config hash mismatch: received {snapshot.hash!r}, computed {digest!r}")
-    return _compile(snapshot.version, snapshot.hash, resources, previous)
+    return _compile(snapshot.version, snapshot.hash, resources, previous, decoded)
 
 
 def merge_delta(held: cluster_pb2.Snapshot | None, delta: cluster_pb2.Delta) -> cluster_pb2.Snapshot:
@@ -115,19 +125,37 @@ def _compile(
     digest: str,
     resources: list[tuple[str, str, bytes]],
     previous: RuntimeConfig | None,
+    decoded: DecodedBodies | None = None,
 ) -> RuntimeConfig:
+    """Decode the bodies and compile them.
+
+    With ``decoded`` (the bodies the previous compile decoded), a body seen then is
+    not decoded again — a one-target delta to a 10 000-target config decoded every
+    entity — and ``decoded`` is left holding this compile's bodies only, so it does
+    not grow. ``compile_config`` only reads the entity dicts, which makes sharing
+    them between configs safe.
+    """
     entities: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    known = decoded if decoded is not None else {}
+    fresh: DecodedBodies = {}
     for kind, entity_id, body in resources:
         if kind not in entities:
             raise ConfigError(f"unknown entity kind {kind!r} (id {entity_id})")
-        try:
-            entity = json.loads(body)
-        except ValueError as exc:
-            raise ConfigError(f"{kind} {entity_id}: body is not JSON: {exc}") from None
-        if not isinstance(entity, dict):
-            raise ConfigError(f"{kind} {entity_id}: body is not a JSON object")
+        entity = known.get(body)
+        if entity is None:
+            try:
+                entity = json.loads(body)
+            except ValueError as exc:
+                raise ConfigError(f"{kind} {entity_id}: body is not JSON: {exc}") from None
+            if not isinstance(entity, dict):
+                raise ConfigError(f"{kind} {entity_id}: body is not a JSON object")
+        fresh[body] = entity
         entities[kind].append(entity)
-    return compile_config(version, digest, entities, previous=previous)
+    config = compile_config(version, digest, entities, previous=previous)
+    if decoded is not None:
+        decoded.clear()
+        decoded.update(fresh)
+    return config
 
 
 class ClusterClient:
@@ -173,6 +201,8 @@ class ClusterClient:
         self.state = ClusterLinkState()
         #: The whole config being served, as received (the base of the next delta).
         self._held: cluster_pb2.Snapshot | None = None
+        #: The bodies of the last config compiled here, decoded (see ``_compile``).
+        self._decoded: DecodedBodies = {}
 
     async def load_cache(self) -> bool:
         """Serve the disk cache's config until a CP answers; False when there is none usable.
@@ -183,7 +213,7 @@ class ClusterClient:
         if cached is None:
             return False
         try:
-            config = apply_snapshot(cached, None)
+            config = apply_snapshot(cached, None, self._decoded)
         except ConfigError as exc:
             log.error("ignoring the config cache %s: %s", self._cache.path, exc)
             return False
@@ -400,7 +430,7 @@ class ClusterClient:
         self, call: grpc.aio.StreamStreamCall, snapshot: cluster_pb2.Snapshot
     ) -> None:
         try:
-            config = apply_snapshot(snapshot, self._holder.current)
+            config = apply_snapshot(snapshot, self._holder.current, self._decoded)
         except ConfigError as exc:
             await self._nack(call, snapshot.version, snapshot.hash, exc)
             return
@@ -415,6 +445,7 @@ class ClusterClient:
                 merged.hash,
                 [(r.kind, r.id, r.body) for r in merged.resources],
                 self._holder.current,
+                self._decoded,
             )
         except ConfigError as exc:
             await self._nack(call, delta.version, delta.hash, exc)

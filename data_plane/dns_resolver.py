@@ -48,6 +48,7 @@ mutated only from that loop (``after_targets_changed`` never awaits).
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -87,8 +88,13 @@ _E_TIMEOUT = "dns client error: timeout"
 _LOCALHOST = ("127.0.0.1", "::1")
 
 
+@functools.lru_cache(maxsize=65536)
 def is_ip_literal(host: str) -> bool:
-    """Whether ``host`` is an IPv4 or IPv6 literal (never resolved)."""
+    """Whether ``host`` is an IPv4 or IPv6 literal (never resolved).
+
+    Cached: every config applied asks again for every target (twice), and
+    ``ipaddress`` takes microseconds per call (60 ms for 10 000 targets).
+    """
     try:
         ipaddress.ip_address(host)
     except ValueError:

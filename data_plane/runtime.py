@@ -318,6 +318,7 @@ def _compile_upstreams(
     raw = _entities(entities, "upstreams")
     targets_by_upstream: dict[str, list[Address]] = {u["id"]: [] for u in raw}
     target_ids: dict[str, dict[str, str]] = {u["id"]: {} for u in raw}
+    keys: dict[str, set[str]] = {u["id"]: set() for u in raw}
     for target in _entities(entities, "targets"):
         label = f"target {target.get('target')!r} ({target['id']})"
         upstream_id = _ref(target, "upstream", label)
@@ -332,10 +333,10 @@ def _compile_upstreams(
             address = parse_target(text, 100 if weight is None else weight)
         except ValueError as exc:
             raise ConfigError(f"{label}: {exc}") from None
-        addresses = targets_by_upstream[upstream_id]
-        if any(a.key == address.key for a in addresses):
+        if address.key in keys[upstream_id]:
             raise ConfigError(f"{label}: duplicate target {address.key} in upstream {upstream_id}")
-        addresses.append(address)
+        keys[upstream_id].add(address.key)
+        targets_by_upstream[upstream_id].append(address)
         target_ids[upstream_id][address.key] = str(target["id"])
 
     compiled: dict[str, CompiledUpstream] = {}

@@ -326,11 +326,18 @@ async def test_changes_within_the_merge_window_go_out_as_one_update(
         await raw.hello(ping_interval=0.3, keep_alive=True)
         snapshot = (await raw.read()).snapshot
         await raw.send(ack=cluster_pb2.Ack(version=snapshot.version, hash=snapshot.hash))
+        # One change: it goes out alone (at once when the window since the last
+        # update has passed, else at its end).
+        await admin.call("POST", "/upstreams", {"name": "first"})
+        first = (await raw.read_config()).delta
+        assert (first.from_version, first.version) == (snapshot.version, snapshot.version + 1)
+        await raw.send(ack=cluster_pb2.Ack(version=first.version, hash=first.hash))
+        # A burst within the window of that update: one update at the window's end.
         await asyncio.gather(
             *(admin.call("POST", "/upstreams", {"name": f"burst-{n}"}) for n in range(3))
         )
         delta = (await raw.read_config()).delta
-        assert (delta.from_version, delta.version) == (snapshot.version, snapshot.version + 3)
+        assert (delta.from_version, delta.version) == (first.version, first.version + 3)
         assert len(delta.upserts) == 3
         assert await raw.until_ping() == []
     finally:

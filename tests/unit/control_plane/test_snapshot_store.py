@@ -1,6 +1,7 @@
 import asyncio
+import json
 
-from control_plane.snapshot import SnapshotStore, build_snapshot
+from control_plane.snapshot import SnapshotBuilder, SnapshotStore, build_snapshot
 
 UPSTREAM = {"id": "11111111-1111-4111-8111-111111111111", "name": "demo", "slots": 10000}
 TARGET = {"id": "22222222-2222-4222-8222-222222222222", "target": "127.0.0.1:8080", "weight": 100,
@@ -18,6 +19,30 @@ def test_a_changed_field_changes_the_hash():
     a = build_snapshot(1, {"upstreams": [UPSTREAM]})
     b = build_snapshot(1, {"upstreams": [{**UPSTREAM, "slots": 20000}]})
     assert a.hash != b.hash
+
+
+def test_the_builder_from_stored_texts_equals_build_snapshot():
+    other = {**TARGET, "id": "33333333-3333-4333-8333-333333333333", "target": "127.0.0.1:8081"}
+    entities = {"upstreams": [UPSTREAM], "targets": [other, TARGET]}
+    texts = {kind: [json.dumps(e, indent=1) for e in items] for kind, items in entities.items()}
+    built = SnapshotBuilder().build(7, texts)
+    assert built == build_snapshot(7, entities)
+    assert [r.id for r in built.resources] == [UPSTREAM["id"], TARGET["id"], other["id"]]
+    # Bytes, as Redis may answer, give the same snapshot.
+    as_bytes = {kind: [t.encode() for t in items] for kind, items in texts.items()}
+    assert SnapshotBuilder().build(7, as_bytes) == built
+
+
+def test_the_builder_reencodes_only_changed_texts():
+    builder = SnapshotBuilder()
+    first = builder.build(1, {"upstreams": [json.dumps(UPSTREAM)], "targets": [json.dumps(TARGET)]})
+    changed = {**UPSTREAM, "slots": 20000}
+    second = builder.build(2, {"upstreams": [json.dumps(changed)], "targets": [json.dumps(TARGET)]})
+    assert second.resources[1] is first.resources[1]  # the unchanged target: reused
+    assert second.resources[0] is not first.resources[0]
+    assert second == build_snapshot(2, {"upstreams": [changed], "targets": [TARGET]})
+    third = builder.build(3, {"upstreams": [json.dumps(changed)]})  # the target was deleted
+    assert third == build_snapshot(3, {"upstreams": [changed]})
 
 
 def test_store_ignores_a_snapshot_older_than_the_current_one():

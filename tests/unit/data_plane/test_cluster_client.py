@@ -69,3 +69,24 @@ def test_a_delta_whose_result_hashes_differently_asks_for_a_resync() -> None:
     other_base.from_hash = "f" * 64
     with pytest.raises(DeltaDoesNotFit, match="based on config"):
         merge_delta(held, other_base)
+
+
+def test_bodies_decoded_by_the_last_compile_are_reused_and_only_those_kept() -> None:
+    from data_plane.cluster_client import DecodedBodies
+    from data_plane.runtime import ConfigError
+
+    decoded: DecodedBodies = {}
+    first = apply_snapshot(_snapshot(1, [UPSTREAM_A, UPSTREAM_B]), None, decoded)
+    body_a, body_b = canonical_json(UPSTREAM_A), canonical_json(UPSTREAM_B)
+    assert set(decoded) == {body_a, body_b}
+    entity_a = decoded[body_a]
+    changed = {**UPSTREAM_B, "slots": 100}
+    second = apply_snapshot(_snapshot(2, [UPSTREAM_A, changed]), first, decoded)
+    assert decoded[body_a] is entity_a, "an unchanged body is not decoded again"
+    assert set(decoded) == {body_a, canonical_json(changed)}
+    assert second.upstreams[UPSTREAM_B["id"]].slots == 100
+    # A config that does not compile leaves the cache as the last good compile left it.
+    duplicate = {**UPSTREAM_B, "id": "00000000-0000-4000-8000-00000000000c", "name": "a"}
+    with pytest.raises(ConfigError):
+        apply_snapshot(_snapshot(3, [UPSTREAM_A, duplicate]), second, decoded)
+    assert set(decoded) == {body_a, canonical_json(changed)}

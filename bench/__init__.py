@@ -1,0 +1,1 @@
+"""Ferry benchmarks (``make bench``); see bench/README.md."""
