@@ -107,6 +107,12 @@ class OutermostRetry(Retry):
             _retry_depth.reset(token)
 
 
+#: Connections per client (redis-py's default maximum) and how long a command
+#: waits for a free one before failing (plain URLs; Sentinel's pool does not wait).
+POOL_SIZE = 100
+POOL_WAIT = 5.0
+
+
 def command_retry() -> Retry:
     """The retry policy of every client built here (a fresh object each call).
 
@@ -286,13 +292,21 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 
 
 def _plain_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    # A blocking pool: with a thousand data planes' rows, health reports and pings
+    # in flight, redis-py's default pool fails commands with "Too many connections"
+    # once it has 100; this one makes them wait (up to POOL_WAIT s) for a free one.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT,
         socket_timeout=DEFAULT_SOCKET_TIMEOUT,
         socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         health_check_interval=DEFAULT_HEALTH_CHECK_INTERVAL,
         retry=command_retry(),
     )
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool, as from_url's does
+    return client
 
 
 def _validate_plain(url: str) -> None:
