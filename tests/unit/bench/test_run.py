@@ -19,8 +19,9 @@ def options(tmp_path: Path) -> BenchOptions:
 
 
 def test_parse_only() -> None:
-    assert runner.parse_only(None) == ["proxy", "propagation", "scale", "failover"]
+    assert runner.parse_only(None) == ["proxy", "workers", "propagation", "scale", "failover"]
     assert runner.parse_only("failover, proxy") == ["proxy", "failover"]
+    assert runner.parse_only("failover,workers,proxy") == ["proxy", "workers", "failover"]
     with pytest.raises(argparse.ArgumentTypeError, match="nope"):
         runner.parse_only("proxy,nope")
 
