@@ -599,7 +599,7 @@ def _print_scale(result: dict[str, Any]) -> None:
     dp = result["dp_apply"]
     rows += [
         ["DP: parse the snapshot (median)", dp["parse_ms"]],
-        ["DP: apply_snapshot, 10k targets (median)", dp["apply_snapshot_ms"]],
+        [f"DP: apply_snapshot, {result['targets']} targets (median)", dp["apply_snapshot_ms"]],
         ["DP: whole install of the snapshot (median)", dp["install_snapshot_ms"]],
     ]
     if "install_delta_ms" in dp:
