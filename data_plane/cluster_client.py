@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver
+from data_plane.health_messages import address_health, verdict_rows
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
@@ -327,12 +328,7 @@ class ClusterClient:
                         assignment = message.probe_assignment
                         self._health.assign(assignment.sharded, list(assignment.targets))
                     elif kind == "health_verdicts" and self._health is not None:
-                        self._health.verdicts(
-                            [
-                                (v.upstream_id, v.target, v.address, v.state, v.reason)
-                                for v in message.health_verdicts.addresses
-                            ]
-                        )
+                        self._health.verdicts(verdict_rows(message.health_verdicts.addresses))
                     if not established:
                         # Only after handling it: the CP's first message is the
                         # snapshot when one is due, a Pong otherwise.
@@ -385,19 +381,7 @@ class ClusterClient:
                 cluster_pb2.DataPlaneMessage(
                     health=cluster_pb2.HealthReport(
                         full=full,
-                        addresses=[
-                            cluster_pb2.AddressHealth(
-                                upstream_id=r.upstream_id,
-                                target_id=r.target_id,
-                                target=r.target,
-                                address=r.address,
-                                state=r.state,
-                                reason=r.reason,
-                                time=r.time,
-                                weight=r.weight,
-                            )
-                            for r in batch
-                        ],
+                        addresses=address_health(batch),
                     )
                 ),
             )

@@ -19,10 +19,10 @@ from pathlib import Path
 from data_plane.cluster_client import apply_snapshot
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health_checker import HealthTransition
+from data_plane.health_messages import address_health, verdict_rows
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
-from data_plane.worker_hub import address_health, verdict_rows
 from data_plane.worker_link import FrameError, encode_frame, read_frame
 from proto import cluster_pb2
 

@@ -27,34 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from data_plane.health_checker import HealthTransition
+from data_plane.health_messages import address_health, verdict_rows
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.worker_link import FrameError, encode_frame, read_frame
 from ferry.redis_server import spawn_dying_with_parent
 from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane.workers")
-
-
-def address_health(rows: list[HealthTransition]) -> list[cluster_pb2.AddressHealth]:
-    """Health rows in their wire form."""
-    return [
-        cluster_pb2.AddressHealth(
-            upstream_id=r.upstream_id,
-            target_id=r.target_id,
-            target=r.target,
-            address=r.address,
-            state=r.state,
-            reason=r.reason,
-            time=r.time,
-            weight=r.weight,
-        )
-        for r in rows
-    ]
-
-
-def verdict_rows(addresses: Any) -> list[tuple[str, str, str, str, str]]:
-    """``AddressHealth`` messages as ``(upstream_id, target, address, state, reason)``."""
-    return [(a.upstream_id, a.target, a.address, a.state, a.reason) for a in addresses]
 
 
 @dataclass(slots=True)
