@@ -30,6 +30,8 @@ log = logging.getLogger("ferry.data_plane.worker")
 
 #: How long a new worker waits for the node's socket to accept it.
 CONNECT_TIMEOUT = 10.0
+#: How long a new worker waits for its first config before it listens anyway.
+FIRST_CONFIG_WAIT = 10.0
 
 
 class ProxyWorker:
@@ -61,9 +63,12 @@ class ProxyWorker:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.finished = asyncio.Event()
+        self._configured = asyncio.Event()
 
     async def start(self) -> None:
-        await self._proxy.start()
+        """Join the node, then listen: once the node's config is applied (a worker
+        restarted under load takes no connection it would answer 503), or after
+        ``FIRST_CONFIG_WAIT`` s when the node has none to give yet."""
         reader, self._writer = await self._connect()
         self._writer.write(
             encode_frame(
@@ -79,6 +84,12 @@ class ProxyWorker:
             asyncio.create_task(self._resolver.run(), name="ferry-worker-dns"),
             asyncio.create_task(self._follow(reader), name="ferry-worker-link"),
         ]
+        try:
+            async with asyncio.timeout(FIRST_CONFIG_WAIT):
+                await self._configured.wait()
+        except TimeoutError:
+            log.warning("proxy worker %d: no config from the node yet; listening anyway", self._index)
+        await self._proxy.start()
         log.info("proxy worker %d serving on port %d", self._index, self._proxy.port)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -138,6 +149,7 @@ class ProxyWorker:
         await self._resolver.apply(config, timeout=2.0)
         self.holder.current = config
         self._health.apply(config)
+        self._configured.set()
         self._writer.write(
             encode_frame(
                 cluster_pb2.DataPlaneMessage(

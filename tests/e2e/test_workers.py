@@ -118,14 +118,18 @@ async def test_a_passive_failure_seen_by_one_worker_takes_the_target_out_on_ever
     async with AsyncExitStack() as stack:
         dp, a, b = await start(cluster, http, stack, passive)
         b.status = 500
-        statuses = [await fresh_get(f"{dp.proxy}/shop/") for _ in range(2)]
-        assert (500, "b") in statuses, "round-robin sent one of two requests to b"
+        # Each worker balances on its own (a, b, a, ...): of three requests, two reach
+        # one worker, and its second goes to b.
+        statuses = []
+        while (500, "b") not in statuses and len(statuses) < 3:
+            statuses.append(await fresh_get(f"{dp.proxy}/shop/"))
+        assert (500, "b") in statuses, statuses
         b.status = 200
 
         await wait_for(lambda: _is(node_health(http, dp, b.key), "UNHEALTHY"),
                        message="the node to adopt the worker's verdict")
-        answers = {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)}
-        assert answers == {(200, "a")}, "no worker sends traffic to b any more"
+        # The other worker applies the node's state an instant later: poll for it.
+        await wait_for(lambda: only_a(dp), message="no worker to send traffic to b any more")
 
         # The control plane sees the node's view, and an operator's override reaches
         # every worker through the node.
@@ -133,8 +137,12 @@ async def test_a_passive_failure_seen_by_one_worker_takes_the_target_out_on_ever
             assert resp.status == 204
         await wait_for(lambda: _is(node_health(http, dp, b.key), "HEALTHY"),
                        message="the override to reach the node")
-        answers = {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)}
-        assert {name for _, name in answers} == {"a", "b"}
+
+        async def both_back() -> bool:
+            answers = {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)}
+            return answers == {(200, "a"), (200, "b")}
+
+        await wait_for(both_back, message="every worker to send traffic to b again")
 
 
 async def test_only_the_node_probes_and_its_verdicts_reach_every_worker(
@@ -153,10 +161,14 @@ async def test_only_the_node_probes_and_its_verdicts_reach_every_worker(
         b.health_status = 500
         await wait_for(lambda: _is(node_health(http, dp, b.key), "UNHEALTHY"),
                        message="the node's probe to take b out")
-        answers = {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)}
-        assert answers == {(200, "a")}
+        await wait_for(lambda: only_a(dp), message="every worker to route around b")
         agents = {p.get("User-Agent", "") for p in a.probes + b.probes}
         assert agents == {"ferry/0.1.0 health-check (node)"}, "the workers never probe"
+
+
+async def only_a(dp: DataPlaneProc) -> bool:
+    """Whether ``FRESH`` requests on fresh connections (so, over every worker) all go to a."""
+    return {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)} == {(200, "a")}
 
 
 async def _is(value: Any, expected: str) -> bool:
