@@ -811,18 +811,24 @@ def calibrate(
     return think, steps
 
 
-def run(options: BenchOptions) -> dict[str, Any]:
-    missing = missing_tools(REQUIRED_TOOLS)
-    if missing:
-        raise BenchUnavailable(f"missing tools: {', '.join(missing)} (make bench installs them)")
-    cores = pick_cores()
-    base = options.work_dir / "proxy"
+def prepare_site(base: Path) -> Path:
+    """Create ``base`` and the backends' document root with the body; returns the root."""
     base.mkdir(parents=True, exist_ok=True)
     _open_tree(base)
     www = base / "www"
     www.mkdir(exist_ok=True)
     (www / "body.txt").write_text(body_text())
     (www / "body.txt").chmod(0o644)
+    return www
+
+
+def run(options: BenchOptions) -> dict[str, Any]:
+    missing = missing_tools(REQUIRED_TOOLS)
+    if missing:
+        raise BenchUnavailable(f"missing tools: {', '.join(missing)} (make bench installs them)")
+    cores = pick_cores()
+    base = options.work_dir / "proxy"
+    www = prepare_site(base)
     duration, connections, rounds = options.duration, options.connections, options.rounds
     warmup = 1.0 if options.quick else 2.0
     calibration_s = 2.0 if options.quick else 3.0

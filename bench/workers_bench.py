@@ -60,7 +60,6 @@ from bench.proxy_bench import (
     _child_env,
     _http_ok,
     _json,
-    _open_tree,
     _tool,
     body_text,
     check_target,
@@ -69,6 +68,7 @@ from bench.proxy_bench import (
     nginx_backend_conf,
     nginx_proxy_conf,
     per_request_us,
+    prepare_site,
     ratio,
     rotated,
     wait_for_quiet,
@@ -618,12 +618,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     if len(usable) < 2:
         raise BenchUnavailable(f"two workers need two cores; this process may use {usable}")
     base = options.work_dir / "workers"
-    base.mkdir(parents=True, exist_ok=True)
-    _open_tree(base)
-    www = base / "www"
-    www.mkdir(exist_ok=True)
-    (www / "body.txt").write_text(body_text())
-    (www / "body.txt").chmod(0o644)
+    www = prepare_site(base)
     duration, connections, rounds = options.duration, options.connections, options.rounds
     warmup = 1.0 if options.quick else 2.0
     check_s = 2.0 if options.quick else 3.0

@@ -44,13 +44,11 @@ from control_plane.data_planes import DataPlaneRegistry, DataPlaneRow
 from control_plane.health import AddressReport, ManualOverride
 from control_plane.probe_assignment import AssignmentUpdate, ProbeUpdate
 from control_plane.snapshot import Delta, Snapshot, SnapshotStore
+from ferry.cluster_link import DEFAULT_PING_INTERVAL, SILENCE_FACTOR
 from proto import cluster_pb2, cluster_pb2_grpc
 
 log = logging.getLogger("ferry.control_plane.cluster")
 
-#: Kong's: a DP pings every 30 s; a peer silent for 1.5 intervals (45 s) is dropped.
-DEFAULT_PING_INTERVAL = 30.0
-SILENCE_FACTOR = 1.5
 #: Full snapshots being sent at once, across streams (see :class:`SendSlots`).
 SNAPSHOT_SEND_SLOTS = 16
 #: Seconds one send may hold its slot; a slower one goes on without it.

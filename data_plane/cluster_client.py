@@ -33,7 +33,7 @@ from data_plane.health_messages import address_health, verdict_rows
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
-from ferry.cluster_link import require_secured_link
+from ferry.cluster_link import DEFAULT_PING_INTERVAL, SILENCE_FACTOR, require_secured_link
 from ferry.cluster_tls import ClusterTLS, explain_link_failure, open_channel
 from ferry.snapshot_format import KINDS, config_hash
 from proto import cluster_pb2, cluster_pb2_grpc
@@ -59,9 +59,6 @@ class DeltaDoesNotFit(ConfigError):
     """A delta whose base is not the held config, or whose result has another hash."""
 
 
-#: Kong's: a DP pings every 30 s; a peer silent for 1.5 intervals (45 s) is dropped.
-DEFAULT_PING_INTERVAL = 30.0
-SILENCE_FACTOR = 1.5
 
 
 #: Entity bodies (canonical JSON) → their decoded dicts, as a compile left them.

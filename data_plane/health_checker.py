@@ -309,10 +309,7 @@ class HealthChecker:
         only = self.probe_targets
         if only is None or target in only:
             return False
-        state = self._states.get(address)
-        if state is not None and state.healthy == healthy and state.reason == reason:
-            return True
-        self.set_health([address], healthy, reason)
+        self.adopt(address, healthy, reason)
         return True
 
     def adopt(self, address: str, healthy: bool, reason: str) -> bool:

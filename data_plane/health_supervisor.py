@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import aiohttp
 
@@ -127,15 +127,21 @@ class HealthSupervisor:
         """Take transitions another process of this node made (a proxy worker's
         passive checks): ``(upstream_id, target, address, state, reason)`` rows, set
         as this node's state whatever it probes. Returns how many changed anything."""
-        changed = 0
-        for upstream_id, _target, address, state, reason in rows:
+        return sum(
+            checker.adopt(key, healthy, reason)
+            for checker, key, _target, healthy, reason in self._usable(rows)
+        )
+
+    def _usable(
+        self, rows: list[tuple[str, str, str, str, str]]
+    ) -> Iterator[tuple[HealthChecker, str, str, bool, str]]:
+        """``(checker, local address key, target, healthy, reason)`` for each row of a
+        running upstream with a HEALTHY/UNHEALTHY state; other rows are skipped."""
+        for upstream_id, target, address, state, reason in rows:
             checker = self._running.get(upstream_id)
             if checker is None or state not in ("HEALTHY", "UNHEALTHY") or not address:
                 continue
-            key = self._local_key(checker, address)
-            if checker.adopt(key, state == "HEALTHY", reason):
-                changed += 1
-        return changed
+            yield checker, self._local_key(checker, address), target, state == "HEALTHY", reason
 
     def _transition(self, transition: HealthTransition) -> None:
         for listener in self.listeners:
@@ -169,15 +175,10 @@ class HealthSupervisor:
         """Apply other data planes' probe verdicts: ``(upstream_id, target, address,
         state, reason)`` rows; states other than HEALTHY/UNHEALTHY are ignored.
         Returns how many were applied."""
-        applied = 0
-        for upstream_id, target, address, state, reason in rows:
-            checker = self._running.get(upstream_id)
-            if checker is None or state not in ("HEALTHY", "UNHEALTHY") or not address:
-                continue
-            key = self._local_key(checker, address)
-            if checker.apply_verdict(key, target, state == "HEALTHY", reason):
-                applied += 1
-        return applied
+        return sum(
+            checker.apply_verdict(key, target, healthy, reason)
+            for checker, key, target, healthy, reason in self._usable(rows)
+        )
 
     @staticmethod
     def _local_key(checker: HealthChecker, address: str) -> str:

@@ -8,6 +8,12 @@ if TYPE_CHECKING:
     from ferry.cluster_tls import ClusterTLS
 
 
+#: Kong's: a DP pings every 30 s (it says its interval in ``Hello``; the CP pings
+#: back at it), and either side drops a peer silent for 1.5 intervals (45 s).
+DEFAULT_PING_INTERVAL = 30.0
+SILENCE_FACTOR = 1.5
+
+
 def require_secured_link(cluster_insecure: bool, tls: ClusterTLS | None = None) -> None:
     """Accept exactly one of: mTLS settings (``tls``) or an explicit plaintext opt-in.
 

@@ -435,3 +435,19 @@ async def test_a_data_plane_drops_a_silent_control_plane_and_reconnects(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await server.stop(0)
+
+
+async def test_a_hello_with_an_unusable_ping_interval_is_refused_with_the_reason(
+    planes: list[ControlPlane], redis_url: str, tmp_path: Path
+) -> None:
+    cp = await start_cp(redis_url, tmp_path)
+    planes.append(cp)
+    raw = RawDataPlane(cp)
+    try:
+        await raw.hello(ping_interval=-1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await raw.call.read()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ping_interval" in (refused.value.details() or "")
+    finally:
+        await raw.close()
