@@ -382,29 +382,31 @@ class HealthChecker:
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = _AddressHealth(self._clock())
+        source = "active" if active else "passive"
+        if outcome == _SUCCESS:
+            # First, and without gathering the limits: nearly every proxied request.
+            state.http_failures = state.tcp_failures = state.timeouts = 0
+            state.successes += 1
+            if not state.healthy:
+                settings = self.settings.active if active else self.settings.passive
+                successes = settings.healthy_successes
+                if successes > 0 and state.successes >= successes:
+                    self._transition(key, address, state, True, f"{source}: {state.successes} successes")
+            return
         if active:
             a = self.settings.active
-            successes, http_limit, tcp_limit, timeout_limit = (
-                a.healthy_successes,
+            http_limit, tcp_limit, timeout_limit = (
                 a.unhealthy_http_failures,
                 a.unhealthy_tcp_failures,
                 a.unhealthy_timeouts,
             )
         else:
             p = self.settings.passive
-            successes, http_limit, tcp_limit, timeout_limit = (
-                p.healthy_successes,
+            http_limit, tcp_limit, timeout_limit = (
                 p.unhealthy_http_failures,
                 p.unhealthy_tcp_failures,
                 p.unhealthy_timeouts,
             )
-        source = "active" if active else "passive"
-        if outcome == _SUCCESS:
-            state.http_failures = state.tcp_failures = state.timeouts = 0
-            state.successes += 1
-            if not state.healthy and successes > 0 and state.successes >= successes:
-                self._transition(key, address, state, True, f"{source}: {state.successes} successes")
-            return
         state.successes = 0
         if outcome == _HTTP:
             state.http_failures += 1

@@ -52,6 +52,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import ssl
 import time
 from collections import deque
@@ -152,6 +153,8 @@ _BODY_CHUNK: Final = 2  # re-chunked (upstream chunked or until-close, HTTP/1.1 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CONNECTION_UPGRADE: Final = b"Connection: Upgrade\r\n"
 _LATENCY_HEADERS: Final = b"X-Ferry-Upstream-Latency: %d\r\nX-Ferry-Proxy-Latency: %d\r\n"
+#: The latency pair for 0-3 ms each (nearly every request): no formatting per request.
+_LATENCY_SMALL: Final = tuple(_LATENCY_HEADERS % (sent, begun) for sent in range(4) for begun in range(4))
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 _CRLF: Final = b"\r\n"
 
@@ -355,6 +358,12 @@ class _ClientConnection(asyncio.Protocol):
         self.last_active = self._loop.time()
         self._peer_ip = b""
         self._fwd_fixed = b""
+        #: ``_fwd_fixed`` plus ``X-Forwarded-For`` for a request that sent none.
+        self._fwd_own = b""
+        #: The last Host header seen and its ``X-Forwarded-Host`` line (a client nearly
+        #: always sends the same Host on one connection).
+        self._fwd_host_for: bytes | None = None
+        self._fwd_host_line = b""
         #: The upgrade request waiting for its answer (reading paused meanwhile).
         self._upgrade_ex: _Exchange | None = None
         #: After a 101: the upstream connection raw bytes are piped to.
@@ -381,6 +390,7 @@ class _ClientConnection(asyncio.Protocol):
             + self._peer_ip
             + _CRLF
         )
+        self._fwd_own = self._fwd_fixed + b"X-Forwarded-For: " + self._peer_ip + _CRLF
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -572,8 +582,9 @@ class _ClientConnection(asyncio.Protocol):
         elif config is None:
             ex.error = E_NO_CONFIG
         else:
+            router = config.router
             route_headers: dict[bytes, bytes | list[bytes]] | None = None
-            if config.uses_headers:
+            if router.uses_headers:
                 route_headers = {}
                 for n, v in self._headers:
                     n = n.lower()
@@ -584,7 +595,7 @@ class _ClientConnection(asyncio.Protocol):
                         seen.append(v)
                     else:
                         route_headers[n] = [seen, v]
-            match = config.match(method, host, self._url, route_headers)
+            match = router.match(method, host, self._url, route_headers)
             if match is None:
                 ex.error = E_NO_ROUTE
             elif match.service is None:
@@ -596,22 +607,25 @@ class _ClientConnection(asyncio.Protocol):
                 ex.preserve_host = match.route.preserve_host
                 ex.upstream_path = match.upstream_path
                 if host is not None:
-                    colon = host.rfind(b":")
-                    fwd_host = host[:colon] if colon > host.rfind(b"]") else host
-                    out.append(b"X-Forwarded-Host: " + fwd_host + _CRLF)
-                out.append(self._fwd_fixed)
-                out.append(
-                    b"X-Forwarded-For: "
-                    + (xff + b", " + self._peer_ip if xff else self._peer_ip)
-                    + _CRLF
-                )
+                    if host != self._fwd_host_for:
+                        colon = host.rfind(b":")
+                        fwd_host = host[:colon] if colon > host.rfind(b"]") else host
+                        self._fwd_host_for = host
+                        self._fwd_host_line = b"X-Forwarded-Host: " + fwd_host + _CRLF
+                    out.append(self._fwd_host_line)
+                if xff:
+                    out.append(self._fwd_fixed)
+                    out.append(b"X-Forwarded-For: " + xff + b", " + self._peer_ip + _CRLF)
+                else:
+                    out.append(self._fwd_own)
                 if chunked:
                     out.append(b"Transfer-Encoding: chunked\r\n")
                 out.append(_CRLF)
                 ex.head_tail = b"".join(out)
                 # Hook for consistent hashing: the key is computed here, where the
                 # request head is at hand, before the first pick (see _hash_key).
-                self._hash_key(ex, match)
+                if match.service.hash_spec is not None:
+                    self._hash_key(ex, match)
         ex.discard = ex.error is not None
         if ex.upgrade and ex.error is None:
             self._upgrade_ex = ex
@@ -691,7 +705,8 @@ class _ClientConnection(asyncio.Protocol):
                 return
             self.last_active = self._loop.time()
         if len(queue) <= 1:
-            self._resume_reading(_PAUSE_PIPELINE)
+            if self._read_paused:
+                self._resume_reading(_PAUSE_PIPELINE)
         if not queue and self._shutting_down:
             self._close()
 
@@ -773,7 +788,8 @@ class _ClientConnection(asyncio.Protocol):
             if address is None:
                 self._respond_error(ex, E_NO_PEER)
                 return
-            balancer.on_request_start(address)
+            if balancer.tracks_requests:
+                balancer.on_request_start(address)
             ex.try_balancer = balancer
             upstream = service.upstream
             health = upstream.health if upstream is not None else None
@@ -964,7 +980,7 @@ class _ClientConnection(asyncio.Protocol):
         self._respond_error(ex, E_TIMEOUT if timed_out else E_BAD_GATEWAY)
         self._advance()
 
-    def response_write(self, data: list[bytes]) -> None:
+    def response_write(self, data: list[bytes | memoryview]) -> None:
         """Relay response bytes (head and/or body pieces) in one write."""
         if self._transport is not None and not self._closed:
             self._transport.writelines(data)
@@ -982,7 +998,8 @@ class _ClientConnection(asyncio.Protocol):
             ex.discard = True
             ex.body = []
             self._resume_reading(_PAUSE_BUFFER)
-        self._resume_reading(_PAUSE_UPSTREAM)
+        if self._read_paused:
+            self._resume_reading(_PAUSE_UPSTREAM)
         if self._queue and self._queue[0] is ex:
             self._advance()
 
@@ -1189,8 +1206,9 @@ def _end_try(ex: _Exchange, failed: bool, timed_out: bool = False, aborted: bool
     ex.try_balancer = None
     address = ex.address
     assert address is not None
-    end = ex.t_headers or _now_ns()
-    balancer.on_request_end(address, (end - ex.t_try) / 1e9, failed)
+    if balancer.tracks_requests:
+        end = ex.t_headers or _now_ns()
+        balancer.on_request_end(address, (end - ex.t_try) / 1e9, failed)
     health = ex.try_health
     if health is not None:
         ex.try_health = None
@@ -1198,6 +1216,125 @@ def _end_try(ex: _Exchange, failed: bool, timed_out: bool = False, aborted: bool
             health.report_aborted(address)
         else:
             health.report_passive(address, failed, timed_out, ex.status)
+
+
+#: In a lower-cased head: a hop-by-hop field other than Connection and Content-Length
+#: (``\r\nt`` covers TE, Trailer and Transfer-Encoding, and sends the rare other
+#: field starting with "t" down the field-by-field path).
+_RARE_HOP_BY_HOP: Final = re.compile(rb"\r\n(?:t|keep-alive:|proxy-connection:|upgrade:)")
+
+
+class _ResponseFields:
+    """What a response head says that the proxy acts on, and what it relays."""
+
+    __slots__ = ("prefix", "content_length", "chunked", "connection", "upgrade")
+
+    def __init__(self) -> None:
+        #: ``HTTP/1.1 <status> <reason>`` and every end-to-end header line, each ending
+        #: with CRLF (no blank line yet): the relayed head before the proxy's own lines.
+        self.prefix = b""
+        #: The Content-Length value; -1 when absent.
+        self.content_length = -1
+        self.chunked = False
+        #: The ``Connection`` tokens (lower case), ``None`` without that header.
+        self.connection: list[bytes] | None = None
+        self.upgrade: bytes | None = None
+
+
+def _response_fields(head: bytes, drop_content_length: bool) -> _ResponseFields:
+    """Split a response head validated by llhttp (``status line CRLF *(field CRLF) CRLF``).
+
+    Hop-by-hop fields (RFC 9110 7.6.1: ``Connection`` and what it names, ``Keep-Alive``,
+    ``Proxy-Connection``, ``TE``, ``Trailer``, ``Upgrade``, ``Transfer-Encoding``) are
+    left out of ``prefix``; so is ``Content-Length`` when ``drop_content_length`` (a
+    204). The common head (at most one simple ``Connection``, one ``Content-Length``, no
+    other hop-by-hop field) is handled with a few searches over the bytes; any other
+    goes field by field.
+    """
+    low = head.lower()
+    cl = low.find(b"\r\ncontent-length:")
+    conn = low.find(b"\r\nconnection:")
+    if (
+        _RARE_HOP_BY_HOP.search(low) is None
+        and not (cl >= 0 and (drop_content_length or low.find(b"\r\ncontent-length:", cl + 17) >= 0))
+        and not (conn >= 0 and low.find(b"\r\nconnection:", conn + 13) >= 0)
+    ):
+        fields = _ResponseFields()
+        if cl >= 0:
+            value = head[cl + 17 : head.index(b"\r\n", cl + 2)].strip()
+            if not value.isdigit():
+                return _response_fields_by_line(head, drop_content_length)
+            fields.content_length = int(value)
+        if conn < 0:
+            fields.prefix = b"HTTP/1.1" + head[8:-2]
+            return fields
+        eol = head.index(b"\r\n", conn + 2)
+        value = low[conn + 13 : eol].strip()
+        if value == b"keep-alive" or value == b"close":
+            fields.connection = [value]
+            fields.prefix = b"HTTP/1.1" + head[8:conn] + head[eol:-2]
+            return fields
+    return _response_fields_by_line(head, drop_content_length)
+
+
+def _response_fields_by_line(head: bytes, drop_content_length: bool) -> _ResponseFields:
+    """:func:`_response_fields` for any head: one field at a time."""
+    fields = _ResponseFields()
+    first = head.index(b"\r\n")
+    kept = [b"HTTP/1.1" + head[8 : first + 2]]
+    block = head[first + 2 : -4]
+    tokens: list[bytes] | None = None
+    for line in block.split(b"\r\n") if block else ():
+        colon = line.index(b":")
+        kind = _RESPONSE_HEADERS.get(line[:colon].lower(), 0)
+        if kind == 0:
+            kept.append(line + _CRLF)
+        elif kind == _R_CONTENT_LENGTH:
+            value = line[colon + 1 :].strip()
+            fields.content_length = int(value) if value.isdigit() else -1
+            if not drop_content_length:
+                kept.append(line + _CRLF)
+        elif kind == _R_TRANSFER_ENCODING:
+            fields.chunked = True  # llhttp accepted it, so chunked is the last coding
+        elif kind == _R_CONNECTION:
+            tokens = (tokens or []) + _tokens(line[colon + 1 :])
+        elif kind == _R_UPGRADE:
+            fields.upgrade = line[colon + 1 :].strip()
+    if tokens:
+        # Fields named in Connection are hop-by-hop too.
+        extra = {t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+        if extra:
+            kept = kept[:1] + [p for p in kept[1:] if p.split(b":", 1)[0].lower() not in extra]
+    fields.connection = tokens
+    fields.prefix = b"".join(kept)
+    return fields
+
+
+class _UseRelay(Exception):
+    """Raised in the response parser's ``on_headers_complete``: the body needs a
+    :class:`_BodyRelay` (chunked, or read until close). Stops that parser."""
+
+
+class _BodyRelay:
+    """Parses one response whose body cannot pass through as read.
+
+    The upstream connection's own parser has no body callback (Content-Length bodies are
+    relayed straight from the read buffer); for a chunked or read-until-close body this
+    object re-parses the head with a parser that has one, and hands each body piece to
+    the connection (which re-chunks it for the client, or de-chunks it for HTTP/1.0).
+    """
+
+    __slots__ = ("_conn", "parser")
+
+    def __init__(self, conn: _UpstreamConnection) -> None:
+        self._conn = conn
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, data: bytes) -> None:
+        self._conn.relay_body(data)
+
+    def on_message_complete(self) -> None:
+        self._conn.relay_complete(self.parser.should_keep_alive())
 
 
 class _UpstreamConnection(asyncio.Protocol):
@@ -1219,8 +1356,18 @@ class _UpstreamConnection(asyncio.Protocol):
         self._client: _ClientConnection | None = None
         self._ex: _Exchange | None = None
         self._closed = False
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        #: Bytes of a response head that began in an earlier read; ``_buf``: those plus
+        #: the read being parsed; ``_scan``: where in ``_buf`` the head being parsed begins.
+        self._held = b""
+        self._buf = b""
+        self._scan = 0
+        #: Content-Length body bytes still to relay (the fast path).
+        self._remaining = 0
+        #: The parser of a chunked or until-close body (see :class:`_BodyRelay`), with
+        #: the head it re-parses and where that head ended in ``_buf``.
+        self._relay: _BodyRelay | None = None
+        self._relay_head = b""
+        self._head_end = 0
         self._interim = False
         self._body_mode = _BODY_NONE
         self._until_close = False
@@ -1244,7 +1391,7 @@ class _UpstreamConnection(asyncio.Protocol):
         #: Response bytes for the client gathered while parsing one read from the
         #: upstream; flushed as one write at the end of it (head and first body bytes
         #: usually arrive together: one syscall instead of two).
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
 
     # ------------------------------------------------------------- pool interface
 
@@ -1301,8 +1448,35 @@ class _UpstreamConnection(asyncio.Protocol):
             return
         self._last_activity = self._loop.time()
         self.got_response_bytes = True
+        relay = self._relay
         try:
-            self._parser.feed_data(data)
+            if relay is not None:
+                relay.parser.feed_data(data)
+            elif self._head_done:
+                # The rest of a Content-Length body: relayed as read (the parser only
+                # keeps count, it has no body callback).
+                remaining = self._remaining
+                if remaining > 0:
+                    if len(data) <= remaining:
+                        self._out.append(data)
+                        self._remaining = remaining - len(data)
+                    else:
+                        self._out.append(memoryview(data)[:remaining])
+                        self._remaining = 0
+                self._parser.feed_data(data)
+            else:
+                ex = self._ex
+                held = self._held
+                self._buf = held + data if held else data
+                self._parser.feed_data(data)
+                if self._ex is ex and not self._head_done and self._relay is None:
+                    # The head goes on in the next read: keep its bytes so far.
+                    held = self._buf[self._scan :]
+                    self._scan = 0
+                    if len(held) > MAX_HEADER_BYTES:
+                        raise _BadUpstreamResponse("response head too large")
+                    self._held = held
+                self._buf = b""
         except httptools.HttpParserUpgrade as exc:
             if not self._tunnel_pending:
                 self._bad_response(None)
@@ -1312,15 +1486,38 @@ class _UpstreamConnection(asyncio.Protocol):
                 self._out.append(data[offset:])
             self._start_tunnel()
             return
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _UseRelay):
+                self._start_relay()
+            else:
+                self._bad_response(exc)
+                return
+        except (httptools.HttpParserError, _BadUpstreamResponse) as exc:
             self._bad_response(exc)
             return
         if self._out:
             self._flush()
 
-    def _bad_response(self, exc: httptools.HttpParserError | None) -> None:
+    def _start_relay(self) -> None:
+        """Parse the rest of this response with a :class:`_BodyRelay` (see there)."""
+        relay = _BodyRelay(self)
+        self._relay = relay
+        rest, self._buf = self._buf[self._head_end :], b""
+        head, self._held = self._relay_head, b""
+        self._relay_head = b""
+        # The main parser stopped inside this response; it starts afresh after it.
+        self._parser = httptools.HttpResponseParser(self)
+        try:
+            relay.parser.feed_data(head)
+            if rest:
+                relay.parser.feed_data(rest)
+        except httptools.HttpParserError as exc:
+            self._bad_response(exc)
+
+    def _bad_response(self, exc: Exception | None) -> None:
         """Unparsable bytes from the target: fail the exchange (502) and drop the connection."""
         self._out = []
+        self._relay = None
         ex, client = self._ex, self._client
         if isinstance(exc, httptools.HttpParserCallbackError) and not isinstance(
             exc.__context__, _BadUpstreamResponse
@@ -1371,8 +1568,10 @@ class _UpstreamConnection(asyncio.Protocol):
     def bind(self, client: _ClientConnection, ex: _Exchange, service: CompiledService) -> None:
         self._client = client
         self._ex = ex
-        self._reason = b""
-        self._headers = []
+        self._held = b""
+        self._scan = 0
+        self._remaining = 0
+        self._relay = None
         self._interim = False
         self._head_done = False
         self._until_close = False
@@ -1394,6 +1593,7 @@ class _UpstreamConnection(asyncio.Protocol):
     def _unbind(self) -> None:
         # The timer stays armed: it finds no exchange and ends, or serves the next one.
         self._out = []
+        self._relay = None
         client = self._client
         self._client = None
         self._ex = None
@@ -1460,77 +1660,56 @@ class _UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ parser callbacks
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         ex, client = self._ex, self._client
         if ex is None or client is None:
             return
+        # llhttp has validated the head (CRLF line ends, no folding, no space before a
+        # colon), so its raw bytes are rewritten directly: no callback per header.
+        buf = self._buf
+        start = self._scan
+        end = buf.find(b"\r\n\r\n", start) + 4
+        if end < 4:
+            raise _BadUpstreamResponse("response head without its end")  # cannot happen
+        self._scan = end
         status = self._parser.get_status_code()
         if status < 200 and not (status == 101 and ex.upgrade):
             # 1xx interim answers are not relayed: "100 Continue" was sent to the client
             # by the proxy (a 101 to anything but an upgrade request is ignored too).
             self._interim = True
-            self._reason = b""
-            self._headers = []
             return
         ex.t_headers = now = _now_ns()
         ex.status = status
-        content_length: bytes | None = None
-        chunked = False
-        upstream_close = False
-        conn_tokens: list[bytes] | None = None
-        upgrade_value: bytes | None = None
-        parts = [b"HTTP/1.1 %d " % status, self._reason, _CRLF]
-        for name, value in self._headers:
-            kind = _RESPONSE_HEADERS.get(name.lower(), 0)
-            if kind == 0:
-                parts.append(name + b": " + value + _CRLF)
-            elif kind == _R_CONTENT_LENGTH:
-                content_length = value
-            elif kind == _R_TRANSFER_ENCODING:
-                chunked = True
-            elif kind == _R_CONNECTION:
-                conn_tokens = (conn_tokens or []) + _tokens(value)
-            elif kind == _R_UPGRADE:
-                upgrade_value = value
-        if conn_tokens:
-            upstream_close = b"close" in conn_tokens
-            extra = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
-            if extra:
-                parts = parts[:3] + [p for p in parts[3:] if p.split(b":", 1)[0].lower() not in extra]
-        parts.append(self._server._via_header)
-        parts.append(
-            _LATENCY_HEADERS
-            % ((now - ex.t_sent) // 1_000_000, (ex.t_sent - ex.t_begin) // 1_000_000)
-        )
+        head = buf[start:end] if start or end != len(buf) else buf
+        fields = _response_fields(head, status == 204)
+        content_length = fields.content_length
+        parts = [fields.prefix, self._server._via_header]
+        sent, begun = (now - ex.t_sent) // 1_000_000, (ex.t_sent - ex.t_begin) // 1_000_000
+        if sent < 4 and begun < 4:
+            parts.append(_LATENCY_SMALL[sent * 4 + begun])
+        else:
+            parts.append(_LATENCY_HEADERS % (sent, begun))
         if ex.set_cookie is not None:
             parts.append(ex.set_cookie)
         if status == 101:
             # Switching protocols (llhttp agrees only with "Connection: upgrade" and
             # "Upgrade" in the answer; otherwise the raw bytes would be misparsed).
-            if upgrade_value is None or not self._parser.should_upgrade():
+            if fields.upgrade is None or not self._parser.should_upgrade():
                 raise _BadUpstreamResponse("101 without Upgrade/Connection: upgrade")
-            parts.append(b"Upgrade: " + upgrade_value + _CRLF + _CONNECTION_UPGRADE + _CRLF)
+            parts.append(b"Upgrade: " + fields.upgrade + _CRLF + _CONNECTION_UPGRADE + _CRLF)
             self._out.append(b"".join(parts))
             self._body_mode = _BODY_NONE
             self._tunnel_pending = True
             return
-        no_body = ex.is_head or status == 204 or status == 304
+        relay = False
         self._until_close = False
-        if no_body:
+        if ex.is_head or status == 204 or status == 304:
             self._body_mode = _BODY_NONE
-            if content_length is not None and status != 204:
-                parts.append(b"Content-Length: " + content_length + _CRLF)
-        elif content_length is not None and not chunked:
+        elif content_length >= 0 and not fields.chunked:
             self._body_mode = _BODY_PASS
-            parts.append(b"Content-Length: " + content_length + _CRLF)
         else:
-            self._until_close = not chunked
+            relay = True
+            self._until_close = not fields.chunked
             if ex.http10:
                 # An HTTP/1.0 client knows no chunked coding: the body ends at close.
                 self._body_mode = _BODY_PASS
@@ -1552,13 +1731,37 @@ class _UpstreamConnection(asyncio.Protocol):
             # wait for Content-Length bytes; finish here and give the next response on
             # this connection a fresh parser.
             http11 = self._parser.get_http_version() == "1.1"
-            keep_alive = (http11 and not upstream_close) or (
-                not http11 and conn_tokens is not None and b"keep-alive" in conn_tokens
+            tokens = fields.connection
+            keep_alive = (http11 and not (tokens and b"close" in tokens)) or (
+                not http11 and tokens is not None and b"keep-alive" in tokens
             )
             self._parser = httptools.HttpResponseParser(self)
             self._finish(keep_alive)
+            return
+        if relay:
+            # Chunked or read-until-close: a parser with a body callback takes over.
+            self._head_end = end
+            self._relay_head = head
+            raise _UseRelay()
+        if self._body_mode == _BODY_PASS:
+            # Content-Length: the body bytes of this read go out as they are (no copy).
+            available = len(buf) - end
+            take = content_length if content_length < available else available
+            if take > 0:
+                self._out.append(memoryview(buf)[end : end + take])
+            self._remaining = content_length - take
 
-    def on_body(self, data: bytes) -> None:
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._ex is None or self._tunnel_pending or self._relay is not None:
+            return
+        # Read here: should_keep_alive() is only meaningful inside on_message_complete.
+        self._finish(self._parser.should_keep_alive())
+
+    def relay_body(self, data: bytes) -> None:
+        """A body piece from the :class:`_BodyRelay` (chunked or until-close framing)."""
         if self._client is None or not data:
             return
         if self._body_mode == _BODY_CHUNK:
@@ -1566,22 +1769,22 @@ class _UpstreamConnection(asyncio.Protocol):
         else:
             self._out.append(data)
 
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            return
-        if self._ex is None or self._tunnel_pending:
-            return
-        # Read here: should_keep_alive() is only meaningful inside on_message_complete.
-        self._finish(self._parser.should_keep_alive())
+    def relay_complete(self, keep_alive: bool) -> None:
+        """The :class:`_BodyRelay`'s response ended."""
+        self._relay = None
+        if self._ex is not None:
+            self._finish(keep_alive)
 
     def _finish(self, keep_alive: bool) -> None:
         ex, client = self._ex, self._client
         if ex is None or client is None:
             return
+        out = self._out
         if self._body_mode == _BODY_CHUNK:
-            self._out.append(_LAST_CHUNK)
-        self._flush()
+            out.append(_LAST_CHUNK)
+        if out:
+            self._out = []
+            client.response_write(out)
         # An upgrade request's connection is never reused: the target may have read the
         # bytes after the head as the start of a tunnel.
         reusable = keep_alive and self._request_done and not self._until_close and not ex.upgrade

@@ -198,13 +198,22 @@ class _Candidate(Generic[S]):
         return out + query if query else out
 
 
+#: Most results :meth:`Router.match` remembers (Kong's router keeps an LRU of 5000).
+MATCH_CACHE_SIZE = 4096
+
+
 class Router(Generic[S]):
-    """An immutable, precompiled set of routes. Safe to share; ``match`` has no side effects.
+    """An immutable, precompiled set of routes. Safe to share within one thread.
 
     Raises ``ValueError`` from the constructor for a route it cannot compile (bad regex).
+    ``match`` remembers its results per (method, Host, request target) when no route
+    matches on headers, as Kong's router cache does: a repeated request costs one dict
+    look-up. The cache is emptied when it reaches :data:`MATCH_CACHE_SIZE` entries, which
+    bounds its memory whatever the traffic; it is the only state that changes, and the
+    results are a pure function of the routes, so it never needs invalidating.
     """
 
-    __slots__ = ("_candidates", "_uses_headers", "_uses_hosts")
+    __slots__ = ("_candidates", "uses_headers", "_uses_hosts", "_cache")
 
     def __init__(self, routes: Sequence[RouteSpec[S]]) -> None:
         candidates: list[tuple[tuple[int, ...], int, _Candidate[S]]] = []
@@ -220,13 +229,10 @@ class Router(Generic[S]):
         # Most specific first; configuration order breaks ties (stable sort).
         candidates.sort(key=lambda item: (tuple(-k for k in item[0]), item[1]))
         self._candidates: tuple[_Candidate[S], ...] = tuple(c for _, _, c in candidates)
-        self._uses_headers = any(c.headers for c in self._candidates)
+        #: Whether any route matches on headers (so callers know to pass them).
+        self.uses_headers = any(c.headers for c in self._candidates)
         self._uses_hosts = any(c.has_hosts for c in self._candidates)
-
-    @property
-    def uses_headers(self) -> bool:
-        """Whether any route matches on headers (so callers know to pass them)."""
-        return self._uses_headers
+        self._cache: dict[tuple[bytes, bytes | None, bytes], RouteMatch[S] | None] = {}
 
     def __len__(self) -> int:
         return len(self._candidates)
@@ -246,6 +252,27 @@ class Router(Generic[S]):
         a route's header condition holds when any of them matches) and is only consulted when a route has
         ``headers`` (see :attr:`uses_headers`).
         """
+        if self.uses_headers:
+            return self._match(method, host, target, headers)
+        key = (method, host, target)
+        cache = self._cache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        found = self._match(method, host, target, None)
+        if len(cache) >= MATCH_CACHE_SIZE:
+            cache.clear()
+        cache[key] = found
+        return found
+
+    def _match(
+        self,
+        method: bytes,
+        host: bytes | None,
+        target: bytes,
+        headers: Mapping[bytes, bytes | list[bytes]] | None,
+    ) -> RouteMatch[S] | None:
         q = target.find(b"?")
         if q >= 0:
             path = target[:q]

@@ -118,10 +118,14 @@ class CompiledService:
     enabled: bool = True
     #: The balanced upstream (its ``hash_spec`` and ``retry_budget``), or ``None``.
     upstream: CompiledUpstream | None = None
+    #: ``protocol == "https"`` (derived; a field so the proxy reads it without a call).
+    tls: bool = field(init=False, default=False)
+    #: The upstream's consistent-hashing spec, if any (derived, as ``tls``).
+    hash_spec: HashSpec | None = field(init=False, default=None)
 
-    @property
-    def tls(self) -> bool:
-        return self.protocol == "https"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tls", self.protocol == "https")
+        object.__setattr__(self, "hash_spec", self.upstream.hash_spec if self.upstream else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,6 +170,16 @@ class Balancer(ABC):
     algorithm: ClassVar[str]
     #: False for algorithms that ignore slow start (consistent hashing).
     supports_slow_start: ClassVar[bool] = True
+    #: Whether the algorithm overrides :meth:`on_request_start` / :meth:`on_request_end`
+    #: (set for each subclass): the proxy skips the two calls per request otherwise.
+    tracks_requests: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.tracks_requests = (
+            cls.on_request_start is not Balancer.on_request_start
+            or cls.on_request_end is not Balancer.on_request_end
+        )
 
     def __init__(
         self,

@@ -86,10 +86,12 @@ class RoundRobinBalancer(Balancer):
                 tried.clear()
         if best < 0:
             total = self._total
-            for i in range(len(usable)):
-                current[i] += weights[i]
-                if best < 0 or current[i] > current[best]:
-                    best = i
+            best = 0
+            top = current[0] = current[0] + weights[0]
+            for i in range(1, len(usable)):
+                score = current[i] = current[i] + weights[i]
+                if score > top:
+                    best, top = i, score
         current[best] -= total
         address = usable[best]
         tried.add(address.key)
