@@ -63,6 +63,7 @@ import httptools
 from data_plane.balancers import Address, Balancer, BalancerHandle
 from data_plane.hash_key import HashInputs
 from data_plane.health_checker import HealthChecker
+from data_plane.request_metrics import RequestMetrics, RouteSeries
 from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch
 from data_plane.runtime import CompiledService, ConfigHolder
@@ -142,6 +143,11 @@ _RESPONSE_HEADERS: Final[dict[bytes, int]] = {
     b"transfer-encoding": _R_TRANSFER_ENCODING,
     b"content-length": _R_CONTENT_LENGTH,
 }
+
+#: ``Connection`` tokens that name no field to drop: its own options, and the framing
+#: fields the proxy relays by itself (dropping Content-Length while relaying the body
+#: as framed by it would leave the next hop unable to find the message's end).
+_NOT_NAMEABLE: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding"})
 
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -253,6 +259,7 @@ class _Exchange:
         "budget_retry",
         "try_health",
         "status",
+        "series",
     )
 
     def __init__(self, method: bytes, http10: bool, close_after: bool, t_begin: int = 0) -> None:
@@ -316,6 +323,8 @@ class _Exchange:
         self.try_health: HealthChecker | None = None
         #: The status of the current try's response head (0 until it arrives).
         self.status = 0
+        #: Where this request is counted (its route's; ``None``: no route matched).
+        self.series: RouteSeries | None = None
 
 
 class _BadUpstreamResponse(Exception):
@@ -364,6 +373,9 @@ class _ClientConnection(asyncio.Protocol):
         #: always sends the same Host on one connection).
         self._fwd_host_for: bytes | None = None
         self._fwd_host_line = b""
+        #: The route of this connection's last request and its metrics series.
+        self._series_route: object = None
+        self._series: RouteSeries | None = None
         #: The upgrade request waiting for its answer (reading paused meanwhile).
         self._upgrade_ex: _Exchange | None = None
         #: After a 101: the upstream connection raw bytes are piped to.
@@ -545,7 +557,7 @@ class _ClientConnection(asyncio.Protocol):
                 upgrade_value = value
         if conn_tokens:
             # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-            extra = {t for t in conn_tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+            extra = {t for t in conn_tokens if t not in _NOT_NAMEABLE}
             if extra:
                 out = [line for line in out if line.split(b":", 1)[0].lower() not in extra]
         if http10:
@@ -596,6 +608,13 @@ class _ClientConnection(asyncio.Protocol):
                     else:
                         route_headers[n] = [seen, v]
             match = router.match(method, host, self._url, route_headers)
+            if match is not None:
+                route = match.route
+                if route is not self._series_route:
+                    # Clients mostly repeat one route per connection: look it up once.
+                    self._series_route = route
+                    self._series = self._server.metrics.for_route(route)
+                ex.series = self._series
             if match is None:
                 ex.error = E_NO_ROUTE
             elif match.service is None:
@@ -989,6 +1008,13 @@ class _ClientConnection(asyncio.Protocol):
         """The upstream response for ``ex`` has been relayed completely."""
         ex.conn = None
         ex.response_complete = True
+        t_begin, t_sent = ex.t_begin, ex.t_sent
+        (ex.series or self._server.metrics.unmatched).observe_proxied(
+            ex.status,
+            (t_sent - t_begin) // 1_000_000,
+            (ex.t_headers - t_sent) // 1_000_000,
+            (_now_ns() - t_begin) // 1_000_000,
+        )
         if ex.try_balancer is not None:
             _end_try(ex, False)
         if ex.budget is not None:
@@ -1017,6 +1043,10 @@ class _ClientConnection(asyncio.Protocol):
             ex.conn = None
             conn.abandon()
         responses = self._server._errors[error]
+        now = _now_ns()
+        (ex.series or self._server.metrics.unmatched).observe_local(
+            error[0], (now - (ex.t_begin or now)) // 1_000_000
+        )
         close = ex.close_after or error in (E_BAD_REQUEST, E_HEADERS_TOO_LARGE, E_INTERNAL)
         if close:
             ex.close_after = True
@@ -1302,7 +1332,7 @@ def _response_fields_by_line(head: bytes, drop_content_length: bool) -> _Respons
             fields.upgrade = line[colon + 1 :].strip()
     if tokens:
         # Fields named in Connection are hop-by-hop too.
-        extra = {t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")}
+        extra = {t for t in tokens if t not in _NOT_NAMEABLE}
         if extra:
             kept = kept[:1] + [p for p in kept[1:] if p.split(b":", 1)[0].lower() not in extra]
     fields.connection = tokens
@@ -1324,17 +1354,29 @@ class _BodyRelay:
     the connection (which re-chunks it for the client, or de-chunks it for HTTP/1.0).
     """
 
-    __slots__ = ("_conn", "parser")
+    __slots__ = ("_conn", "parser", "done", "keep_alive", "extra")
 
     def __init__(self, conn: _UpstreamConnection) -> None:
         self._conn = conn
         self.parser = httptools.HttpResponseParser(self)
+        #: The response ended (the connection finishes it once the read is parsed).
+        self.done = False
+        self.keep_alive = False
+        #: Something began after the response's end: the connection is not reused.
+        self.extra = False
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
 
     def on_body(self, data: bytes) -> None:
-        self._conn.relay_body(data)
+        if not self.done:
+            self._conn.relay_body(data)
 
     def on_message_complete(self) -> None:
-        self._conn.relay_complete(self.parser.should_keep_alive())
+        if not self.done:
+            self.done = True
+            self.keep_alive = self.parser.should_keep_alive()
 
 
 class _UpstreamConnection(asyncio.Protocol):
@@ -1368,6 +1410,8 @@ class _UpstreamConnection(asyncio.Protocol):
         self._relay: _BodyRelay | None = None
         self._relay_head = b""
         self._head_end = 0
+        #: Bytes came after the response's end: the connection is not reused.
+        self._extra = False
         self._interim = False
         self._body_mode = _BODY_NONE
         self._until_close = False
@@ -1452,15 +1496,18 @@ class _UpstreamConnection(asyncio.Protocol):
         try:
             if relay is not None:
                 relay.parser.feed_data(data)
+                self._relay_fed(relay)
             elif self._head_done:
                 # The rest of a Content-Length body: relayed as read (the parser only
                 # keeps count, it has no body callback).
                 remaining = self._remaining
-                if remaining > 0:
-                    if len(data) <= remaining:
-                        self._out.append(data)
-                        self._remaining = remaining - len(data)
-                    else:
+                if len(data) <= remaining:
+                    self._out.append(data)
+                    self._remaining = remaining - len(data)
+                else:
+                    # Bytes after the body: the connection is not reused.
+                    self._extra = True
+                    if remaining > 0:
                         self._out.append(memoryview(data)[:remaining])
                         self._remaining = 0
                 self._parser.feed_data(data)
@@ -1493,6 +1540,11 @@ class _UpstreamConnection(asyncio.Protocol):
                 self._bad_response(exc)
                 return
         except (httptools.HttpParserError, _BadUpstreamResponse) as exc:
+            if relay is not None and relay.done:
+                # Garbage after a complete chunked response: relay it, drop the link.
+                relay.extra = True
+                self._relay_fed(relay)
+                return
             self._bad_response(exc)
             return
         if self._out:
@@ -1512,7 +1564,11 @@ class _UpstreamConnection(asyncio.Protocol):
             if rest:
                 relay.parser.feed_data(rest)
         except httptools.HttpParserError as exc:
-            self._bad_response(exc)
+            if not relay.done:
+                self._bad_response(exc)
+                return
+            relay.extra = True
+        self._relay_fed(relay)
 
     def _bad_response(self, exc: Exception | None) -> None:
         """Unparsable bytes from the target: fail the exchange (502) and drop the connection."""
@@ -1572,6 +1628,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self._scan = 0
         self._remaining = 0
         self._relay = None
+        self._extra = False
         self._interim = False
         self._head_done = False
         self._until_close = False
@@ -1668,9 +1725,15 @@ class _UpstreamConnection(asyncio.Protocol):
         # colon), so its raw bytes are rewritten directly: no callback per header.
         buf = self._buf
         start = self._scan
+        if not buf.startswith(b"HTTP/", start):
+            # llhttp skips empty lines before a status line; so does the head's copy.
+            while buf[start : start + 1] in (b"\r", b"\n"):
+                start += 1
         end = buf.find(b"\r\n\r\n", start) + 4
         if end < 4:
             raise _BadUpstreamResponse("response head without its end")  # cannot happen
+        if end - start > MAX_HEADER_BYTES:
+            raise _BadUpstreamResponse("response head too large")
         self._scan = end
         status = self._parser.get_status_code()
         if status < 200 and not (status == 101 and ex.upgrade):
@@ -1743,13 +1806,17 @@ class _UpstreamConnection(asyncio.Protocol):
             self._head_end = end
             self._relay_head = head
             raise _UseRelay()
+        available = len(buf) - end
         if self._body_mode == _BODY_PASS:
             # Content-Length: the body bytes of this read go out as they are (no copy).
-            available = len(buf) - end
             take = content_length if content_length < available else available
             if take > 0:
                 self._out.append(memoryview(buf)[end : end + take])
             self._remaining = content_length - take
+            if available > content_length:
+                self._extra = True
+        elif available > 0:
+            self._extra = True
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -1769,11 +1836,14 @@ class _UpstreamConnection(asyncio.Protocol):
         else:
             self._out.append(data)
 
-    def relay_complete(self, keep_alive: bool) -> None:
-        """The :class:`_BodyRelay`'s response ended."""
-        self._relay = None
-        if self._ex is not None:
-            self._finish(keep_alive)
+    def _relay_fed(self, relay: _BodyRelay) -> None:
+        """After a read went to ``relay``: finish the response if it ended in it."""
+        if relay.done and self._relay is relay:
+            self._relay = None
+            if relay.extra:
+                self._extra = True
+            if self._ex is not None:
+                self._finish(relay.keep_alive)
 
     def _finish(self, keep_alive: bool) -> None:
         ex, client = self._ex, self._client
@@ -1787,7 +1857,13 @@ class _UpstreamConnection(asyncio.Protocol):
             client.response_write(out)
         # An upgrade request's connection is never reused: the target may have read the
         # bytes after the head as the start of a tunnel.
-        reusable = keep_alive and self._request_done and not self._until_close and not ex.upgrade
+        reusable = (
+            keep_alive
+            and self._request_done
+            and not self._until_close
+            and not ex.upgrade
+            and not self._extra
+        )
         self._unbind()
         if reusable:
             self._server.pool.release(self)
@@ -1826,6 +1902,8 @@ class ProxyServer:
         self._via_header = b"Via: 1.1 " + via.encode("ascii") + _CRLF
         server_header = b"Server: " + via.encode("ascii") + _CRLF
         self._errors = {key: _ErrorResponse(key, server_header) for key in _ALL_ERRORS}
+        #: What this proxy counted (requests by route and status, latencies, connections).
+        self.metrics = RequestMetrics()
         self._max_idle = max_idle_per_target
         self._upstream_idle_timeout = upstream_idle_timeout
         self._client_keepalive_timeout = client_keepalive_timeout
@@ -1905,6 +1983,7 @@ class ProxyServer:
 
     def _client_added(self, client: _ClientConnection) -> None:
         self._clients.add(client)
+        self.metrics.connections_accepted += 1
         if self._clients_empty is not None:
             self._clients_empty.clear()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -21,11 +22,14 @@ from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health_supervisor import HealthSupervisor
+from data_plane.metrics_export import DataPlaneCollector, metrics_registry
 from data_plane.node_identity import NodeIdentity, default_hostname, load_or_create_node_id
 from data_plane.proxy import ProxyServer
+from data_plane.request_metrics import Snapshot
 from data_plane.runtime import ConfigHolder
 from data_plane.status_api import create_status_app
 from data_plane.worker_hub import WorkerHub, WorkerProcesses
+from data_plane.worker_metrics import read_node_snapshot
 from ferry.cluster_link import require_secured_link
 from ferry.cluster_tls import ClusterTLS
 from ferry.http_site import start_site
@@ -122,6 +126,14 @@ class DataPlane:
             await self.stop()
             raise
 
+    def _request_counts(self) -> Snapshot | None:
+        """What the proxy counted: this process's, or the sum of the workers' files."""
+        if self.settings.workers > 1:
+            return read_node_snapshot(self.settings.data_dir, self.settings.workers)
+        if self._proxy is None:
+            return None
+        return self._proxy.metrics.snapshot(self._proxy.connections)
+
     def _installed(self, snapshot: cluster_pb2.Snapshot) -> None:
         if self.hub is not None:
             self.hub.publish(snapshot)
@@ -129,6 +141,8 @@ class DataPlane:
     async def _start(self) -> None:
         if self.settings.workers > 1:
             # Before the cache is loaded, so the workers get the cached config too.
+            # Worker counts continue across a worker's restart, not across the node's.
+            shutil.rmtree(self.settings.data_dir / "worker-metrics", ignore_errors=True)
             self.hub = WorkerHub(self.settings.data_dir / "workers.sock", self.health)
             await self.hub.start()
         await self.client.load_cache()
@@ -145,6 +159,11 @@ class DataPlane:
                 (lambda: self.hub is not None and self.hub.all_configured(self.settings.workers))
                 if self.hub is not None
                 else None
+            ),
+            metrics=metrics_registry(
+                DataPlaneCollector(
+                    self.holder, self.client.state, self._request_counts, self.resolver.dns_errors
+                )
             ),
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

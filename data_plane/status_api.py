@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from data_plane.cluster_client import ClusterLinkState
 from data_plane.dns_resolver import TargetResolver
@@ -74,9 +75,11 @@ def create_status_app(
     resolver: TargetResolver | None = None,
     workers: Callable[[], list[dict[str, Any]]] | None = None,
     workers_ready: Callable[[], bool] | None = None,
+    metrics: CollectorRegistry | None = None,
 ) -> web.Application:
     """``workers`` lists the node's proxy workers (``--workers N``) for ``/status``;
-    ``workers_ready`` says whether each serves the config (``/status/ready`` waits)."""
+    ``workers_ready`` says whether each serves the config (``/status/ready`` waits);
+    ``metrics`` is served as ``GET /metrics`` in Prometheus' text format."""
     started = time.time()
 
     async def status(_: web.Request) -> web.Response:
@@ -141,7 +144,14 @@ def create_status_app(
             )
         return web.json_response(body)
 
+    async def metrics_text(_: web.Request) -> web.Response:
+        assert metrics is not None
+        body = generate_latest(metrics)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app = web.Application()
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/status", status)
     app.router.add_get("/status/ready", ready)
     app.router.add_get("/upstreams/{upstream}/health", upstream_health)

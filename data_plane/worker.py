@@ -24,6 +24,7 @@ from data_plane.health_supervisor import HealthSupervisor
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
 from data_plane.worker_link import FrameError, encode_frame, read_frame
+from data_plane.worker_metrics import publish_periodically, read_snapshot, snapshot_path
 from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane.worker")
@@ -60,6 +61,11 @@ class ProxyWorker:
         self._applying_node_state = False
         self._resolver.on_change = self._health.addresses_changed
         self._proxy = ProxyServer(self.holder, host, port, via=via, reuse_port=True)
+        # The node sums its workers' counts from these files (see worker_metrics).
+        self._metrics_path = snapshot_path(hub.parent, index)
+        previous = read_snapshot(self._metrics_path)
+        if previous is not None:
+            self._proxy.metrics.restore(previous)
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.finished = asyncio.Event()
@@ -83,6 +89,13 @@ class ProxyWorker:
         self._tasks = [
             asyncio.create_task(self._resolver.run(), name="ferry-worker-dns"),
             asyncio.create_task(self._follow(reader), name="ferry-worker-link"),
+            asyncio.create_task(
+                publish_periodically(
+                    self._metrics_path,
+                    lambda: self._proxy.metrics.snapshot(self._proxy.connections),
+                ),
+                name="ferry-worker-metrics",
+            ),
         ]
         try:
             async with asyncio.timeout(FIRST_CONFIG_WAIT):

@@ -459,6 +459,25 @@ async def test_hop_by_hop_request_headers_are_stripped(stack: AsyncExitStack) ->
     assert request.header("x-real-ip") == "127.0.0.1"
 
 
+async def test_connection_cannot_name_content_length_away_from_a_request_body(
+    stack: AsyncExitStack,
+) -> None:
+    """``Connection: content-length`` must not drop the framing of a forwarded body:
+    the target would read the body as the next request (request smuggling)."""
+    seen = await ScriptedBackend(fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).start(stack)
+    proxy = await proxy_to(stack, seen.port, routes=[{"id": "r", "paths": ["/api"], "service": {"id": "s1"}}])
+    reader, writer = await connect(stack, proxy.port)
+    writer.write(
+        b"POST /api HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    status, _, body = await read_response(reader)
+    assert (status, body) == (200, b"ok")
+    request = seen.requests[0]
+    assert request.header("content-length") == "5"
+    assert request.body == b"hello"
+    assert len(seen.requests) == 1
+
+
 async def test_hop_by_hop_response_headers_are_stripped(stack: AsyncExitStack) -> None:
     raw = await raw_backend(
         stack,
