@@ -1738,7 +1738,8 @@ class _UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200 and not (status == 101 and ex.upgrade):
             # 1xx interim answers are not relayed: "100 Continue" was sent to the client
-            # by the proxy (a 101 to anything but an upgrade request is ignored too).
+            # by the proxy. (A 101 to anything but an upgrade request ends in a 502:
+            # llhttp stops parsing at any 101.)
             self._interim = True
             return
         ex.t_headers = now = _now_ns()
@@ -1799,6 +1800,8 @@ class _UpstreamConnection(asyncio.Protocol):
                 not http11 and tokens is not None and b"keep-alive" in tokens
             )
             self._parser = httptools.HttpResponseParser(self)
+            if len(buf) > end:
+                self._extra = True  # a HEAD answer has no body: anything more is garbage
             self._finish(keep_alive)
             return
         if relay:
