@@ -961,6 +961,7 @@ class _ClientConnection(asyncio.Protocol):
             return
         if ex.response_started:
             _end_try(ex, False)
+            self._count_cut_short(ex)
             # Part of the response is already out: the client can only learn of the
             # failure from the connection closing before the framing says it is done.
             self._abort()
@@ -1029,6 +1030,19 @@ class _ClientConnection(asyncio.Protocol):
         if self._queue and self._queue[0] is ex:
             self._advance()
 
+    def _count_cut_short(self, ex: _Exchange) -> None:
+        """Count a response whose head went out but whose end never will (the target
+        failed mid-body): under the status the client was told, as Kong logs it."""
+        if ex.status and not ex.upgrade:
+            t_begin, t_sent = ex.t_begin, ex.t_sent
+            (ex.series or self._server.metrics.unmatched).observe_proxied(
+                ex.status,
+                (t_sent - t_begin) // 1_000_000,
+                (ex.t_headers - t_sent) // 1_000_000,
+                (_now_ns() - t_begin) // 1_000_000,
+            )
+            ex.status = 0  # counted (the try's health report is already made)
+
     def _respond_error(self, ex: _Exchange, error: _ErrorKey) -> None:
         """Answer ``ex`` with a JSON error (does not advance the queue)."""
         if ex.try_balancer is not None:
@@ -1036,6 +1050,7 @@ class _ClientConnection(asyncio.Protocol):
         if ex.budget is not None:
             _end_budget(ex)
         if ex.response_started:
+            self._count_cut_short(ex)
             self._abort()
             return
         conn = ex.conn

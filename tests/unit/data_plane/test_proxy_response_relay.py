@@ -831,3 +831,18 @@ async def test_connection_header_naming_content_length_keeps_the_response_framed
 
     resp = parse_one(client.received)
     assert resp.complete and resp.body == b"ok"
+
+
+async def test_a_response_cut_short_by_the_target_is_counted_once_under_its_status(
+    harness: Harness,
+) -> None:
+    """The head went out, the target closed mid-body: the client's connection is cut,
+    and the request still shows in the metrics, once, with the status it was told."""
+    client = harness.client()
+    upstream = harness.request(client, GET)
+    upstream.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    upstream.close_from_peer()
+    harness.settle()
+    assert client.transport.lost or client.transport.aborted
+    series = harness.server.metrics.snapshot(0)["series"]
+    assert [(s["codes"], s["local_codes"]) for s in series] == [({"200": 1}, {})]
