@@ -160,6 +160,11 @@ def parse_document(text: str | bytes, *, json_only: bool = False) -> dict[str, A
     except (ValueError, yaml.YAMLError) as exc:
         if isinstance(exc, DocumentParseError):
             raise
+        # libyaml (PyYAML >= 6.0.4) stops deep nesting itself, before Python recursion would.
+        if isinstance(exc, yaml.MarkedYAMLError) and "maximum nesting depth" in (exc.problem or ""):
+            mark = exc.problem_mark
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise DocumentParseError(f"nested too deeply{where}") from None
         raise DocumentParseError(str(exc)) from None
     assert isinstance(document, dict)
     return document
