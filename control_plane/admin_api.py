@@ -15,18 +15,20 @@ import asyncio
 import base64
 import binascii
 import bisect
+import collections
 import json
 import logging
 import re
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_plane.admin_openapi import (
     DECLARATIVE_CONFIG_QUERY,
@@ -40,6 +42,8 @@ from control_plane.admin_openapi import (
     build_openapi,
 )
 from control_plane.admin_openapi import AdminRoute as _Route
+from control_plane.admin_tokens import READ_METHODS, TOKEN_HEADER, AdminTokens
+from control_plane.console_site import add_console_routes
 from control_plane.declarative import (
     ConfigDiff,
     DocumentParseError,
@@ -52,6 +56,7 @@ from control_plane.errors import (
     BadRequest,
     ConfigVersionMismatch,
     FerryError,
+    Forbidden,
     ForeignKeysUnresolved,
     InvalidBody,
     InvalidOffset,
@@ -59,10 +64,13 @@ from control_plane.errors import (
     InvalidSize,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     StoreUnavailable,
+    Unauthorized,
 )
 from control_plane.health import DataPlaneReport, ManualOverride, TargetHealthStore
 from control_plane.health_view import balancer_health, targets_with_health
+from control_plane.metrics import ControlPlaneView, metrics_registry
 from control_plane.schemas import (
     RuleError,
     decode_form,
@@ -129,30 +137,79 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every error to Kong's JSON body; count requests for ``/status``."""
+    """Map every error to Kong's JSON body; count requests for ``/status`` and
+    answers by status for ``/metrics``."""
     stats: dict[str, int] = request.app[_STATS]
     stats["total_requests"] += 1
     stats["connections_active"] += 1
+    response: web.StreamResponse | None = None
     try:
-        return await handler(request)
+        response = await handler(request)
+        return response
     except FerryError as exc:
-        return _json(exc.body(), exc.status)
+        response = _json(exc.body(), exc.status)
     except web.HTTPMethodNotAllowed:
-        return _json(MethodNotAllowed().body(), 405)
+        response = _json(MethodNotAllowed().body(), 405)
     except web.HTTPNotFound:
-        return _json(NotFound().body(), 404)
+        response = _json(NotFound().body(), 404)
+    except web.HTTPRequestEntityTooLarge:
+        response = _json(PayloadTooLarge(request.app[_LIMITS].max_body).body(), 413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _json({"message": exc.reason}, exc.status)
+        response = _json({"message": exc.reason}, exc.status)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return _json({"message": "An unexpected error occurred"}, 500)
+        response = _json({"message": "An unexpected error occurred"}, 500)
     finally:
         stats["connections_active"] -= 1
+        if response is not None:
+            request.app[_CODES][response.status] += 1
+    return response
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_body: int
+    tokens: AdminTokens | None
+
+
+@web.middleware
+async def _access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a body over the limit before reading it (413), then, with admin
+    tokens, a call without a valid token (401) or a write by a read-only one (403).
+
+    The console's page and assets need no token (the page asks for one). The token
+    comes in ``Ferry-Admin-Token`` (or Kong's ``Kong-Admin-Token``), or as
+    ``Authorization: Bearer`` for scrapers such as Prometheus.
+    """
+    limits = request.app[_LIMITS]
+    length = request.content_length
+    if length is not None and length > limits.max_body:
+        raise PayloadTooLarge(limits.max_body)
+    tokens = limits.tokens
+    if tokens is None or request.path == "/console" or request.path.startswith("/console/"):
+        return await handler(request)
+    headers = request.headers
+    token = headers.get(TOKEN_HEADER) or headers.get("Kong-Admin-Token")
+    if token is None:
+        scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else None
+    entry = tokens.identify(token or "")
+    if entry is None:
+        raise Unauthorized()
+    if entry.role != "admin" and request.method not in READ_METHODS:
+        verb = {"POST": "create", "DELETE": "delete"}.get(request.method, "update")
+        raise Forbidden(f"{entry.name}, you do not have permissions to {verb} this resource")
+    return await handler(request)
 
 
 _STATS: web.AppKey[dict[str, int]] = web.AppKey("ferry_admin_stats", dict)
+_CODES: web.AppKey[collections.Counter[int]] = web.AppKey("ferry_admin_codes", collections.Counter)
+_LIMITS: web.AppKey[_Limits] = web.AppKey("ferry_admin_limits", _Limits)
+
+#: Builds what ``GET /metrics`` reports from the Admin API's answer counts.
+MetricsSource = Callable[[Mapping[int, int]], Awaitable[ControlPlaneView]]
 
 
 # ------------------------------------------------------------------- helpers
@@ -771,6 +828,9 @@ def create_admin_app(
     node_id: str,
     version: str,
     health: ClusterHealth | None = None,
+    tokens: AdminTokens | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    metrics: MetricsSource | None = None,
 ) -> web.Application:
     """The Admin API application over ``store``.
 
@@ -779,10 +839,16 @@ def create_admin_app(
     ``health`` serves the health views and overrides; by default a
     :class:`TargetHealthStore` over the store's Redis and prefix. Any method a
     path does not serve answers 405, any unknown path 404, both with Kong's
-    JSON bodies.
+    JSON bodies. ``tokens`` turns access control on; a body over ``max_body``
+    bytes gets 413. ``metrics`` serves ``GET /metrics`` (Prometheus); the console
+    is served at ``/console``.
     """
-    app = web.Application(middlewares=[_error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[_error_middleware, _access_middleware], client_max_size=max_body
+    )
     app[_STATS] = {"total_requests": 0, "connections_active": 0}
+    app[_CODES] = collections.Counter()
+    app[_LIMITS] = _Limits(max_body, tokens)
     if health is None:
         health = TargetHealthStore(store.redis, store.prefix)
     api = _AdminAPI(store, data_planes, health, node_id, version)
@@ -796,8 +862,24 @@ def create_admin_app(
     openapi["paths"]["/openapi.json"] = {
         "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}
     }
+    if metrics is not None:
+        source = metrics
+
+        async def metrics_handler(request: web.Request) -> web.StreamResponse:
+            codes = request.app[_CODES]
+            view = await source(codes)
+            body = generate_latest(metrics_registry(view))
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        routes.append(
+            _Route("/metrics", {"GET": metrics_handler}, "Prometheus metrics of the cluster")
+        )
+        openapi["paths"]["/metrics"] = {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+        }
     for route in routes:
         resource = app.router.add_resource(route.path)
         for method, handler in route.handlers.items():
             resource.add_route(method, handler)
+    add_console_routes(app)
     return app

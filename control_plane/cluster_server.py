@@ -356,6 +356,8 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         self._health = health
         self._overrides = overrides
         self._probes = probes
+        #: Data-plane streams open on this CP now (``ferry_control_plane_streams``).
+        self.open_streams = 0
 
     async def Connect(  # noqa: N802 - gRPC method name
         self,
@@ -418,6 +420,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         tasks = [reader, watcher, forwarder, pinger]
         if probe is not None:
             tasks.append(asyncio.create_task(self._forward_probes(probe, outbox, first_queued)))
+        self.open_streams += 1
         try:
             while True:
                 getter = asyncio.ensure_future(outbox.get())
@@ -433,6 +436,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                 getter.cancel()
                 break  # the DP closed its side of the stream
         finally:
+            self.open_streams -= 1
             subscription.close()
             if probe is not None:
                 probe.close()  # its targets go to the other live DPs

@@ -345,3 +345,28 @@ class StoreUnavailable(_CodedError, ConnectionError):
     status = 503
     code = CODE_DATABASE_ERROR
     name = "database error"
+
+
+class Unauthorized(FerryError):
+    """401: no valid admin token (Kong RBAC's message)."""
+
+    status = 401
+
+    def __init__(self, message: str = "Invalid credentials. Token or User credentials required") -> None:
+        super().__init__(message)
+
+
+class Forbidden(FerryError):
+    """403: the token's role does not allow this request (Kong RBAC's wording)."""
+
+    status = 403
+
+
+class PayloadTooLarge(FerryError):
+    """413: the request body is over the Admin API's limit (nginx's status)."""
+
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body too large: the limit is {limit} bytes")
+        self.limit = limit

@@ -40,6 +40,7 @@ second (refused), ``socket_connect_timeout`` (connects time out) or
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import math
 from collections.abc import Iterable
@@ -52,6 +53,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SENTINEL_SCHEME = "redis+sentinel"
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
@@ -101,10 +104,41 @@ class OutermostRetry(Retry):
         if depth > 0:
             return await do()
         token = _retry_depth.set(depth + 1)
+
+        async def count_and_fail(error: BaseException, *failures: int) -> Any:
+            # Every failed attempt, retried or not: a flapping link shows here
+            # before any command gives up. (redis-py passes the failure count
+            # too when its caller asks for it: pass it on unchanged.)
+            REDIS_ERRORS[_error_kind(error)] += 1
+            return await fail(error, *failures)
+
         try:
-            return await super().call_with_retry(do, fail, *args, **kwargs)
+            return await super().call_with_retry(do, count_and_fail, *args, **kwargs)
+        except RedisConnectionError:
+            raise  # counted in count_and_fail
+        except WatchError:
+            raise  # an optimistic-lock conflict: Redis works as designed
+        except (RedisError, OSError) as exc:
+            REDIS_ERRORS[_error_kind(exc)] += 1
+            raise
         finally:
             _retry_depth.reset(token)
+
+
+#: Failed Redis operations of this process by kind (``connection``, ``timeout``,
+#: ``response``, ``other``): the CP's ``ferry_redis_errors_total``. Plain integers
+#: bumped on one event loop; read at scrape time.
+REDIS_ERRORS: collections.Counter[str] = collections.Counter()
+
+
+def _error_kind(error: BaseException) -> str:
+    if isinstance(error, RedisTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(error, RedisConnectionError | OSError):
+        return "connection"
+    if isinstance(error, ResponseError):
+        return "response"
+    return "other"
 
 
 #: Connections per client (redis-py's default maximum) and how long a command

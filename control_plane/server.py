@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
@@ -20,18 +22,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import ferry
-from control_plane.admin_api import create_admin_app
+from control_plane.admin_api import MAX_BODY_BYTES, create_admin_app
+from control_plane.admin_tokens import load_admin_tokens
 from control_plane.cluster_server import ClusterServicer, add_cluster_servicer
 from control_plane.config_follower import ConfigFollower
 from control_plane.data_planes import DEFAULT_PURGE_DELAY, DataPlaneRegistry
+from control_plane.errors import StoreUnavailable
 from control_plane.health import (
     DEFAULT_HEALTH_TTL,
     OverrideBroadcaster,
     OverrideFollower,
     TargetHealthStore,
 )
+from control_plane.metrics import ControlPlaneView
 from control_plane.probe_assignment import DEFAULT_MEMBERSHIP_INTERVAL, ProbeCoordinator
 from control_plane.redis_connection import (
+    REDIS_ERRORS,
     create_redis_client,
     describe_redis_url,
     validate_redis_url,
@@ -76,10 +82,33 @@ class ControlPlaneSettings(BaseModel):
     #: Health-check sharding: how many DPs actively probe each target (0 = every
     #: DP probes every target). Every CP sharing a Redis must use the same value.
     health_check_replicas: int = Field(default=0, ge=0)
+    #: Plaintext gRPC health service (grpc.health.v1 only) for orchestrator probes,
+    #: which cannot speak the cluster port's mTLS; ``None``: not served.
+    health_listen: str | None = None
+    #: Admin API tokens file (see admin_tokens.py); ``None``: no access control.
+    admin_tokens: Path | None = None
+    #: Largest Admin API request body in bytes (413 above it).
+    admin_body_limit: int = Field(default=MAX_BODY_BYTES, ge=1024, le=1024**3)
 
     @field_validator("admin_listen", "cluster_listen")
     @classmethod
     def _valid_address(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("admin_tokens")
+    @classmethod
+    def _usable_tokens(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            load_admin_tokens(value)  # AdminTokenError (a ValueError) says what is wrong
+        return value
+
+    @field_validator("health_listen")
+    @classmethod
+    def _valid_health_address(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
         parse_host_port(value)
         return value
 
@@ -121,10 +150,12 @@ class ControlPlane:
         #: Health-check sharding (None with ``health_check_replicas`` 0).
         self.probes: ProbeCoordinator | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._health_grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self.admin_port = 0
         self.cluster_port = 0
+        self.health_port = 0
 
     async def start(self) -> None:
         settings = self.settings
@@ -135,6 +166,8 @@ class ControlPlane:
             raise
 
     async def _start(self, settings: ControlPlaneSettings) -> None:
+        # Before anything starts: a bad tokens file must not leave a half-started CP.
+        tokens = load_admin_tokens(settings.admin_tokens) if settings.admin_tokens else None
         redis_url = settings.redis_url
         if redis_url is None:
             self._embedded = EmbeddedRedis(settings.data_dir / "redis")
@@ -198,10 +231,40 @@ class ControlPlane:
         await health_servicer.set("ferry.cluster.v1.Cluster", health_pb2.HealthCheckResponse.SERVING)
         security = settings.cluster_tls.describe() if settings.cluster_tls else "insecure"
         log.info("cluster gRPC listening on %s:%d (%s)", host, self.cluster_port, security)
+        if settings.health_listen:
+            # The same servicer object: one SERVING/NOT_SERVING state on both ports.
+            self._health_grpc = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._health_grpc)
+            host, port = parse_host_port(settings.health_listen)
+            self.health_port = self._health_grpc.add_insecure_port(format_host_port(host, port))
+            if self.health_port == 0:
+                raise OSError(f"cannot listen for gRPC health checks on {settings.health_listen}")
+            await self._health_grpc.start()
+            log.info("gRPC health service (plaintext) listening on %s:%d", host, self.health_port)
+
+        async def metrics_view(admin_requests: Mapping[int, int]) -> ControlPlaneView:
+            reachable = await store.ping()
+            try:
+                rows: list[dict[str, Any]] | None = await registry.list_data_planes()
+            except StoreUnavailable:
+                rows, reachable = None, False
+            current = self.snapshots.current
+            return ControlPlaneView(
+                ferry_version=ferry.__version__,
+                config_version=current.version if current is not None else 0,
+                open_streams=servicer.open_streams,
+                datastore_reachable=reachable,
+                data_planes=rows,
+                redis_errors=dict(REDIS_ERRORS),
+                admin_requests=dict(admin_requests),
+            )
 
         app = create_admin_app(
-            store, registry, node_id=self.node_id, version=ferry.__version__, health=health_store
+            store, registry, node_id=self.node_id, version=ferry.__version__, health=health_store,
+            tokens=tokens, max_body=settings.admin_body_limit, metrics=metrics_view,
         )
+        if tokens is not None:
+            log.info("admin API access control on: %d token(s) from %s", len(tokens), settings.admin_tokens)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = parse_host_port(settings.admin_listen)
@@ -216,6 +279,9 @@ class ControlPlane:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._health_grpc is not None:
+            await self._health_grpc.stop(0)
+            self._health_grpc = None
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None

@@ -43,6 +43,7 @@ from data_plane.request_metrics import (
     Snapshot,
 )
 from data_plane.runtime import ConfigHolder
+from ferry.snapshot_format import config_hash_number
 
 __all__ = ["DataPlaneCollector", "metrics_registry"]
 
@@ -166,7 +167,7 @@ class DataPlaneCollector(Collector):
         yield GaugeMetricFamily(
             "ferry_config_hash",
             "The served configuration's hash: its first 13 hex digits as a number (0: none)",
-            value=int(config.hash[:13], 16) if config is not None and config.hash else 0,
+            value=config_hash_number(config.hash) if config is not None else 0,
         )
         yield GaugeMetricFamily(
             "ferry_config_last_sync_timestamp_seconds",

@@ -60,6 +60,7 @@ from typing import Final, cast
 
 import httptools
 
+from data_plane.access_log import AccessLog
 from data_plane.balancers import Address, Balancer, BalancerHandle
 from data_plane.hash_key import HashInputs
 from data_plane.health_checker import HealthChecker
@@ -260,6 +261,7 @@ class _Exchange:
         "try_health",
         "status",
         "series",
+        "url",
     )
 
     def __init__(self, method: bytes, http10: bool, close_after: bool, t_begin: int = 0) -> None:
@@ -325,6 +327,8 @@ class _Exchange:
         self.status = 0
         #: Where this request is counted (its route's; ``None``: no route matched).
         self.series: RouteSeries | None = None
+        #: The request target as the client sent it (for the access log).
+        self.url = b""
 
 
 class _BadUpstreamResponse(Exception):
@@ -566,6 +570,7 @@ class _ClientConnection(asyncio.Protocol):
             keep_alive = not (conn_tokens and b"close" in conn_tokens)
         close_after = not keep_alive or self._shutting_down
         ex = _Exchange(method, http10, close_after, self._t_begin)
+        ex.url = self._url
         # llhttp's own verdict (Connection: upgrade + Upgrade, or CONNECT): it stops
         # parsing after this head whatever we do, so HTTP ends here on this connection.
         upgrade = parser.should_upgrade()
@@ -1016,6 +1021,8 @@ class _ClientConnection(asyncio.Protocol):
             (ex.t_headers - t_sent) // 1_000_000,
             (_now_ns() - t_begin) // 1_000_000,
         )
+        if self._server.access_log is not None:
+            self._log_access(ex, ex.status, "upstream")
         if ex.try_balancer is not None:
             _end_try(ex, False)
         if ex.budget is not None:
@@ -1041,7 +1048,33 @@ class _ClientConnection(asyncio.Protocol):
                 (ex.t_headers - t_sent) // 1_000_000,
                 (_now_ns() - t_begin) // 1_000_000,
             )
+            if self._server.access_log is not None:
+                self._log_access(ex, ex.status, "upstream")
             ex.status = 0  # counted (the try's health report is already made)
+
+    def _log_access(self, ex: _Exchange, status: int, source: str) -> None:
+        """One access-log record for ``ex`` (only called with ``--access-log``)."""
+        access_log = self._server.access_log
+        assert access_log is not None
+        now = _now_ns()
+        t_begin = ex.t_begin or now
+        series = ex.series
+        address = ex.address
+        access_log.record(
+            client_ip=self._peer_ip,
+            method=ex.method,
+            uri=ex.url,
+            http10=ex.http10,
+            status=status,
+            source=source,
+            upstream=address.key if address is not None else None,
+            service=series.service or None if series is not None else None,
+            route=series.route or None if series is not None else None,
+            tries=ex.retries + 1 if address is not None else 0,
+            request_ms=(now - t_begin) // 1_000_000,
+            upstream_ms=(ex.t_headers - ex.t_sent) // 1_000_000 if ex.t_headers and ex.t_sent else None,
+            proxy_ms=(ex.t_try - t_begin) // 1_000_000 if ex.t_try else None,
+        )
 
     def _respond_error(self, ex: _Exchange, error: _ErrorKey) -> None:
         """Answer ``ex`` with a JSON error (does not advance the queue)."""
@@ -1062,6 +1095,8 @@ class _ClientConnection(asyncio.Protocol):
         (ex.series or self._server.metrics.unmatched).observe_local(
             error[0], (now - (ex.t_begin or now)) // 1_000_000
         )
+        if self._server.access_log is not None:
+            self._log_access(ex, error[0], "ferry")
         close = ex.close_after or error in (E_BAD_REQUEST, E_HEADERS_TOO_LARGE, E_INTERNAL)
         if close:
             ex.close_after = True
@@ -1910,9 +1945,11 @@ class ProxyServer:
         upstream_idle_timeout: float = 60.0,
         client_keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT,
         reuse_port: bool = False,
+        access_log: AccessLog | None = None,
     ) -> None:
         """``reuse_port``: bind with ``SO_REUSEPORT``, so that several processes (the
-        workers of one node) accept on one port and the kernel spreads connections."""
+        workers of one node) accept on one port and the kernel spreads connections.
+        ``access_log``: log every request there (off by default)."""
         self.holder = holder
         self._host = host
         self._requested_port = port
@@ -1922,6 +1959,8 @@ class ProxyServer:
         self._errors = {key: _ErrorResponse(key, server_header) for key in _ALL_ERRORS}
         #: What this proxy counted (requests by route and status, latencies, connections).
         self.metrics = RequestMetrics()
+        #: One record per request when set (``--access-log``); ``None`` costs one check.
+        self.access_log = access_log
         self._max_idle = max_idle_per_target
         self._upstream_idle_timeout = upstream_idle_timeout
         self._client_keepalive_timeout = client_keepalive_timeout

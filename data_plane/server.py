@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import ferry
+from data_plane.access_log import AccessLog
 from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
@@ -34,6 +35,7 @@ from ferry.cluster_link import require_secured_link
 from ferry.cluster_tls import ClusterTLS
 from ferry.http_site import start_site
 from ferry.listen import format_host_port, parse_host_port
+from ferry.logging_setup import current_log_format
 from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane")
@@ -60,6 +62,8 @@ class DataPlaneSettings(BaseModel):
     cluster_ping_interval: float = Field(default=30.0, gt=0, le=3600)
     #: Proxy processes sharing the proxy port (SO_REUSEPORT); 1 = proxy in this process.
     workers: int = Field(default=1, ge=1, le=256)
+    #: One log record per proxied request (``ferry.access`` logger; see access_log.py).
+    access_log: bool = False
 
     @field_validator("control_plane", "proxy_listen", "status_listen")
     @classmethod
@@ -176,7 +180,10 @@ class DataPlane:
         if self.hub is not None:
             self._start_workers(host, port)
         else:
-            self._proxy = ProxyServer(self.holder, host, port, via=f"ferry/{ferry.__version__}")
+            self._proxy = ProxyServer(
+                self.holder, host, port, via=f"ferry/{ferry.__version__}",
+                access_log=AccessLog() if self.settings.access_log else None,
+            )
             await self._proxy.start()
             self.proxy_port = self._proxy.port
             log.info("proxy listening on %s:%d", host, self.proxy_port)
@@ -209,6 +216,8 @@ class DataPlane:
                 "--dns-resolver", self.settings.dns_resolver,
                 "--hostname", self.node.hostname,
                 "--log-level", level if level in ("debug", "info", "warning", "error") else "info",
+                "--log-format", current_log_format(),
+                *(["--access-log"] if self.settings.access_log else []),
             ]
 
         self.worker_processes = WorkerProcesses(self.settings.workers, command)

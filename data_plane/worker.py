@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from data_plane.access_log import AccessLog
 from data_plane.cluster_client import apply_snapshot
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health_checker import HealthTransition
@@ -48,6 +49,7 @@ class ProxyWorker:
         via: str,
         dns_resolver: str = "",
         hostname: str = "",
+        access_log: bool = False,
     ) -> None:
         self._hub = hub
         self._index = index
@@ -60,7 +62,10 @@ class ProxyWorker:
         self._health.listeners.append(self._own_transition)
         self._applying_node_state = False
         self._resolver.on_change = self._health.addresses_changed
-        self._proxy = ProxyServer(self.holder, host, port, via=via, reuse_port=True)
+        self._proxy = ProxyServer(
+            self.holder, host, port, via=via, reuse_port=True,
+            access_log=AccessLog() if access_log else None,
+        )
         # The node sums its workers' counts from these files (see worker_metrics).
         self._metrics_path = snapshot_path(hub.parent, index)
         previous = read_snapshot(self._metrics_path)

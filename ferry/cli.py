@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ferry
-from ferry.logging_setup import configure_logging
+from ferry.logging_setup import LOG_FORMATS, configure_logging, current_log_format
 
 _TRUE = {"1", "true", "yes", "on"}
 #: ``ferry dump``/``apply``'s control plane: ``ferry control-plane``'s default --admin-listen.
@@ -67,6 +68,8 @@ def _cluster_tls_flags(parser: argparse.ArgumentParser, *, data_plane: bool) -> 
 def _common(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"],
           help="log verbosity")
+    _flag(parser, "--log-format", default="text", choices=list(LOG_FORMATS),
+          help="log lines as text, or as one JSON object a line (for log shippers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(cp, "--health-check-replicas", default=0, type=int,
           help="health-check sharding: data planes that actively probe each target, sharing "
           "their verdicts with the others (0: every data plane probes every target)")
+    _flag(cp, "--health-listen", help="plaintext gRPC health service (grpc.health.v1 only) "
+          "HOST:PORT, for Kubernetes gRPC probes (the cluster port needs mTLS); default: none")
+    _flag(cp, "--admin-tokens", metavar="FILE", help="Admin API tokens file (hashes and roles; "
+          "`ferry admin-token add`): every call then needs a Ferry-Admin-Token header; default: none")
+    _flag(cp, "--admin-body-limit", default=32 * 1024 * 1024, type=int,
+          help="largest Admin API request body in bytes (413 above it)")
     _switch(cp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
     _cluster_tls_flags(cp, data_plane=False)
     _common(cp)
@@ -116,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(dp, "--workers", default=1, type=int,
           help="proxy processes sharing --proxy-listen (SO_REUSEPORT), with one cluster link "
           "and one health checker for the node; 1 proxies in this process")
+    _switch(dp, "--access-log", help="log one line (or JSON object) per proxied request, "
+            "without headers or bodies")
     _switch(dp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
     _cluster_tls_flags(dp, data_plane=True)
     _common(dp)
@@ -127,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, default=0, help="this worker's number")
     worker.add_argument("--dns-resolver", default="", help="as for data-plane")
     worker.add_argument("--hostname", default="", help="the node's hostname")
+    worker.add_argument("--access-log", action="store_true", help="as for data-plane")
     _common(worker)
 
     up = sub.add_parser("up", help="all in one: embedded Redis + control plane + data planes + demo",
@@ -153,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(gen, "--days", default=1095, type=int, help="validity in days")
     _switch(gen, "--force", help="overwrite existing files")
 
+    token = sub.add_parser("admin-token", help="Admin API tokens (access control)",
+                           description="Manage the tokens of --admin-tokens FILE.")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    add = token_sub.add_parser("add", help="generate a token, store its hash, print it once",
+                               description="Generate a random token, append its SHA-256 hash with "
+                               "NAME and ROLE to FILE (created mode 0600), and print the token: it "
+                               "is stored nowhere else. Restart the control planes to use it.")
+    add.add_argument("--file", required=True, help="the tokens file (--admin-tokens)")
+    add.add_argument("--name", required=True, help="who holds the token (shown in 403 messages)")
+    add.add_argument("--role", default="admin", choices=["admin", "read-only"],
+                     help="admin: every call; read-only: GET/HEAD/OPTIONS only (default: admin)")
+
     dump = sub.add_parser("dump", help="write the whole configuration as a declarative YAML file",
                           description="Read the whole configuration from a control plane (one "
                           "consistent read) and write it as Kong's declarative format (YAML).")
@@ -178,7 +202,11 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 def _fail(message: str) -> int:
-    print(f"ferry: error: {message}", file=sys.stderr)
+    if current_log_format() == "json":
+        # A log shipper reading JSON lines gets the fatal error as one of them too.
+        logging.getLogger("ferry").error("ferry: error: %s", message)
+    else:
+        print(f"ferry: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -199,6 +227,7 @@ def _run_control_plane(args: argparse.Namespace) -> int:
 
     from control_plane.server import ControlPlane, ControlPlaneSettings
 
+    configure_logging(args.log_level, component="control-plane", log_format=args.log_format)
     try:
         settings = ControlPlaneSettings(
             admin_listen=args.admin_listen,
@@ -211,10 +240,12 @@ def _run_control_plane(args: argparse.Namespace) -> int:
             data_plane_purge_delay=args.data_plane_purge_delay,
             health_report_ttl=args.health_report_ttl,
             health_check_replicas=args.health_check_replicas,
+            health_listen=args.health_listen,
+            admin_tokens=Path(args.admin_tokens) if args.admin_tokens else None,
+            admin_body_limit=args.admin_body_limit,
         )
     except (ValidationError, ValueError) as exc:
         return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
-    configure_logging(args.log_level, component="control-plane")
     plane = ControlPlane(settings)
     return _run(_serve_until_signalled(plane.start, plane.stop))
 
@@ -224,6 +255,7 @@ def _run_data_plane(args: argparse.Namespace) -> int:
 
     from data_plane.server import DataPlane, DataPlaneSettings
 
+    configure_logging(args.log_level, component="data-plane", log_format=args.log_format)
     try:
         settings = DataPlaneSettings(
             control_plane=args.control_plane,
@@ -237,10 +269,10 @@ def _run_data_plane(args: argparse.Namespace) -> int:
             dns_resolver=args.dns_resolver,
             cluster_ping_interval=args.cluster_ping_interval,
             workers=args.workers,
+            access_log=args.access_log,
         )
     except (ValidationError, ValueError) as exc:
         return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
-    configure_logging(args.log_level, component="data-plane")
     plane = DataPlane(settings)
     return _run(_serve_until_signalled(plane.start, plane.stop))
 
@@ -250,7 +282,8 @@ def _run_data_plane_worker(args: argparse.Namespace) -> int:
     from data_plane.worker import ProxyWorker, run_worker
     from ferry.listen import parse_host_port
 
-    configure_logging(args.log_level, component=f"data-plane-worker-{args.index}")
+    configure_logging(args.log_level, component=f"data-plane-worker-{args.index}",
+                      log_format=args.log_format)
     host, port = parse_host_port(args.proxy_listen, default_host="0.0.0.0")
 
     async def serve() -> None:
@@ -259,7 +292,8 @@ def _run_data_plane_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
         worker = ProxyWorker(Path(args.hub), host, port, args.index, via=f"ferry/{ferry.__version__}",
-                             dns_resolver=args.dns_resolver, hostname=args.hostname)
+                             dns_resolver=args.dns_resolver, hostname=args.hostname,
+                             access_log=args.access_log)
         await run_worker(worker, stopping)
 
     return _run(serve())
@@ -305,6 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ferry.cluster_certs import run_cert_command
 
         return run_cert_command(args)
+    if args.command == "admin-token":
+        from control_plane.admin_tokens import AdminTokenError, add_token
+
+        try:
+            print(add_token(Path(args.file), args.name, args.role))
+        except AdminTokenError as exc:
+            return _fail(str(exc))
+        return 0
     if args.command == "up":
         from ferry.up import run_up
 

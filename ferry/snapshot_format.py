@@ -34,3 +34,12 @@ def config_hash(resources: Iterable[tuple[str, str, bytes]]) -> str:
         digest.update(body)
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def config_hash_number(hash_hex: str) -> int:
+    """A config hash as a metric value: its first 13 hex digits as an integer (52
+    bits, exact in a Prometheus float64); 0 when empty or not hex."""
+    try:
+        return int(hash_hex[:13], 16) if hash_hex else 0
+    except ValueError:
+        return 0

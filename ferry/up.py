@@ -115,6 +115,7 @@ async def _up(args: argparse.Namespace, cluster_cert: Path, cluster_key: Path) -
     runners: list[web.AppRunner] = []
     common = [
         "--log-level", args.log_level,
+        "--log-format", args.log_format,
         "--cluster-mtls", "shared", "--cluster-cert", str(cluster_cert), "--cluster-cert-key", str(cluster_key),
     ]
     admin_host, admin_port = parse_host_port(args.admin_listen)

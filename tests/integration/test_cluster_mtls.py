@@ -216,3 +216,36 @@ async def test_a_tls_data_plane_says_when_the_control_plane_is_plaintext(
     dp = start_dp(stack, cp, tmp_path, "dp-tls", ClusterTLS(cert=shared_pair.cert, key=shared_pair.key))
     await wait_rejected(cp, dp, "it does not speak TLS")
 
+
+
+async def test_the_health_port_answers_plaintext_grpc_probes_while_the_cluster_port_needs_mtls(
+    redis_url: str, tmp_path: Path, shared_pair: Pair
+) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    plane = ControlPlane(
+        ControlPlaneSettings(
+            admin_listen="127.0.0.1:0",
+            cluster_listen="127.0.0.1:0",
+            health_listen="127.0.0.1:0",
+            data_dir=tmp_path / "cp",
+            redis_url=redis_url,
+            cluster_tls=ClusterTLS(mode="shared", cert=shared_pair.cert, key=shared_pair.key),
+        )
+    )
+    await plane.start()
+    try:
+        assert plane.health_port not in (0, plane.cluster_port)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.health_port}") as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.cluster_port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=2
+                )
+    finally:
+        await plane.stop(0.5)
