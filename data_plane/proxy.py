@@ -2037,6 +2037,8 @@ class ProxyServer:
         except TimeoutError:
             pass
         self._server = None
+        if self.access_log is not None:
+            self.access_log.flush()
 
     def _client_added(self, client: _ClientConnection) -> None:
         self._clients.add(client)

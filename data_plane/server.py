@@ -182,7 +182,8 @@ class DataPlane:
         else:
             self._proxy = ProxyServer(
                 self.holder, host, port, via=f"ferry/{ferry.__version__}",
-                access_log=AccessLog() if self.settings.access_log else None,
+                access_log=AccessLog(current_log_format(), component="data-plane")
+                if self.settings.access_log else None,
             )
             await self._proxy.start()
             self.proxy_port = self._proxy.port

@@ -26,6 +26,7 @@ from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
 from data_plane.worker_link import FrameError, encode_frame, read_frame
 from data_plane.worker_metrics import publish_periodically, read_snapshot, snapshot_path
+from ferry.logging_setup import current_log_format
 from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane.worker")
@@ -64,7 +65,8 @@ class ProxyWorker:
         self._resolver.on_change = self._health.addresses_changed
         self._proxy = ProxyServer(
             self.holder, host, port, via=via, reuse_port=True,
-            access_log=AccessLog() if access_log else None,
+            access_log=AccessLog(current_log_format(), component=f"data-plane-worker-{index}")
+            if access_log else None,
         )
         # The node sums its workers' counts from these files (see worker_metrics).
         self._metrics_path = snapshot_path(hub.parent, index)
