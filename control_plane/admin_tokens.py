@@ -132,6 +132,8 @@ def load_admin_tokens(path: Path) -> AdminTokens:
 def add_token(path: Path, name: str, role: AdminRole) -> str:
     """Generate a token, append its hash to ``path`` (created mode 0600 if missing)
     and return the token, which is stored nowhere else."""
+    if not path.parent.is_dir():
+        raise AdminTokenError(f"cannot write {path}: the directory {path.parent} does not exist")
     parsed = read_token_file(path) if path.exists() else TokenFile()
     if any(entry.name == name for entry in parsed.tokens):
         raise AdminTokenError(f"{path} already has a token named {name!r}")

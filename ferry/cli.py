@@ -182,12 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "consistent read) and write it as Kong's declarative format (YAML).")
     _flag(dump, "--admin-url", default=DEFAULT_ADMIN_URL, metavar="URL", help="the control plane's Admin API")
     _flag(dump, "--output", short="-o", metavar="FILE", help="file to write (default: standard output)")
+    _flag(dump, "--admin-token", metavar="TOKEN", help="Admin API token, for a control plane that requires one "
+          "(sent as Ferry-Admin-Token; prefer the env variable: a flag shows in `ps`)")
     apply = sub.add_parser("apply", help="make the configuration equal to a declarative file",
                            description="Validate FILE, print what it creates, updates and deletes on "
                            "the control plane, and apply it as one atomic change (POST /config).")
     apply.add_argument("file", metavar="FILE", help="declarative configuration (YAML or JSON; - for stdin)")
     _flag(apply, "--admin-url", default=DEFAULT_ADMIN_URL, metavar="URL", help="the control plane's Admin API")
     _switch(apply, "--dry-run", help="print the diff only; write nothing")
+    _flag(apply, "--admin-token", metavar="TOKEN", help="Admin API token, for a control plane that requires one "
+          "(sent as Ferry-Admin-Token; prefer the env variable: a flag shows in `ps`)")
     return parser
 
 
@@ -355,6 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ferry.config_commands import run_apply, run_dump
 
         if args.command == "dump":
-            return run_dump(args.admin_url, args.output)
-        return run_apply(args.admin_url, args.file, dry_run=args.dry_run)
+            return run_dump(args.admin_url, args.output, token=args.admin_token)
+        return run_apply(args.admin_url, args.file, dry_run=args.dry_run, token=args.admin_token)
     return _fail(f"unknown command {args.command}")

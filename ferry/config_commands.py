@@ -58,8 +58,14 @@ class CommandError(Exception):
 class AdminClient:
     """The few Admin API calls the commands make, over urllib (blocking)."""
 
-    def __init__(self, admin_url: str, timeout: float = HTTP_TIMEOUT) -> None:
+    def __init__(
+        self, admin_url: str, timeout: float = HTTP_TIMEOUT, *, token: str | None = None
+    ) -> None:
+        """``token``: sent as ``Ferry-Admin-Token`` (a CP with ``--admin-tokens``)."""
         url = admin_url.strip().rstrip("/")
+        self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if token:
+            self._headers["Ferry-Admin-Token"] = token
         if "://" not in url:
             url = "http://" + url
         self.base_url = url
@@ -71,7 +77,7 @@ class AdminClient:
             self.base_url + path,
             data=data,
             method=method,
-            headers={"Accept": "application/json", "Content-Type": "application/json"},
+            headers=self._headers,
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -110,10 +116,12 @@ def _message(body: Any) -> str:
 # ---------------------------------------------------------------------- dump
 
 
-def run_dump(admin_url: str, output: str | None, out: TextIO = sys.stdout) -> int:
+def run_dump(
+    admin_url: str, output: str | None, out: TextIO = sys.stdout, *, token: str | None = None
+) -> int:
     """``ferry dump``: the configuration as YAML on ``out`` or in ``output`` (atomically)."""
     try:
-        document = AdminClient(admin_url).get_config()
+        document = AdminClient(admin_url, token=token).get_config()
         text = dump_yaml(document)
         if output is None or output == "-":
             out.write(text)
@@ -150,11 +158,13 @@ def _write_atomically(path: Path, text: str) -> None:
 # --------------------------------------------------------------------- apply
 
 
-def run_apply(admin_url: str, file: str, *, dry_run: bool, out: TextIO = sys.stdout) -> int:
+def run_apply(
+    admin_url: str, file: str, *, dry_run: bool, out: TextIO = sys.stdout, token: str | None = None
+) -> int:
     """``ferry apply``: validate ``file``, print the diff, apply it unless ``dry_run``."""
     try:
         document = _read_document(file)
-        client = AdminClient(admin_url)
+        client = AdminClient(admin_url, token=token)
         stored = client.get_config()
         version = int(stored["_config_version"])
         current = entities_of(stored)

@@ -94,9 +94,11 @@ class Result:
     stderr: str
 
 
-async def ferry(*args: str, stdin: str | None = None) -> Result:
-    """Run ``python -m ferry ARGS`` to completion (killed after 60 s) without FERRY_ variables."""
+async def ferry(*args: str, stdin: str | None = None, env_extra: dict[str, str] | None = None) -> Result:
+    """Run ``python -m ferry ARGS`` to completion (killed after 60 s) without FERRY_ variables
+    but ``env_extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    env.update(env_extra or {})
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ferry", *args,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -290,3 +292,35 @@ def test_dump_and_apply_document_every_flag_with_its_environment_variable() -> N
         for flag in set(flags) - {"--help"}:
             assert "FERRY_" + flag[2:].replace("-", "_").upper() in text, f"{command} {flag}"
         assert "FERRY_ADMIN_URL" in text
+
+
+async def test_dump_and_apply_send_the_admin_token_of_a_guarded_control_plane(
+    redis_url: str, tmp_path: Path
+) -> None:
+    from control_plane.admin_tokens import add_token
+    from tests.support import start_control_plane
+
+    tokens = tmp_path / "tokens.yaml"
+    token = add_token(tokens, "ci", "admin")
+    reader = add_token(tokens, "viewer", "read-only")
+    cp = await start_control_plane(redis_url, tmp_path / "cp", admin_tokens=tokens)
+    try:
+        url = f"http://127.0.0.1:{cp.admin_port}"
+        denied = await ferry("dump", "--admin-url", url)
+        assert denied.returncode == 1
+        assert "401" in denied.stderr and "Invalid credentials" in denied.stderr
+        file = tmp_path / "one.yaml"
+        file.write_text('_format_version: "3.0"\nupstreams:\n- name: u1\n')
+        applied = await ferry("apply", str(file), "--admin-url", url, env_extra={"FERRY_ADMIN_TOKEN": token})
+        assert applied.returncode == 0, applied.stderr
+        read_only = await ferry("apply", str(file), "--admin-url", url, "--admin-token", reader)
+        assert read_only.returncode == 0 and "no changes" in read_only.stdout
+        dumped = await ferry("dump", "--admin-url", url, "--admin-token", reader)
+        assert dumped.returncode == 0, dumped.stderr
+        assert [u["name"] for u in yaml.safe_load(dumped.stdout)["upstreams"]] == ["u1"]
+        file.write_text('_format_version: "3.0"\nupstreams:\n- name: u2\n')
+        refused = await ferry("apply", str(file), "--admin-url", url, "--admin-token", reader)
+        assert refused.returncode == 1 and "403" in refused.stderr, refused.stderr
+        assert token not in applied.stdout + applied.stderr
+    finally:
+        await cp.stop(0.5)

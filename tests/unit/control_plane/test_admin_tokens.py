@@ -102,3 +102,13 @@ def test_the_admin_token_command_prints_a_token_that_the_file_accepts(
     assert found is not None and found.role == "read-only"
     assert main(["admin-token", "add", "--file", str(path), "--name", "ci"]) == 2
     assert "already has a token named 'ci'" in capsys.readouterr().err
+
+
+def test_a_tokens_file_in_a_missing_directory_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "absent" / "tokens.yaml"
+    assert main(["admin-token", "add", "--file", str(path), "--name", "ci"]) == 2
+    err = capsys.readouterr().err
+    assert f"the directory {path.parent} does not exist" in err
+    assert not path.parent.exists()
