@@ -41,7 +41,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from control_plane.errors import SchemaViolation
-from ferry.route_regex import pcre_to_python
+from ferry.route_regex import RouteRegexError, compile_header_regex, compile_path_regex
 from ferry.target_health import (
     ACTIVE_HEALTHY_STATUSES,
     ACTIVE_UNHEALTHY_STATUSES,
@@ -314,8 +314,8 @@ def _check_router_path(value: str) -> str:
     _check_percent_encoding(value)
     if value.startswith("~"):
         try:
-            re.compile(pcre_to_python(value[1:]))
-        except re.error as exc:
+            compile_path_regex(value[1:])
+        except RouteRegexError as exc:
             raise RuleError(f"invalid regex: '{value[1:]}' (PCRE returned: {exc})") from None
     return value
 
@@ -359,8 +359,8 @@ def _check_route_header_values(values: list[str]) -> list[str]:
     for value in values:
         if value.startswith("~*"):
             try:
-                re.compile(pcre_to_python(value[2:]))
-            except re.error as exc:
+                compile_header_regex(value[2:])
+            except RouteRegexError as exc:
                 raise RuleError(f"invalid regex: '{value[2:]}' (PCRE returned: {exc})") from None
     return values
 

@@ -10,8 +10,10 @@ first), then configuration order. The first candidate whose every condition hold
 Matching semantics:
 
 - ``paths``: a plain path is a byte-prefix (``/foo`` matches ``/foo``, ``/foo/x`` and
-  ``/foobar``, as in Kong); ``~regex`` is a Python ``re`` pattern matched from the start
-  of the path (``re.match``, so implicitly anchored at the beginning like Kong).
+  ``/foobar``, as in Kong); ``~regex`` is a Python ``re`` bytes pattern matched from the
+  start of the path (``re.match``, so implicitly anchored at the beginning like Kong),
+  compiled by :mod:`ferry.route_regex`, the very function the control plane validates
+  with.
   Matching looks at the path only, never at the query string.
 - ``hosts``: case-insensitive; exact, ``*.example.com`` (any label(s) in front) or
   ``example.*`` (any suffix). A host with a port only matches a request Host with that
@@ -35,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ferry.route_regex import pcre_to_python
+from ferry.route_regex import RouteRegexError, compile_header_regex, compile_path_regex
 
 S = TypeVar("S")
 
@@ -125,12 +127,8 @@ class _Candidate(Generic[S]):
         for name, values in route.headers:
             plain_values = frozenset(v.lower().encode() for v in values if not v.startswith("~*"))
             try:
-                regexes = tuple(
-                    re.compile(pcre_to_python(v[2:]).encode(), re.IGNORECASE)
-                    for v in values
-                    if v.startswith("~*")
-                )
-            except re.error as exc:
+                regexes = tuple(compile_header_regex(v[2:]) for v in values if v.startswith("~*"))
+            except RouteRegexError as exc:
                 raise ValueError(
                     f"route {route.name or route.id}: invalid regex in header {name!r}: {exc}"
                 ) from None
@@ -140,7 +138,7 @@ class _Candidate(Generic[S]):
         self.regex: re.Pattern[bytes] | None = None
         if path is not None:
             if path.startswith("~"):
-                self.regex = re.compile(pcre_to_python(path[1:]).encode())
+                self.regex = compile_path_regex(path[1:])
             else:
                 self.prefix = path.encode()
         self.named_groups = bool(self.regex is not None and self.regex.groupindex)
@@ -222,7 +220,7 @@ class Router(Generic[S]):
             for path in route.paths or (None,):
                 try:
                     candidate = _Candidate(route, path)
-                except re.error as exc:
+                except RouteRegexError as exc:
                     raise ValueError(f"route {route.name or route.id}: invalid regex path {path!r}: {exc}") from None
                 candidates.append((candidate.sort_key(), order, candidate))
                 order += 1
