@@ -484,7 +484,9 @@ def _compile_services(
             text_port = port or 1
             try:
                 address = parse_target(
-                    f"[{host}]:{text_port}" if ":" in host else f"{host}:{text_port}"
+                    # The Admin API accepts an IPv6 host bare (::1) or bracketed ([::1]).
+                    f"{host}:{text_port}" if host.startswith("[") or ":" not in host
+                    else f"[{host}]:{text_port}"
                 )
             except ValueError as exc:
                 raise ConfigError(f"{label}: invalid host: {exc}") from None
@@ -552,6 +554,13 @@ def _compile_route(
         if _str_list(route, "snis", label):
             return None  # matches on TLS SNI only: this proxy does not terminate TLS
         raise ConfigError(f"{label}: must set at least one of 'paths', 'hosts', 'methods', 'headers'")
+    # Any integer: the Admin API bounds none, and a bound only DPs had (int64) made every
+    # DP NACK the config (issue 12).
+    regex_priority = route.get("regex_priority")
+    if regex_priority is None:
+        regex_priority = 0
+    elif isinstance(regex_priority, bool) or not isinstance(regex_priority, int):
+        raise ConfigError(f"{label}: 'regex_priority' must be an integer")
     return RouteSpec(
         id=route["id"],
         name=route.get("name"),
@@ -563,6 +572,6 @@ def _compile_route(
         headers=tuple(headers),
         strip_path=_bool(route, "strip_path", label, True),
         preserve_host=_bool(route, "preserve_host", label, False),
-        regex_priority=_int(route, "regex_priority", label, 0, -(2**63), 2**63 - 1),
+        regex_priority=regex_priority,
         https_only="http" not in protocols,
     )

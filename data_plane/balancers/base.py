@@ -98,7 +98,8 @@ def parse_target(target: str, weight: int = 100) -> Address:
         if not port_text.isdigit():
             raise ValueError(f"invalid target {target!r}: bad port")
         port = int(port_text)
-        if not 1 <= port <= 65535:
+        # Port 0 as Kong and the Admin API accept it (connecting to it fails: a 502).
+        if not 0 <= port <= 65535:
             raise ValueError(f"invalid target {target!r}: port out of range")
     return Address(host=host.lower(), port=port, weight=weight)
 

@@ -84,10 +84,14 @@ def test_parse_target(text: str, host: str, port: int, key: str) -> None:
     assert (a.host, a.port, a.key) == (host, port, key)
 
 
-@pytest.mark.parametrize("text", ["", "a:b", "a:0", "a:70000", "[::1", "[zz]:1", "a b:1", "a:1:2"])
+@pytest.mark.parametrize("text", ["", "a:b", "a:70000", "[::1", "[zz]:1", "a b:1", "a:1:2"])
 def test_parse_target_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_target(text)
+
+
+def test_parse_target_accepts_port_0_as_the_admin_api_does() -> None:
+    assert parse_target("a:0").key == "a:0"
 
 
 @settings(max_examples=200, deadline=None)
