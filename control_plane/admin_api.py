@@ -25,9 +25,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_plane.admin_openapi import (
@@ -36,6 +37,7 @@ from control_plane.admin_openapi import (
     DECLARATIVE_CONFIG_SCHEMA,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    READINESS_RESPONSE,
     UPSTREAM_HEALTH_QUERY,
     UPSTREAM_HEALTH_RESPONSE,
     Handler,
@@ -65,6 +67,7 @@ from control_plane.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    PrimaryKeyViolation,
     StoreUnavailable,
     Unauthorized,
 )
@@ -148,8 +151,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return response
     except FerryError as exc:
         response = _json(exc.body(), exc.status)
-    except web.HTTPMethodNotAllowed:
+    except web.HTTPMethodNotAllowed as exc:
+        # RFC 9110 §15.5.6: a 405 lists the methods the path serves.
         response = _json(MethodNotAllowed().body(), 405)
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
     except web.HTTPNotFound:
         response = _json(NotFound().body(), 404)
     except web.HTTPRequestEntityTooLarge:
@@ -188,7 +193,8 @@ async def _access_middleware(request: web.Request, handler: Handler) -> web.Stre
     if length is not None and length > limits.max_body:
         raise PayloadTooLarge(limits.max_body)
     tokens = limits.tokens
-    if tokens is None or request.path == "/console" or request.path.startswith("/console/"):
+    # /status/ready neither: Kubernetes' probes carry no token (control_plane/readiness.py).
+    if tokens is None or request.path in ("/console", "/status/ready") or request.path.startswith("/console/"):
         return await handler(request)
     headers = request.headers
     token = headers.get(TOKEN_HEADER) or headers.get("Kong-Admin-Token")
@@ -215,18 +221,68 @@ MetricsSource = Callable[[Mapping[int, int]], Awaitable[ControlPlaneView]]
 # ------------------------------------------------------------------- helpers
 
 
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259): refused like any unparsable body.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _decode_json(raw: bytes) -> Any:
+    """``raw`` as JSON; :class:`InvalidBody` (Kong's message) for anything unparsable.
+
+    Nesting deeper than Python's recursion limit is unparsable too (a
+    ``RecursionError`` from the decoder), as it is for Kong's cjson beyond its
+    depth limit.
+    """
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise InvalidBody() from None
+
+
+async def _read_form(request: web.Request) -> list[tuple[str, object]]:
+    """The fields of a form body (url-encoded or multipart), in order.
+
+    Anything the parser cannot read (a multipart body without a boundary or
+    cut short, a control character in a part header, bytes that are not
+    UTF-8, an unknown charset) is a 400 ``{"message": "Cannot parse form
+    body: ..."}``, never a 500. (Kong ignores an unreadable form and validates
+    an empty body instead; Ferry says what is wrong.)
+    """
+    try:
+        if request.content_type == "application/x-www-form-urlencoded":
+            raw = await request.read()
+            charset = request.charset or "utf-8"
+            text = raw.decode(charset)
+            # errors="strict": a percent-encoded byte that is not UTF-8 is refused
+            # too, never turned into U+FFFD and stored.
+            return list(parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict"))
+        form = await request.post()
+        return list(form.items())
+    except web.HTTPException:
+        raise  # 413 and the like keep their status
+    except UnicodeError:
+        raise InvalidBody("Cannot parse form body: not valid UTF-8 text") from None
+    except LookupError:
+        raise InvalidBody("Cannot parse form body: unknown charset") from None
+    except HttpProcessingError:
+        raise InvalidBody("Cannot parse form body: invalid multipart part header") from None
+    except (ValueError, AssertionError, asyncio.IncompleteReadError) as exc:
+        reason = "no multipart boundary" if "boundary" in str(exc) else "malformed or truncated multipart body"
+        raise InvalidBody(f"Cannot parse form body: {reason}") from None
+
+
 async def _read_body(request: web.Request, kind: str) -> dict[str, Any]:
     """The request body as a dict: JSON, or a form decoded by the schema of ``kind``."""
-    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
-        return decode_form(kind, [(k, v) for k, v in form.items() if isinstance(v, str)])
+    if request.content_type in _FORM_TYPES:
+        fields = await _read_form(request)
+        return decode_form(kind, [(k, v) for k, v in fields if isinstance(v, str)])
     raw = await request.read()
     if not raw.strip():
         return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidBody() from None
+    data = _decode_json(raw)
     if not isinstance(data, dict):
         raise InvalidBody()
     return data
@@ -241,9 +297,9 @@ async def _read_config_document(request: web.Request) -> dict[str, Any]:
     ``{"message": "failed parsing declarative configuration: ..."}``.
     """
     try:
-        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            form = await request.post()
-            value = form.get("config")
+        if request.content_type in _FORM_TYPES:
+            fields = await _read_form(request)
+            value = next((item for name, item in fields if name == "config"), None)
             if isinstance(value, web.FileField):
                 return await asyncio.to_thread(parse_document, value.file.read())
             if not isinstance(value, str):
@@ -271,9 +327,25 @@ def _expected_version(request: web.Request) -> int | None:
     text = request.query.get("expected_version")
     if text is None or text == "":
         return None
-    if not text.isdigit():
+    if not _DECIMAL.fullmatch(text):
         raise InvalidOptions("expected_version", "expected a non-negative integer")
     return int(text)
+
+
+#: A non-negative integer as a query option: ASCII digits only (``str.isdigit``
+#: also accepts ``²``, which ``int`` refuses), at most 18 of them.
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query option: ``1``/``true`` on; ``0``/``false``/empty/absent off; else 400."""
+    text = request.query.get(name)
+    if text is None or text in ("", "0", "false"):
+        return False
+    if text in ("1", "true"):
+        return True
+    raise InvalidOptions(name, "expected one of: 1, true, 0, false")
 
 
 def _encode_offset(entity_id: str) -> str:
@@ -283,20 +355,27 @@ def _encode_offset(entity_id: str) -> str:
 def _decode_offset(offset: str) -> str:
     try:
         decoded = json.loads(base64.urlsafe_b64decode(offset.encode()))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise InvalidOffset(offset, "bad base64 encoding") from None
     if not (isinstance(decoded, list) and len(decoded) == 1 and isinstance(decoded[0], str)):
         raise InvalidOffset(offset, "bad offset") from None
     return decoded[0]
 
 
+#: One tag in a ``tags`` filter: what a tag may hold (printable ASCII but ``,``
+#: and ``/``, or any non-ASCII character), as Kong's filter regexes.
+_TAG_CHARS = r"[ -+\-.0-~\u0080-\U0010ffff]"
+_TAGS_ALL = re.compile(rf"(?:{_TAG_CHARS}+(?:,|$))+")
+_TAGS_ANY = re.compile(rf"(?:{_TAG_CHARS}+(?:/|$))+")
+
+
 def _tag_filter(raw: str) -> Callable[[dict[str, Any]], bool]:
-    """Kong's ``tags`` query: ``a,b`` needs all tags, ``a/b`` any of them."""
-    if re.fullmatch(r"([A-Za-z0-9.\-_~]+(,|$))+", raw):
-        wanted = raw.split(",")
+    """Kong's ``tags`` query: ``a,b`` needs all tags, ``a/b`` any of them; else 400."""
+    if _TAGS_ALL.fullmatch(raw):
+        wanted = [tag for tag in raw.split(",") if tag]
         return lambda e: all(tag in (e.get("tags") or []) for tag in wanted)
-    if re.fullmatch(r"([A-Za-z0-9.\-_~]+(/|$))+", raw):
-        wanted = raw.split("/")
+    if _TAGS_ANY.fullmatch(raw):
+        wanted = [tag for tag in raw.split("/") if tag]
         return lambda e: any(tag in (e.get("tags") or []) for tag in wanted)
     raise InvalidOptions("tags", "invalid filter syntax")
 
@@ -316,12 +395,13 @@ def _page_body(request: web.Request, items: list[dict[str, Any]], base: str) -> 
     query = request.query
     size = DEFAULT_PAGE_SIZE
     if "size" in query:
-        try:
-            size = int(query["size"])
-        except ValueError:
-            raise InvalidSize("size must be a number") from None
-        if not 1 <= size <= MAX_PAGE_SIZE:
+        # Kong: tonumber(size), then an integer in range.
+        if not _NUMBER.fullmatch(query["size"]):
+            raise InvalidSize("size must be a number")
+        number = float(query["size"])
+        if not (number.is_integer() and 1 <= number <= MAX_PAGE_SIZE):
             raise InvalidSize(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
+        size = int(number)
     tags_suffix = ""
     if query.get("tags"):
         keep = _tag_filter(query["tags"])
@@ -508,9 +588,26 @@ class _AdminAPI:
                     kind.name, entity, found[1] if found else None
                 )
             except WriteConflict:
+                if found is None and await self._id_taken(kind, entity["id"], find):
+                    # The id belongs to an entity the path does not name (another
+                    # name, another upstream's target): no retry can succeed.
+                    raise PrimaryKeyViolation({"id": entity["id"]}) from None
                 continue
             return _json(entity)
         raise StoreUnavailable("too many concurrent updates of this entity; retry")
+
+    async def _id_taken(
+        self,
+        kind: _Kind,
+        entity_id: str,
+        find: Callable[[], Awaitable[tuple[dict[str, Any], str] | None]],
+    ) -> bool:
+        """After a create-only write found ``entity_id`` in use: is it held by an
+        entity other than the one the path names? (If the path's entity appeared
+        meanwhile, a retry updates it instead.)"""
+        if await self.store.get_raw(kind.name, entity_id) is None:
+            return False
+        return await find() is None
 
     async def delete(self, kind: _Kind, found: tuple[dict[str, Any], str] | None) -> web.Response:
         """DELETE: 204 whether or not the entity existed, as Kong."""
@@ -629,7 +726,7 @@ class _AdminAPI:
         upstream = await self._require(_UPSTREAMS, key)
         targets = await self.store.list_children("targets", "upstream", upstream["id"])
         reports = await self.health.reports(upstream["id"])
-        if request.query.get("balancer_health") in ("1", "true"):
+        if _flag(request, "balancer_health"):
             data = balancer_health(upstream, targets, reports)
             return _json({"data": data, "next": None, "node_id": self.node_id})
         items = targets_with_health(upstream, targets, reports)
@@ -681,7 +778,7 @@ class _AdminAPI:
         """
         document = await _read_config_document(request)
         expected = _expected_version(request)
-        check_hash = request.query.get("check_hash") in ("1", "true")
+        check_hash = _flag(request, "check_hash")
         for _ in range(_CAS_ATTEMPTS):
             version, current = await self.store.load_all()
             if expected is not None and version != expected:
@@ -831,6 +928,7 @@ def create_admin_app(
     tokens: AdminTokens | None = None,
     max_body: int = MAX_BODY_BYTES,
     metrics: MetricsSource | None = None,
+    readiness: Handler | None = None,
 ) -> web.Application:
     """The Admin API application over ``store``.
 
@@ -853,6 +951,10 @@ def create_admin_app(
         health = TargetHealthStore(store.redis, store.prefix)
     api = _AdminAPI(store, data_planes, health, node_id, version)
     routes = _routes(api)
+    if readiness is not None:  # GET /status/ready (control_plane/readiness.py)
+        routes.insert(2, _Route("/status/ready", {"GET": readiness}, "Readiness: 200 when Redis "
+                                "answers and a configuration is loaded, else 503 with the reason",
+                                response=READINESS_RESPONSE))
     openapi = build_openapi(routes, version)
 
     async def openapi_handler(request: web.Request) -> web.StreamResponse:
@@ -881,5 +983,8 @@ def create_admin_app(
         resource = app.router.add_resource(route.path)
         for method, handler in route.handlers.items():
             resource.add_route(method, handler)
+        if "GET" in route.handlers and "HEAD" not in route.handlers:
+            # HEAD wherever GET: the same answer without its body (RFC 9110 §9.3.2).
+            resource.add_route("HEAD", route.handlers["GET"])
     add_console_routes(app)
     return app

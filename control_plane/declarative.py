@@ -109,6 +109,73 @@ _DocumentLoader.yaml_implicit_resolvers = {
 #: of exported entities holds about two million; an alias bomb, billions).
 MAX_DOCUMENT_VALUES = 5_000_000
 
+#: YAML aliases may add at most this many nodes to those the document spells out,
+#: plus as many again as it spells out: enough to share health-check blocks
+#: between thousands of upstreams, while an alias bomb ("billion laughs") is
+#: refused after composing, before a single Python object is built.
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a composed YAML graph whose aliases expand it too much, or refer to
+    a node that contains them (a recursive document).
+
+    Walks each distinct node once (iteratively, memoising subtree sizes), so
+    the cost is that of the text, however large the expansion.
+    """
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()
+    written = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    hard_cap = MAX_DOCUMENT_VALUES
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            entered.discard(key)
+            size = 1 + sum(sizes[id(child)] for child in _children(node))
+            if size > hard_cap:
+                raise DocumentParseError(f"more than {hard_cap} values (YAML aliases expanded)")
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in entered:
+            raise DocumentParseError("nested too deeply: a YAML alias refers to a node that contains it")
+        entered.add(key)
+        written += 1
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    expanded = sizes[id(root)]
+    allowed = 2 * written + MAX_ALIAS_EXPANSION
+    if expanded > allowed:
+        raise DocumentParseError(
+            f"YAML aliases expand {written} written values to {expanded} "
+            f"(at most {allowed} allowed)"
+        )
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.load`` in its two steps, with :func:`_check_expansion` between them."""
+    loader = _DocumentLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if "&" in text:  # no anchor, no alias: nothing to expand
+            _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
 
 def _plain(value: Any, where: str, budget: list[int]) -> Any:
     """``value`` as JSON values (str keys, finite numbers); raises DocumentParseError.
@@ -149,7 +216,7 @@ def parse_document(text: str | bytes, *, json_only: bool = False) -> dict[str, A
     if not text.strip():
         raise DocumentParseError("the document is empty")
     try:
-        loaded = json.loads(text) if json_only else yaml.load(text, Loader=_DocumentLoader)  # noqa: S506 - a safe loader
+        loaded = json.loads(text) if json_only else _load_yaml(text)
         if not isinstance(loaded, dict):
             raise DocumentParseError("expected a mapping (the entity lists) at the top level")
         if "_format_version" not in loaded and isinstance(loaded.get("config"), str):

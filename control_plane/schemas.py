@@ -102,7 +102,8 @@ def between(lo: float, hi: float) -> Rule:
     """Kong's ``between`` validator: ``value should be between lo and hi``."""
 
     def check(value: Any) -> Any:
-        if value < lo or value > hi:
+        # Written so that NaN (from a form's "nan") fails too.
+        if not lo <= value <= hi:
             raise RuleError(f"value should be between {int(lo)} and {int(hi)}")
         return value
 
@@ -334,8 +335,8 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _check_header_name(value: str) -> str:
-    if value == "":
-        raise RuleError("no header name provided")
+    # Kong's implicit len_min = 1 runs before the header-name validator.
+    _non_empty(value)
     if not _TOKEN_RE.match(value):
         raise RuleError(
             f"bad header name '{value}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
@@ -366,8 +367,7 @@ def _check_route_header_values(values: list[str]) -> list[str]:
 
 
 def _check_cookie_name(value: str) -> str:
-    if value == "":
-        raise RuleError("no cookie name provided")
+    _non_empty(value)
     if not _TOKEN_RE.match(value):
         raise RuleError(
             f"bad cookie name '{value}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
@@ -504,7 +504,7 @@ class ActiveHealthcheck(_Model):
     http_path: PathStr = "/"
     https_sni: Sni | None = None
     https_verify_certificate: bool = True
-    headers: dict[HeaderName, list[str]] | None = None
+    headers: dict[HeaderName, list[Str]] | None = None
     healthy: ActiveHealthy = Field(default_factory=ActiveHealthy)
     unhealthy: ActiveUnhealthy = Field(default_factory=ActiveUnhealthy)
 
@@ -645,7 +645,7 @@ class Route(_Model):
     headers: (
         dict[
             Annotated[str, Rule(_check_route_header_name)],
-            Annotated[list[str], Rule(_check_route_header_values, (("minItems", 1),))],
+            Annotated[list[Str], Rule(_check_route_header_values, (("minItems", 1),))],
         ]
         | None
     ) = None
@@ -1030,7 +1030,7 @@ def _coerce(annotation: Any, value: Any) -> Any:
     if origin is list:
         (element,) = typing.get_args(annotation)
         if isinstance(value, dict):  # paths[1]=/a&paths[2]=/b
-            value = [value[key] for key in sorted(value, key=lambda k: int(k) if k.isdigit() else 0)]
+            value = [value[key] for key in sorted(value, key=_form_index)]
         if value == "":
             return None
         items = value if isinstance(value, list) else [value]
@@ -1045,6 +1045,11 @@ def _coerce(annotation: Any, value: Any) -> Any:
     if isinstance(value, str):
         return _coerce_scalar(value, _scalar_kind(annotation))
     return value
+
+
+def _form_index(key: str) -> int:
+    """The position an ``a[n]`` form key gives (ASCII digits; anything else first)."""
+    return int(key) if key.isascii() and key.isdigit() and len(key) <= 9 else 0
 
 
 _FORM_KEY_PART = re.compile(r"\[([^\]]*)\]|\.?([^\[.]+)")
