@@ -49,13 +49,16 @@ joining precomputed byte strings; one ``transport.write`` per header block.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import json
 import logging
+import os
 import re
 import ssl
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Final, cast
 
 import httptools
@@ -70,7 +73,7 @@ from data_plane.router import RouteMatch
 from data_plane.runtime import CompiledService, ConfigHolder
 from data_plane.upstream_pool import UpstreamPool
 
-__all__ = ["BODY_BUFFER_LIMIT", "MAX_HEADER_BYTES", "ProxyServer"]
+__all__ = ["BODY_BUFFER_LIMIT", "MAX_HEADER_BYTES", "ClientTimeouts", "ProxyServer"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,11 @@ MAX_HEADER_BYTES: Final = 32 * 1024
 BODY_BUFFER_LIMIT: Final = 256 * 1024
 #: Close a client connection idle (no request in progress) for this long, in seconds.
 CLIENT_KEEPALIVE_TIMEOUT: Final = 60.0
+#: Bytes a client sends after an upgrade request's head, held until the target answers
+#: (reading pauses after each read, so this is one read at most); above it, close.
+UPGRADE_HOLD_LIMIT: Final = 256 * 1024
+#: At most one "out of file descriptors" warning per this many seconds.
+FD_WARNING_INTERVAL: Final = 10.0
 #: After answering an unparsable request, keep reading (and dropping) what the client
 #: still sends for up to this many seconds before closing, so that closing with unread
 #: bytes does not reset the connection and destroy the answer (nginx's lingering close).
@@ -167,10 +175,12 @@ _CRLF: Final = b"\r\n"
 
 # Error answers: (status, reason, message).
 E_BAD_REQUEST: Final = (400, "Bad Request", "Bad request")
+E_REQUEST_TIMEOUT: Final = (408, "Request Timeout", "Request timeout")
 E_NO_ROUTE: Final = (404, "Not Found", "no Route matched with those values")
 E_HTTPS_ONLY: Final = (426, "Upgrade Required", "Please use HTTPS protocol")
 E_HEADERS_TOO_LARGE: Final = (431, "Request Header Fields Too Large", "Request header fields too large")
 E_INTERNAL: Final = (500, "Internal Server Error", "An unexpected error occurred")
+E_NOT_IMPLEMENTED: Final = (501, "Not Implemented", "Transfer-Encoding not implemented")
 E_BAD_GATEWAY: Final = (502, "Bad Gateway", "An invalid response was received from the upstream server")
 E_NO_PEER: Final = (503, "Service Unavailable", "failure to get a peer from the ring-balancer")
 E_NO_CONFIG: Final = (503, "Service Unavailable", "no configuration loaded yet")
@@ -180,6 +190,8 @@ _ErrorKey = tuple[int, str, str]
 
 _ALL_ERRORS: Final = (
     E_BAD_REQUEST,
+    E_REQUEST_TIMEOUT,
+    E_NOT_IMPLEMENTED,
     E_NO_ROUTE,
     E_HTTPS_ONLY,
     E_HEADERS_TOO_LARGE,
@@ -209,6 +221,34 @@ class _ErrorResponse:
         self.head_close = head + b"Connection: close\r\n\r\n"
         self.keep = self.head_keep + body
         self.close = self.head_close + body
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTimeouts:
+    """nginx's client timeouts, in seconds (each > 0; Kong keeps nginx's 60 s defaults).
+
+    ``header``: the whole request head must arrive within it, counted from its first
+    byte (``client_header_timeout``): else 408 and close. ``body``: between two reads of
+    a request body (``client_body_timeout``): else 408 when no response has begun, or
+    the connection is closed. ``send``: between two successful writes to a client whose
+    buffer is full (``send_timeout``): else the client and its upstream connection are
+    closed. They are checked by the proxy's sweep (every quarter of the smallest one, at
+    most every 5 s), so one fires up to that much late.
+    """
+
+    header: float = 60.0
+    body: float = 60.0
+    send: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("header", "body", "send"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"client {name} timeout must be > 0 seconds")
+
+
+#: A Host value (nginx's ngx_http_validate_host in spirit): a reg-name or IP literal
+#: with an optional port; no whitespace, controls, path or userinfo characters.
+_VALID_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[^\x00-\x20\x7f/\\@?#\[\]:,\"]+)(?::[0-9]{1,5})?")
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -384,9 +424,24 @@ class _ClientConnection(asyncio.Protocol):
         self._upgrade_ex: _Exchange | None = None
         #: After a 101: the upstream connection raw bytes are piped to.
         self._tunnel: _UpstreamConnection | None = None
+        #: Bytes after the upgrade request's head, held until the target answers.
+        self._upgrade_held: list[bytes] = []
+        self._upgrade_held_size = 0
         #: Close with a lingering drain (see :data:`LINGER_TIMEOUT`).
         self._linger = False
         self._linger_timer: asyncio.TimerHandle | None = None
+        #: FIN sent to the client (lingering close): nothing more may be written.
+        self._eof_sent = False
+        #: A request head was parsed in the read being fed: start it once the whole read
+        #: is parsed, so that nothing of a request is sent before what follows it in the
+        #: same read is known to be valid.
+        self._start_due = False
+        #: Loop time the request head being read began (client_header_timeout), and the
+        #: client's write buffer filled up (send_timeout; 0 = not full).
+        self._head_since = 0.0
+        self._write_full_since = 0.0
+        #: The last Host value found valid on this connection (validated once per value).
+        self._host_ok: bytes | None = None
 
     # ------------------------------------------------------------- asyncio callbacks
 
@@ -417,23 +472,15 @@ class _ClientConnection(asyncio.Protocol):
         tunnel, self._tunnel = self._tunnel, None
         queue, self._queue = self._queue, deque()
         for ex in queue:
-            if ex.connect_task is not None:
-                ex.connect_task.cancel()
-                ex.connect_task = None
             conn = ex.conn
-            if conn is not None:
+            if conn is not None and conn is tunnel:
                 ex.conn = None
-                if conn is tunnel:
-                    conn.end_tunnel()  # graceful: what the client sent last still goes
-                else:
-                    conn.abandon()
-            if ex.try_balancer is not None:
-                _end_try(ex, ex.t_headers == 0, aborted=True)
-            if ex.budget is not None:
-                _end_budget(ex)
+                conn.end_tunnel()  # graceful: what the client sent last still goes
+            _abandon(ex)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._write_full_since = self._loop.time()
         if self._queue:
             conn = self._queue[0].conn
             if conn is not None:
@@ -441,6 +488,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._write_full_since = 0.0
         if self._queue:
             conn = self._queue[0].conn
             if conn is not None:
@@ -454,56 +502,78 @@ class _ClientConnection(asyncio.Protocol):
         self.last_active = self._loop.time()
         if self._no_more:
             if self._upgrade_ex is not None:
-                self._upgrade_data(self._upgrade_ex, data)
+                self._hold_upgrade_data(data)
             return
-        try:
-            self._parser.feed_data(data)
-            if self._in_head:
-                # A head still open after a whole read: count the read (the one that
-                # began the head is not counted, so pipelined small requests in one
-                # read never trip this); complete headers are counted exactly.
-                if self._head_fed >= 0:
-                    self._head_fed += len(data)
-                    if self._head_fed > MAX_HEADER_BYTES:
-                        self._in_head = False
-                        self._protocol_error(E_HEADERS_TOO_LARGE)
-                else:
-                    self._head_fed = 0
-        except httptools.HttpParserUpgrade as exc:
-            # llhttp stops after an upgrade (or CONNECT) request: no more HTTP on this
-            # connection. What follows belongs to the tunnel, if the target agrees.
-            ex = self._upgrade_ex
-            offset = int(exc.args[0]) if exc.args else len(data)
-            if ex is not None:
+        self._feed(data)
+        if self._start_due:
+            self._start_due = False
+            self._advance()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse one read. Request heads parsed here are started by the caller."""
+        while True:
+            try:
+                self._parser.feed_data(data)
+                if self._in_head:
+                    # A head still open after a whole read: count the read (the one
+                    # that began the head is not counted, so pipelined small requests
+                    # in one read never trip this); complete headers are counted exactly.
+                    if self._head_fed >= 0:
+                        self._head_fed += len(data)
+                        if self._head_fed > MAX_HEADER_BYTES:
+                            self._in_head = False
+                            self._protocol_error(E_HEADERS_TOO_LARGE)
+                    else:
+                        self._head_fed = 0
+                return
+            except httptools.HttpParserUpgrade as exc:
+                # llhttp stops after a request with "Connection: upgrade" + "Upgrade"
+                # (once its body, if any, is parsed).
+                offset = int(exc.args[0]) if exc.args else len(data)
+                if self._upgrade_ex is None:
+                    if self._no_more:
+                        return
+                    # Not a WebSocket upgrade (h2c, ...): that request went out as plain
+                    # HTTP/1.1 without Upgrade, so what follows is the next request.
+                    self._parser = httptools.HttpRequestParser(self)
+                    data = data[offset:]
+                    if not data:
+                        return
+                    continue
+                # A WebSocket upgrade: what follows is held until the target answers.
                 self._pause_reading(_PAUSE_UPGRADE)
                 if offset < len(data):
-                    self._upgrade_data(ex, data[offset:])
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _ParseAbort):
-                self._protocol_error(cause.error)
-            elif isinstance(exc, httptools.HttpParserCallbackError):
-                log.error("proxy bug while parsing a request", exc_info=cause or exc)
-                self._protocol_error(E_INTERNAL)
-            else:
-                self._protocol_error(E_BAD_REQUEST)
+                    self._hold_upgrade_data(data[offset:])
+                return
+            except httptools.HttpParserError as exc:
+                cause = exc.__context__
+                if isinstance(cause, _ParseAbort):
+                    self._protocol_error(cause.error)
+                elif isinstance(exc, httptools.HttpParserCallbackError):
+                    log.error("proxy bug while parsing a request", exc_info=cause or exc)
+                    self._protocol_error(E_INTERNAL)
+                else:
+                    self._protocol_error(E_BAD_REQUEST)
+                return
 
     def eof_received(self) -> bool | None:
         if self._tunnel is not None:
             return False  # closes; connection_lost closes the upstream side gracefully
-        # The client half-closed. Finish what is queued, then close (returning False
-        # would close the transport right away and lose in-flight answers).
+        # The client closed its side. A request whose response is not complete is
+        # abandoned at once, as nginx does (proxy_ignore_client_abort off): its upstream
+        # connection is closed and the try counts as aborted, not as a target failure.
+        # Answers already complete are still flushed before the transport closes.
         self._no_more = True
-        if not self._queue:
-            return False
         for ex in self._queue:
-            ex.close_after = True
-        return True
+            if not ex.response_complete:
+                _abandon(ex)
+        return False
 
     # ------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
         self._t_begin = _now_ns()
+        self._head_since = self.last_active
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -533,10 +603,13 @@ class _ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         http10 = parser.get_http_version() == "1.0"
         host: bytes | None = None
+        hosts = 0
         xff: bytes | None = None
         conn_tokens: list[bytes] | None = None
         content_length = -1
+        lengths = 0
         chunked = False
+        codings = 0
         expect = False
         upgrade_value: bytes | None = None
         out: list[bytes] = []
@@ -546,19 +619,59 @@ class _ClientConnection(asyncio.Protocol):
                 out.append(name + b": " + value + _CRLF)
             elif kind == _H_CONTENT_LENGTH:
                 content_length = int(value) if value.strip().isdigit() else 0
+                lengths += 1
                 out.append(name + b": " + value + _CRLF)
             elif kind == _H_HOST:
                 host = value
+                hosts += 1
             elif kind == _H_CONNECTION:
                 conn_tokens = (conn_tokens or []) + _tokens(value)
             elif kind == _H_TRANSFER_ENCODING:
-                chunked = True  # llhttp accepted it, so chunked is the last coding
+                chunked = True
+                codings += 1
+                if value.strip().lower() != b"chunked":
+                    codings += 2  # a coding the proxy would have to undo: refused (501)
             elif kind == _H_XFF:
                 xff = value if xff is None else xff + b", " + value
             elif kind == _H_EXPECT:
                 expect = value.strip().lower() == b"100-continue"
             elif kind == _H_UPGRADE:
                 upgrade_value = value
+        # Framing and Host checks (RFC 9112 3.2, 6.1, 6.3): a request whose framing the
+        # proxy and the target could read differently ends the connection (_ParseAbort
+        # stops the parser: nothing after it is read as a request).
+        if codings:
+            if http10 or lengths or codings == 2:
+                raise _ParseAbort(E_BAD_REQUEST)  # TE in 1.0, TE + CL, two TE fields
+            if codings > 1:
+                raise _ParseAbort(E_NOT_IMPLEMENTED)  # only "chunked" is relayed
+        elif lengths > 1:
+            raise _ParseAbort(E_BAD_REQUEST)
+        url = self._url
+        if url[:1] != b"/":
+            # Absolute form routes on its authority, which replaces Host (RFC 9112 3.2.2).
+            low = url[:8].lower()
+            skip = 7 if low.startswith(b"http://") else 8 if low == b"https://" else 0
+            if not skip:
+                raise _ParseAbort(E_BAD_REQUEST)  # "*", authority form, garbage
+            end = len(url)
+            for stop in (b"/", b"?", b"#"):
+                found = url.find(stop, skip)
+                if 0 <= found < end:
+                    end = found
+            authority = url[skip:end]
+            url = url[end:] if url[end : end + 1] == b"/" else b"/" + url[end:]
+            if hosts > 1 or (hosts == 0 and not http10):
+                raise _ParseAbort(E_BAD_REQUEST)
+            host, hosts = authority, 1
+            self._url = url
+        if hosts != 1:
+            if hosts or not http10:
+                raise _ParseAbort(E_BAD_REQUEST)  # HTTP/1.1 needs exactly one Host
+        elif host != self._host_ok:
+            if _VALID_HOST.fullmatch(host) is None:  # type: ignore[arg-type]
+                raise _ParseAbort(E_BAD_REQUEST)
+            self._host_ok = host
         if conn_tokens:
             # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
             extra = {t for t in conn_tokens if t not in _NOT_NAMEABLE}
@@ -572,21 +685,22 @@ class _ClientConnection(asyncio.Protocol):
         ex = _Exchange(method, http10, close_after, self._t_begin)
         ex.url = self._url
         # llhttp's own verdict (Connection: upgrade + Upgrade, or CONNECT): it stops
-        # parsing after this head whatever we do, so HTTP ends here on this connection.
-        upgrade = parser.should_upgrade()
-        if upgrade:
-            ex.close_after = True
-            self._no_more = True
-            if method == b"CONNECT" or upgrade_value is None:
-                ex.error = E_BAD_REQUEST  # a reverse proxy offers no CONNECT tunnels
-            else:
-                # Body bytes, if any, are not parsed (llhttp skips to the upgrade):
-                # they go to the target raw, as the tunnel's first bytes.
+        # parsing after this request (and its body, if any) whatever we do.
+        if parser.should_upgrade():
+            if method == b"CONNECT":
+                raise _ParseAbort(E_BAD_REQUEST)  # a reverse proxy offers no CONNECT tunnels
+            if upgrade_value is not None and upgrade_value.strip().lower() == b"websocket":
+                # Only WebSocket is forwarded (as Kong): HTTP ends here unless the target
+                # refuses; bytes after this request are held until it answers (see
+                # _hold_upgrade_data), so none reaches it before its 101.
                 ex.upgrade = True
+                self._no_more = True
                 out.append(b"Upgrade: " + upgrade_value + _CRLF + _CONNECTION_UPGRADE)
-        ex.has_body = (chunked or content_length > 0) and not upgrade
-        ex.chunked = chunked and not upgrade
-        ex.expect_continue = expect and ex.has_body
+            # Any other upgrade (h2c, ...): sent as plain HTTP/1.1, without Upgrade.
+        ex.has_body = chunked or content_length > 0
+        ex.chunked = chunked
+        # No 1xx to an HTTP/1.0 client (RFC 9110 15.2).
+        ex.expect_continue = expect and ex.has_body and not http10
         if ex.has_body and method in _IDEMPOTENT:
             ex.replay = []
         ex.host_header = host
@@ -651,12 +765,12 @@ class _ClientConnection(asyncio.Protocol):
                 if match.service.hash_spec is not None:
                     self._hash_key(ex, match)
         ex.discard = ex.error is not None
-        if ex.upgrade and ex.error is None:
+        if ex.upgrade:
             self._upgrade_ex = ex
         self._parsing = ex
         self._queue.append(ex)
         if len(self._queue) == 1:
-            self._advance()
+            self._start_due = True  # started once the whole read is parsed
         else:
             self._pause_reading(_PAUSE_PIPELINE)
 
@@ -716,6 +830,7 @@ class _ClientConnection(asyncio.Protocol):
         answered locally (404s) would otherwise recurse once per request.
         """
         queue = self._queue
+        held: bytes | None = None
         while queue:
             ex = queue[0]
             if not ex.started:
@@ -724,6 +839,17 @@ class _ClientConnection(asyncio.Protocol):
             if not (ex.request_complete and ex.response_complete):
                 break
             queue.popleft()
+            if ex is self._upgrade_ex:
+                # The target refused the upgrade (no 101): HTTP goes on, and what the
+                # client sent after the upgrade request is the next request.
+                self._upgrade_ex = None
+                held = b"".join(self._upgrade_held)
+                self._upgrade_held = []
+                self._upgrade_held_size = 0
+                if not (ex.close_after or self._closed):
+                    self._no_more = False
+                    self._parser = httptools.HttpRequestParser(self)
+                    self._resume_reading(_PAUSE_UPGRADE)
             if ex.close_after or self._closed:
                 self._close()
                 return
@@ -733,6 +859,8 @@ class _ClientConnection(asyncio.Protocol):
                 self._resume_reading(_PAUSE_PIPELINE)
         if not queue and self._shutting_down:
             self._close()
+        elif held:
+            self.data_received(held)  # the queue is empty: nothing was parsed after it
 
     def _start(self, ex: _Exchange) -> None:
         if ex.error is not None:
@@ -868,8 +996,9 @@ class _ClientConnection(asyncio.Protocol):
                 )
         except TimeoutError:
             timed_out = True
-        except OSError:
-            pass
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                server.note_fd_exhaustion()
         if ex.connect_task is not asyncio.current_task():
             # The client went away (or the exchange was answered) meanwhile; keep a new
             # connection for someone else.
@@ -912,6 +1041,9 @@ class _ClientConnection(asyncio.Protocol):
 
     def _attach(self, ex: _Exchange, conn: _UpstreamConnection) -> None:
         """Bind ``conn`` to ``ex`` and send the request head plus any buffered body."""
+        if ex.discard or ex.response_complete:
+            self._server.pool.release(conn)  # answered meanwhile: nothing of it is sent
+            return
         service = ex.service
         address = ex.address
         assert service is not None and address is not None
@@ -1007,7 +1139,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def response_write(self, data: list[bytes | memoryview]) -> None:
         """Relay response bytes (head and/or body pieces) in one write."""
-        if self._transport is not None and not self._closed:
+        if self._transport is not None and not self._closed and not self._eof_sent:
             self._transport.writelines(data)
 
     def response_done(self, ex: _Exchange) -> None:
@@ -1077,19 +1209,16 @@ class _ClientConnection(asyncio.Protocol):
         )
 
     def _respond_error(self, ex: _Exchange, error: _ErrorKey) -> None:
-        """Answer ``ex`` with a JSON error (does not advance the queue)."""
-        if ex.try_balancer is not None:
-            _end_try(ex, ex.t_headers == 0, aborted=True)
-        if ex.budget is not None:
-            _end_budget(ex)
+        """Answer ``ex`` with a JSON error (does not advance the queue).
+
+        Nothing more of ``ex`` reaches a target: a connect in progress is cancelled and
+        an upstream connection it holds is closed (never pooled half-sent)."""
         if ex.response_started:
+            _abandon(ex)
             self._count_cut_short(ex)
             self._abort()
             return
-        conn = ex.conn
-        if conn is not None:
-            ex.conn = None
-            conn.abandon()
+        _abandon(ex)
         responses = self._server._errors[error]
         now = _now_ns()
         (ex.series or self._server.metrics.unmatched).observe_local(
@@ -1116,19 +1245,26 @@ class _ClientConnection(asyncio.Protocol):
         self._resume_reading(_PAUSE_UPSTREAM)
 
     def _protocol_error(self, error: _ErrorKey) -> None:
-        """The request stream is unparsable: answer (in order) and close (lingering)."""
+        """The request stream is unparsable (or timed out): answer in order and close
+        (lingering). Nothing more of the request being read reaches a target."""
         self._no_more = True
         self._linger = True
         ex = self._parsing
         if ex is not None and not ex.request_complete:
             # Broken in the middle of a body: its upstream request cannot be completed.
             ex.request_complete = True
+            ex.discard = True
+            ex.body = []
+            ex.close_after = True
             self._parsing = None
-            if self._queue and self._queue[0] is ex and not ex.response_started:
-                ex.close_after = True
+            if not ex.started:
+                ex.error = error  # answered in its turn; never sent
+                ex.service = None
+            elif not ex.response_started:
                 self._respond_error(ex, error)
                 self._advance()
             else:
+                _abandon(ex)
                 self._abort()
             return
         ex = _Exchange(b"GET", False, True)
@@ -1141,33 +1277,35 @@ class _ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------- upgrades
 
-    def _upgrade_data(self, ex: _Exchange, data: bytes) -> None:
-        """Bytes after an upgrade request's head, before the target answered.
+    def _hold_upgrade_data(self, data: bytes) -> None:
+        """Bytes after an upgrade request, before the target answered it.
 
-        They are the tunnel's first bytes: written after the request head (now if it
-        is written already). Reading stays paused until the answer, so at most one read
-        is held here.
+        None reaches the target before its ``101``: they are held, then written to the
+        tunnel after the 101, or parsed as the next request when the target refuses.
+        Reading stays paused until the answer, so at most a read or so is held.
         """
-        if ex.discard:
+        self._upgrade_held.append(data)
+        self._upgrade_held_size += len(data)
+        if self._upgrade_held_size > UPGRADE_HOLD_LIMIT:
+            self._abort()
             return
-        conn = ex.conn
-        if conn is not None:
-            conn.send_body(data)
-        else:
-            ex.body.append(data)
-            ex.body_size += len(data)
         self._pause_reading(_PAUSE_UPGRADE)
 
     def start_tunnel(self, ex: _Exchange, conn: _UpstreamConnection) -> None:
-        """The target answered ``ex`` with 101 (relayed): pipe raw bytes from now on."""
+        """The target answered ``ex`` with 101 (relayed): pipe raw bytes from now on,
+        beginning with those the client sent after its request."""
         self._upgrade_ex = None
         self._tunnel = conn
         ex.response_started = True
+        held, self._upgrade_held = self._upgrade_held, []
+        self._upgrade_held_size = 0
+        if held:
+            conn.send_body(held)
         self._resume_reading(_PAUSE_UPGRADE)
 
     def tunnel_write(self, data: bytes) -> None:
         """Relay raw tunnel bytes from the target."""
-        if self._transport is not None and not self._closed:
+        if self._transport is not None and not self._closed and not self._eof_sent:
             self._transport.write(data)
 
     # ------------------------------------------------------------------- utilities
@@ -1182,6 +1320,8 @@ class _ClientConnection(asyncio.Protocol):
             self._read_paused &= ~reason
             if not self._read_paused and self._transport is not None and not self._closed:
                 self._transport.resume_reading()
+                # The client was not read meanwhile: its timeouts count from now.
+                self.last_active = self._head_since = self._loop.time()
 
     def upstream_write_paused(self, paused: bool) -> None:
         if paused:
@@ -1196,6 +1336,7 @@ class _ClientConnection(asyncio.Protocol):
         if self._linger and self._linger_timer is None and transport.can_write_eof():
             # Send the answer and FIN, drain the client until it closes (or time is up).
             transport.write_eof()
+            self._eof_sent = True
             transport.resume_reading()
             self._linger_timer = self._loop.call_later(LINGER_TIMEOUT, transport.close)
             return
@@ -1205,9 +1346,30 @@ class _ClientConnection(asyncio.Protocol):
         if self._transport is not None and not self._closed:
             self._transport.abort()
 
-    def idle_for(self, now: float) -> float:
-        """Seconds without a request in progress (0 while one is)."""
-        return 0.0 if self._queue else now - self.last_active
+    def check_timeouts(self, now: float, timeouts: ClientTimeouts, keepalive: float) -> None:
+        """Enforce the client timeouts (called by the server's sweep; see ClientTimeouts)."""
+        if self._closed:
+            return
+        if self._write_full_since and now - self._write_full_since > timeouts.send:
+            # The client does not read what it asked for: give up on it and its request.
+            for queued in self._queue:
+                _abandon(queued)
+            self._abort()
+            return
+        if self._tunnel is not None or self._read_paused or self._eof_sent:
+            return  # not reading the client (its own doing or ours): nothing to time
+        if self._in_head:
+            if now - self._head_since > timeouts.header:
+                self._in_head = False
+                self._protocol_error(E_REQUEST_TIMEOUT)
+            return
+        parsing = self._parsing
+        if parsing is not None and not parsing.request_complete:
+            if now - self.last_active > timeouts.body:
+                self._protocol_error(E_REQUEST_TIMEOUT)
+            return
+        if not self._queue and now - self.last_active > keepalive:
+            self._close()
 
     def shutdown(self) -> None:
         """Graceful stop: finish the request in progress (if any), read no more, close."""
@@ -1222,10 +1384,6 @@ class _ClientConnection(asyncio.Protocol):
     def abort(self) -> None:
         self._abort()
 
-    def close_idle(self) -> None:
-        """Close the connection if no request is in progress."""
-        if not self._queue:
-            self._close()
 
 
 def _upstream_host(ex: _Exchange, service: CompiledService, address: Address) -> bytes:
@@ -1253,6 +1411,24 @@ def _sni(host: bytes) -> str:
     except ValueError:
         return name
     return ""
+
+
+def _abandon(ex: _Exchange) -> None:
+    """Nothing more of ``ex`` goes to a target: cancel its connect, close its upstream
+    connection (it may hold part of the request, so it is never pooled), and end its
+    try as aborted (no verdict on the target) and its retry-budget slot. Idempotent."""
+    task = ex.connect_task
+    if task is not None:
+        ex.connect_task = None
+        task.cancel()
+    conn = ex.conn
+    if conn is not None:
+        ex.conn = None
+        conn.abandon()
+    if ex.try_balancer is not None:
+        _end_try(ex, ex.t_headers == 0, aborted=True)
+    if ex.budget is not None:
+        _end_budget(ex)
 
 
 def _end_budget(ex: _Exchange) -> None:
@@ -1307,7 +1483,7 @@ _RARE_HOP_BY_HOP: Final = re.compile(rb"\r\n(?:t|keep-alive:|proxy-connection:|u
 class _ResponseFields:
     """What a response head says that the proxy acts on, and what it relays."""
 
-    __slots__ = ("prefix", "content_length", "chunked", "connection", "upgrade")
+    __slots__ = ("prefix", "content_length", "chunked", "coded", "connection", "upgrade")
 
     def __init__(self) -> None:
         #: ``HTTP/1.1 <status> <reason>`` and every end-to-end header line, each ending
@@ -1316,6 +1492,9 @@ class _ResponseFields:
         #: The Content-Length value; -1 when absent.
         self.content_length = -1
         self.chunked = False
+        #: A Transfer-Encoding whose last coding is not chunked (e.g. gzip): the body
+        #: ends at close (RFC 9112 6.3), and the field is relayed as it is.
+        self.coded = False
         #: The ``Connection`` tokens (lower case), ``None`` without that header.
         self.connection: list[bytes] | None = None
         self.upgrade: bytes | None = None
@@ -1375,7 +1554,12 @@ def _response_fields_by_line(head: bytes, drop_content_length: bool) -> _Respons
             if not drop_content_length:
                 kept.append(line + _CRLF)
         elif kind == _R_TRANSFER_ENCODING:
-            fields.chunked = True  # llhttp accepted it, so chunked is the last coding
+            codings = _tokens(line[colon + 1 :])
+            if codings and codings[-1] == b"chunked":
+                fields.chunked = True
+            else:
+                fields.coded = True
+                kept.append(line + _CRLF)
         elif kind == _R_CONNECTION:
             tokens = (tokens or []) + _tokens(line[colon + 1 :])
         elif kind == _R_UPGRADE:
@@ -1819,6 +2003,14 @@ class _UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         if ex.is_head or status == 204 or status == 304:
             self._body_mode = _BODY_NONE
+        elif fields.coded:
+            # Transfer-Encoding without chunked last: the body runs until the target
+            # closes; relayed as it is, with its Transfer-Encoding, and the client's
+            # connection closes after it (the only framing left for it).
+            relay = True
+            self._until_close = True
+            self._body_mode = _BODY_PASS
+            ex.close_after = True
         elif content_length >= 0 and not fields.chunked:
             self._body_mode = _BODY_PASS
         else:
@@ -1944,11 +2136,13 @@ class ProxyServer:
         max_idle_per_target: int = 256,
         upstream_idle_timeout: float = 60.0,
         client_keepalive_timeout: float = CLIENT_KEEPALIVE_TIMEOUT,
+        client_timeouts: ClientTimeouts | None = None,
         reuse_port: bool = False,
         access_log: AccessLog | None = None,
     ) -> None:
         """``reuse_port``: bind with ``SO_REUSEPORT``, so that several processes (the
         workers of one node) accept on one port and the kernel spreads connections.
+        ``client_timeouts``: nginx's header/body/send timeouts (60 s each by default).
         ``access_log``: log every request there (off by default)."""
         self.holder = holder
         self._host = host
@@ -1964,6 +2158,8 @@ class ProxyServer:
         self._max_idle = max_idle_per_target
         self._upstream_idle_timeout = upstream_idle_timeout
         self._client_keepalive_timeout = client_keepalive_timeout
+        self.client_timeouts = client_timeouts or ClientTimeouts()
+        self._fd_warned_at = -FD_WARNING_INTERVAL
         self._server: asyncio.Server | None = None
         self._clients: set[_ClientConnection] = set()
         self._clients_empty: asyncio.Event | None = None
@@ -2052,11 +2248,40 @@ class ProxyServer:
             self._clients_empty.set()
 
     def _sweep_interval(self) -> float:
-        return max(0.05, min(self._client_keepalive_timeout / 4, 5.0))
+        t = self.client_timeouts
+        shortest = min(self._client_keepalive_timeout, t.header, t.body, t.send)
+        return max(0.05, min(shortest / 4, 5.0))
 
     def _sweep_idle_clients(self) -> None:
+        """Enforce every client's timeouts, and notice when descriptors ran out."""
         now = self._loop.time()
+        timeouts, keepalive = self.client_timeouts, self._client_keepalive_timeout
         for client in list(self._clients):
-            if client.idle_for(now) > self._client_keepalive_timeout:
-                client.close_idle()
+            client.check_timeouts(now, timeouts, keepalive)
+        # The event loop's accept hides EMFILE (libuv accepts and drops the connection
+        # with a reserved descriptor, and tries again later), so look for it here.
+        try:
+            os.close(os.open(os.devnull, os.O_RDONLY))
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self.note_fd_exhaustion()
         self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep_idle_clients)
+
+    def note_fd_exhaustion(self) -> None:
+        """Warn (at most every :data:`FD_WARNING_INTERVAL` s) that descriptors ran out:
+        new clients are refused and new upstream connections fail meanwhile."""
+        now = self._loop.time()
+        if now - self._fd_warned_at < FD_WARNING_INTERVAL:
+            return
+        self._fd_warned_at = now
+        try:
+            import resource
+
+            limit = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        except (ImportError, OSError, ValueError):
+            limit = "?"
+        log.warning(
+            "out of file descriptors (limit %s, %d client connections open): new clients "
+            "are refused until some close; raise the limit (ulimit -n / LimitNOFILE) or "
+            "lower the client timeouts", limit, len(self._clients),
+        )

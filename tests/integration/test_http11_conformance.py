@@ -674,7 +674,7 @@ async def test_upgrade_tunnel_pipes_raw_bytes_both_ways(stack: AsyncExitStack) -
             head = await reader.readuntil(b"\r\n\r\n")
             received.append(head)
             writer.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x-raw\r\n"
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
                 b"X-Tunnel: 1\r\n\r\nserver-first;"
             )
             while data := await reader.read(65536):  # echo, upper-cased, until EOF
@@ -690,10 +690,10 @@ async def test_upgrade_tunnel_pipes_raw_bytes_both_ways(stack: AsyncExitStack) -
     stack.callback(server.close)
     proxy = await proxy_to(stack, server.sockets[0].getsockname()[1])
     reader, writer = await connect(stack, proxy.port)
-    # Bytes right behind the head (before the 101) belong to the tunnel too.
-    writer.write(b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x-raw\r\n\r\nearly;")
+    # Bytes right behind the head belong to the tunnel too, once the target said 101.
+    writer.write(b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nearly;")
     status, headers, _ = await read_response(reader, head_only=True)
-    assert status == 101 and headers["x-tunnel"] == "1" and headers["upgrade"] == "x-raw"
+    assert status == 101 and headers["x-tunnel"] == "1" and headers["upgrade"] == "websocket"
     assert await asyncio.wait_for(reader.readexactly(13), 10) == b"server-first;"
     assert await asyncio.wait_for(reader.readexactly(6), 10) == b"EARLY;"
     payload = os.urandom(1 << 20).hex().encode()  # 2 MiB, exercises flow control
@@ -702,21 +702,24 @@ async def test_upgrade_tunnel_pipes_raw_bytes_both_ways(stack: AsyncExitStack) -
     writer.write_eof()  # the client closes: the target sees EOF, the tunnel ends
     await asyncio.wait_for(done.wait(), 10)
     assert await assert_closed(reader) == b""
-    assert received[0].lower().count(b"upgrade: x-raw") == 1
+    assert received[0].lower().count(b"upgrade: websocket") == 1
+    assert b"early" not in received[0]  # held until the 101, then tunnelled
     await wait_for(lambda: proxy.connections == 0, message="client connection gone")
 
 
-async def test_upgrade_refused_by_target_is_relayed_and_closed(stack: AsyncExitStack) -> None:
+async def test_upgrade_refused_by_target_is_relayed_and_http_goes_on(stack: AsyncExitStack) -> None:
     a = await start_backend(stack, "a")
     proxy = await proxy_to(stack, a.port)
     reader, writer = await connect(stack, proxy.port)
     writer.write(b"GET /not-a-ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
     status, headers, body = await read_response(reader)
-    # An ordinary answer, relayed as such; HTTP ends on this connection after it.
+    # An ordinary answer, relayed as such; the connection stays an HTTP/1.1 one.
     assert status == 200 and body_json(body)["path_qs"] == "/not-a-ws"
-    assert headers["connection"] == "close" and "upgrade" not in headers
-    assert await assert_closed(reader) == b""
-    assert proxy.pool.idle_count() == 0
+    assert "upgrade" not in headers and headers.get("connection") != "close"
+    assert proxy.pool.idle_count() == 0  # the upgrade request's connection is not reused
+    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert status == 200 and body_json(body)["path_qs"] == "/next"
 
 
 # ------------------------------------------------------------ Via / latency headers
