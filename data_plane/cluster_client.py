@@ -207,13 +207,15 @@ class ClusterClient:
 
         Call once, before :meth:`run`.
         """
-        cached = await asyncio.to_thread(self._cache.load)
+        cached = await asyncio.to_thread(self._cache.load)  # reports an unusable file
         if cached is None:
             return False
         try:
             config = apply_snapshot(cached, None, self._decoded)
         except ConfigError as exc:
-            log.error("ignoring the config cache %s: %s", self._cache.path, exc)
+            await asyncio.to_thread(
+                self._cache.reject, f"this data plane cannot apply the config it holds: {exc}"
+            )
             return False
         await self._install(cached, config, save=False)
         log.info("serving cached config version %d until the control plane answers", cached.version)

@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from data_plane.cluster_client import ClusterLinkState
+from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
@@ -76,10 +77,12 @@ def create_status_app(
     workers: Callable[[], list[dict[str, Any]]] | None = None,
     workers_ready: Callable[[], bool] | None = None,
     metrics: CollectorRegistry | None = None,
+    cache: ConfigCache | None = None,
 ) -> web.Application:
     """``workers`` lists the node's proxy workers (``--workers N``) for ``/status``;
     ``workers_ready`` says whether each serves the config (``/status/ready`` waits);
-    ``metrics`` is served as ``GET /metrics`` in Prometheus' text format."""
+    ``metrics`` is served as ``GET /metrics`` in Prometheus' text format; ``cache``
+    is shown as ``config_cache`` (its path, and why it was not used, if it was not)."""
     started = time.time()
 
     async def status(_: web.Request) -> web.Response:
@@ -100,6 +103,8 @@ def create_status_app(
                 "last_nack": link.last_nack,
             },
         }
+        if cache is not None:
+            body["config_cache"] = cache.status()
         if workers is not None:
             body["workers"] = workers()
         return web.json_response(body)
