@@ -169,6 +169,7 @@ class DataPlane:
                     self.holder, self.client.state, self._request_counts, self.resolver.dns_errors
                 )
             ),
+            cache=self._cache,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
