@@ -25,7 +25,7 @@ from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.metrics_export import DataPlaneCollector, metrics_registry
 from data_plane.node_identity import NodeIdentity, default_hostname, load_or_create_node_id
-from data_plane.proxy import ProxyServer
+from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.request_metrics import Snapshot
 from data_plane.runtime import ConfigHolder
 from data_plane.status_api import create_status_app
@@ -64,6 +64,14 @@ class DataPlaneSettings(BaseModel):
     workers: int = Field(default=1, ge=1, le=256)
     #: One log record per proxied request (``ferry.access`` logger; see access_log.py).
     access_log: bool = False
+    #: nginx's client timeouts, seconds (see data_plane.proxy.ClientTimeouts).
+    client_header_timeout: float = Field(default=60.0, gt=0, le=86400)
+    client_body_timeout: float = Field(default=60.0, gt=0, le=86400)
+    send_timeout: float = Field(default=60.0, gt=0, le=86400)
+
+    @property
+    def client_timeouts(self) -> ClientTimeouts:
+        return ClientTimeouts(self.client_header_timeout, self.client_body_timeout, self.send_timeout)
 
     @field_validator("control_plane", "proxy_listen", "status_listen")
     @classmethod
@@ -183,6 +191,7 @@ class DataPlane:
         else:
             self._proxy = ProxyServer(
                 self.holder, host, port, via=f"ferry/{ferry.__version__}",
+                client_timeouts=self.settings.client_timeouts,
                 access_log=AccessLog(current_log_format(), component="data-plane")
                 if self.settings.access_log else None,
             )
@@ -220,6 +229,9 @@ class DataPlane:
                 "--log-level", level if level in ("debug", "info", "warning", "error") else "info",
                 "--log-format", current_log_format(),
                 *(["--access-log"] if self.settings.access_log else []),
+                "--client-header-timeout", str(self.settings.client_header_timeout),
+                "--client-body-timeout", str(self.settings.client_body_timeout),
+                "--send-timeout", str(self.settings.send_timeout),
             ]
 
         self.worker_processes = WorkerProcesses(self.settings.workers, command)

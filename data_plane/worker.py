@@ -22,7 +22,7 @@ from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health_checker import HealthTransition
 from data_plane.health_messages import address_health, verdict_rows
 from data_plane.health_supervisor import HealthSupervisor
-from data_plane.proxy import ProxyServer
+from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
 from data_plane.worker_link import FrameError, encode_frame, read_frame
 from data_plane.worker_metrics import publish_periodically, read_snapshot, snapshot_path
@@ -51,6 +51,7 @@ class ProxyWorker:
         dns_resolver: str = "",
         hostname: str = "",
         access_log: bool = False,
+        client_timeouts: ClientTimeouts | None = None,
     ) -> None:
         self._hub = hub
         self._index = index
@@ -64,7 +65,7 @@ class ProxyWorker:
         self._applying_node_state = False
         self._resolver.on_change = self._health.addresses_changed
         self._proxy = ProxyServer(
-            self.holder, host, port, via=via, reuse_port=True,
+            self.holder, host, port, via=via, reuse_port=True, client_timeouts=client_timeouts,
             access_log=AccessLog(current_log_format(), component=f"data-plane-worker-{index}")
             if access_log else None,
         )

@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
           "and one health checker for the node; 1 proxies in this process")
     _switch(dp, "--access-log", help="log one line (or JSON object) per proxied request, "
             "without headers or bodies")
+    _client_timeout_flags(dp)
     _switch(dp, "--cluster-insecure", help="allow a plaintext cluster link (trusted networks only)")
     _cluster_tls_flags(dp, data_plane=True)
     _common(dp)
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--dns-resolver", default="", help="as for data-plane")
     worker.add_argument("--hostname", default="", help="the node's hostname")
     worker.add_argument("--access-log", action="store_true", help="as for data-plane")
+    _client_timeout_flags(worker)
     _common(worker)
 
     up = sub.add_parser("up", help="all in one: embedded Redis + control plane + data planes + demo",
@@ -274,6 +276,9 @@ def _run_data_plane(args: argparse.Namespace) -> int:
             cluster_ping_interval=args.cluster_ping_interval,
             workers=args.workers,
             access_log=args.access_log,
+            client_header_timeout=args.client_header_timeout,
+            client_body_timeout=args.client_body_timeout,
+            send_timeout=args.send_timeout,
         )
     except (ValidationError, ValueError) as exc:
         return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
@@ -283,6 +288,7 @@ def _run_data_plane(args: argparse.Namespace) -> int:
 
 def _run_data_plane_worker(args: argparse.Namespace) -> int:
     import ferry
+    from data_plane.proxy import ClientTimeouts
     from data_plane.worker import ProxyWorker, run_worker
     from ferry.listen import parse_host_port
 
@@ -297,10 +303,25 @@ def _run_data_plane_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stopping.set)
         worker = ProxyWorker(Path(args.hub), host, port, args.index, via=f"ferry/{ferry.__version__}",
                              dns_resolver=args.dns_resolver, hostname=args.hostname,
-                             access_log=args.access_log)
+                             access_log=args.access_log,
+                             client_timeouts=ClientTimeouts(args.client_header_timeout,
+                                                            args.client_body_timeout,
+                                                            args.send_timeout))
         await run_worker(worker, stopping)
 
     return _run(serve())
+
+
+def _client_timeout_flags(parser: argparse.ArgumentParser) -> None:
+    """nginx's three client timeouts (docs/operations.md), on data planes and workers."""
+    _flag(parser, "--client-header-timeout", default=60.0, type=float,
+          help="seconds for a whole request head to arrive, from its first byte (408 and close)")
+    _flag(parser, "--client-body-timeout", default=60.0, type=float,
+          help="seconds between two reads of a request body (408, or close once a "
+          "response has begun)")
+    _flag(parser, "--send-timeout", default=60.0, type=float,
+          help="seconds between two successful writes to a client that does not read "
+          "(then the client and its upstream connection are closed)")
 
 
 def _cluster_tls(args: argparse.Namespace) -> Any:
