@@ -501,9 +501,12 @@ class _ClientConnection(asyncio.Protocol):
             return
         self.last_active = self._loop.time()
         if self._no_more:
-            if self._upgrade_ex is not None:
-                self._hold_upgrade_data(data)
-            return
+            # No further request is read; but the body of the last one still is.
+            parsing = self._parsing
+            if parsing is None or parsing.request_complete:
+                if self._upgrade_ex is not None:
+                    self._hold_upgrade_data(data)
+                return
         self._feed(data)
         if self._start_due:
             self._start_due = False
@@ -546,6 +549,8 @@ class _ClientConnection(asyncio.Protocol):
                     self._hold_upgrade_data(data[offset:])
                 return
             except httptools.HttpParserError as exc:
+                if self._no_more and not self._linger and self._parsing is None:
+                    return  # bytes after the last request (llhttp: data after close)
                 cause = exc.__context__
                 if isinstance(cause, _ParseAbort):
                     self._protocol_error(cause.error)
