@@ -243,6 +243,13 @@ UPSTREAM_HEALTH_RESPONSE: dict[str, Any] = {
     ]
 }
 
+#: The answer of ``GET /status/ready`` (Kong's): ``{"message": "ready"}`` (200), or why not (503).
+READINESS_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "properties": {"message": {"type": "string"}},
+    "required": ["message"],
+}
+
 #: The query parameters of ``GET /upstreams/{u}/health``.
 UPSTREAM_HEALTH_QUERY: tuple[dict[str, Any], ...] = (
     {"name": "balancer_health", "in": "query", "schema": {"type": "string", "enum": ["1"]},

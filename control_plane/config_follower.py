@@ -152,6 +152,9 @@ class ConfigFollower:
 
     async def _run(self) -> None:
         while not self._stopping:
+            # One retry loop per outage: after the follower made progress, the next
+            # outage's back-off starts again from its shortest wait (a CP that lived
+            # through many outages must not wait the longest one after each).
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type((RedisError, OSError)),
                 wait=wait_random_exponential(multiplier=0.2, max=10),
@@ -164,23 +167,33 @@ class ConfigFollower:
                     await self._follow()
 
     async def _follow(self) -> None:
+        """Follow until stopped. A Redis error raises (retry after the next wait) unless
+        an ``XREAD`` answered since this call: then the outage is a new one, and this
+        returns for a fresh retry loop."""
         key = self._source.changes_stream_key
         loop = asyncio.get_running_loop()
-        # After an outage, resynchronise from the tip (the stream may have been trimmed).
-        await self._reload_from_tip()
-        published = loop.time()
-        while not self._stopping:
-            batch = await self._redis.xread({key: self._last_id}, block=self._block_ms)
-            if not batch:
-                continue
-            # At most one update per merge window: a change after a quiet window goes
-            # out at once; changes arriving within a window of the last update wait for
-            # its end and go out together (a burst of writes: the first, then the rest).
-            wait = self._merge_window - (loop.time() - published)
-            if wait > 0:
-                await asyncio.sleep(wait)
+        progressed = False
+        try:
+            # After an outage, resynchronise from the tip (the stream may have been trimmed).
             await self._reload_from_tip()
             published = loop.time()
+            while not self._stopping:
+                batch = await self._redis.xread({key: self._last_id}, block=self._block_ms)
+                progressed = True
+                if not batch:
+                    continue
+                # At most one update per merge window: a change after a quiet window goes
+                # out at once; changes arriving within a window of the last update wait for
+                # its end and go out together (a burst of writes: the first, then the rest).
+                wait = self._merge_window - (loop.time() - published)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self._reload_from_tip()
+                published = loop.time()
+        except (RedisError, OSError) as exc:
+            if not progressed:
+                raise
+            log.warning("redis unavailable (%s); serving the last snapshot, retrying", exc)
 
 
 def _contiguous(changes: list[Change], since: int, version: int) -> bool:

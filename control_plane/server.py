@@ -36,6 +36,7 @@ from control_plane.health import (
 )
 from control_plane.metrics import ControlPlaneView
 from control_plane.probe_assignment import DEFAULT_MEMBERSHIP_INTERVAL, ProbeCoordinator
+from control_plane.readiness import Readiness
 from control_plane.redis_connection import (
     REDIS_ERRORS,
     create_redis_client,
@@ -48,7 +49,7 @@ from ferry.cluster_link import require_secured_link
 from ferry.cluster_tls import ClusterTLS, add_cluster_port, server_interceptors
 from ferry.http_site import start_site
 from ferry.listen import format_host_port, parse_host_port
-from ferry.redis_server import EmbeddedRedis
+from ferry.redis_server import EmbeddedRedis, RedisSupervisor
 
 log = logging.getLogger("ferry.control_plane")
 
@@ -142,6 +143,8 @@ class ControlPlane:
         self.node_id = str(uuid.uuid4())
         self.snapshots = SnapshotStore()
         self._embedded: EmbeddedRedis | None = None
+        #: Restarts the embedded Redis when it dies (None with --redis-url).
+        self.redis_supervisor: RedisSupervisor | None = None
         self._redis: aioredis.Redis | None = None
         self._follower: ConfigFollower | None = None
         self._override_follower: OverrideFollower | None = None
@@ -174,7 +177,13 @@ class ControlPlane:
             # From this (the main) thread: see EmbeddedRedis on parent-death signals.
             self._embedded.start()
             redis_url = self._embedded.url
-            log.info("embedded redis-server started on %s (data in %s)", redis_url, settings.data_dir / "redis")
+            log.info(
+                "embedded redis-server started on %s (pid %s, data in %s, appendfsync %s)",
+                redis_url, self._embedded.pid, settings.data_dir / "redis", self._embedded.appendfsync,
+            )
+            # Reaps it if it dies and starts it again on the same port and data.
+            self.redis_supervisor = RedisSupervisor(self._embedded)
+            self.redis_supervisor.start()
         else:
             log.info("using %s", describe_redis_url(redis_url))
         self._redis = create_redis_client(redis_url)
@@ -259,9 +268,16 @@ class ControlPlane:
                 admin_requests=dict(admin_requests),
             )
 
+        supervisor = self.redis_supervisor
+        readiness = Readiness(
+            store.ping,
+            lambda: self.snapshots.current is not None,
+            (lambda: supervisor.down_reason) if supervisor is not None else (lambda: None),
+        )
         app = create_admin_app(
             store, registry, node_id=self.node_id, version=ferry.__version__, health=health_store,
             tokens=tokens, max_body=settings.admin_body_limit, metrics=metrics_view,
+            readiness=readiness.handler,
         )
         if tokens is not None:
             log.info("admin API access control on: %d token(s) from %s", len(tokens), settings.admin_tokens)
@@ -298,6 +314,9 @@ class ControlPlane:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+        if self.redis_supervisor is not None:
+            await self.redis_supervisor.stop()
+            self.redis_supervisor = None
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
             self._embedded = None

@@ -95,6 +95,8 @@ class StreamFollower(Generic[T]):
 
     async def _run(self) -> None:
         while not self._stopping:
+            # One retry loop per outage (see _follow): each outage's back-off starts
+            # from its shortest wait, however many outages came before.
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type((RedisError, OSError)),
                 wait=wait_random_exponential(multiplier=0.2, max=10),
@@ -108,8 +110,18 @@ class StreamFollower(Generic[T]):
                     await self._follow()
 
     async def _follow(self) -> None:
+        """Follow until stopped. A Redis error raises (retry after the next wait) unless
+        an ``XREAD`` answered since this call: then it returns, for a fresh retry loop."""
+        progressed = False
         while not self._stopping:
-            batch: Any = await self._redis.xread({self._key: self._last_id}, block=self._block_ms)
+            try:
+                batch: Any = await self._redis.xread({self._key: self._last_id}, block=self._block_ms)
+            except (RedisError, OSError) as exc:
+                if not progressed:
+                    raise
+                log.warning("redis unavailable (%s); %s paused, retrying", exc, self._what)
+                return
+            progressed = True
             for _stream, entries in batch or ():
                 for entry_id, fields in entries:
                     self._last_id = _text(entry_id)

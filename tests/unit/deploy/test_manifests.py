@@ -342,15 +342,32 @@ def test_every_file_ferry_uses_is_on_a_volume_of_the_right_kind(pair: tuple[Doc,
         assert mounts[str(tokens.parent)]["secret"]["secretName"] == "ferry-admin-tokens"
 
 
-def test_control_plane_probes_are_grpc_on_the_health_listen_port() -> None:
+def test_control_plane_startup_and_liveness_probes_are_grpc_on_the_health_listen_port() -> None:
     _, container = _ferry_container("control-plane")
     args = parse_ferry(list(container["args"]))
     _, health_port = parse_host_port(args.health_listen)
     _, cluster_port = parse_host_port(args.cluster_listen)
     assert health_port != cluster_port, "the cluster port needs mTLS, which probes cannot do"
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == health_port, probe
         assert container[probe]["grpc"].get("service", "") == "", probe
+
+
+def test_control_plane_readiness_asks_status_ready_on_the_admin_port() -> None:
+    # Ready only while Redis answers (Kong's /status/ready, served without a token).
+    _, container = _ferry_container("control-plane")
+    args = parse_ferry(list(container["args"]))
+    _, admin_port = parse_host_port(args.admin_listen)
+    readiness = container["readinessProbe"]["httpGet"]
+    assert (readiness["path"], readiness["port"]) == ("/status/ready", admin_port)
+    assert readiness.get("scheme", "HTTP") == "HTTP"
+    assert "httpHeaders" not in readiness, "no admin token in a manifest"
+
+
+def test_the_cluster_service_keeps_control_planes_that_are_not_ready() -> None:
+    # With Redis down every CP is not ready, yet each still serves its last configuration.
+    (service,) = [s for s in _of_kind("Service") if s["metadata"]["name"] == "ferry-cp-cluster"]
+    assert service["spec"]["publishNotReadyAddresses"] is True
 
 
 def test_data_plane_readiness_asks_status_ready_and_liveness_asks_status_on_the_status_port() -> None:

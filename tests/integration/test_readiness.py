@@ -1,0 +1,73 @@
+"""``GET /status/ready`` on a real control plane over a real Redis that goes away and comes back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from control_plane.admin_tokens import add_token
+from ferry.redis_server import EmbeddedRedis
+from tests.support import start_control_plane, wait_for
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+async def _get(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:
+    async with http.get(url, **kw) as response:
+        return response.status, json.loads(await response.text())
+
+
+async def test_readiness_needs_no_token_and_is_in_the_openapi_document(
+    redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    token = add_token(tokens, "ops", "admin")
+    cp = await start_control_plane(redis_url, tmp_path / "cp", admin_tokens=tokens)
+    try:
+        url = f"http://127.0.0.1:{cp.admin_port}"
+        assert await _get(http, f"{url}/status/ready") == (200, {"message": "ready"})
+        assert (await _get(http, f"{url}/status"))[0] == 401, "only readiness is open"
+        status, document = await _get(http, f"{url}/openapi.json", headers={"Ferry-Admin-Token": token})
+        assert status == 200
+        operation = document["paths"]["/status/ready"]["get"]
+        assert {"200", "503"} <= set(operation["responses"])
+        schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema["required"] == ["message"]
+    finally:
+        await cp.stop(0.5)
+
+
+async def test_readiness_follows_an_external_redis_down_and_up(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    redis = EmbeddedRedis(tmp_path / "redis")
+    redis.start()
+    cp = None
+    try:
+        cp = await start_control_plane(redis.url, tmp_path / "cp")
+        url = f"http://127.0.0.1:{cp.admin_port}"
+        assert await _get(http, f"{url}/status/ready") == (200, {"message": "ready"})
+
+        redis.kill()
+        assert await _get(http, f"{url}/status/ready") == (503, {"message": "failed to connect to database"})
+        status, body = await _get(http, f"{url}/status")
+        assert status == 200 and body["database"] == {"reachable": False}
+
+        redis = EmbeddedRedis(tmp_path / "redis", port=redis.port)
+        redis.start()
+
+        async def ready() -> bool:
+            return await _get(http, f"{url}/status/ready") == (200, {"message": "ready"})
+
+        await wait_for(ready, timeout=15, message="/status/ready to answer 200 again")
+    finally:
+        if cp is not None:
+            await cp.stop(0.5)
+        redis.stop()
