@@ -119,6 +119,8 @@ _REQUEST_HEADERS: Final[dict[bytes, int]] = {
     b"proxy-connection": _H_DROP,
     b"te": _H_DROP,
     b"trailer": _H_DROP,
+    # Connection-specific (RFC 9113 3.2.1): meaningless once Upgrade is dropped.
+    b"http2-settings": _H_DROP,
     # Forwarded only on an upgrade request (``Connection: upgrade`` as well).
     b"upgrade": _H_UPGRADE,
     b"transfer-encoding": _H_TRANSFER_ENCODING,

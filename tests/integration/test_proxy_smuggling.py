@@ -727,6 +727,14 @@ BAD_REQUESTS = [
         Bad(b"POST /ten HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED_BODY),
         id="chunked_in_an_http10_request",
     ),
+    pytest.param(Bad(b"GET /h HTTP/1.1\r\nHost: \r\n\r\n"), id="empty_host"),
+    pytest.param(Bad(b"GET /h HTTP/1.1\r\nHost: a/b\r\n\r\n"), id="host_with_a_slash"),
+    pytest.param(Bad(b"GET /h HTTP/1.1\r\nHost: a b\r\n\r\n"), id="host_with_a_space"),
+    pytest.param(Bad(b"GET /h HTTP/1.1\r\nHost: u@a\r\n\r\n"), id="host_with_userinfo"),
+    pytest.param(Bad(b"GET /h HTTP/1.1\r\nHost: a,b\r\n\r\n"), id="host_list"),
+    pytest.param(Bad(b"GET /h HTTP/1.1\r\nHost: a:80x\r\n\r\n"), id="host_bad_port"),
+    pytest.param(Bad(b"GET * HTTP/1.1\r\nHost: t\r\n\r\n"), id="asterisk_form"),
+    pytest.param(Bad(b"GET x/y HTTP/1.1\r\nHost: t\r\n\r\n"), id="relative_request_target"),
 ]
 
 
