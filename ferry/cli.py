@@ -151,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(up, "--admin-listen", default="127.0.0.1:8001", help="Admin API address")
     _flag(up, "--cluster-listen", default="127.0.0.1:8005", help="cluster gRPC address")
     _flag(up, "--proxy-listen", default="127.0.0.1:8000",
-          help="proxy address of the first data plane (the next ones use the following ports)")
+          help="proxy address of the first data plane; data plane n uses its port + 10*(n-1)")
     _flag(up, "--status-listen", default="127.0.0.1:8100",
-          help="status address of the first data plane (the next ones use the following ports)")
+          help="status address of the first data plane; data plane n uses its port + 10*(n-1)")
     _switch(up, "--no-demo", help="do not start the demo backends or create the demo entities")
     _common(up)
     cert = sub.add_parser("cert", help="cluster certificates (mTLS between the planes)",

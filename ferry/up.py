@@ -6,6 +6,12 @@ mode, with a cluster certificate generated under ``<data-dir>/cluster/`` on
 the first run (and again when it has expired). Ctrl-C (or SIGTERM) stops the data
 planes, then the control plane (which stops its Redis), waiting for each and
 killing what does not exit in time, so nothing is left running.
+
+Ports: data plane *n* listens on the first data plane's ports plus
+:data:`PORT_STEP` × (*n* − 1) (defaults: proxies 8000, 8010, 8020 …, status APIs
+8100, 8110, 8120 …), which never meet the control plane's 8001 and 8005. Before
+anything starts, :func:`port_plan` lists every port, :func:`check_port_plan`
+refuses two users of one port (naming both) and a port another program holds.
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import os
 import signal
+import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +38,157 @@ from ferry.listen import format_host_port, parse_host_port
 
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
+#: Data plane n listens on data plane 1's ports + PORT_STEP × (n − 1).
+PORT_STEP = 10
 
 
 class StartupFailed(RuntimeError):
     pass
 
 
+class PortPlanError(ValueError):
+    """Two listeners want one port, or a port is taken; the message names them."""
+
+
 def _shift(address: str, offset: int) -> str:
     host, port = parse_host_port(address)
     return format_host_port(host, port + offset if port else 0)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One address ``ferry up`` has a process listen on, and who: ``data plane 2's proxy``."""
+
+    owner: str
+    flag: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return format_host_port(self.host, self.port)
+
+    def describe(self) -> str:
+        return f"{self.owner} ({self.flag})"
+
+
+def _data_plane_listen(args: argparse.Namespace, index: int) -> tuple[str, str]:
+    """``(proxy_listen, status_listen)`` of data plane ``index + 1``."""
+    return _shift(args.proxy_listen, PORT_STEP * index), _shift(args.status_listen, PORT_STEP * index)
+
+
+def port_plan(args: argparse.Namespace) -> list[Listener]:
+    """Every address ``ferry up`` will listen on, in start order (the CP's, then each DP's)."""
+    plan: list[Listener] = []
+
+    def add(owner: str, flag: str, address: str, offset: int = 0) -> None:
+        try:
+            host, port = parse_host_port(_shift(address, offset))  # past 65535: refused here
+        except ValueError as exc:
+            raise PortPlanError(f"{owner} ({flag}): {exc}") from None
+        plan.append(Listener(owner, flag, host, port))
+
+    add("the Admin API", "--admin-listen", args.admin_listen)
+    add("the cluster listener", "--cluster-listen", args.cluster_listen)
+    for index in range(args.data_planes):
+        shift = f" + {PORT_STEP * index}" if index else ""
+        for flag, what, address in (
+            ("--proxy-listen", "proxy", args.proxy_listen),
+            ("--status-listen", "status API", args.status_listen),
+        ):
+            add(f"data plane {index + 1}'s {what}", flag + shift, address, PORT_STEP * index)
+    return plan
+
+
+_WILDCARDS = {"", "0.0.0.0", "::", "*"}
+
+
+def _overlap(a: Listener, b: Listener) -> bool:
+    """Whether ``a`` and ``b`` cannot both listen (same port, and same or wildcard host)."""
+    if a.port != b.port or a.port == 0:
+        return False
+
+    def norm(host: str) -> str:
+        return "127.0.0.1" if host == "localhost" else host
+
+    return a.host in _WILDCARDS or b.host in _WILDCARDS or norm(a.host) == norm(b.host)
+
+
+def _port_holder(port: int) -> str:
+    """``pid 1234, redis-server`` for the process listening on ``port``, when this user may see it."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return ""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    name = (proc / "comm").read_text().strip()
+                    return f"pid {proc.name}, {name}"
+        except OSError:
+            continue
+    return ""
+
+
+def _bind_problem(listener: Listener) -> str | None:
+    """None when ``listener`` could bind now; else why not."""
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the servers do: connections of an earlier run in TIME_WAIT do not block it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((listener.host, listener.port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                holder = _port_holder(listener.port)
+                by = f" ({holder})" if holder else ""
+                return (
+                    f"port {listener.port} ({listener.address}), wanted by {listener.describe()}, "
+                    f"is already in use by another program{by}; stop it or choose another port"
+                )
+            if exc.errno == errno.EACCES:
+                return (
+                    f"port {listener.port} ({listener.address}), wanted by {listener.describe()}: "
+                    "permission denied (ports below 1024 need privileges)"
+                )
+            return f"{listener.address}, wanted by {listener.describe()}: cannot listen there: {exc.strerror}"
+    return None
+
+
+def check_port_plan(plan: list[Listener], *, bind_test: bool = True) -> None:
+    """Raise :class:`PortPlanError` naming every port two listeners want, or (``bind_test``)
+    that another program holds. Port 0 (any free port) never collides."""
+    problems: list[str] = []
+    for i, first in enumerate(plan):
+        for second in plan[i + 1:]:
+            if _overlap(first, second):
+                problems.append(
+                    f"port {first.port} is wanted by both {first.describe()} and {second.describe()}"
+                )
+    if not problems and bind_test:
+        problems = [p for p in map(_bind_problem, (x for x in plan if x.port)) if p is not None]
+    if problems:
+        raise PortPlanError("; ".join(problems))
+
+
+def format_port_plan(plan: list[Listener]) -> str:
+    width = max(len(listener.owner) for listener in plan)
+    return "\n".join(
+        [f"ferry up: ports (data plane n: data plane 1's ports + {PORT_STEP}*(n-1))"]
+        + [f"  {listener.owner:<{width}}  {listener.address}" for listener in plan]
+    )
 
 
 async def _wait_http_ok(
@@ -141,9 +293,9 @@ async def _up(args: argparse.Namespace, cluster_cert: Path, cluster_key: Path) -
                 await configure_demo(session, admin, ports)
 
             proxies: list[str] = []
+            statuses: list[str] = []
             for index in range(args.data_planes):
-                proxy_listen = _shift(args.proxy_listen, index)
-                status_listen = _shift(args.status_listen, index)
+                proxy_listen, status_listen = _data_plane_listen(args, index)
                 data_plane = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "ferry", "data-plane",
                     "--control-plane", args.cluster_listen,
@@ -159,10 +311,11 @@ async def _up(args: argparse.Namespace, cluster_cert: Path, cluster_key: Path) -
                     session, f"http://{format_host_port(host, port)}/status/ready", data_plane,
                     f"data plane {index + 1}",
                 )
+                statuses.append(format_host_port(host, port))
                 host, port = parse_host_port(proxy_listen)
                 proxies.append(format_host_port("127.0.0.1" if host == "0.0.0.0" else host, port))
 
-            print(_banner(admin, proxies, ports, str(cluster_cert)), flush=True)
+            print(_banner(admin, proxies, ports, str(cluster_cert), statuses), flush=True)
             waiters = [asyncio.ensure_future(p.wait()) for p in processes]
             stop_waiter = asyncio.ensure_future(stopping.wait())
             done, _ = await asyncio.wait([stop_waiter, *waiters], return_when=asyncio.FIRST_COMPLETED)
@@ -184,13 +337,20 @@ async def _up(args: argparse.Namespace, cluster_cert: Path, cluster_key: Path) -
             await runner.cleanup()
 
 
-def _banner(admin: str, proxies: list[str], backend_ports: list[int], cluster_cert: str) -> str:
+def _banner(
+    admin: str, proxies: list[str], backend_ports: list[int], cluster_cert: str, statuses: list[str] | None = None
+) -> str:
+    statuses = statuses or []
     proxy = proxies[0] if proxies else "127.0.0.1:8000"
     lines = [
         "",
         "Ferry is up.",
         f"  Admin API:     {admin}",
-        *(f"  Proxy (DP {i + 1}): http://{p}" for i, p in enumerate(proxies)),
+        *(
+            f"  Data plane {i + 1}:  proxy http://{p}"
+            + (f", status http://{statuses[i]}/status" if i < len(statuses) else "")
+            for i, p in enumerate(proxies)
+        ),
         f"  Cluster link:  mTLS (shared certificate {cluster_cert})",
     ]
     if backend_ports:
@@ -216,6 +376,19 @@ def run_up(args: argparse.Namespace) -> int:
     if args.data_planes < 1:
         print("ferry up: --data-planes must be at least 1", file=sys.stderr)
         return 2
+    # Every port, before anything starts: two users of one port, or one taken, stop here.
+    try:
+        plan = port_plan(args)
+        check_port_plan(plan, bind_test=False)
+    except ValueError as exc:
+        print(f"ferry up: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_port_plan(plan)
+    except PortPlanError as exc:
+        print(f"ferry up: {exc}", file=sys.stderr)
+        return 1
+    print(format_port_plan(plan), flush=True)
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     try:
         cluster_cert, cluster_key = ensure_cluster_certificate(Path(args.data_dir))
