@@ -34,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from control_plane.admin_openapi import (
     DECLARATIVE_CONFIG_QUERY,
     DECLARATIVE_CONFIG_REQUEST,
+    DECLARATIVE_CONFIG_RESPONSES,
     DECLARATIVE_CONFIG_SCHEMA,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -862,6 +863,7 @@ def _routes(api: _AdminAPI) -> list[_Route]:
             response=DECLARATIVE_CONFIG_SCHEMA,
             request_body=DECLARATIVE_CONFIG_REQUEST,
             query=DECLARATIVE_CONFIG_QUERY,
+            extra_responses=DECLARATIVE_CONFIG_RESPONSES,
         ),
         _Route("/services", api.collection(_SERVICES), "Services", "Service", True),
         _Route("/services/{service}", api.entity(_SERVICES), "One service by id or name", "Service"),
@@ -962,7 +964,8 @@ def create_admin_app(
 
     routes.insert(2, _Route("/openapi.json", {"GET": openapi_handler}, "This document"))
     openapi["paths"]["/openapi.json"] = {
-        "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}
+        "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}},
+        "head": {"summary": "This document (HEAD)", "responses": {"200": {"description": "OpenAPI 3"}}},
     }
     if metrics is not None:
         source = metrics
@@ -977,7 +980,8 @@ def create_admin_app(
             _Route("/metrics", {"GET": metrics_handler}, "Prometheus metrics of the cluster")
         )
         openapi["paths"]["/metrics"] = {
-            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}},
+            "head": {"summary": "Prometheus metrics (HEAD)", "responses": {"200": {"description": "text"}}},
         }
     for route in routes:
         resource = app.router.add_resource(route.path)

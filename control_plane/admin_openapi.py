@@ -34,6 +34,8 @@ class AdminRoute:
     query: tuple[dict[str, Any], ...] = field(default=())
     #: The OpenAPI request body of POST when it is not ``schema`` (``/config``).
     request_body: dict[str, Any] | None = None
+    #: Answers beyond the method's usual one and the errors, by method (``/config``'s 304).
+    extra_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 _STATUS_TEXT = {
@@ -45,9 +47,89 @@ _STATUS_TEXT = {
 }
 
 
+#: Every error the Admin API can answer, by status (each with the ``Error`` body).
+ERROR_RESPONSES: dict[str, str] = {
+    "400": "Invalid request: schema violation (code 2), primary key violation (3), foreign key "
+    "violation (4), invalid offset (7), size (9) or options (11), unresolved foreign key (13), "
+    "invalid declarative configuration (14), or an unreadable body ({\"message\": \"Cannot parse "
+    "JSON body\"} / \"Cannot parse form body: ...\")",
+    "401": "No valid admin token (only with admin tokens configured)",
+    "403": "The token's role does not allow this method",
+    "404": "No such entity (or path)",
+    "405": "Method not allowed; the Allow header lists the path's methods",
+    "409": "Unique constraint violation (code 5), or POST /config?expected_version=N at another version",
+    "413": "Request body over the Admin API's limit",
+    "503": "The store (Redis) is unreachable, or too many concurrent writes; nothing was written",
+}
+
+#: What the path parameters, ``size``, ``offset`` and ``tags`` accept.
+PAGING_QUERY: tuple[dict[str, Any], ...] = (
+    {"name": "size", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE},
+     "description": f"page size, an integer in 1..{MAX_PAGE_SIZE}; anything else is 400 (invalid size)"},
+    {"name": "offset", "in": "query", "schema": {"type": "string"},
+     "description": "the opaque token of a previous page's `offset` (or `next`); "
+     "any other value is 400 (invalid offset)"},
+)
+
+#: A ``tags`` filter: tags joined by ``,`` (entities with all of them) or ``/``
+#: (any of them); a tag is printable ASCII except ``,`` and ``/``, or non-ASCII.
+TAGS_PATTERN = (
+    "^(?:[^\\u0000-\\u001f,/\\u007f]+(?:,|$))+$|^(?:[^\\u0000-\\u001f,/\\u007f]+(?:/|$))+$"
+)
+TAGS_QUERY: dict[str, Any] = {
+    "name": "tags", "in": "query", "schema": {"type": "string", "pattern": TAGS_PATTERN},
+    "description": "a,b: entities with all of these tags; a/b: with any of them. "
+    "Anything else is 400 (invalid options)",
+}
+
+#: Input-only fields: given by the server (``id``, timestamps) or by the path (a target's upstream).
+_SERVER_FIELDS = frozenset({"id", "created_at", "updated_at", "upstream"})
+_ENTITY_SCHEMAS = ("Service", "Route", "Upstream", "Target")
+
+
+def _request_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
+    """``<Entity>Create`` (POST, PUT) and ``<Entity>Update`` (PATCH) request bodies.
+
+    As the entity, but the server's fields are optional (POST, PUT) or every
+    field is (PATCH); a service also takes Kong's ``url`` shorthand.
+    """
+    out: dict[str, Any] = {}
+    for name in _ENTITY_SCHEMAS:
+        base = schemas[name]
+        properties = dict(base.get("properties", {}))
+        if name == "Service":
+            properties["url"] = {
+                "type": ["string", "null"],
+                "description": "shorthand for protocol, host, port and path",
+            }
+        create = {**base, "properties": properties,
+                  "required": [f for f in base.get("required", []) if f not in _SERVER_FIELDS]}
+        update = {**base, "properties": properties}
+        update.pop("required", None)
+        out[f"{name}Create"] = create
+        out[f"{name}Update"] = update
+    return out
+
+
+def _error_responses(with_body: bool) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, text in ERROR_RESPONSES.items():
+        response: dict[str, Any] = {"description": text}
+        if with_body:
+            response["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        if status == "405":
+            response["headers"] = {"Allow": {"schema": {"type": "string"},
+                                             "description": "the methods this path serves"}}
+        responses[status] = response
+    return responses
+
+
 def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
-    """An OpenAPI 3.1 document for ``routes``; entity schemas come from the pydantic models."""
-    error = {"$ref": "#/components/schemas/Error"}
+    """An OpenAPI 3.1 document for ``routes``; entity schemas come from the pydantic models.
+
+    Every ``GET`` has its ``HEAD`` (same answer, no body).
+    """
     paths: dict[str, Any] = {}
     for route in routes:
         params = [
@@ -63,9 +145,11 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
                 op["parameters"] = list(params)
             ref = {"$ref": f"#/components/schemas/{route.schema}"} if route.schema else {}
             if route.schema and method in ("POST", "PUT", "PATCH"):
+                suffix = "Update" if method == "PATCH" else "Create"
+                body = {"$ref": f"#/components/schemas/{route.schema}{suffix}"}
                 op["requestBody"] = {
                     "content": {
-                        "application/json": {"schema": ref},
+                        "application/json": {"schema": body},
                         "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
                     }
                 }
@@ -81,12 +165,7 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
                     "content": {"application/json": {"schema": route.response}},
                 }
             elif route.collection and method == "GET":
-                op["parameters"] = [
-                    *op.get("parameters", []),
-                    {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
-                    {"name": "offset", "in": "query", "schema": {"type": "string"}},
-                    {"name": "tags", "in": "query", "schema": {"type": "string"}, "description": "a,b: all of; a/b: any of"},
-                ]
+                op["parameters"] = [*op.get("parameters", []), *PAGING_QUERY, TAGS_QUERY]
                 op["responses"][code] = {
                     "description": text,
                     "content": {"application/json": {"schema": {
@@ -103,13 +182,21 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
                 op["responses"][code] = {
                     "description": text, "content": {"application/json": {"schema": schema}}
                 }
-            for status in ("400", "404", "405", "409", "503"):
-                op["responses"][status] = {
-                    "description": "Error", "content": {"application/json": {"schema": error}}
-                }
+            op["responses"].update(route.extra_responses.get(method, {}))
+            op["responses"].update(_error_responses(with_body=True))
             operations[method.lower()] = op
+            if method == "GET":
+                operations["head"] = {
+                    "summary": f"{route.summary} (HEAD: GET's answer without its body)",
+                    "parameters": op.get("parameters", []),
+                    "responses": {
+                        code: {"description": text},
+                        **_error_responses(with_body=False),
+                    },
+                }
         paths[route.path] = operations
     schemas = json_schemas()
+    schemas.update(_request_schemas(schemas))
     schemas.update(_health_schemas())
     schemas["DeclarativeConfig"] = _declarative_config_schema()
     schemas["Error"] = {
@@ -129,6 +216,9 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
         "components": {"schemas": schemas},
     }
 
+
+#: The values of a boolean query option (``balancer_health``, ``check_hash``).
+FLAG_VALUES = ["1", "true", "0", "false", ""]
 
 _HEALTH_STATES = ["HEALTHY", "UNHEALTHY", "MIXED", "DNS_ERROR", "HEALTHCHECKS_OFF"]
 
@@ -252,10 +342,10 @@ READINESS_RESPONSE: dict[str, Any] = {
 
 #: The query parameters of ``GET /upstreams/{u}/health``.
 UPSTREAM_HEALTH_QUERY: tuple[dict[str, Any], ...] = (
-    {"name": "balancer_health", "in": "query", "schema": {"type": "string", "enum": ["1"]},
-     "description": "1: the upstream's balancer health instead of the target list"},
-    {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
-    {"name": "offset", "in": "query", "schema": {"type": "string"}},
+    {"name": "balancer_health", "in": "query", "schema": {"type": "string", "enum": FLAG_VALUES},
+     "description": "1 or true: the upstream's balancer health instead of the target list "
+     "(0, false or empty: the list); anything else is 400 (invalid options)"},
+    *PAGING_QUERY,
 )
 
 
@@ -313,8 +403,17 @@ DECLARATIVE_CONFIG_REQUEST: dict[str, Any] = {
 
 #: The query parameters of ``POST /config``.
 DECLARATIVE_CONFIG_QUERY: tuple[dict[str, Any], ...] = (
-    {"name": "check_hash", "in": "query", "schema": {"type": "string", "enum": ["1"]},
-     "description": "POST: 304 without writing when the configuration would not change"},
-    {"name": "expected_version", "in": "query", "schema": {"type": "integer", "minimum": 0},
-     "description": "POST: apply only if the configuration is at this version, else 409"},
+    {"name": "check_hash", "in": "query", "schema": {"type": "string", "enum": FLAG_VALUES},
+     "description": "POST, 1 or true: 304 without writing when the configuration would not "
+     "change (0, false or empty: off); anything else is 400 (invalid options)"},
+    {"name": "expected_version", "in": "query",
+     "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
+     "description": "POST: apply only if the configuration is at this version, else 409; "
+     "not a non-negative integer: 400 (invalid options)"},
 )
+
+#: ``POST /config``'s answers beyond 201 and the errors.
+DECLARATIVE_CONFIG_RESPONSES: dict[str, dict[str, Any]] = {
+    "POST": {"304": {"description": "?check_hash=1 and the configuration would not change: "
+                                    "nothing written"}},
+}

@@ -888,7 +888,10 @@ def expand_shorthands(kind: str, body: dict[str, Any]) -> dict[str, Any]:
         return body
     if not isinstance(url, str):
         raise SchemaViolation({"url": "expected a string"})
-    parts = urlsplit(url if "://" in url else f"//{url}")
+    try:
+        parts = urlsplit(url if "://" in url else f"//{url}")
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL" for an unbalanced bracket
+        raise SchemaViolation({"url": f"could not parse url. {exc}"}) from None
     try:
         port = parts.port
     except ValueError:

@@ -444,3 +444,47 @@ def test_route_header_values_must_be_given_and_regexes_must_compile() -> None:
     assert valid("routes", paths=["/"], headers={"x-a": ["~*^v(?<n>\\d)$", "plain"]})["headers"] == {
         "x-a": ["~*^v(?<n>\\d)$", "plain"]
     }
+
+
+# ------------------------------------------------- string bounds, NaN, shorthands
+
+
+def test_every_string_has_kongs_only_length_bound_at_least_one() -> None:
+    # Kong's schema gives every string len_min = 1 and, in typedefs, no len_max;
+    # the implicit minimum is checked before a field's own validator.
+    assert errors("upstreams", name="a", hash_on="header", hash_on_header="") == {
+        "hash_on_header": "length must be at least 1"
+    }
+    assert errors("upstreams", name="a", hash_on="cookie", hash_on_cookie="") == {
+        "hash_on_cookie": "length must be at least 1"
+    }
+    checks = {"active": {"headers": {"x-probe": [""]}}}
+    assert errors("upstreams", name="a", healthchecks=checks) == {
+        "healthchecks": {"active": {"headers": "length must be at least 1"}}
+    }
+    assert errors("routes", paths=["/"], headers={"x-a": [""]}) == {
+        "headers": "length must be at least 1"
+    }
+    long = "a" * 10_000
+    assert valid("services", host="example.com", name=long, tags=[long])["name"] == long
+
+
+def test_nan_is_never_between_two_bounds() -> None:
+    nan = float("nan")
+    assert errors("upstreams", name="a", healthchecks={"threshold": nan}) == {
+        "healthchecks": {"threshold": "value should be between 0 and 100"}
+    }
+    assert errors("upstreams", name="a", slow_start=nan) == {
+        "slow_start": "value should be between 0 and 3600"
+    }
+
+
+def test_service_url_that_cannot_be_split_is_a_schema_violation() -> None:
+    with pytest.raises(SchemaViolation) as caught:
+        expand_shorthands("services", {"url": "]Y"})
+    assert caught.value.fields == {"url": "could not parse url. Invalid IPv6 URL"}
+
+
+def test_decode_form_array_indexes_that_are_not_ascii_numbers_do_not_crash() -> None:
+    decoded = decode_form("routes", [("paths[²]", "/a"), ("paths[1]", "/b"), ("paths[" + "9" * 5000 + "]", "/c")])
+    assert sorted(decoded["paths"]) == ["/a", "/b", "/c"]
