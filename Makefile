@@ -4,14 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck proto clean venv bench
+.PHONY: demo test lint typecheck proto clean venv bench constraints
+
+# Every install takes its versions from constraints.txt (all direct and transitive
+# dependencies, pip and the build backend pinned), so a new wheel upstream cannot change
+# what CI runs. `make constraints` refreshes it on purpose.
+CONSTRAINTS := constraints.txt
+export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall when the project metadata changes.
-$(STAMP): pyproject.toml | $(BIN)/python
+# Reinstall when the project metadata or the pinned versions change.
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -43,6 +49,16 @@ typecheck: $(STAMP)
 ## Regenerate the committed protobuf modules from proto/*.proto.
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/cluster.proto
+
+## Re-resolve .[dev] from scratch (no constraints) and pin the result in constraints.txt.
+constraints:
+	rm -rf .venv-constraints
+	PIP_CONSTRAINT= $(PYTHON) -m venv .venv-constraints
+	PIP_CONSTRAINT= .venv-constraints/bin/pip install --quiet --upgrade pip 'setuptools>=68' wheel
+	PIP_CONSTRAINT= .venv-constraints/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Pinned by 'make constraints' from pyproject.toml; refresh on purpose, review the diff."; \
+	  PIP_CONSTRAINT= .venv-constraints/bin/pip freeze --all --exclude-editable | LC_ALL=C sort -f; } > $(CONSTRAINTS)
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) ferry-data .pytest_cache .mypy_cache .ruff_cache
