@@ -791,7 +791,7 @@ async def test_openapi_document_covers_every_route_and_entity(admin: Client) -> 
         "/upstreams/{upstream}/targets/all", "/upstreams/{upstream}/targets/{target}",
     }
     assert expected_paths <= set(doc["paths"])
-    assert set(doc["paths"]["/services/{service}"]) == {"get", "patch", "put", "delete"}
+    assert set(doc["paths"]["/services/{service}"]) == {"get", "head", "patch", "put", "delete"}
     schemas = doc["components"]["schemas"]
     for name in ("Service", "Route", "Upstream", "Target", "Healthchecks"):
         assert name in schemas

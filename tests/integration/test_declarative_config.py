@@ -281,7 +281,7 @@ async def test_a_document_larger_than_aiohttps_default_limit_is_accepted(
 async def test_the_openapi_document_describes_config(admin: Client) -> None:
     status, doc = await call(admin, "GET", "/openapi.json")
     assert status == 200
-    assert set(doc["paths"]["/config"]) == {"get", "post"}
+    assert set(doc["paths"]["/config"]) == {"get", "head", "post"}
     post = doc["paths"]["/config"]["post"]
     assert "application/yaml" in post["requestBody"]["content"]
     assert "201" in post["responses"]
