@@ -110,7 +110,9 @@ def control_plane(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if _request(base, "GET", "/status")[0] == 200:
+                # Ready: Redis answers and the configuration is loaded (a 503 before
+                # that would be reported as a server error by the first case).
+                if _request(base, "GET", "/status/ready")[0] == 200:
                     break
             except OSError:
                 pass
