@@ -538,7 +538,7 @@ async def test_the_openapi_document_lists_the_health_endpoints(
     status, doc = await Admin(http, cps[0]).call("GET", "/openapi.json")
     assert status == 200
     paths = doc["paths"]
-    assert set(paths["/upstreams/{upstream}/health"]) == {"get"}
+    assert set(paths["/upstreams/{upstream}/health"]) == {"get", "head"}
     health_params = {p["name"] for p in paths["/upstreams/{upstream}/health"]["get"]["parameters"]}
     assert {"upstream", "balancer_health", "size", "offset"} <= health_params
     for path in (
