@@ -33,6 +33,21 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of the processes whose command line contains ``text`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 def data_dir(tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     path.mkdir(parents=True, exist_ok=True)

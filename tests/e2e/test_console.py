@@ -292,9 +292,11 @@ async def test_console_adds_a_target_and_shows_its_health(
     await ui(console.open)
     # The upstream, its existing target and how the data plane sees it; the data plane.
     await ui(console.wait_target, "shop", a, health="HEALTHY", dp="dp1", weight="100")
-    sync = await ui(console.wait, lambda: console.text('#data-planes-body tr[data-dp="dp1"] td.dp-sync'),
-                    "the data plane row")
-    assert sync == "SYNCED"
+    # The DP's ACK may reach the CP a moment after the DP shows the version: wait for it.
+    sync = await ui(console.wait,
+                    lambda: console.text('#data-planes-body tr[data-dp="dp1"] td.dp-sync') == "SYNCED",
+                    "the data plane row, SYNCED")
+    assert sync
     # User text is shown as text, never run as HTML.
     tag = await ui(console.text, 'section.upstream[data-upstream="shop"] .tag')
     assert tag == HOSTILE_TAG

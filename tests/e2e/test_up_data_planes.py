@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import wait_for
+from tests.support import processes_mentioning, wait_for
 
 #: What ``ferry up --data-planes 3`` listens on by default.
 DEFAULT_PORTS = {
@@ -38,20 +38,6 @@ def _busy_ports() -> list[int]:
             except OSError:
                 busy.append(port)
     return busy
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
@@ -104,8 +90,8 @@ async def test_ferry_up_with_three_data_planes_on_the_default_ports(tmp_path: Pa
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        for pid in _processes_mentioning(str(data_dir)):
+        for pid in processes_mentioning(str(data_dir)):
             os.kill(pid, signal.SIGKILL)
-    await wait_for(lambda: not _processes_mentioning(str(data_dir)), timeout=10,
+    await wait_for(lambda: not processes_mentioning(str(data_dir)), timeout=10,
                    message="every ferry up child to exit")
     await wait_for(lambda: not _busy_ports(), timeout=30, message="the default ports to be free again")

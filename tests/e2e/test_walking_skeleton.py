@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from control_plane.store import EntityStore
 from ferry.redis_server import free_port
 from tests.e2e.conftest import Cluster, admin, backend_of, dp_status, wait_dp_synced, wait_http_ok
-from tests.support import FerryProcess, wait_for
+from tests.support import FerryProcess, processes_mentioning, wait_for
 
 
 async def create_shop(http: aiohttp.ClientSession, cluster: Cluster, ports: list[int]) -> None:
@@ -57,7 +57,13 @@ async def test_requests_alternate_between_two_backends_and_a_new_target_gets_tra
     assert set(seen) == {"a", "b", "c"}, seen
 
     status = await dp_status(http, dp.status)
-    rows = (await admin(http, "GET", f"{cluster.admin}/clustering/data-planes"))["data"]
+
+    async def acknowledged() -> list[dict[str, Any]] | None:
+        # The DP shows a version before its ACK has reached the CP: poll the CP's row.
+        rows = (await admin(http, "GET", f"{cluster.admin}/clustering/data-planes"))["data"]
+        return rows if rows and rows[0]["sync_status"] == "SYNCED" else None
+
+    rows = await wait_for(acknowledged, message="the CP records the data plane's ACK")
     assert len(rows) == 1
     row = rows[0]
     assert row["hostname"] == "dp1"
@@ -169,20 +175,6 @@ def test_planes_refuse_to_start_on_an_unsecured_cluster_link_with_a_clear_messag
     assert not any(tmp_path.iterdir()), "nothing was started or written"
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 async def test_embedded_redis_keeps_the_config_across_a_control_plane_restart_and_stops_with_it(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -191,9 +183,9 @@ async def test_embedded_redis_keeps_the_config_across_a_control_plane_restart_an
         cp = cluster.start_control_plane(name="cp-embedded")
         await wait_http_ok(http, f"{cluster.admin}/status", cp)
         created = await admin(http, "POST", f"{cluster.admin}/upstreams", {"name": "kept"})
-        assert _processes_mentioning(str(tmp_path / "cp-embedded")), "redis-server runs under the data dir"
+        assert processes_mentioning(str(tmp_path / "cp-embedded")), "redis-server runs under the data dir"
         assert cp.stop() == 0
-        await wait_for(lambda: not _processes_mentioning(str(tmp_path / "cp-embedded")),
+        await wait_for(lambda: not processes_mentioning(str(tmp_path / "cp-embedded")),
                        timeout=10, message="the embedded redis-server to exit")
 
         cp = cluster.start_control_plane(name="cp-embedded")
@@ -237,13 +229,13 @@ async def test_ferry_up_serves_the_demo_and_ctrl_c_leaves_no_process(tmp_path: P
 
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert process.wait(30) == 0, log_path.read_text()
-        await wait_for(lambda: not _processes_mentioning(str(data_dir)), timeout=10,
+        await wait_for(lambda: not processes_mentioning(str(data_dir)), timeout=10,
                        message="every ferry up child to exit")
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        for pid in _processes_mentioning(str(data_dir)):
+        for pid in processes_mentioning(str(data_dir)):
             os.kill(pid, signal.SIGKILL)
 
 

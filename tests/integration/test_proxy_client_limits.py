@@ -18,6 +18,7 @@ from pathlib import Path
 from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.runtime import ConfigHolder
 from tests.integration.test_health_checks import Gateway, config
+from tests.integration.test_http11_conformance import connect
 from tests.integration.test_proxy import make_config, read_response, start_backend
 from tests.support import wait_for
 
@@ -64,12 +65,6 @@ async def proxy_with(stack: AsyncExitStack, port: int, timeouts: ClientTimeouts)
     await proxy.start()
     stack.push_async_callback(proxy.stop, 2.0)
     return proxy
-
-
-async def connect(stack: AsyncExitStack, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    stack.callback(writer.close)
-    return reader, writer
 
 
 async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
