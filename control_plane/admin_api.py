@@ -79,6 +79,7 @@ from control_plane.schemas import (
     RuleError,
     decode_form,
     expand_shorthands,
+    has_lone_surrogate,
     is_uuid,
     merge_patch,
     normalize_target,
@@ -235,12 +236,17 @@ def _decode_json(raw: bytes) -> Any:
 
     Nesting deeper than Python's recursion limit is unparsable too (a
     ``RecursionError`` from the decoder), as it is for Kong's cjson beyond its
-    depth limit.
+    depth limit. So is a ``\\uD800``-``\\uDFFF`` escape that is not half of a
+    surrogate pair: cjson refuses it ("invalid unicode escape code"), Python
+    would decode it to a string no UTF-8 can hold (a 500 further on).
     """
     try:
-        return json.loads(raw, parse_constant=_no_constant)
+        data = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise InvalidBody() from None
+    if b"\\u" in raw and has_lone_surrogate(data):
+        raise InvalidBody()
+    return data
 
 
 async def _read_form(request: web.Request) -> list[tuple[str, object]]:
@@ -302,17 +308,30 @@ async def _read_config_document(request: web.Request) -> dict[str, Any]:
             fields = await _read_form(request)
             value = next((item for name, item in fields if name == "config"), None)
             if isinstance(value, web.FileField):
-                return await asyncio.to_thread(parse_document, value.file.read())
+                return await asyncio.to_thread(_parse_config_text, value.file.read())
             if not isinstance(value, str):
                 raise DocumentParseError("expected the configuration in the 'config' field")
-            return await asyncio.to_thread(parse_document, value)
+            return await asyncio.to_thread(_parse_config_text, value)
         raw = await request.read()
         json_only = request.content_type == "application/json" or request.content_type.endswith("+json")
         # In a thread: a large YAML document takes seconds to parse, and this
         # loop also serves the data planes' streams.
-        return await asyncio.to_thread(parse_document, raw, json_only=json_only)
+        return await asyncio.to_thread(_parse_config_text, raw, json_only=json_only)
     except DocumentParseError as exc:
         raise InvalidBody(f"failed parsing declarative configuration: {exc}") from None
+
+
+def _parse_config_text(text: str | bytes, *, json_only: bool = False) -> dict[str, Any]:
+    """:func:`parse_document`, refusing a string that is not Unicode text.
+
+    JSON can escape half a surrogate pair (``"\\ud800"``), and a form in UTF-7 can
+    spell one; the resolver would hash such a name into an id (a 500). Kong's cjson
+    refuses the escape too. (libyaml refuses it in YAML by itself.)
+    """
+    document = parse_document(text, json_only=json_only)
+    if has_lone_surrogate(document):
+        raise DocumentParseError("invalid unicode escape code (a lone surrogate)")
+    return document
 
 
 def _plan_config(

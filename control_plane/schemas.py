@@ -23,7 +23,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
@@ -41,6 +41,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from control_plane.errors import SchemaViolation
+from ferry.cookie_path import cookie_path_problem
 from ferry.route_regex import RouteRegexError, compile_header_regex, compile_path_regex
 from ferry.target_health import (
     ACTIVE_HEALTHY_STATUSES,
@@ -144,8 +145,14 @@ class HostPort:
         return host if port is None else f"{host}:{port}"
 
 
-_HOSTNAME_CHARS = re.compile(r"^[A-Za-z0-9\-._]+$")
-_IPV4_LIKE = re.compile(r"^[\d.]+(?::\d+)?$")
+# Every pattern below is applied with ``fullmatch`` (or ends in ``\Z``), never ``match``
+# with ``$``: ``$`` also matches before a final newline, so "x-a\n" would pass, reach
+# every data plane and be refused there (or be written into a request). Digits are
+# ``[0-9]``: ``\d`` matches any Unicode digit ("\u0668\u0660" is int() 80).
+_HOSTNAME_CHARS = re.compile(r"[A-Za-z0-9\-._]+")
+_IPV4_LIKE = re.compile(r"[0-9.]+(?::[0-9]+)?")
+_BRACKETED_IPV6 = re.compile(r"\[([^\]]+)\](?::([0-9]+))?")
+_TRAILING_PORT = re.compile(r":([0-9]+)\Z")
 
 
 def _parse_port(text: str) -> int:
@@ -163,14 +170,14 @@ def parse_host(address: str) -> HostPort:
     IPv6 addresses are returned fully expanded, as Kong normalises them.
     """
     if address.count(":") > 1 or address.startswith("["):
-        match = re.match(r"^\[([^\]]+)\](?::(\d+))?$", address)
+        match = _BRACKETED_IPV6.fullmatch(address)
         text, port_text = (match.group(1), match.group(2)) if match else (address, None)
         try:
             ip6 = ipaddress.IPv6Address(text)
         except ValueError:
             raise RuleError(f"invalid ipv6 address: {address}") from None
         return HostPort("ipv6", ip6.exploded, _parse_port(port_text) if port_text else None)
-    if _IPV4_LIKE.match(address):
+    if _IPV4_LIKE.fullmatch(address):
         host, _, port_text = address.partition(":")
         try:
             ip4 = ipaddress.IPv4Address(host)
@@ -178,11 +185,11 @@ def parse_host(address: str) -> HostPort:
             raise RuleError(f"invalid ipv4 address: {address}") from None
         return HostPort("ipv4", str(ip4), _parse_port(port_text) if port_text else None)
     name, port = address, None
-    port_match = re.search(r":(\d+)$", address)
+    port_match = _TRAILING_PORT.search(address)
     if port_match:
         name = address[: port_match.start()]
         port = _parse_port(port_match.group(1))
-    if not _HOSTNAME_CHARS.match(name):
+    if not _HOSTNAME_CHARS.fullmatch(name):
         raise RuleError(f"invalid hostname: {address}")
     labels = name.split(".")
     for index, label in enumerate(labels):
@@ -220,12 +227,13 @@ def _check_timestamp(value: int) -> int:
     return value
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9.\-_~\u0080-\U0010ffff]+$")
+# Non-ASCII: any code point but a surrogate (no UTF-8 form; see _unicode_problems).
+_NAME_RE = re.compile(r"[A-Za-z0-9.\-_~\u0080-\ud7ff\ue000-\U0010ffff]+")
 
 
 def _check_name(value: str) -> str:
     _non_empty(value)
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise RuleError(
             f"invalid value '{value}': the only accepted ascii characters are "
             "alphanumerics or ., -, _, and ~"
@@ -233,12 +241,12 @@ def _check_name(value: str) -> str:
     return value
 
 
-_TAG_RE = re.compile(r"^[ !-+\-.0-~\u0080-\U0010ffff]+$")
+_TAG_RE = re.compile(r"[ !-+\-.0-~\u0080-\ud7ff\ue000-\U0010ffff]+")
 
 
 def _check_tag(value: str) -> str:
     _non_empty(value)
-    if not _TAG_RE.match(value):
+    if not _TAG_RE.fullmatch(value):
         raise RuleError(
             f"invalid tag '{value}': expected printable ascii (except `,` and `/`) "
             "or valid utf-8 sequences"
@@ -280,7 +288,7 @@ def _check_sni(value: str) -> str:
     return value
 
 
-_RFC3986_PATH = re.compile(r"^/[A-Za-z0-9.\-_~/%:@!$&'()*+,;=]*$")
+_RFC3986_PATH = re.compile(r"/[A-Za-z0-9.\-_~/%:@!$&'()*+,;=]*")
 
 
 def _check_percent_encoding(value: str) -> None:
@@ -297,11 +305,24 @@ def _check_path(value: str) -> str:
         raise RuleError("should start with: /")
     if "//" in value:
         raise RuleError("must not have empty segments")
-    if not _RFC3986_PATH.match(value):
+    if not _RFC3986_PATH.fullmatch(value):
         raise RuleError(
             f"invalid path: '{value}' (characters outside of the reserved list of RFC 3986 found)"
         )
     _check_percent_encoding(value)
+    return value
+
+
+def _check_cookie_path(value: str) -> str:
+    """``hash_on_cookie_path``: Kong's ``typedefs.path`` that is also a cookie ``Path``.
+
+    Data planes write it into ``Set-Cookie``; they refuse a config whose path could end
+    the attribute (``;``), with the function used here, so it is refused first here.
+    """
+    _check_path(value)
+    problem = cookie_path_problem(value)
+    if problem is not None:
+        raise RuleError(f"invalid cookie path: '{value}' ({problem})")
     return value
 
 
@@ -331,16 +352,31 @@ def _check_route_host(value: str) -> str:
     return value
 
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _check_header_name(value: str) -> str:
     # Kong's implicit len_min = 1 runs before the header-name validator.
     _non_empty(value)
-    if not _TOKEN_RE.match(value):
+    if not _TOKEN_RE.fullmatch(value):
         raise RuleError(
             f"bad header name '{value}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
         )
+    return value
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_header_value(value: str) -> str:
+    """A header value Ferry matches (route ``headers``) or sends (probe ``headers``).
+
+    No control character but HTAB (RFC 9110 field-value): a CR or LF would split a
+    probe request, and no request can carry one to match a route.
+    """
+    _non_empty(value)
+    if _CONTROL_CHARS.search(value):
+        raise RuleError(f"bad header value '{value}': control characters are not allowed")
     return value
 
 
@@ -368,16 +404,19 @@ def _check_route_header_values(values: list[str]) -> list[str]:
 
 def _check_cookie_name(value: str) -> str:
     _non_empty(value)
-    if not _TOKEN_RE.match(value):
+    if not _TOKEN_RE.fullmatch(value):
         raise RuleError(
             f"bad cookie name '{value}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
         )
     return value
 
 
+_METHOD_RE = re.compile(r"[A-Z]+")
+
+
 def _check_method(value: str) -> str:
     _non_empty(value)
-    if not re.match(r"^[A-Z]+$", value):
+    if not _METHOD_RE.fullmatch(value):
         raise RuleError(f"invalid value: {value}")
     return value
 
@@ -436,8 +475,10 @@ Tag = Annotated[str, Rule(_check_tag)]
 Tags = Annotated[list[Tag] | None, Rule(_dedupe, (("uniqueItems", True),))]
 Port = Annotated[int, between(0, 65535)]
 PathStr = Annotated[str, Rule(_check_path)]
+CookiePath = Annotated[str, Rule(_check_cookie_path)]
 RouterPath = Annotated[str, Rule(_check_router_path)]
 HeaderName = Annotated[str, Rule(_check_header_name)]
+HeaderValue = Annotated[str, Rule(_check_header_value)]
 CookieName = Annotated[str, Rule(_check_cookie_name)]
 Sni = Annotated[str, Rule(_check_sni)]
 def _compact_number(value: float) -> float | int:
@@ -504,7 +545,7 @@ class ActiveHealthcheck(_Model):
     http_path: PathStr = "/"
     https_sni: Sni | None = None
     https_verify_certificate: bool = True
-    headers: dict[HeaderName, list[Str]] | None = None
+    headers: dict[HeaderName, list[HeaderValue]] | None = None
     healthy: ActiveHealthy = Field(default_factory=ActiveHealthy)
     unhealthy: ActiveUnhealthy = Field(default_factory=ActiveUnhealthy)
 
@@ -569,7 +610,7 @@ class Upstream(_Model):
     hash_on_header: HeaderName | None = None
     hash_fallback_header: HeaderName | None = None
     hash_on_cookie: CookieName | None = None
-    hash_on_cookie_path: PathStr = "/"
+    hash_on_cookie_path: CookiePath = "/"
     hash_on_query_arg: Str | None = None
     hash_fallback_query_arg: Str | None = None
     hash_on_uri_capture: Str | None = None
@@ -645,7 +686,7 @@ class Route(_Model):
     headers: (
         dict[
             Annotated[str, Rule(_check_route_header_name)],
-            Annotated[list[Str], Rule(_check_route_header_values, (("minItems", 1),))],
+            Annotated[list[HeaderValue], Rule(_check_route_header_values, (("minItems", 1),))],
         ]
         | None
     ) = None
@@ -769,17 +810,80 @@ def _place(tree: dict[str, Any], loc: tuple[Any, ...], message: str) -> None:
         node = child
 
 
+def _kong_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Kong reports one message for a whole map, never per key or value."""
+    for index, part in enumerate(loc):
+        if part in _MAP_FIELDS:
+            return loc[: index + 1]
+    return loc
+
+
 def _translate(exc: PydanticValidationError) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for error in exc.errors():
-        loc = tuple(error["loc"])
-        # Kong reports one message for a whole map, never per key or value.
-        for index, part in enumerate(loc):
-            if part in _MAP_FIELDS:
-                loc = loc[: index + 1]
-                break
+        loc = _kong_loc(tuple(error["loc"]))
         field = next((part for part in reversed(loc) if isinstance(part, str)), None)
         _place(fields, loc, _message_for(error, field))
+    return fields
+
+
+# ------------------------------------------------------------ unicode text
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (U+D800..U+DFFF), or ``None``.
+
+    Such a string is not Unicode text: it has no UTF-8 form, so it cannot be stored,
+    sent to a data plane or put in a request. JSON lets a body write one
+    (``"\\ud800"``), as can a form in UTF-7.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _unicode_problems(value: Any) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """``(location, message)`` for each lone surrogate in a JSON value, keys included.
+
+    A bad key is reported at the object holding it (its text is never echoed).
+    Iterative: a body nested as deep as the JSON parser allows does not recurse.
+    """
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), value)]
+    while stack:
+        loc, node = stack.pop()
+        if isinstance(node, str):
+            position = _lone_surrogate(node)
+            if position is not None:
+                yield loc, f"invalid unicode: a lone surrogate at position {position}"
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                position = _lone_surrogate(key) if isinstance(key, str) else None
+                if position is not None:
+                    yield loc, f"invalid unicode in a key: a lone surrogate at position {position}"
+                else:
+                    stack.append(((*loc, key), item))
+        elif isinstance(node, list):
+            stack.extend(((*loc, index), item) for index, item in enumerate(node))
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """True when a string of ``value`` (nested dicts and lists, keys too) is not
+    Unicode text because it holds a lone surrogate."""
+    return next(_unicode_problems(value), None) is not None
+
+
+def _unicode_violations(candidate: Mapping[str, Any]) -> dict[str, Any]:
+    """Kong-shaped ``fields`` for every lone surrogate in ``candidate`` (empty: none)."""
+    fields: dict[str, Any] = {}
+    for loc, message in _unicode_problems(dict(candidate)):
+        if not loc:
+            fields.setdefault("@entity", []).append(message)
+        else:
+            _place(fields, _kong_loc(loc), message)
     return fields
 
 
@@ -912,7 +1016,11 @@ def validate_entity(kind: str, candidate: Mapping[str, Any]) -> dict[str, Any]:
     collected together, as Kong does, into one :class:`SchemaViolation`.
     """
     model = MODELS[kind]
-    fields: dict[str, Any] = {}
+    # First, and alone: such a string cannot even be shown in a message by pydantic
+    # (a 500), nor stored, nor applied by a data plane.
+    fields: dict[str, Any] = _unicode_violations(candidate)
+    if fields:
+        raise SchemaViolation(fields)
     result: dict[str, Any] | None = None
     try:
         result = model.model_validate(dict(candidate)).model_dump(mode="json")

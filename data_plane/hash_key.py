@@ -43,6 +43,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from ferry.cookie_path import cookie_path_problem
+
 __all__ = [
     "HASH_ON_VALUES",
     "HashInputs",
@@ -315,13 +317,11 @@ def compile_hash_spec(upstream: Mapping[str, Any]) -> HashSpec | None:
         if value and value == upstream.get(fallback_field) and fallback == hash_on:
             raise ValueError(f"'{on_field}' and '{fallback_field}' must differ")
     cookie_path = upstream.get("hash_on_cookie_path") or "/"
-    if (
-        not isinstance(cookie_path, str)
-        or not cookie_path.startswith("/")
-        or not cookie_path.isascii()
-        or any(c in cookie_path for c in ";\r\n")
-    ):
-        raise ValueError(f"'hash_on_cookie_path' must be an ASCII path starting with '/': {cookie_path!r}")
+    # The control plane refuses the same paths with the same function.
+    problem = cookie_path_problem(cookie_path)
+    if problem is not None:
+        raise ValueError(f"'hash_on_cookie_path' {cookie_path!r}: {problem}")
+    assert isinstance(cookie_path, str)
     # Companions are checked even for an algorithm that does not hash, as Kong's
     # schema does.
     primary, needs = _source(upstream, hash_on, "on")

@@ -408,3 +408,132 @@ async def test_flags_take_true_and_false_spellings(admin: str) -> None:
             assert key in body["data"]
         else:
             assert isinstance(body["data"], list)
+
+
+# ------------------------------------ lone surrogates, control characters
+
+#: A JSON escape of half a UTF-16 pair: not Unicode text (no UTF-8 form), it was a 500
+#: (pydantic could not render the message, or the store could not encode the value);
+#: Kong's cjson refuses it while parsing.
+LONE = "\\ud800"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/services/s1/routes", '{"paths": ["/' + LONE + '"]}', id="route-path"),
+        pytest.param("/services", '{"name": "s' + LONE + '", "host": "example.com"}', id="service-name"),
+        pytest.param("/upstreams", '{"name": "u2.internal", "host_header": "a' + LONE + '"}',
+                     id="host-header"),
+        pytest.param("/upstreams", '{"name": "u3.internal", "tags": ["' + LONE + '"]}', id="tag"),
+        pytest.param("/routes", '{"paths": ["/x"], "headers": {"x-a": ["v\\udfff"]}}', id="header-value"),
+        pytest.param("/routes", '{"paths": ["/x"], "headers": {"x-' + LONE + '": ["v"]}}', id="header-name"),
+        pytest.param("/services", '{"host": "example.com", "' + LONE + '": 1}', id="key"),
+        pytest.param("/services", '{"host": "example.com", "name": "a\\ude00\\ud83d"}', id="reversed-pair"),
+    ],
+)
+async def test_a_lone_surrogate_in_a_json_body_is_cannot_parse_not_500(
+    admin: str, path: str, body: str
+) -> None:
+    await seed(admin)
+    status, answer, _ = await send(admin, "POST", path, body, content_type="application/json")
+    assert (status, answer) == (400, CANNOT_PARSE_JSON)
+
+
+async def test_a_lone_surrogate_is_refused_on_every_entity_endpoint_and_a_pair_is_text(
+    admin: str,
+) -> None:
+    await seed(admin)
+    for method, path in ENTITY_WRITES:
+        body = '{"tags": ["ok", "' + LONE + '"]}'
+        status, answer, _ = await send(admin, method, path, body, content_type="application/json")
+        assert (status, answer) == (400, CANNOT_PARSE_JSON), (method, path)
+    # A surrogate pair is one character (U+1F600), stored and served as such.
+    status, service, _ = await send(
+        admin, "POST", "/services", '{"name": "smile-\\ud83d\\ude00", "host": "example.com"}',
+        content_type="application/json",
+    )
+    assert status == 201 and service["name"] == "smile-\U0001f600", service
+
+
+async def test_a_lone_surrogate_in_a_declarative_document_is_a_400(admin: str) -> None:
+    await seed(admin)
+    status, before, _ = await send(admin, "GET", "/config")
+    assert status == 200
+    document = '{"_format_version": "3.0", "services": [{"name": "s' + LONE + '", "host": "example.com"}]}'
+    status, answer, _ = await send(admin, "POST", "/config", document, content_type="application/json")
+    assert status == 400, answer
+    assert answer["message"].startswith("failed parsing declarative configuration: "), answer
+    # YAML (libyaml) refuses the escape itself; a form's config field is parsed the same.
+    status, answer, _ = await send(
+        admin, "POST", "/config", '_format_version: "3.0"\nservices:\n- {name: "s' + LONE + '", host: h}\n',
+        content_type="application/yaml",
+    )
+    assert status == 400 and answer["message"].startswith("failed parsing declarative configuration: ")
+    assert (await send(admin, "GET", "/config"))[1] == before
+
+
+async def test_a_lone_surrogate_from_a_utf7_form_is_a_schema_violation_naming_the_field(
+    admin: str,
+) -> None:
+    # UTF-7 can spell half a pair ("+2AA-" is U+D800): the schema refuses it by field.
+    status, answer, _ = await send(
+        admin, "POST", "/services", "host=example.com&name=s%2B2AA-&tags=+2AA-",
+        content_type=FORM + "; charset=utf-7",
+    )
+    assert status == 400, answer
+    assert answer["name"] == "schema violation"
+    assert answer["fields"] == {
+        "name": "invalid unicode: a lone surrogate at position 1",
+        "tags": ["invalid unicode: a lone surrogate at position 0"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fields"),
+    [
+        pytest.param(
+            "/upstreams",
+            {"name": "h.internal", "algorithm": "consistent-hashing", "hash_on": "header",
+             "hash_on_header": "x-a\n"},
+            {"hash_on_header": "bad header name 'x-a\n', allowed characters are A-Z, a-z, 0-9, '_', and '-'"},
+            id="hash-on-header-newline",
+        ),
+        pytest.param(
+            "/upstreams",
+            {"name": "c.internal", "algorithm": "consistent-hashing", "hash_on": "cookie",
+             "hash_on_cookie": "c\n"},
+            {"hash_on_cookie": "bad cookie name 'c\n', allowed characters are A-Z, a-z, 0-9, '_', and '-'"},
+            id="hash-on-cookie-newline",
+        ),
+        pytest.param(
+            "/upstreams",
+            {"name": "p.internal", "algorithm": "consistent-hashing", "hash_on": "cookie",
+             "hash_on_cookie": "c", "hash_on_cookie_path": "/a;b"},
+            {"hash_on_cookie_path": "invalid cookie path: '/a;b' (';' is not allowed)"},
+            id="cookie-path-semicolon",
+        ),
+        pytest.param(
+            "/services", {"host": "example.com", "path": "/a\n"},
+            {"path": "invalid path: '/a\n' (characters outside of the reserved list of RFC 3986 found)"},
+            id="service-path-newline",
+        ),
+        pytest.param(
+            "/upstreams", {"name": "hh.internal", "host_header": "a.example:80\n"},
+            {"host_header": "invalid hostname: a.example:80\n"},
+            id="host-header-newline",
+        ),
+        pytest.param(
+            "/routes", {"paths": ["/x"], "headers": {"x-a": ["v\r\nX-Injected: 1"]}},
+            {"headers": "bad header value 'v\r\nX-Injected: 1': control characters are not allowed"},
+            id="route-header-value-crlf",
+        ),
+    ],
+)
+async def test_a_value_every_data_plane_would_refuse_is_a_schema_violation(
+    admin: str, path: str, body: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    await seed(admin)
+    status, answer, _ = await send(admin, "POST", path, json_body=body)
+    assert status == 400, answer
+    assert (answer["name"], answer["fields"]) == ("schema violation", fields)

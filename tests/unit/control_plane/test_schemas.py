@@ -488,3 +488,167 @@ def test_service_url_that_cannot_be_split_is_a_schema_violation() -> None:
 def test_decode_form_array_indexes_that_are_not_ascii_numbers_do_not_crash() -> None:
     decoded = decode_form("routes", [("paths[²]", "/a"), ("paths[1]", "/b"), ("paths[" + "9" * 5000 + "]", "/c")])
     assert sorted(decoded["paths"]) == ["/a", "/b", "/c"]
+
+
+# ------------------------------------ newlines, control characters, surrogates
+# Issue 12: what the CP accepts, every DP of the same version applies. Each value below
+# got a 201 and then was refused by every data plane (a NACK), put on a request (a
+# request split) or made the Admin API answer 500.
+
+_HEADER_NAME = "bad header name '{}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+_COOKIE_NAME = "bad cookie name '{}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+_PATH = "invalid path: '{}' (characters outside of the reserved list of RFC 3986 found)"
+_NAME = "invalid value '{}': the only accepted ascii characters are alphanumerics or ., -, _, and ~"
+_TAG = "invalid tag '{}': expected printable ascii (except `,` and `/`) or valid utf-8 sequences"
+_TARGET = "Invalid target ('{}'); not a valid hostname or ip address"
+_HASHING = {"name": "a", "algorithm": "consistent-hashing"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "expected"),
+    [
+        # Python's "$" also matches before a final "\n": every pattern used with it
+        # let a trailing newline through.
+        ("upstreams", {**_HASHING, "hash_on": "header", "hash_on_header": "x-a\n"},
+         {"hash_on_header": _HEADER_NAME.format("x-a\n")}),
+        ("upstreams", {**_HASHING, "hash_on": "ip", "hash_fallback": "header",
+                       "hash_fallback_header": "x-b\n"},
+         {"hash_fallback_header": _HEADER_NAME.format("x-b\n")}),
+        ("upstreams", {**_HASHING, "hash_on": "cookie", "hash_on_cookie": "c\n"},
+         {"hash_on_cookie": _COOKIE_NAME.format("c\n")}),
+        ("upstreams", {"name": "a", "hash_on_cookie_path": "/a\n"},
+         {"hash_on_cookie_path": _PATH.format("/a\n")}),
+        ("upstreams", {"name": "a", "healthchecks": {"active": {"http_path": "/a\n"}}},
+         {"healthchecks": {"active": {"http_path": _PATH.format("/a\n")}}}),
+        ("upstreams", {"name": "a", "healthchecks": {"active": {"headers": {"x-a\n": ["v"]}}}},
+         {"healthchecks": {"active": {"headers": _HEADER_NAME.format("x-a\n")}}}),
+        ("upstreams", {"name": "a\n"}, {"name": "Invalid name ('a\n'); must be a valid hostname"}),
+        ("upstreams", {"name": "a", "host_header": "a.example\n"},
+         {"host_header": "invalid hostname: a.example\n"}),
+        ("upstreams", {"name": "a", "host_header": "a.example:80\n"},
+         {"host_header": "invalid hostname: a.example:80\n"}),
+        ("upstreams", {"name": "a", "host_header": "[::1]:80\n"},
+         {"host_header": "invalid ipv6 address: [::1]:80\n"}),
+        ("upstreams", {"name": "a", "tags": ["t\n"]}, {"tags": [_TAG.format("t\n")]}),
+        ("services", {"host": "example.com", "path": "/a\n"}, {"path": _PATH.format("/a\n")}),
+        ("services", {"host": "example.com\n"}, {"host": "invalid value: example.com\n"}),
+        ("services", {"host": "example.com", "name": "s\n"}, {"name": _NAME.format("s\n")}),
+        ("routes", {"paths": ["/"], "name": "r\n"}, {"name": _NAME.format("r\n")}),
+        ("routes", {"methods": ["GET\n"]}, {"methods": ["invalid value: GET\n"]}),
+        ("routes", {"hosts": ["a.example\n"]}, {"hosts": ["invalid hostname: a.example\n"]}),
+        ("routes", {"hosts": ["a.example:80\n"]}, {"hosts": ["invalid hostname: a.example:80\n"]}),
+        ("routes", {"headers": {"x-a\n": ["v"]}}, {"headers": _HEADER_NAME.format("x-a\n")}),
+        ("routes", {"protocols": ["https"], "snis": ["a.example\n"]},
+         {"snis": ["invalid value: a.example\n"]}),
+        ("targets", {"upstream": {"id": ID}, "target": "a.example:80\n"},
+         {"target": _TARGET.format("a.example:80\n")}),
+        ("targets", {"upstream": {"id": ID}, "target": "10.0.0.1:80\n"},
+         {"target": _TARGET.format("10.0.0.1:80\n")}),
+        # "\d" is any Unicode digit, and int() reads "٨٠" as 80: a Host header of
+        # "a.example:٨٠" went to the targets, IDNA-mangled.
+        ("upstreams", {"name": "a", "host_header": "a.example:\u0668\u0660"},
+         {"host_header": "invalid hostname: a.example:\u0668\u0660"}),
+        ("routes", {"hosts": ["a.example:\u0668\u0660"]},
+         {"hosts": ["invalid hostname: a.example:\u0668\u0660"]}),
+    ],
+)
+def test_a_trailing_newline_is_refused_like_any_other_bad_character(
+    kind: str, fields: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert errors(kind, **fields) == expected
+
+
+def test_what_was_valid_before_the_newline_is_still_valid() -> None:
+    upstream = valid("upstreams", **_HASHING, hash_on="header", hash_on_header="x-a", host_header="a.example:80",
+                     tags=["t", "é"], healthchecks={"active": {"http_path": "/a", "headers": {"x-a": ["v\tw"]}}})
+    assert (upstream["hash_on_header"], upstream["host_header"]) == ("x-a", "a.example:80")
+    route = valid("routes", name="r~é", methods=["GET"], hosts=["a.example:80", "[::1]:80", "*.b.example"],
+                  protocols=["https"], snis=["a.example"], headers={"x-a": ["v"]})
+    assert route["hosts"] == ["a.example:80", "[::1]:80", "*.b.example"]
+    assert valid("services", host="example.com", path="/a;b=c")["path"] == "/a;b=c"
+    assert normalize_target("10.0.0.1:80") == "10.0.0.1:80"
+
+
+@pytest.mark.parametrize("path", ["/a;b", "/;", "/a%3B;"])
+def test_a_cookie_path_with_a_semicolon_is_refused(path: str) -> None:
+    # Written into "Set-Cookie: name=uuid; Path=<path>; HttpOnly": a ";" would start
+    # another attribute, and every data plane refuses the config (the same check).
+    assert errors("upstreams", name="a", hash_on_cookie_path=path) == {
+        "hash_on_cookie_path": f"invalid cookie path: '{path}' (';' is not allowed)"
+    }
+
+
+@pytest.mark.parametrize("path", ["/", "/shop", "/a%3Bb", "/a:b@c!$&'()*+,=~"])
+def test_every_cookie_path_the_control_plane_accepts_a_data_plane_applies(path: str) -> None:
+    from data_plane.hash_key import compile_hash_spec
+
+    upstream = valid("upstreams", **_HASHING, hash_on="cookie", hash_on_cookie="c", hash_on_cookie_path=path)
+    spec = compile_hash_spec(upstream)
+    assert spec is not None
+
+
+@pytest.mark.parametrize("path", ["/a;b", "/a\n", "/a\r\nX: y", "/é", "a", "/a\x00"])
+def test_both_planes_refuse_the_same_cookie_paths(path: str) -> None:
+    from data_plane.hash_key import compile_hash_spec
+
+    assert "hash_on_cookie_path" in errors("upstreams", name="a", hash_on_cookie_path=path)
+    with pytest.raises(ValueError, match="hash_on_cookie_path"):
+        compile_hash_spec({**_HASHING, "hash_on": "cookie", "hash_on_cookie": "c", "hash_on_cookie_path": path})
+
+
+@pytest.mark.parametrize("value", ["v\r\nX-Injected: 1", "v\n", "\x00", "v\x7f"])
+def test_a_header_value_with_a_control_character_is_refused(value: str) -> None:
+    message = f"bad header value '{value}': control characters are not allowed"
+    assert errors("routes", paths=["/"], headers={"x-a": [value]}) == {"headers": message}
+    assert errors("routes", paths=["/"], headers={"x-a": ["~*" + value]}) == {"headers": message.replace(
+        f"'{value}'", f"'~*{value}'")}
+    # A probe header would split the probe request (aiohttp refuses to send it).
+    assert errors("upstreams", name="a", healthchecks={"active": {"headers": {"x-a": [value]}}}) == {
+        "healthchecks": {"active": {"headers": message}}
+    }
+
+
+_LONE = "invalid unicode: a lone surrogate at position {}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "expected"),
+    [
+        ("routes", {"paths": ["/ok", "/\ud800"]}, {"paths": [None, _LONE.format(1)]}),
+        ("routes", {"paths": ["~/\udfff"]}, {"paths": [_LONE.format(2)]}),
+        ("routes", {"paths": ["/"], "headers": {"x-a": ["v\ud800"]}}, {"headers": _LONE.format(1)}),
+        ("routes", {"paths": ["/"], "headers": {"x-\ud800": ["v"]}},
+         {"headers": "invalid unicode in a key: a lone surrogate at position 2"}),
+        ("routes", {"paths": ["/"], "name": "r\ud800"}, {"name": _LONE.format(1)}),
+        ("routes", {"hosts": ["\ud800.example"]}, {"hosts": [_LONE.format(0)]}),
+        ("upstreams", {"name": "a", "host_header": "a\ud800"}, {"host_header": _LONE.format(1)}),
+        ("upstreams", {"name": "a", "tags": ["ok", "t\ude00\ud83d"]}, {"tags": [None, _LONE.format(1)]}),
+        ("upstreams", {"name": "a", "hash_on": "query_arg", "hash_on_query_arg": "q\ud800"},
+         {"hash_on_query_arg": _LONE.format(1)}),
+        ("upstreams", {"name": "a", "hash_on": "uri_capture", "hash_on_uri_capture": "\ud800"},
+         {"hash_on_uri_capture": _LONE.format(0)}),
+        ("upstreams", {"name": "a", "healthchecks": {"active": {"headers": {"x-a": ["\ud800"]}}}},
+         {"healthchecks": {"active": {"headers": _LONE.format(0)}}}),
+        ("upstreams", {"name": "a", "algorithm": "\ud800"}, {"algorithm": _LONE.format(0)}),
+        ("upstreams", {"name": "a", "\ud800": 1},
+         {"@entity": ["invalid unicode in a key: a lone surrogate at position 0"]}),
+        ("services", {"host": "example.com", "name": "s\ud800"}, {"name": _LONE.format(1)}),
+        ("services", {"host": "example.com", "path": "/\ud800"}, {"path": _LONE.format(1)}),
+        ("targets", {"upstream": {"id": ID}, "target": "a\ud800"}, {"target": _LONE.format(1)}),
+    ],
+)
+def test_a_lone_surrogate_is_a_schema_violation_naming_the_field_not_a_crash(
+    kind: str, fields: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    # It has no UTF-8 form: pydantic failed rendering a message that quoted it (a
+    # 500), or it was accepted and could be neither stored nor applied by a DP.
+    found = errors(kind, **fields)
+    assert found == expected
+    schema_violation_message(found).encode("utf-8")  # the answer itself is text
+
+
+def test_a_character_beyond_the_bmp_is_valid_text() -> None:
+    # What a JSON surrogate pair ("\\ud83d\\ude00") decodes to.
+    assert valid("services", host="example.com", name="s\U0001f600", tags=["\U0001f600"])["tags"] == [
+        "\U0001f600"
+    ]
