@@ -19,9 +19,13 @@ Sources (Kong's ``get_value_to_hash``), first ``hash_on`` then, if it yields not
   is generated, used as the key and returned as ``name=uuid; Path=<hash_on_cookie_path>;
   HttpOnly`` for the response (Kong also appends a malformed ``Same-Site=Lax``, which
   browsers ignore; Ferry leaves it out). A cookie source therefore always yields.
-- ``path``: the request path without the query string. Kong uses nginx's normalised
-  ``$uri`` (percent-decoded, ``//`` merged); Ferry uses the path as received, so
-  ``/a%20b`` and ``/a b`` hash differently.
+- ``path``: the request path without the query string, normalised as nginx's
+  ``$uri`` that Kong hashes: percent-decoded (``%2F`` and ``%2e`` included, so they
+  take part in the next two steps), runs of ``/`` merged into one, and ``.`` and
+  ``..`` segments resolved (``..`` never climbs above the root, where nginx would
+  answer 400), a trailing ``/`` kept. ``/root/../%2e/root///././%2F.subdir/../
+  .subdir/./%28%29`` hashes as ``/root/.subdir/()`` (Kong's spec). A malformed
+  ``%`` escape stays as it is.
 - ``query_arg``: ``hash_on_query_arg`` / ``hash_fallback_query_arg``, percent- and
   ``+``-decoded; several occurrences are sorted and joined by ``,``; an argument
   without ``=`` counts as ``true`` (Kong's boolean).
@@ -50,6 +54,7 @@ __all__ = [
     "HashInputs",
     "HashSpec",
     "compile_hash_spec",
+    "normalise_path",
 ]
 
 #: Kong's ``hash_on`` / ``hash_fallback`` values.
@@ -101,10 +106,36 @@ def _ip(inputs: HashInputs) -> bytes | None:
     return inputs.client_ip.encode("ascii", "surrogateescape") if inputs.client_ip else None
 
 
+def normalise_path(path: bytes) -> bytes:
+    """nginx's ``$uri`` of a request path (no query): decoded, slashes merged, dot
+    segments resolved. A path that needs none of it is returned as is."""
+    if b"%" not in path and b"//" not in path and b"/." not in path:
+        return path
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    if not path.startswith(b"/"):
+        return path
+    out: list[bytes] = []
+    segments = path.split(b"/")[1:]
+    last = len(segments) - 1
+    for i, segment in enumerate(segments):
+        if segment == b"..":
+            if out:
+                out.pop()
+            if i == last:
+                out.append(b"")  # "/a/.." is "/", a directory
+        elif segment == b"." or segment == b"":
+            if i == last:
+                out.append(b"")  # "/a/." and "/a/" keep their trailing slash
+        else:
+            out.append(segment)
+    return b"/" + b"/".join(out)
+
+
 def _path(inputs: HashInputs) -> bytes | None:
     path = inputs.path
     q = path.find(b"?")
-    return path[:q] if q >= 0 else path
+    return normalise_path(path[:q] if q >= 0 else path)
 
 
 def _header(name: bytes) -> _Extractor:

@@ -8,23 +8,27 @@ previous one is blended with weight ``1 - exp(-dt / DECAY_SECONDS)`` (``DECAY_SE
 10, Kong's ``DECAY_TIME``), so the average tracks roughly the last ten seconds whatever
 the request rate.
 
-Score at pick time: ``ewma * exp(-idle / DECAY_SECONDS) * (in_flight + 1) / weight``,
-lowest wins:
+Score and pick, as Kong's ``latency`` balancer (``kong/runloop/balancer/latency.lua``):
 
-- the ``exp(-idle / ...)`` factor is Kong's read-time decay toward zero: an address
-  that was slow once and then got no traffic looks better and better, so it is tried
-  again after a while (after ``10 * ln(slow / fast)`` seconds, e.g. ~46 s for a
-  100 ms target next to a 1 ms one) and its average is refreshed by real samples;
-- ``(in_flight + 1)`` is Finagle's load factor. Kong omits it and instead picks the best
-  of two random addresses; without either, every request arriving between two
-  responses would go to the same address. With one request at a time it is 1 and the
-  score is Kong's ``ewma / weight``;
-- ties (for instance no samples yet: every score 0) are taken in turn, starting after
-  the previous winner.
+- the score of an address is its average decayed to now, relative to its weight:
+  ``ewma * exp(-idle / DECAY_SECONDS) / weight``. The ``exp(-idle / ...)`` factor is
+  Kong's read-time decay toward zero: an address that was slow once and then got no
+  traffic looks better and better, so it is tried again after a while (after
+  ``10 * ln(slow / fast)`` seconds, e.g. ~46 s for a 100 ms target next to a 1 ms
+  one) and its average is refreshed by real samples. Requests in flight do not
+  count (Kong's score has no load factor): with one fast and one slow target every
+  request goes to the fast one, however many arrive at once;
+- the pick is Kong's "power of two choices": among the usable addresses this request
+  has not tried yet, two are drawn at random and the lower score wins; with two or
+  fewer candidates the lowest of them wins. Ties (for instance no samples yet: every
+  score 0) go to the one that comes first after the previous winner (Kong takes the
+  first in its table order), so unsampled addresses share the first requests.
 
 A new address (added to a running balancer) starts at the average of the sampled
 usable addresses, as in Kong, so it neither attracts every request (score 0) nor
-starves. A failed try (no response head: refused, reset, timed out) counts as a
+starves. An address's first sample is taken as its average (Kong blends it into a
+zero average by the time since the balancer was built: the same ordering, smaller
+numbers). A failed try (no response head: refused, reset, timed out) counts as a
 sample of ``max(elapsed, 2 x the slowest current average, FAILED_TRY_FLOOR)``:
 a refused connection is fast, and must not make its address look like the best one.
 Health checks, not this score, take a failing address out of rotation.
@@ -34,6 +38,7 @@ With slow start on, the weight in the score is the ramped (effective) weight.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from math import exp
 
@@ -51,7 +56,7 @@ FAILED_TRY_FACTOR = 2.0
 class _Peer:
     """One address's latency statistics (not shared between balancers)."""
 
-    __slots__ = ("address", "ewma", "in_flight", "key", "sampled", "touched", "weight")
+    __slots__ = ("address", "ewma", "key", "sampled", "touched", "weight")
 
     def __init__(self, address: Address) -> None:
         self.address = address
@@ -61,7 +66,6 @@ class _Peer:
         self.touched = 0.0
         #: False until the first sample (or seed): the first sample is taken as is.
         self.sampled = False
-        self.in_flight = 0
         self.weight = float(address.weight)
 
     def decayed(self, now: float) -> float:
@@ -72,8 +76,8 @@ class _Peer:
 class LatencyBalancer(Balancer):
     """Lowest time-decayed EWMA of response time relative to weight.
 
-    Cost of a pick: O(number of usable addresses) with one ``exp`` each, one clock read,
-    no allocation. Statistics of addresses that stay survive health changes, target
+    Cost of a pick: two ``exp`` and two random draws with more than two usable
+    addresses (O(tried) when a retry must avoid tried ones), one clock read. Statistics of addresses that stay survive health changes, target
     changes and (via ``previous``) rebuilds for a new config version.
     """
 
@@ -89,9 +93,10 @@ class LatencyBalancer(Balancer):
         self._peers: dict[str, _Peer] = {}
         self._usable: list[_Peer] = []
         self._next = 0
+        #: The random draws of the power-of-two-choices pick (replaceable in tests).
+        self.random = random.Random()
         if isinstance(previous, LatencyBalancer):
-            # Carry the averages (not the in-flight counts: those tries report to
-            # the previous balancer).
+            # Carry the averages.
             for key, old in previous._peers.items():
                 peer = _Peer(old.address)
                 peer.ewma, peer.touched, peer.sampled = old.ewma, old.touched, old.sampled
@@ -144,17 +149,10 @@ class LatencyBalancer(Balancer):
             return None
         return peer.decayed(self._clock())
 
-    def on_request_start(self, address: Address) -> None:
-        peer = self._peers.get(address.key)
-        if peer is not None:
-            peer.in_flight += 1
-
     def on_request_end(self, address: Address, elapsed: float, failed: bool) -> None:
         peer = self._peers.get(address.key)
         if peer is None:
             return  # removed meanwhile
-        if peer.in_flight > 0:
-            peer.in_flight -= 1
         now = self._clock()
         sample = elapsed if elapsed > 0 else 0.0
         if failed:
@@ -178,36 +176,44 @@ class LatencyBalancer(Balancer):
             return None
         tried = handle.tried
         now = self._clock()
-        best = self._scan(usable, n, tried, now) if tried else -1
-        if best < 0:
-            if tried:
+        if tried:
+            candidates = [i for i in range(n) if usable[i].key not in tried]
+            if not candidates:
                 # Every usable address was tried: go round again over all of them.
                 tried.clear()
-            best = self._scan(usable, n, None, now)
+                candidates = list(range(n))
+        else:
+            candidates = None
+        best = self._choose(usable, n, candidates, now)
         self._next = best + 1 if best + 1 < n else 0
         peer = usable[best]
         tried.add(peer.key)
         return peer.address
 
-    def _scan(self, usable: list[_Peer], n: int, skip: set[str] | None, now: float) -> int:
-        best = -1
-        best_score = 0.0
-        i = self._next
-        rate = _NEG_INV_DECAY
-        _exp = exp
-        for _ in range(n):
-            peer = usable[i]
-            if skip is None or peer.key not in skip:
-                ewma = peer.ewma
-                if ewma:
-                    idle = now - peer.touched
-                    if idle > 0:
-                        ewma *= _exp(idle * rate)
-                score = ewma * (peer.in_flight + 1) / peer.weight
-                if best < 0 or score < best_score:
-                    best = i
-                    best_score = score
-            i += 1
-            if i == n:
-                i = 0
-        return best
+    def _choose(self, usable: list[_Peer], n: int, candidates: list[int] | None, now: float) -> int:
+        """Index of the winner among ``candidates`` (None: every usable address)."""
+        count = n if candidates is None else len(candidates)
+        if count == 1:
+            return 0 if candidates is None else candidates[0]
+        if count == 2:
+            pair = (0, 1) if candidates is None else (candidates[0], candidates[1])
+        else:
+            a, b = self.random.sample(range(count), 2)
+            pair = (a, b) if candidates is None else (candidates[a], candidates[b])
+        first, second = pair
+        score_first = self._score(usable[first], now)
+        score_second = self._score(usable[second], now)
+        if score_first != score_second:
+            return first if score_first < score_second else second
+        # A tie: the one that comes first from the turn pointer.
+        start = self._next
+        return first if (first - start) % n <= (second - start) % n else second
+
+    @staticmethod
+    def _score(peer: _Peer, now: float) -> float:
+        ewma = peer.ewma
+        if ewma:
+            idle = now - peer.touched
+            if idle > 0:
+                ewma *= exp(idle * _NEG_INV_DECAY)
+        return ewma / peer.weight

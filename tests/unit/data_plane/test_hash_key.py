@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from data_plane.balancers import BalancerHandle
-from data_plane.hash_key import HashInputs, HashSpec, compile_hash_spec
+from data_plane.hash_key import HashInputs, HashSpec, compile_hash_spec, normalise_path
 from data_plane.router import Router, RouteSpec
 from data_plane.runtime import ConfigError, compile_config
 
@@ -47,6 +47,31 @@ def test_path_without_query() -> None:
     s = spec(hash_on="path")
     assert s.key_for(inputs(path=b"/a/b")) == (b"/a/b", None)
     assert s.key_for(inputs(path=b"/a/b?x=1")) == (b"/a/b", None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        # Kong's spec 03-consistent-hashing_spec.lua, "uses the normalized path".
+        (b"/root/../%2e/root///././%2F.subdir/../.subdir/./%28%29", b"/root/.subdir/()"),
+        (b"/my-path", b"/my-path"),
+        (b"/a%20b", b"/a b"),
+        (b"//a///b", b"/a/b"),
+        (b"/a/", b"/a/"),
+        (b"/a/.", b"/a/"),
+        (b"/a/./", b"/a/"),
+        (b"/a/b/..", b"/a/"),
+        (b"/a/..", b"/"),
+        (b"/../../x", b"/x"),  # never above the root
+        (b"/%2e%2E/x", b"/x"),
+        (b"/a/.b/..c", b"/a/.b/..c"),  # dots inside names are names
+        (b"/a%zz", b"/a%zz"),  # a malformed escape stays
+        (b"/a%252e", b"/a%2e"),  # decoded once
+    ],
+)
+def test_path_is_normalised_as_nginx_uri(raw: bytes, normalised: bytes) -> None:
+    assert normalise_path(raw) == normalised
+    assert spec(hash_on="path").key_for(inputs(path=raw + b"?q=1")) == (normalised, None)
 
 
 def test_query_arg_decoding_and_multiple_values_sorted() -> None:

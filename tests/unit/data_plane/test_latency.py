@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -59,15 +60,45 @@ def test_weight_scales_the_score() -> None:
     assert counts["10.0.0.2"] >= 495
 
 
-def test_no_samples_yet_takes_turns_then_in_flight_spreads_load() -> None:
+def test_no_samples_yet_two_targets_take_turns() -> None:
+    b, clock = make(100, 100)
+    picked = [b.pick(BalancerHandle()).host for _ in range(4)]  # type: ignore[union-attr]
+    assert picked == ["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"]
+
+
+def test_no_samples_yet_every_target_gets_requests() -> None:
     b, clock = make(100, 100, 100)
-    picked = []
-    for _ in range(3):
+    b.random = random.Random(7)
+    counts = Counter(b.pick(BalancerHandle()).host for _ in range(300))  # type: ignore[union-attr]
+    assert set(counts) == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+    assert min(counts.values()) >= 50
+
+
+def test_requests_in_flight_do_not_count_as_in_kong() -> None:
+    """Kong's score is ewma / weight: a burst of concurrent requests all go to the
+    fast target (Kong's spec 07-latency_spec.lua 'balances by latency' needs > 10x)."""
+    b, clock = make(100, 100)
+    serve(b, clock, {"10.0.0.1": 0.1, "10.0.0.2": 1.0}, 2)
+    burst = []
+    for _ in range(86):
         a = b.pick(BalancerHandle())
         assert a is not None
         b.on_request_start(a)
-        picked.append(a.host)
-    assert sorted(picked) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        burst.append(a.host)
+    assert Counter(burst) == {"10.0.0.1": 86}
+
+
+def test_power_of_two_choices_with_more_than_two_targets() -> None:
+    """Kong's pick: two random candidates, the lower score wins; the slowest of three
+    never wins a pair, the fastest wins two pairs out of three."""
+    b, clock = make(100, 100, 100)
+    b.random = random.Random(3)
+    latency = {"10.0.0.1": 0.001, "10.0.0.2": 0.01, "10.0.0.3": 0.1}
+    serve(b, clock, latency, 3)  # one sample each (ties in turn)
+    counts = Counter(b.pick(BalancerHandle()).host for _ in range(3000))  # type: ignore[union-attr]
+    assert counts["10.0.0.3"] == 0
+    assert 1800 <= counts["10.0.0.1"] <= 2200
+    assert 800 <= counts["10.0.0.2"] <= 1200
 
 
 def test_new_target_starts_at_the_average() -> None:
@@ -76,9 +107,10 @@ def test_new_target_starts_at_the_average() -> None:
     avg = (b.ewma("10.0.0.1:80") + b.ewma("10.0.0.2:80")) / 2  # type: ignore[operator]
     b.after_targets_changed(addrs(100, 100, 100))
     assert b.ewma("10.0.0.3:80") == pytest.approx(avg)
-    # It is neither flooded (score 0) nor starved: between the two.
+    # It is neither flooded (score 0) nor starved: between the two (a retry that
+    # tried the fast one moves on to it, not to the slow one).
     handle = BalancerHandle()
-    assert b.pick(handle).host == "10.0.0.1"  # type: ignore[union-attr]
+    handle.tried.add("10.0.0.1:80")
     assert b.pick(handle).host == "10.0.0.3"  # type: ignore[union-attr]
 
 
@@ -118,9 +150,10 @@ def test_retries_skip_tried_and_unhealthy_skipped() -> None:
     serve(b, clock, {"10.0.0.1": 0.001, "10.0.0.2": 0.01, "10.0.0.3": 0.1}, 3)
     handle = BalancerHandle()
     order = [b.pick(handle).host for _ in range(3)]  # type: ignore[union-attr]
-    assert order == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert sorted(order) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]  # each once
+    assert order[0] != "10.0.0.3"  # the slowest never wins a pair
     b.set_address_health("10.0.0.1:80", False)
-    assert b.pick(BalancerHandle()).host == "10.0.0.2"  # type: ignore[union-attr]
+    assert {b.pick(BalancerHandle()).host for _ in range(20)} == {"10.0.0.2"}  # type: ignore[union-attr]
 
 
 def test_statistics_carried_to_a_rebuilt_balancer() -> None:
