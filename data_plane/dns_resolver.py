@@ -35,11 +35,16 @@ addresses, as with Kong's default ``dns_order``. CNAME chains are followed (dnsp
 does) and the TTL used is the smallest one along the chain. The resolv.conf
 ``search``/``ndots`` options apply, so short Kubernetes service names work.
 
+A name with SRV records (Kong's default ``dns_order`` asks SRV before A) is balanced
+over the records of the lowest priority value, each with the record's port and weight;
+a record whose target is a name is resolved in turn (hosts file, A, AAAA) and the
+smallest TTL of the two levels decides when the name is queried again.
+
 Ordering is deterministic: configured targets keep their (sorted) configuration
 order and each name's addresses are sorted, so every data plane given the same DNS
-answers builds the same address list (consistent hashing needs that). When two
-targets of one upstream expand to the same ``ip:port`` the address is listed once
-with the sum of their weights (capped at 65535).
+answers builds the same address list (consistent hashing needs that). Addresses are
+kept per target: when two targets of one upstream expand to the same ``ip:port``,
+each keeps its own address (weight, health), as in Kong.
 
 Concurrency: everything runs on the data plane's single event loop; balancers are
 mutated only from that loop (``after_targets_changed`` never awaits).
@@ -48,6 +53,7 @@ mutated only from that loop (``after_targets_changed`` never awaits).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import heapq
 import ipaddress
@@ -58,6 +64,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -139,26 +146,57 @@ def parse_nameservers(text: str) -> list[tuple[str, int]]:
 class ResolvedAddress(Address):
     """One address a DNS-named target resolved to.
 
-    ``host`` is the IP (so ``key``, the identity in balancers, pools and health, is
-    ``ip:port``); ``hostname`` is the target's name. As in Kong, the Host header sent
-    to such a peer names the target, not the IP: ``host_bytes``/``key_bytes`` (used
-    only to build that header) carry ``hostname`` and ``hostname:port``.
+    ``host`` is the IP connected to. ``hostname`` is the name sent as Host header (and
+    SNI): the target's name, as in Kong, or with ``use_srv_name`` the SRV record's
+    target. ``target`` is the configured target (``host:port``) the address belongs to
+    and ``endpoint`` the address as the health view shows it: ``ip:port``, or for an SRV
+    record pointing to a name ``name:port`` (Kong lists that name as the address).
+
+    Identity (``key``, used by balancers, connection pools and health state) is per
+    target **and** address: two targets resolving to the same IP are two addresses, each
+    with its own weight and health (Kong's balancer keeps them apart too). The key is
+    ``ip:port/target`` (``ip:port/target/endpoint`` for an SRV record naming a host).
+    ``host_bytes``/``key_bytes`` (used only to build the Host header) carry ``hostname``
+    and ``hostname:port``.
     """
 
     hostname: str = ""
+    target: str = ""
+    endpoint: str = ""
 
     def __post_init__(self) -> None:
         Address.__post_init__(self)
+        ip_key = self.key
+        if not self.endpoint:
+            object.__setattr__(self, "endpoint", ip_key)
+        if not self.target:
+            object.__setattr__(self, "target", Address(self.hostname or self.host, self.port).key)
+        key = f"{ip_key}/{self.target}"
+        if self.endpoint != ip_key:
+            key += f"/{self.endpoint}"
+        object.__setattr__(self, "key", key)
         name = self.hostname.encode("ascii") if self.hostname.isascii() else self.hostname.encode("idna")
         object.__setattr__(self, "host_bytes", name)
         object.__setattr__(self, "key_bytes", name + b":%d" % self.port)
 
 
+@dataclass(frozen=True, slots=True)
+class _Dest:
+    """One address a name's answer gives: an IP, plus for an SRV record its port,
+    weight and target name (``None`` for A/AAAA answers; ``name`` ``None`` when the
+    record's target is an IP literal)."""
+
+    ip: str
+    port: int | None = None
+    weight: int | None = None
+    name: str | None = None
+
+
 @dataclass(slots=True)
 class _Lookup:
-    """The outcome of one lookup: sorted IPs and their TTL, or an error."""
+    """The outcome of one lookup: sorted destinations and their TTL, or an error."""
 
-    ips: tuple[str, ...] = ()
+    ips: tuple[_Dest, ...] = ()
     ttl: float = 0.0
     error: str | None = None
     not_found: bool = False
@@ -169,7 +207,7 @@ class _Entry:
     """What is known about one name. ``good`` is ``None`` until a lookup succeeds."""
 
     name: str
-    good: tuple[str, ...] | None = None
+    good: tuple[_Dest, ...] | None = None
     good_until: float = 0.0  # expiry of the good answer (its TTL)
     error: str | None = None  # error of the latest lookup, None after a success
     next_query: float = 0.0
@@ -177,8 +215,8 @@ class _Entry:
     task: asyncio.Task[None] | None = None
     queried: bool = False  # a lookup was started at least once
 
-    def visible(self, now: float, stale_ttl: float) -> tuple[str, ...] | None:
-        """The IPs balanced now: ``None`` = pending (keep the hostname), ``()`` = failed."""
+    def visible(self, now: float, stale_ttl: float) -> tuple[_Dest, ...] | None:
+        """The destinations balanced now: ``None`` = pending (keep the hostname), ``()`` = failed."""
         if self.error is None:
             return self.good
         if self.good is not None and now < self.good_until + stale_ttl:
@@ -330,7 +368,10 @@ class TargetResolver:
         """The IPs ``name`` is balanced over now; ``None`` while it is pending or
         unknown, ``()`` when its lookups failed (for status views and tests)."""
         entry = self._entries.get(name.lower())
-        return None if entry is None else entry.visible(self._clock(), self._stale_ttl)
+        if entry is None:
+            return None
+        dests = entry.visible(self._clock(), self._stale_ttl)
+        return None if dests is None else tuple(dict.fromkeys(d.ip for d in dests))
 
     # ------------------------------------------------------------------ expansion
 
@@ -346,7 +387,9 @@ class TargetResolver:
         now = self._clock()
         changed = False
         for upstream in config.upstreams.values():
-            expanded = self.expand_targets(self._targets_of(upstream), now)
+            expanded = self.expand_targets(
+                self._targets_of(upstream), now, use_srv_name=getattr(upstream, "use_srv_name", False)
+            )
             balancer = upstream.balancer
             if _identity(balancer.addresses) != _identity(expanded):
                 balancer.after_targets_changed(expanded)
@@ -354,13 +397,19 @@ class TargetResolver:
         if changed and self.on_change is not None:
             self.on_change()
 
-    def expand_targets(self, targets: Iterable[Address], now: float | None = None) -> list[Address]:
+    def expand_targets(
+        self, targets: Iterable[Address], now: float | None = None, *, use_srv_name: bool = False
+    ) -> list[Address]:
         """The balanced addresses for ``targets`` given what is known now.
 
         IP targets as they are; a resolved name becomes one :class:`ResolvedAddress`
-        per IP (sorted) with the target's port and weight; a pending name stays as
-        the target; a failed name contributes nothing. Duplicate ``ip:port`` keys are
-        merged (weights summed, capped at 65535), first position kept.
+        per IP (sorted) with the target's port and weight, or per SRV record (lowest
+        priority value only) with the record's port and weight; a pending name stays
+        as the target; a failed name contributes nothing. Addresses are kept per
+        target: two targets resolving to the same IP give two addresses (their keys
+        differ), each with its own weight and health. ``use_srv_name`` (the
+        upstream's) sends an SRV record's target name as Host/SNI instead of the
+        target's name.
         """
         if now is None:
             now = self._clock()
@@ -368,26 +417,21 @@ class TargetResolver:
         index: dict[str, int] = {}
         for target in targets:
             entry = None if is_ip_literal(target.host) else self._entries.get(target.host)
-            ips = None if entry is None else entry.visible(now, self._stale_ttl)
-            if ips is None:
+            dests = None if entry is None else entry.visible(now, self._stale_ttl)
+            if dests is None:
                 candidates: list[Address] = [target]
             else:
-                candidates = [
-                    ResolvedAddress(host=ip, port=target.port, weight=target.weight, hostname=target.host)
-                    for ip in ips
-                ]
+                candidates = [_resolved(target, d, use_srv_name) for d in dests]
             for address in candidates:
                 at = index.get(address.key)
                 if at is None:
                     index[address.key] = len(out)
                     out.append(address)
                 else:
+                    # The same SRV record listed twice: one address, weights summed.
                     first = out[at]
                     weight = min(first.weight + address.weight, _MAX_WEIGHT)
-                    if isinstance(first, ResolvedAddress):
-                        out[at] = ResolvedAddress(first.host, first.port, weight, hostname=first.hostname)
-                    else:
-                        out[at] = Address(first.host, first.port, weight)
+                    out[at] = dataclasses.replace(first, weight=weight)
         return out
 
     # ------------------------------------------------------------------ lookups
@@ -413,7 +457,7 @@ class TargetResolver:
         if result.error is None:
             ttl = max(result.ttl, self._min_ttl)
             if entry.good != result.ips:
-                log.info("%s resolved to %s (ttl %ds)", entry.name, ", ".join(result.ips), ttl)
+                log.info("%s resolved to %s (ttl %ds)", entry.name, _describe(result.ips), ttl)
             entry.good, entry.good_until, entry.error = result.ips, now + ttl, None
             entry.next_query = now + ttl
         else:
@@ -445,34 +489,92 @@ class TargetResolver:
         heapq.heappush(self._heap, (wake, next(self._seq), entry.name))
 
     async def _lookup(self, name: str) -> _Lookup:
+        """Kong's order: the hosts file, then SRV, then A, then AAAA."""
         hosts = self._hosts_lookup(name)
         if hosts is not None:
-            return _Lookup(ips=hosts, ttl=self._hosts_ttl)
+            return _Lookup(ips=tuple(_Dest(ip) for ip in hosts), ttl=self._hosts_ttl)
         if self._resolver is None:
             return _Lookup(error="dns client error: no nameservers configured", not_found=False)
+        srv = await self._query(name, dns.rdatatype.SRV)
+        if not isinstance(srv, _Lookup):
+            return await self._srv_lookup(srv[0], srv[1])
+        if srv.error in (_E_NAME, _E_TIMEOUT):
+            return srv  # no type can exist / the server does not answer
+        return await self._address_lookup(name, hosts_checked=True)
+
+    async def _srv_lookup(self, records: list[Any], ttl: float) -> _Lookup:
+        """Destinations of an SRV answer: the records of the lowest priority value, each
+        record target resolved to its addresses (A, then AAAA; the hosts file first)."""
+        lowest = min(int(r.priority) for r in records)
+        chosen = [r for r in records if int(r.priority) == lowest and r.target.to_text() != "."]
+        if not chosen:
+            return _Lookup(error=_E_EMPTY, not_found=True)
+        names = {r.target.to_text(omit_final_dot=True).lower() for r in chosen}
+        names = {n for n in names if not is_ip_literal(n)}
+        ordered = sorted(names)
+        answers = dict(
+            zip(ordered, await asyncio.gather(*(self._address_lookup(n) for n in ordered)), strict=True)
+        )
+        dests: list[_Dest] = []
+        errors: list[_Lookup] = []
+        for record in chosen:
+            target = record.target.to_text(omit_final_dot=True).lower()
+            port, weight = int(record.port), int(record.weight)
+            if is_ip_literal(target):
+                dests.append(_Dest(str(ipaddress.ip_address(target)), port, weight, None))
+                continue
+            answer = answers[target]
+            if answer.error is not None:
+                errors.append(answer)
+                continue
+            ttl = min(ttl, answer.ttl)
+            dests.extend(_Dest(d.ip, port, weight, target) for d in answer.ips)
+        if not dests:
+            real = [e for e in errors if not e.not_found]
+            return real[0] if real else errors[0]
+        unique = dict.fromkeys(dests)  # a record listed twice counts once
+        return _Lookup(ips=tuple(sorted(unique, key=_dest_order)), ttl=ttl)
+
+    async def _address_lookup(self, name: str, *, hosts_checked: bool = False) -> _Lookup:
+        """A, else AAAA records of ``name`` (the hosts file first unless checked)."""
+        if not hosts_checked:
+            hosts = self._hosts_lookup(name)
+            if hosts is not None:
+                return _Lookup(ips=tuple(_Dest(ip) for ip in hosts), ttl=self._hosts_ttl)
         errors: list[_Lookup] = []
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            try:
-                answer = await self._resolver.resolve(
-                    name, rdtype, raise_on_no_answer=False, lifetime=self._lifetime
-                )
-            except dns.resolver.NXDOMAIN:
-                return _Lookup(error=_E_NAME, not_found=True)  # no type can exist
-            except dns.resolver.NoNameservers:
-                errors.append(_Lookup(error=_E_SERVFAIL))
+            result = await self._query(name, rdtype)
+            if isinstance(result, _Lookup):
+                if result.error == _E_NAME:
+                    return result  # no type can exist
+                errors.append(result)
                 continue
-            except dns.exception.Timeout:
-                errors.append(_Lookup(error=_E_TIMEOUT))
-                continue
-            except (dns.exception.DNSException, ValueError) as exc:
-                errors.append(_Lookup(error=f"dns client error: {exc}"))
-                continue
-            if answer.rrset is not None and len(answer.rrset) > 0:
-                ips = _sorted_ips(str(r.address) for r in answer.rrset)
-                return _Lookup(ips=ips, ttl=float(answer.chaining_result.minimum_ttl))
-            errors.append(_Lookup(error=_E_EMPTY, not_found=True))
+            ips = _sorted_ips(str(r.address) for r in result[0])
+            return _Lookup(ips=tuple(_Dest(ip) for ip in ips), ttl=result[1])
         real = [e for e in errors if not e.not_found]
         return real[0] if real else _Lookup(error=_E_EMPTY, not_found=True)
+
+    async def _query(
+        self, name: str, rdtype: dns.rdatatype.RdataType
+    ) -> tuple[list[Any], float] | _Lookup:
+        """The records of one type and their TTL (smallest along a CNAME chain), or
+        the error as a :class:`_Lookup` (``not_found`` for NXDOMAIN and no records)."""
+        assert self._resolver is not None
+        try:
+            answer = await self._resolver.resolve(
+                name, rdtype, raise_on_no_answer=False, lifetime=self._lifetime
+            )
+        except dns.resolver.NXDOMAIN:
+            return _Lookup(error=_E_NAME, not_found=True)
+        except dns.resolver.NoNameservers:
+            return _Lookup(error=_E_SERVFAIL)
+        except dns.exception.Timeout:
+            return _Lookup(error=_E_TIMEOUT)
+        except (dns.exception.DNSException, ValueError) as exc:
+            return _Lookup(error=f"dns client error: {exc}")
+        if answer.rrset is not None and len(answer.rrset) > 0:
+            return list(answer.rrset), float(answer.chaining_result.minimum_ttl)
+        return _Lookup(error=_E_EMPTY, not_found=True)
 
     def _hosts_lookup(self, name: str) -> tuple[str, ...] | None:
         """IPv4 entries of ``name`` in the hosts file, else IPv6 ones, else ``None``."""
@@ -543,6 +645,11 @@ class TargetResolver:
                 entry.task.cancel()
 
 
+def _dest_order(dest: _Dest) -> tuple[str, int, int, int]:
+    ip = ipaddress.ip_address(dest.ip)
+    return (dest.name or "", dest.port or 0, ip.version, int(ip))
+
+
 def _sorted_ips(ips: Iterable[str]) -> tuple[str, ...]:
     parsed = sorted({ipaddress.ip_address(ip) for ip in ips}, key=lambda a: (a.version, int(a)))
     return tuple(str(a) for a in parsed)
@@ -550,3 +657,27 @@ def _sorted_ips(ips: Iterable[str]) -> tuple[str, ...]:
 
 def _identity(addresses: Iterable[Address]) -> list[tuple[str, int, str]]:
     return [(a.key, a.weight, getattr(a, "hostname", "")) for a in addresses]
+
+
+def _resolved(target: Address, dest: _Dest, use_srv_name: bool) -> ResolvedAddress:
+    if dest.port is None:  # an A/AAAA answer: the target's port and weight
+        return ResolvedAddress(
+            host=dest.ip, port=target.port, weight=target.weight, hostname=target.host, target=target.key
+        )
+    # An SRV record: its port and weight replace the target's (a target of weight 0
+    # stays disabled; a record of weight 0 gets the smallest weight, 1, as RFC 2782
+    # gives such records a very small share).
+    port = dest.port
+    weight = 0 if target.weight == 0 else max(dest.weight or 0, 1)
+    endpoint = Address(dest.name, port).key if dest.name else ""
+    hostname = dest.name if use_srv_name and dest.name else target.host
+    return ResolvedAddress(
+        host=dest.ip, port=port, weight=weight, hostname=hostname, target=target.key, endpoint=endpoint
+    )
+
+
+def _describe(dests: Iterable[_Dest]) -> str:
+    return ", ".join(
+        d.ip if d.port is None else f"{d.name or d.ip}:{d.port} ({d.ip}, weight {d.weight})"
+        for d in dests
+    )

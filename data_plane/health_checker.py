@@ -4,7 +4,8 @@ the threshold, and Ferry's half-open circuit breaker.
 One :class:`HealthChecker` per upstream and config version; it feeds the upstream's
 balancer through :meth:`Balancer.set_address_health` (and ``below_threshold``), so the
 proxy's hot path only reads what the checker decided. Health is per **address** (an
-``ip:port`` a DNS target resolved to, or the IP target itself), as in Kong.
+``ip:port`` a DNS target resolved to, or the IP target itself) *of one target*: two
+targets resolving to the same IP have separate state, as in Kong.
 
 Counters (lua-resty-healthcheck, as Kong): per address ``successes``, ``http_failures``,
 ``tcp_failures``, ``timeouts``. A success resets the three failure counters; a failure
@@ -50,6 +51,7 @@ __all__ = [
     "HealthTransition",
     "ProbeOutcome",
     "Prober",
+    "endpoint_of",
     "target_key_of",
 ]
 
@@ -106,10 +108,20 @@ class AddressView:
 
 def target_key_of(address: Address) -> str:
     """The configured target (``host:port``) an address belongs to."""
+    target: str = getattr(address, "target", "")
+    if target:
+        return target
     hostname = getattr(address, "hostname", "")
     if hostname:
         return Address(hostname, address.port).key
     return address.key
+
+
+def endpoint_of(address: Address) -> str:
+    """The address as health views and reports show it (``ip:port``, or an SRV
+    record's ``name:port``); ``key`` is the identity, which also names the target."""
+    endpoint: str = getattr(address, "endpoint", "")
+    return endpoint or address.key
 
 
 class _AddressHealth:
@@ -360,7 +372,7 @@ class HealthChecker:
                     upstream_id=self.upstream_id,
                     target_id=self.target_ids.get(v.target, ""),
                     target=v.target,
-                    address=v.address.key,
+                    address=endpoint_of(v.address),
                     state=v.state,
                     reason=v.reason,
                     time=now_wall - (now - v.since) if v.since else now_wall,
@@ -443,7 +455,7 @@ class HealthChecker:
                     upstream_id=self.upstream_id,
                     target_id=self.target_ids.get(target, ""),
                     target=target,
-                    address=key,
+                    address=endpoint_of(address) if address is not None else key,
                     state="HEALTHY" if healthy else "UNHEALTHY",
                     reason=reason,
                     time=self._wall(),

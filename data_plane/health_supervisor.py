@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import aiohttp
 
 import ferry
-from data_plane.health_checker import HealthChecker, HealthTransition, target_key_of
+from data_plane.health_checker import HealthChecker, HealthTransition, endpoint_of, target_key_of
 from data_plane.health_probe import ActiveProber
 from data_plane.runtime import RuntimeConfig
 
@@ -129,19 +129,21 @@ class HealthSupervisor:
         as this node's state whatever it probes. Returns how many changed anything."""
         return sum(
             checker.adopt(key, healthy, reason)
-            for checker, key, _target, healthy, reason in self._usable(rows)
+            for checker, keys, _target, healthy, reason in self._usable(rows)
+            for key in keys
         )
 
     def _usable(
         self, rows: list[tuple[str, str, str, str, str]]
-    ) -> Iterator[tuple[HealthChecker, str, str, bool, str]]:
-        """``(checker, local address key, target, healthy, reason)`` for each row of a
+    ) -> Iterator[tuple[HealthChecker, list[str], str, bool, str]]:
+        """``(checker, local address keys, target, healthy, reason)`` for each row of a
         running upstream with a HEALTHY/UNHEALTHY state; other rows are skipped."""
         for upstream_id, target, address, state, reason in rows:
             checker = self._running.get(upstream_id)
             if checker is None or state not in ("HEALTHY", "UNHEALTHY") or not address:
                 continue
-            yield checker, self._local_key(checker, address), target, state == "HEALTHY", reason
+            keys = self._local_keys(checker, target, address)
+            yield checker, keys, target, state == "HEALTHY", reason
 
     def _transition(self, transition: HealthTransition) -> None:
         for listener in self.listeners:
@@ -177,16 +179,25 @@ class HealthSupervisor:
         Returns how many were applied."""
         return sum(
             checker.apply_verdict(key, target, healthy, reason)
-            for checker, key, target, healthy, reason in self._usable(rows)
+            for checker, keys, target, healthy, reason in self._usable(rows)
+            for key in keys
         )
 
     @staticmethod
-    def _local_key(checker: HealthChecker, address: str) -> str:
+    def _local_keys(checker: HealthChecker, target: str, address: str) -> list[str]:
+        """The keys of ``target``'s addresses shown as ``address`` (compared by value:
+        the CP writes IPv6 expanded, DNS answers compressed). Several when an SRV
+        record's name has several IPs; ``[address]`` when none matches (a state kept
+        for when it appears). An empty ``target`` matches any target."""
         wanted = _address_value(address)
-        for a in checker.balancer.addresses:
-            if _address_value(a.key) == wanted:
-                return a.key
-        return address
+        owner = _address_value(target) if target else None
+        keys = [
+            a.key
+            for a in checker.balancer.addresses
+            if _address_value(endpoint_of(a)) == wanted
+            and (owner is None or _address_value(target_key_of(a)) == owner)
+        ]
+        return keys or [address]
 
     def checker(self, upstream_id: str) -> HealthChecker | None:
         return self._running.get(upstream_id)
@@ -201,10 +212,12 @@ class HealthSupervisor:
         if checker is None:
             return False
         if address:
-            # Compared by value: the CP writes IPv6 expanded, DNS answers compressed.
-            keys = [self._local_key(checker, address)]
+            keys = self._local_keys(checker, target, address)
         else:
-            keys = [a.key for a in checker.balancer.addresses if target_key_of(a) == target]
+            owner = _address_value(target)
+            keys = [
+                a.key for a in checker.balancer.addresses if _address_value(target_key_of(a)) == owner
+            ]
             if not keys and target in checker.target_ids:
                 keys = [target]  # not resolved (yet): remembered for when it is
         if not keys:

@@ -83,6 +83,11 @@ class CompiledUpstream:
     health: HealthChecker | None = None
     #: Configured target key (``host:port``) -> target entity id.
     target_ids: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    #: Kong's ``use_srv_name``: an SRV target's addresses send the SRV record's target
+    #: name as Host/SNI instead of the target's name (read by the DNS resolver).
+    use_srv_name: bool = False
+    #: The target entities as the snapshot carries them (the status API serves them).
+    target_entities: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def options(self) -> BalancerOptions:
@@ -322,6 +327,7 @@ def _compile_upstreams(
     raw = _entities(entities, "upstreams")
     targets_by_upstream: dict[str, list[Address]] = {u["id"]: [] for u in raw}
     target_ids: dict[str, dict[str, str]] = {u["id"]: {} for u in raw}
+    target_entities: dict[str, list[Mapping[str, Any]]] = {u["id"]: [] for u in raw}
     keys: dict[str, set[str]] = {u["id"]: set() for u in raw}
     for target in _entities(entities, "targets"):
         label = f"target {target.get('target')!r} ({target['id']})"
@@ -342,6 +348,7 @@ def _compile_upstreams(
         keys[upstream_id].add(address.key)
         targets_by_upstream[upstream_id].append(address)
         target_ids[upstream_id][address.key] = str(target["id"])
+        target_entities[upstream_id].append(target)
 
     compiled: dict[str, CompiledUpstream] = {}
     names: set[str] = set()
@@ -430,6 +437,7 @@ def _compile_upstreams(
             slow_start=slow_start,
             health=health,
             target_ids=ids,
+            target_entities=tuple(target_entities[upstream["id"]]),
         )
     return compiled
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from data_plane.balancers import Address, Balancer
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import ResolvedAddress, TargetResolver, parse_nameservers
+from data_plane.health_checker import endpoint_of, target_key_of
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
@@ -154,7 +155,8 @@ def balancer(config: RuntimeConfig, name: str) -> Balancer:
 
 
 def summary(b: Balancer) -> list[tuple[str, int]]:
-    return [(a.key, a.weight) for a in b.addresses]
+    """``(address as the health view shows it, weight)`` per balanced address."""
+    return [(endpoint_of(a), a.weight) for a in b.addresses]
 
 
 # -------------------------------------------------------------------------- tests
@@ -191,7 +193,7 @@ async def test_record_change_is_picked_up_after_the_ttl(
     await resolver.apply(config, timeout=5)
     b = balancer(config, "api")
     assert summary(b) == [("10.0.0.1:8080", 100)]
-    b.set_address_health("10.0.0.1:8080", False)
+    b.set_address_health(b.addresses[0].key, False)
 
     dns_server.records["backend.test"] = {"A": ["10.0.0.1", "10.0.0.3"]}
     await wait_for(lambda: len(b.addresses) == 2, timeout=10, message="the new record")
@@ -312,20 +314,20 @@ async def test_shared_name_is_queried_once_per_ttl(
         },
     )
     await resolver.apply(config, timeout=5)
-    assert dns_server.count("backend.test") == 1
+    assert dns_server.count("backend.test", "A") == 1
     assert summary(balancer(config, "two")) == [
         ("10.0.0.1:8001", 30),
         ("10.0.0.2:8001", 30),
         ("10.0.0.1:8003", 40),
         ("10.0.0.2:8003", 40),
     ]
-    await wait_for(lambda: dns_server.count("backend.test") >= 2, timeout=10, message="a refresh")
-    assert dns_server.count("backend.test") == 2
+    await wait_for(lambda: dns_server.count("backend.test", "A") >= 2, timeout=10, message="a refresh")
+    assert dns_server.count("backend.test", "A") == 2
 
     # a new config version reuses the cached answer
     config2 = make_config(2, {"three": [("backend.test:9000", 1)]}, previous=config)
     await resolver.apply(config2, timeout=5)
-    assert dns_server.count("backend.test") == 2
+    assert dns_server.count("backend.test", "A") == 2
     assert summary(balancer(config2, "three")) == [("10.0.0.1:9000", 1), ("10.0.0.2:9000", 1)]
 
 
@@ -345,16 +347,23 @@ async def test_hosts_file_and_localhost(stack: AsyncExitStack, dns_server: DnsSe
     assert dns_server.queries == []
 
 
-async def test_duplicate_addresses_are_merged(
+async def test_targets_resolving_to_the_same_address_stay_two_addresses(
     stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path
 ) -> None:
+    """Issue 13 theme 6: Kong keeps each target's addresses apart, so one of two
+    targets sharing an IP can be marked unhealthy on its own."""
     dns_server.records["a.test"] = {"A": ["10.0.0.1"]}
     dns_server.records["b.test"] = {"A": ["10.0.0.1", "10.0.0.2"]}
     resolver = await start_resolver(stack, dns_server, tmp_path)
     config = make_config(1, {"api": [("a.test:80", 10), ("b.test:80", 20), ("10.0.0.2:80", 5)]})
     await resolver.apply(config, timeout=5)
+    b = balancer(config, "api")
     # targets in configuration order: 10.0.0.2:80, a.test:80, b.test:80
-    assert summary(balancer(config, "api")) == [("10.0.0.2:80", 25), ("10.0.0.1:80", 30)]
+    assert summary(b) == [("10.0.0.2:80", 5), ("10.0.0.1:80", 10), ("10.0.0.1:80", 20), ("10.0.0.2:80", 20)]
+    assert [target_key_of(a) for a in b.addresses] == ["10.0.0.2:80", "a.test:80", "b.test:80", "b.test:80"]
+    assert len({a.key for a in b.addresses}) == 4
+    b.set_address_health(b.addresses[1].key, False)  # a.test's 10.0.0.1
+    assert [b.is_usable(a) for a in b.addresses] == [True, False, True, True]
 
 
 async def test_stop_ends_the_refresh_loop(dns_server: DnsServer, tmp_path: Path) -> None:
@@ -500,3 +509,54 @@ async def test_a_record_change_re_reports_the_health_view_with_the_new_addresses
 
     view = await wait_for(full_view, timeout=10, message="a full view after the record change")
     assert view == [("10.0.0.1:8080", "UNHEALTHY"), ("10.0.0.3:8080", "HEALTHCHECKS_OFF")]
+
+
+async def test_two_targets_on_one_ip_are_balanced_and_held_down_separately(
+    stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path
+) -> None:
+    """target1.test and target2.test both resolve to 127.0.0.1 (same port): each is its
+    own address with its own weight, and an operator's override of target2 leaves
+    target1 serving (issue 13 theme 6)."""
+    seen_hosts: list[str] = []
+    port = await start_backend(stack, seen_hosts)
+    dns_server.records["target1.test"] = {"A": ["127.0.0.1"]}
+    dns_server.records["target2.test"] = {"A": ["127.0.0.1"]}
+    resolver = await start_resolver(stack, dns_server, tmp_path)
+    health = HealthSupervisor()
+    resolver.on_change = health.addresses_changed
+    stack.push_async_callback(health.stop)
+    config = make_config(1, {"api": [(f"target1.test:{port}", 10), (f"target2.test:{port}", 10)]})
+    await resolver.apply(config, timeout=5)
+    health.apply(config)
+    assert summary(balancer(config, "api")) == [(f"127.0.0.1:{port}", 10), (f"127.0.0.1:{port}", 10)]
+
+    holder = ConfigHolder(config)
+    proxy = ProxyServer(holder, "127.0.0.1", 0)
+    await proxy.start()
+    stack.push_async_callback(proxy.stop, 2.0)
+    session = aiohttp.ClientSession()
+    stack.push_async_callback(session.close)
+
+    async def send(n: int) -> None:
+        for _ in range(n):
+            async with session.get(f"http://127.0.0.1:{proxy.port}/api/x") as resp:
+                assert resp.status == 200
+
+    await send(10)
+    assert sorted(set(seen_hosts)) == [f"target1.test:{port}", f"target2.test:{port}"]
+    assert seen_hosts.count(f"target1.test:{port}") == 5
+
+    assert health.override("u0", f"target2.test:{port}", f"127.0.0.1:{port}", False)
+    seen_hosts.clear()
+    await send(10)
+    assert seen_hosts == [f"target1.test:{port}"] * 10
+    rows = {(r.target, r.address, r.state) for r in health.all_rows()}
+    assert rows == {
+        (f"target1.test:{port}", f"127.0.0.1:{port}", "HEALTHCHECKS_OFF"),
+        (f"target2.test:{port}", f"127.0.0.1:{port}", "UNHEALTHY"),
+    }
+
+    assert health.override("u0", f"target2.test:{port}", f"127.0.0.1:{port}", True)
+    seen_hosts.clear()
+    await send(10)
+    assert seen_hosts.count(f"target2.test:{port}") == 5
