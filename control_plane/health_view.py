@@ -24,6 +24,13 @@ Rules (``docs/admin-api.md`` documents them for operators):
   target's weight once, as available.
 - The **balancer** is healthy, as in Kong, while available weight × 100 / total
   weight > ``healthchecks.threshold`` (total 0 → unhealthy).
+- ``/health`` lists targets **newest first** (``created_at`` descending), as Kong.
+- Data planes report every address, checks on or off (an address of an upstream
+  without checks is ``HEALTHCHECKS_OFF``), and a ``DNS_ERROR`` row for a target
+  whose name they could not resolve.
+- ``?balancer_health=1`` carries Kong's ``details.hosts``: per target ``{"host",
+  "port", "dns", "nodeWeight", "weight", "addresses": [{"ip", "port", "weight",
+  "healthy"}]}``, an address ``healthy`` when some data plane sends it traffic.
 """
 
 from __future__ import annotations
@@ -44,7 +51,14 @@ from ferry.target_health import (
     target_rule,
 )
 
-__all__ = ["balancer_health", "checks_enabled", "combine_address", "target_rule", "targets_with_health"]
+__all__ = [
+    "balancer_health",
+    "checks_enabled",
+    "combine_address",
+    "newest_first",
+    "target_rule",
+    "targets_with_health",
+]
 
 #: Address states under which some data plane still sends the address traffic.
 _AVAILABLE = frozenset({HEALTHY, MIXED, HEALTHCHECKS_OFF})
@@ -217,8 +231,8 @@ def targets_with_health(
 ) -> list[dict[str, Any]]:
     """Each target entity plus ``health``, ``data`` (Kong's) and ``data_planes`` (Ferry's).
 
-    ``reports`` are the live DPs' entries for this upstream; targets keep their
-    order. ``data`` is ``{"host", "port", "nodeWeight", "addresses": [{"ip",
+    ``reports`` are the live DPs' entries for this upstream; targets come newest
+    first (Kong's order). ``data`` is ``{"host", "port", "nodeWeight", "addresses": [{"ip",
     "port", "weight", "health"}], "weight": {"total", "available",
     "unavailable"}}``; ``data_planes`` lists, per DP that reported the target,
     ``{"id", "hostname", "health", "reason", "updated_at", "addresses":
@@ -226,7 +240,7 @@ def targets_with_health(
     """
     checks_on = checks_enabled(upstream)
     items: list[dict[str, Any]] = []
-    for target in targets:
+    for target in newest_first(targets):
         view = _target_view(target, reports, checks_on)
         host, port = split_address(str(target["target"]))
         items.append(
@@ -246,6 +260,45 @@ def targets_with_health(
     return items
 
 
+def newest_first(targets: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Targets by ``created_at`` descending (Kong's order for ``/health``); equal
+    timestamps keep their given order."""
+    return sorted(targets, key=lambda t: -float(t.get("created_at") or 0))
+
+
+def _dns_source(name: str, view: _TargetView) -> str:
+    """Kong's ``dns`` of a host: the record type its addresses came from, the
+    lookup error, or ``unknown`` before any data plane reported it."""
+    try:
+        kind = parse_host(name).kind
+    except RuleError:
+        kind = "name"
+    if kind != "name":
+        return "IPv6" if kind == "ipv6" else "IPv4"
+    if view.health == DNS_ERROR:
+        reasons = [row["reason"] for row in view.data_planes if row["health"] == DNS_ERROR and row["reason"]]
+        return reasons[0] if reasons else "dns server error"
+    if not view.addresses:
+        return "unknown"
+    return "AAAA" if all(":" in a["ip"] for a in view.addresses) else "A"
+
+
+def _host_status(target: Mapping[str, Any], view: _TargetView) -> dict[str, Any]:
+    """One entry of Kong's ``details.hosts``."""
+    host, port = split_address(str(target["target"]))
+    return {
+        "host": host,
+        "port": port,
+        "dns": _dns_source(str(target["target"]), view),
+        "nodeWeight": int(target.get("weight", 100)),
+        "weight": view.weights.to_api(),
+        "addresses": [
+            {"ip": a["ip"], "port": a["port"], "weight": a["weight"], "healthy": a["health"] in _AVAILABLE}
+            for a in view.addresses
+        ],
+    }
+
+
 def _balanced(weights: _Weights, threshold: int | float) -> str:
     if weights.total <= 0:
         return UNHEALTHY
@@ -259,7 +312,7 @@ def balancer_health(
 ) -> dict[str, Any]:
     """Kong's ``?balancer_health=1`` body (``data``) for the cluster, plus each DP's own.
 
-    ``details`` carries Kong's ``healthy`` and ``weight`` and Ferry's
+    ``details`` carries Kong's ``healthy``, ``weight`` and ``hosts`` and Ferry's
     ``healthy_weight``, ``total_weight``, ``threshold`` and ``data_planes``
     (node id → ``{"hostname", "balancer_health", "healthy_weight",
     "total_weight"}``), where each DP's weights come from its own report (a
@@ -269,8 +322,10 @@ def balancer_health(
     threshold = (upstream.get("healthchecks") or {}).get("threshold") or 0
     total = _Weights()
     per_dp: dict[str, _Weights] = {r.node_id: _Weights() for r in reports}
+    hosts: list[dict[str, Any]] = []
     for target in targets:
         view = _target_view(target, reports, checks_on)
+        hosts.append(_host_status(target, view))
         total.total += view.weights.total
         total.available += view.weights.available
         for report in reports:
@@ -285,6 +340,7 @@ def balancer_health(
         "details": {
             "healthy": cluster == HEALTHY,
             "weight": total.to_api(),
+            "hosts": hosts,
             "healthy_weight": total.available,
             "total_weight": total.total,
             "threshold": threshold,

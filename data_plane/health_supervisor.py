@@ -8,6 +8,16 @@ stops the replaced ones. Transitions and full views are queued for the cluster c
 which sends them as ``HealthReport`` messages; manual overrides from the control plane
 arrive through :meth:`override`.
 
+Every full view carries every address of every upstream (``HEALTHCHECKS_OFF`` where
+checks are off, so the control plane lists them) and one ``DNS_ERROR`` row (no
+address) for each target whose name did not resolve (``dns_errors``, set to the DNS
+resolver's).
+
+An upstream that is deleted and created again (a new id, the same name) within
+``RETIRED_KEEP_SECONDS`` gets back the addresses its predecessor held unhealthy, as
+Kong's health checker keeps its state for a while after its upstream is removed
+(``delayed_clear``).
+
 Single event loop; :meth:`apply` and :meth:`override` never await.
 """
 
@@ -16,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 
 import aiohttp
 
@@ -34,6 +45,10 @@ ReportBatch = tuple[bool, list[HealthTransition]]
 
 #: Transitions kept while nobody sends them (the next full view supersedes them).
 _MAX_QUEUED = 10_000
+
+#: How long the unhealthy addresses of a deleted upstream wait for an upstream of
+#: the same name to take them over, seconds.
+RETIRED_KEEP_SECONDS = 300.0
 
 
 def _address_value(key: str) -> tuple[object, str]:
@@ -64,6 +79,13 @@ class HealthSupervisor:
         self.reports: asyncio.Queue[ReportBatch] = asyncio.Queue()
         #: Called with every transition as it happens (the worker hub shares them).
         self.listeners: list[Callable[[HealthTransition], None]] = []
+        #: Targets (``host:port``) left without an address by DNS, with the error
+        #: (the DNS resolver's ``dns_errors``); reported as ``DNS_ERROR`` rows.
+        self.dns_errors: Callable[[], Mapping[str, str]] | None = None
+        #: Upstream name -> (monotonic deadline, address key -> reason) of the
+        #: unhealthy addresses of upstreams that were deleted.
+        self._retired: dict[str, tuple[float, dict[str, str]]] = {}
+        self._monotonic: Callable[[], float] = time.monotonic
 
     def _probe_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -76,10 +98,11 @@ class HealthSupervisor:
 
     def apply(self, config: RuntimeConfig) -> None:
         """Start the checkers of ``config`` and stop those it replaced; queue a full view."""
-        self._config = config
+        previous, self._config = self._config, config
         wanted = {
             u.id: u.health for u in config.upstreams.values() if u.health is not None
         }
+        self._retire(previous, config)
         for upstream_id, checker in list(self._running.items()):
             if wanted.get(upstream_id) is not checker:
                 del self._running[upstream_id]
@@ -91,6 +114,7 @@ class HealthSupervisor:
                 continue
             self._running[upstream_id] = checker
             checker.on_transition = self._transition
+            self._revive(config, upstream_id, checker)
             checker.probe_targets = self._targets_for(upstream_id)
             checker.start(
                 ActiveProber(
@@ -99,6 +123,31 @@ class HealthSupervisor:
             )
         self.queue_full_view()
 
+    def _retire(self, previous: RuntimeConfig | None, config: RuntimeConfig) -> None:
+        """Remember the unhealthy addresses of upstreams ``config`` deleted (by name)."""
+        now = self._monotonic()
+        self._retired = {n: r for n, r in self._retired.items() if r[0] > now}
+        if previous is None:
+            return
+        for upstream in previous.upstreams.values():
+            checker = self._running.get(upstream.id)
+            if upstream.id in config.upstreams or checker is None:
+                continue
+            down = {v.address.key: v.reason for v in checker.view() if v.state == "UNHEALTHY"}
+            if down:
+                self._retired[upstream.name] = (now + RETIRED_KEEP_SECONDS, down)
+
+    def _revive(self, config: RuntimeConfig, upstream_id: str, checker: HealthChecker) -> None:
+        """Hand a re-created upstream the unhealthy addresses its predecessor had."""
+        if not self._retired:
+            return
+        upstream = config.upstreams.get(upstream_id)
+        retired = self._retired.pop(upstream.name, None) if upstream is not None else None
+        if retired is None or retired[0] <= self._monotonic():
+            return
+        for key, reason in retired[1].items():
+            checker.set_health([key], False, reason or "unhealthy before the upstream was re-created")
+
     def addresses_changed(self) -> None:
         """Balancers were re-expanded (DNS): refresh thresholds, re-report the view."""
         for checker in self._running.values():
@@ -106,14 +155,42 @@ class HealthSupervisor:
         if self._running:
             self.queue_full_view()
 
+    def _dns_error_rows(self) -> list[HealthTransition]:
+        """A ``DNS_ERROR`` row (no address) per target of a running upstream that DNS
+        left without any address."""
+        errors = self.dns_errors() if self.dns_errors is not None else {}
+        if not errors or self._config is None:
+            return []
+        rows: list[HealthTransition] = []
+        now = time.time()
+        for upstream_id, checker in self._running.items():
+            upstream = self._config.upstreams.get(upstream_id)
+            if upstream is None:
+                continue
+            resolved = {target_key_of(a) for a in checker.balancer.addresses}
+            for target in upstream.targets:
+                if target.key in errors and target.key not in resolved and target.weight > 0:
+                    rows.append(
+                        HealthTransition(
+                            upstream_id=upstream_id,
+                            target_id=checker.target_ids.get(target.key, ""),
+                            target=target.key,
+                            address="",
+                            state="DNS_ERROR",
+                            reason=errors[target.key],
+                            time=now,
+                            weight=target.weight,
+                        )
+                    )
+        return rows
+
     def queue_full_view(self) -> None:
         """Queue this data plane's complete health view (after connecting or applying)."""
         rows: list[HealthTransition] = []
         for checker in self._running.values():
-            checker_rows = checker.report_rows()
-            # Upstreams without checks only matter once an operator held a target down.
-            if checker.settings.enabled or any(r.state == "UNHEALTHY" for r in checker_rows):
-                rows.extend(checker_rows)
+            # Upstreams without checks too: the control plane lists their addresses.
+            rows.extend(checker.report_rows())
+        rows.extend(self._dns_error_rows())
         # A full view supersedes everything still queued.
         while not self.reports.empty():
             self.reports.get_nowait()

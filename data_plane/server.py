@@ -108,6 +108,7 @@ class DataPlane:
         self.resolver = TargetResolver(parse_nameservers(settings.dns_resolver) or None)
         self.health = HealthSupervisor(self.node.hostname)
         self.resolver.on_change = self.health.addresses_changed
+        self.health.dns_errors = self.resolver.dns_errors
         self.client = ClusterClient(
             settings.control_plane,
             self.holder,
@@ -178,6 +179,7 @@ class DataPlane:
                 )
             ),
             cache=self._cache,
+            requests=self._request_counts,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -146,3 +146,48 @@ def test_a_balancer_without_weight_is_unhealthy() -> None:
     data = balancer_health(upstream(active=5), [target("10.0.0.1:80", weight=0)], [])
     assert (data["health"], data["balancer_health"]) == ("UNHEALTHY", "UNHEALTHY")
     assert data["details"]["total_weight"] == 0
+
+
+# -- issue 13, theme 5 (Kong's order, DNS errors, details.hosts)
+
+
+def test_targets_are_listed_newest_first() -> None:
+    old, new = target("10.0.0.1:80"), target("10.0.0.2:80")
+    old["created_at"], new["created_at"] = 1000.001, 1000.002
+    items = targets_with_health(upstream(), [old, new], [])
+    assert [i["target"] for i in items] == ["10.0.0.2:80", "10.0.0.1:80"]
+
+
+def test_a_name_no_data_plane_resolves_is_dns_error() -> None:
+    report = DataPlaneReport(
+        "n1", "host-n1",
+        (AddressReport(UPSTREAM_ID, "t-nx.test:80", "nx.test:80", "", "DNS_ERROR", "dns server error: 3 name error", 1.0, 100),),
+    )
+    [item] = targets_with_health(upstream(active=5), [target("nx.test:80")], [report])
+    assert item["health"] == "DNS_ERROR"
+    assert item["data"]["addresses"] == []
+    details = balancer_health(upstream(active=5), [target("nx.test:80")], [report])["details"]
+    assert details["hosts"][0]["dns"] == "dns server error: 3 name error"
+
+
+def test_addresses_of_a_target_without_checks_are_listed_checks_off() -> None:
+    report = dp("n1", ("many.test:80", "127.0.0.1:80", "HEALTHCHECKS_OFF"), ("many.test:80", "127.0.0.2:80", "HEALTHCHECKS_OFF"))
+    [item] = targets_with_health(upstream(), [target("many.test:80")], [report])
+    assert item["health"] == "HEALTHCHECKS_OFF"
+    assert [(a["ip"], a["health"]) for a in item["data"]["addresses"]] == [
+        ("127.0.0.1", "HEALTHCHECKS_OFF"),
+        ("127.0.0.2", "HEALTHCHECKS_OFF"),
+    ]
+
+
+def test_balancer_health_details_carry_kongs_hosts() -> None:
+    report = dp("n1", ("10.0.0.1:80", "10.0.0.1:80", "HEALTHY"), ("10.0.0.2:81", "10.0.0.2:81", "UNHEALTHY"))
+    body = balancer_health(upstream(active=5), [target("10.0.0.1:80"), target("10.0.0.2:81", 50)], [report])
+    hosts = body["details"]["hosts"]
+    assert [(h["host"], h["port"], h["dns"], h["nodeWeight"]) for h in hosts] == [
+        ("10.0.0.1", 80, "IPv4", 100),
+        ("10.0.0.2", 81, "IPv4", 50),
+    ]
+    assert hosts[0]["addresses"] == [{"ip": "10.0.0.1", "port": 80, "weight": 100, "healthy": True}]
+    assert hosts[1]["addresses"][0]["healthy"] is False
+    assert hosts[1]["weight"] == {"total": 100, "available": 0, "unavailable": 100}
