@@ -438,6 +438,7 @@ def _compile_upstreams(
             health=health,
             target_ids=ids,
             target_entities=tuple(target_entities[upstream["id"]]),
+            use_srv_name=_bool(upstream, "use_srv_name", label, False),
         )
     return compiled
 

@@ -131,12 +131,15 @@ def make_config(
     version: int,
     upstreams: dict[str, list[tuple[str, int]]],
     previous: RuntimeConfig | None = None,
+    **upstream_fields: Any,
 ) -> RuntimeConfig:
     """Upstreams by name with ``(target, weight)`` lists; a service "svc-<name>" and a
-    route ``/<name>`` for each."""
+    route ``/<name>`` for each; ``upstream_fields`` are set on every upstream."""
     entities: dict[str, list[dict[str, Any]]] = {"upstreams": [], "targets": [], "services": [], "routes": []}
     for i, (name, targets) in enumerate(upstreams.items()):
-        entities["upstreams"].append({"id": f"u{i}", "name": name, "algorithm": "round-robin"})
+        entities["upstreams"].append(
+            {"id": f"u{i}", "name": name, "algorithm": "round-robin", **upstream_fields}
+        )
         for j, (target, weight) in enumerate(targets):
             entities["targets"].append(
                 {"id": f"t{i}-{j}", "target": target, "weight": weight, "upstream": {"id": f"u{i}"}}
@@ -560,3 +563,189 @@ async def test_two_targets_on_one_ip_are_balanced_and_held_down_separately(
     seen_hosts.clear()
     await send(10)
     assert seen_hosts.count(f"target2.test:{port}") == 5
+
+
+# ------------------------------------------------------------------ SRV records
+
+
+def srv(priority: int, weight: int, port: int, target: str) -> str:
+    return f"{priority} {weight} {port} {target}"
+
+
+async def test_srv_records_give_their_ports_and_weights_lowest_priority_only(
+    stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path
+) -> None:
+    dns_server.records["api.srv.test"] = {
+        "SRV": [
+            srv(10, 5, 8001, "a.test."),
+            srv(10, 15, 8002, "b.test."),
+            srv(10, 7, 8003, "10.0.0.9."),  # an IP as the record's target
+            srv(20, 50, 9000, "backup.test."),  # a higher priority value: not used
+        ]
+    }
+    dns_server.records["a.test"] = {"A": ["10.0.0.1"]}
+    dns_server.records["b.test"] = {"A": ["10.0.0.3", "10.0.0.2"]}
+    dns_server.records["backup.test"] = {"A": ["10.0.0.99"]}
+    resolver = await start_resolver(stack, dns_server, tmp_path)
+    config = make_config(1, {"api": [("api.srv.test:80", 100)]})
+    await resolver.apply(config, timeout=5)
+    addresses = balancer(config, "api").addresses
+    # the record's port and weight replace the target's; names shown as Kong shows them
+    assert summary(balancer(config, "api")) == [
+        ("10.0.0.9:8003", 7),
+        ("a.test:8001", 5),
+        ("b.test:8002", 15),
+        ("b.test:8002", 15),
+    ]
+    assert [(a.host, a.port) for a in addresses] == [
+        ("10.0.0.9", 8003), ("10.0.0.1", 8001), ("10.0.0.2", 8002), ("10.0.0.3", 8002)
+    ]
+    assert {target_key_of(a) for a in addresses} == {"api.srv.test:80"}
+    # the Host header names the target (the SRV name), as in Kong
+    assert {a.key_bytes for a in addresses} == {b"api.srv.test:8003", b"api.srv.test:8001", b"api.srv.test:8002"}
+    assert dns_server.count("backup.test") == 0
+    assert resolver.addresses_of("api.srv.test") == ("10.0.0.9", "10.0.0.1", "10.0.0.2", "10.0.0.3")
+
+
+async def test_srv_records_are_re_resolved_on_their_ttl(
+    stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path
+) -> None:
+    dns_server.ttl = 1
+    dns_server.records["api.srv.test"] = {"SRV": [srv(1, 10, 8001, "a.test.")]}
+    dns_server.records["a.test"] = {"A": ["10.0.0.1"]}
+    resolver = await start_resolver(stack, dns_server, tmp_path)
+    config = make_config(1, {"api": [("api.srv.test:80", 100)]})
+    await resolver.apply(config, timeout=5)
+    b = balancer(config, "api")
+    assert summary(b) == [("a.test:8001", 10)]
+    b.set_address_health(b.addresses[0].key, False)
+
+    # a new record, and a lower priority value taking over from it later
+    dns_server.records["api.srv.test"] = {"SRV": [srv(1, 10, 8001, "a.test."), srv(1, 30, 8005, "a.test.")]}
+    await wait_for(lambda: len(b.addresses) == 2, timeout=10, message="the new SRV record")
+    assert summary(b) == [("a.test:8001", 10), ("a.test:8005", 30)]
+    assert [b.is_usable(a) for a in b.addresses] == [False, True]  # health kept
+    # the record target's own A record changing is picked up too (second level)
+    dns_server.records["a.test"] = {"A": ["10.0.0.4"]}
+    await wait_for(
+        lambda: {a.host for a in b.addresses} == {"10.0.0.4"}, timeout=10, message="the new A record"
+    )
+    dns_server.records["api.srv.test"] = {"SRV": [srv(0, 1, 7000, "10.0.0.5."), srv(1, 30, 8005, "a.test.")]}
+    await wait_for(lambda: summary(b) == [("10.0.0.5:7000", 1)], timeout=10, message="priority 0 only")
+
+
+async def test_srv_record_whose_target_does_not_resolve_is_left_out(
+    stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path
+) -> None:
+    dns_server.records["api.srv.test"] = {"SRV": [srv(1, 10, 8001, "gone.test."), srv(1, 10, 8002, "a.test.")]}
+    dns_server.records["a.test"] = {"A": ["10.0.0.1"]}
+    dns_server.records["only-gone.srv.test"] = {"SRV": [srv(1, 10, 8001, "gone.test.")]}
+    resolver = await start_resolver(stack, dns_server, tmp_path)
+    config = make_config(1, {"api": [("api.srv.test:80", 100)], "other": [("only-gone.srv.test:80", 1)]})
+    await resolver.apply(config, timeout=5)
+    assert summary(balancer(config, "api")) == [("a.test:8002", 10)]
+    assert balancer(config, "other").addresses == ()
+    assert resolver.dns_errors() == {"only-gone.srv.test:80": "dns server error: 3 name error"}
+
+
+async def start_named_backend(stack: AsyncExitStack, name: str, seen: list[tuple[str, str]]) -> int:
+    """A backend recording ``(name, Host header)`` of each request, ``/status`` included."""
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((name, request.headers["Host"]))
+        if request.path == "/status" and getattr(handler, "down", False):
+            return web.json_response({"down": True}, status=500)
+        return web.json_response({"name": name})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    _HANDLERS[port] = handler
+    return port
+
+
+_HANDLERS: dict[int, Any] = {}
+
+
+@pytest.mark.parametrize("use_srv_name", [False, True])
+async def test_proxy_balances_over_srv_records_and_use_srv_name_sets_the_host(
+    stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path, use_srv_name: bool
+) -> None:
+    seen: list[tuple[str, str]] = []
+    port1 = await start_named_backend(stack, "one", seen)
+    port2 = await start_named_backend(stack, "two", seen)
+    dns_server.records["api.srv.test"] = {
+        "SRV": [srv(1, 10, port1, "node1.test."), srv(1, 30, port2, "node2.test.")]
+    }
+    dns_server.records["node1.test"] = {"A": ["127.0.0.1"]}
+    dns_server.records["node2.test"] = {"A": ["127.0.0.1"]}
+    resolver = await start_resolver(stack, dns_server, tmp_path)
+    config = make_config(1, {"api": [("api.srv.test:1", 100)]}, use_srv_name=use_srv_name)
+    await resolver.apply(config, timeout=5)
+
+    holder = ConfigHolder(config)
+    proxy = ProxyServer(holder, "127.0.0.1", 0)
+    await proxy.start()
+    stack.push_async_callback(proxy.stop, 2.0)
+    session = aiohttp.ClientSession()
+    stack.push_async_callback(session.close)
+    for _ in range(40):
+        async with session.get(f"http://127.0.0.1:{proxy.port}/api/x") as resp:
+            assert resp.status == 200
+    # weights 10 and 30 from the records; the target's port (1) is never used
+    assert sum(1 for n, _ in seen if n == "one") == 10
+    assert sum(1 for n, _ in seen if n == "two") == 30
+    hosts = {n: h for n, h in seen}
+    if use_srv_name:
+        assert hosts == {"one": f"node1.test:{port1}", "two": f"node2.test:{port2}"}
+    else:
+        assert hosts == {"one": f"api.srv.test:{port1}", "two": f"api.srv.test:{port2}"}
+
+
+async def test_active_checks_probe_each_srv_record_and_recover_it(
+    stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path
+) -> None:
+    seen: list[tuple[str, str]] = []
+    port1 = await start_named_backend(stack, "one", seen)
+    port2 = await start_named_backend(stack, "two", seen)
+    dns_server.records["api.srv.test"] = {"SRV": [srv(1, 10, port1, "localhost."), srv(1, 10, port2, "localhost.")]}
+    resolver = await start_resolver(stack, dns_server, tmp_path)
+    health = HealthSupervisor()
+    resolver.on_change = health.addresses_changed
+    stack.push_async_callback(health.stop)
+    checks = {
+        "active": {
+            "http_path": "/status",
+            "healthy": {"interval": 0.05, "successes": 1},
+            "unhealthy": {"interval": 0.05, "http_failures": 1},
+        }
+    }
+    config = make_config(1, {"api": [("api.srv.test:80", 100)]}, healthchecks=checks)
+    await resolver.apply(config, timeout=5)
+    health.apply(config)
+    upstream = config.upstream_by_name("api")
+    assert upstream is not None and upstream.health is not None
+    checker = upstream.health
+
+    def states() -> dict[str, str]:
+        return {endpoint_of(v.address): v.state for v in checker.view()}
+
+    assert states() == {f"localhost:{port1}": "HEALTHY", f"localhost:{port2}": "HEALTHY"}
+    await wait_for(
+        lambda: {n for n, _ in seen} == {"one", "two"}, timeout=10, message="probes of both records"
+    )
+    assert {h for _, h in seen} == {"api.srv.test"}  # probes name the target
+    _HANDLERS[port2].down = True
+    await wait_for(
+        lambda: states()[f"localhost:{port2}"] == "UNHEALTHY", timeout=10, message="record 2 down"
+    )
+    assert states()[f"localhost:{port1}"] == "HEALTHY"
+    rows = {(r.target, r.address, r.state) for r in health.all_rows()}
+    assert ("api.srv.test:80", f"localhost:{port2}", "UNHEALTHY") in rows
+    _HANDLERS[port2].down = False
+    await wait_for(lambda: states()[f"localhost:{port2}"] == "HEALTHY", timeout=10, message="record 2 back")
