@@ -278,6 +278,8 @@ class TargetResolver:
         #: Called (no arguments, never awaited) after an expansion changed the
         #: addresses of any balancer; the health supervisor re-reports its view.
         self.on_change: Callable[[], None] | None = None
+        #: ``dns_errors()`` when ``on_change`` last ran (a new error is a change too).
+        self._last_dns_errors: Mapping[str, str] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -394,6 +396,10 @@ class TargetResolver:
             if _identity(balancer.addresses) != _identity(expanded):
                 balancer.after_targets_changed(expanded)
                 changed = True
+        errors = self.dns_errors()
+        if errors != self._last_dns_errors:
+            self._last_dns_errors = errors
+            changed = True
         if changed and self.on_change is not None:
             self.on_change()
 
