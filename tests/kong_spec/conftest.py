@@ -133,3 +133,261 @@ def fresh_kong(tmp_path: Path) -> Iterator[KongCluster]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         yield session
+
+
+# ---------------------------------------------------------------- balancer specs
+# Kong's ``spec.fixtures.balancer_utils`` and ``helpers.https_server``, as Ferry helpers
+# (facts of their behaviour, not their code): a target server that counts what it
+# answers and can be told to fail, and the Admin API calls the balancer specs make.
+
+
+class SpecServer:
+    """A target: answers 200 (500 once told ``/unhealthy``), counts its answers.
+
+    ``ok``/``fail`` count proxied requests (200 / 500 answers); ``status_ok`` and
+    ``status_fail`` count probes of ``/status``. ``GET /healthy`` and ``/unhealthy``
+    (sent directly, never counted) switch it; ``/timeout`` makes the next request
+    hang past any read timeout. ``delay_ms`` delays every answer. ``hosts`` records
+    the Host header of each proxied request.
+    """
+
+    def __init__(self, delay_ms: int = 0) -> None:
+        self.delay_ms = delay_ms
+        self.healthy = True
+        self.timeouts = 0
+        self.ok = self.fail = self.status_ok = self.status_fail = 0
+        self.hosts: list[str] = []
+        self.port = 0
+        self._runner: Any = None
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.fail
+
+    async def start(self, port: int = 0) -> SpecServer:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            path = request.path
+            if path in ("/healthy", "/unhealthy"):
+                self.healthy = path == "/healthy"
+                return web.Response(text="ok")
+            if path == "/timeout":
+                self.timeouts += 1
+                return web.Response(text="ok")
+            if path == "/status":
+                if self.healthy:
+                    self.status_ok += 1
+                    return web.Response(text="ok")
+                self.status_fail += 1
+                return web.Response(status=500, text="unhealthy")
+            if self.timeouts:
+                self.timeouts -= 1
+                self.fail += 1
+                await _sleep(5)
+                return web.Response(text="late")
+            if self.delay_ms:
+                await _sleep(self.delay_ms / 1000)
+            self.hosts.append(request.headers.get("Host", ""))
+            if self.healthy:
+                self.ok += 1
+                return web.json_response({"port": self.port, "uri": str(request.rel_url)})
+            self.fail += 1
+            return web.Response(status=500, text="unhealthy")
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def control(self, path: str) -> None:
+        """Kong's ``direct_request``: tell the server (not through the proxy)."""
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.port}{path}") as response:
+                await response.read()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@pytest.fixture
+async def spec_servers() -> AsyncIterator[Any]:
+    """``await spec_servers(delay_ms=0, port=0)`` starts a :class:`SpecServer`."""
+    started: list[SpecServer] = []
+
+    async def start(delay_ms: int = 0, port: int = 0) -> SpecServer:
+        server = await SpecServer(delay_ms).start(port)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            await server.stop()
+
+
+async def admin_call(
+    http: aiohttp.ClientSession, method: str, url: str, body: Any = None, expect: int | None = None
+) -> tuple[int, Any]:
+    """One Admin API call: ``(status, json body or None)``; asserts ``expect`` if given."""
+    async with http.request(method, url, json=body) as response:
+        payload = await response.json(content_type=None) if response.status != 204 else None
+        if expect is not None:
+            assert response.status == expect, f"{method} {url} → {response.status} {payload}"
+        return response.status, payload
+
+
+async def add_upstream(kong: KongCluster, http: aiohttp.ClientSession, **fields: Any) -> tuple[str, str]:
+    """Kong's ``bu.add_upstream``: a fresh upstream (``slots`` 10 unless given); (name, id)."""
+    body = {"name": unique("upstream"), "slots": 10, **fields}
+    _, created = await admin_call(http, "POST", f"{kong.admin}/upstreams", body, 201)
+    return created["name"], created["id"]
+
+
+async def add_target(
+    kong: KongCluster, http: aiohttp.ClientSession, upstream: str, target: str, weight: int = 10, **fields: Any
+) -> dict[str, Any]:
+    """Kong's ``bu.add_target`` (weight 10 unless given)."""
+    body = {"target": target, "weight": weight, **fields}
+    _, created = await admin_call(http, "POST", f"{kong.admin}/upstreams/{upstream}/targets", body, 201)
+    return dict(created)
+
+
+async def add_api(kong: KongCluster, http: aiohttp.ClientSession, upstream_name: str, **service: Any) -> str:
+    """Kong's ``bu.add_api``: a service on the upstream and a route on a fresh host."""
+    host = f"{unique('host')}.test"
+    body = {"name": unique("svc"), "url": f"http://{upstream_name}:80", **service}
+    _, svc = await admin_call(http, "POST", f"{kong.admin}/services", body, 201)
+    await admin_call(http, "POST", f"{kong.admin}/routes", {"service": {"id": svc["id"]}, "hosts": [host]}, 201)
+    return host
+
+
+async def client_requests(
+    dp: DataPlaneProc, n: int, host: str, path: str = "/", headers: dict[str, str] | None = None
+) -> tuple[int, int, int | None]:
+    """Kong's ``bu.client_requests``: n requests, each on a new connection;
+    (oks, fails, last status)."""
+    oks = fails = 0
+    last: int | None = None
+    for _ in range(n):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+            try:
+                async with session.get(
+                    f"{dp.proxy}{path}", headers={"Host": host, **(headers or {})}
+                ) as response:
+                    await response.read()
+                    last = response.status
+            except aiohttp.ClientError:
+                fails += 1
+                last = None
+                continue
+        if last == 200:
+            oks += 1
+        elif last > 399:
+            fails += 1
+    return oks, fails, last
+
+
+async def upstream_health(kong: KongCluster, http: aiohttp.ClientSession, upstream: str, query: str = "") -> Any:
+    _, body = await admin_call(http, "GET", f"{kong.admin}/upstreams/{upstream}/health{query}", None, 200)
+    return body
+
+
+async def poll_wait_health(
+    kong: KongCluster, http: aiohttp.ClientSession, upstream: str, target: str, value: str, timeout: float = 15.0
+) -> None:
+    """Kong's ``bu.poll_wait_health``: until ``target`` shows ``value`` in ``/health``."""
+    from tests.support import wait_for
+
+    async def reached() -> bool:
+        body = await upstream_health(kong, http, upstream)
+        return any(d["target"] == target and d["health"] == value for d in body["data"])
+
+    await wait_for(reached, timeout=timeout, interval=0.05, message=f"{target} to become {value}")
+
+
+# ------------------------------------------------------------------ a DNS server
+
+
+class DnsZone:
+    """A real authoritative DNS server on a free UDP port of 127.0.0.1, in a thread
+    (Kong's ``dns_mock``): ``records[name][type]`` lists rdata texts (``"A"``,
+    ``"AAAA"``, ``"SRV"`` as ``"priority weight port target."``, ``"CNAME"``); other
+    names answer NXDOMAIN. Records may change while a module runs; ``ttl`` applies to
+    every answer. Give the data plane ``--dns-resolver`` :attr:`address`."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.records: dict[str, dict[str, list[str]]] = {}
+        self.ttl = 1
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self._closed = False
+        self.port = int(self._sock.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, name="kong-spec-dns", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        import dns.flags
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+        import dns.rrset
+
+        while not self._closed:
+            try:
+                data, peer = self._sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            try:
+                query = dns.message.from_wire(data)
+                question = query.question[0]
+                name = question.name.to_text(omit_final_dot=True).lower()
+                rdtype = dns.rdatatype.to_text(question.rdtype)
+                response = dns.message.make_response(query)
+                response.flags |= dns.flags.AA
+                zone = dict(self.records.get(name) or {})
+                if not zone:
+                    response.set_rcode(dns.rcode.NXDOMAIN)
+                elif zone.get("CNAME"):
+                    response.answer.append(
+                        dns.rrset.from_text(question.name, self.ttl, "IN", "CNAME", zone["CNAME"][0])
+                    )
+                elif zone.get(rdtype):
+                    response.answer.append(
+                        dns.rrset.from_text(question.name, self.ttl, "IN", rdtype, *zone[rdtype])
+                    )
+                self._sock.sendto(response.to_wire(), peer)
+            except Exception:  # noqa: BLE001 - a bad packet must not end the server
+                continue
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(2)
+        self._sock.close()
+
+
+@pytest.fixture(scope="module")
+def dns_zone() -> Iterator[DnsZone]:
+    """The module's DNS server (records set by the cases)."""
+    zone = DnsZone()
+    try:
+        yield zone
+    finally:
+        zone.close()
