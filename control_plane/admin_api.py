@@ -448,13 +448,15 @@ def _override_address(text: str, target: str) -> str:
     """An override's ``ip[:port]`` in the canonical form health reports use.
 
     The port defaults to the target's (Kong uses 8000); IPv6 is written fully
-    expanded and bracketed, as targets are stored. A name is refused: 400.
+    expanded and bracketed, as targets are stored. A name is accepted (lower-cased)
+    only for a target that is a name: an SRV record pointing to a name is listed under
+    that name, as in Kong. Otherwise a name is refused: 400.
     """
     try:
-        parsed = parse_host(text)
+        parsed = parse_host(text.lower())
     except RuleError:
         parsed = None
-    if parsed is None or parsed.kind == "name":
+    if parsed is None or (parsed.kind == "name" and parse_host(target).kind != "name"):
         raise BadRequest(f"invalid address '{text}': expected an IP address with an optional port")
     return parsed.format(parse_host(target).port)
 

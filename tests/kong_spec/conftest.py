@@ -273,14 +273,16 @@ async def client_requests(
     dp: DataPlaneProc, n: int, host: str, path: str = "/", headers: dict[str, str] | None = None
 ) -> tuple[int, int, int | None]:
     """Kong's ``bu.client_requests``: n requests, each on a new connection;
-    (oks, fails, last status)."""
+    (oks, fails, last status). ``path`` is sent as given (not re-encoded)."""
+    import yarl
+
     oks = fails = 0
     last: int | None = None
     for _ in range(n):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
             try:
                 async with session.get(
-                    f"{dp.proxy}{path}", headers={"Host": host, **(headers or {})}
+                    yarl.URL(f"{dp.proxy}{path}", encoded=True), headers={"Host": host, **(headers or {})}
                 ) as response:
                     await response.read()
                     last = response.status
