@@ -1206,7 +1206,8 @@ class _ClientConnection(asyncio.Protocol):
             http10=ex.http10,
             status=status,
             source=source,
-            upstream=address.key if address is not None else None,
+            # A DNS target's key also names its target; the log shows the address.
+            upstream=(getattr(address, "endpoint", "") or address.key) if address is not None else None,
             service=series.service or None if series is not None else None,
             route=series.route or None if series is not None else None,
             tries=ex.retries + 1 if address is not None else 0,

@@ -6,6 +6,8 @@ with a deadline instead of sleeping."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,6 +23,7 @@ import dns.rrset
 import pytest
 from aiohttp import web
 
+from data_plane.access_log import AccessLog
 from data_plane.balancers import Address, Balancer
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import ResolvedAddress, TargetResolver, parse_nameservers
@@ -427,7 +430,11 @@ async def test_request_through_the_proxy_to_a_dns_named_target(
     assert summary(balancer(config, "api")) == [(f"127.0.0.1:{port}", 100)]
 
     holder = ConfigHolder(config)
-    proxy = ProxyServer(holder, "127.0.0.1", 0)
+    read_fd, write_fd = os.pipe()
+    stack.callback(os.close, read_fd)
+    stack.callback(os.close, write_fd)
+    access_log = AccessLog("json", component="data-plane", fd=write_fd)
+    proxy = ProxyServer(holder, "127.0.0.1", 0, access_log=access_log)
     await proxy.start()
     stack.push_async_callback(proxy.stop, 2.0)
     session = aiohttp.ClientSession()
@@ -436,6 +443,10 @@ async def test_request_through_the_proxy_to_a_dns_named_target(
         assert resp.status == 200
         assert await resp.json() == {"ok": True}
     assert seen_hosts == [f"backend.test:{port}"]
+    access_log.flush()
+    [line] = os.read(read_fd, 1 << 16).decode().splitlines()
+    # The address the request went to, not the internal key that also names the target.
+    assert json.loads(line)["upstream"] == f"127.0.0.1:{port}"
 
 
 async def test_data_plane_resolves_the_cached_config_with_its_dns_resolver_flag(
