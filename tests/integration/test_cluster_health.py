@@ -586,3 +586,29 @@ async def test_a_report_lost_to_a_redis_error_is_written_on_the_next_ping(
     assert set(await redis_client.hgetall(key)) == {"u|api.internal:80|"}
     assert await session.report(False, [entry("10.0.0.3:80", "HEALTHY")])
     assert set(await redis_client.hgetall(key)) == {"u|api.internal:80|10.0.0.3:80"}
+
+
+async def test_health_lists_newest_first_and_balancer_health_carries_kongs_hosts(
+    cps: list[ControlPlane], http: aiohttp.ClientSession, dps: DPFactory
+) -> None:
+    """Issue 13 theme 5: Kong's order (newest first) and ``details.hosts``."""
+    admin = Admin(http, cps[0])
+    await admin.make("/upstreams", {"name": "shop", **CHECKED})
+    # Explicit timestamps: two targets created within one clock tick tie.
+    old = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.1:80", "weight": 10, "created_at": 1000})
+    new = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.2:80", "weight": 20, "created_at": 2000})
+    dp = await dps(cps[0], "dp-a")
+    await dp.report(True, health(old, "HEALTHY"), health(new, "UNHEALTHY"))
+    await wait_for(admin.until("shop", lambda v: v["10.0.0.2:80"]["health"] == "UNHEALTHY"), message="report")
+    status, body = await admin.call("GET", "/upstreams/shop/health")
+    assert status == 200
+    assert [item["target"] for item in body["data"]] == ["10.0.0.2:80", "10.0.0.1:80"]
+    status, body = await admin.call("GET", "/upstreams/shop/health?balancer_health=1")
+    assert status == 200
+    hosts = {h["host"]: h for h in body["data"]["details"]["hosts"]}
+    assert hosts["10.0.0.1"] == {
+        "host": "10.0.0.1", "port": 80, "dns": "IPv4", "nodeWeight": 10,
+        "weight": {"total": 10, "available": 10, "unavailable": 0},
+        "addresses": [{"ip": "10.0.0.1", "port": 80, "weight": 10, "healthy": True}],
+    }
+    assert hosts["10.0.0.2"]["addresses"] == [{"ip": "10.0.0.2", "port": 80, "weight": 20, "healthy": False}]

@@ -1,0 +1,82 @@
+"""The health supervisor's full views (issue 13 theme 5): every address of every
+upstream, checks on or off; DNS_ERROR rows; a re-created upstream's unhealthy addresses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from data_plane.health_supervisor import HealthSupervisor
+from data_plane.runtime import RuntimeConfig, compile_config
+
+
+def entities(upstream_id: str, name: str, targets: list[str], **upstream: Any) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "upstreams": [{"id": upstream_id, "name": name, **upstream}],
+        "targets": [
+            {"id": f"t{i}-{upstream_id}", "target": t, "weight": 100, "upstream": {"id": upstream_id}}
+            for i, t in enumerate(targets)
+        ],
+        "services": [],
+        "routes": [],
+    }
+
+
+def full_view(supervisor: HealthSupervisor) -> list[Any]:
+    last = None
+    while not supervisor.reports.empty():
+        last = supervisor.reports.get_nowait()
+    assert last is not None and last[0]
+    return last[1]
+
+
+def config(version: int, data: dict[str, list[dict[str, Any]]], previous: RuntimeConfig | None = None) -> RuntimeConfig:
+    return compile_config(version, f"h{version}", data, previous)
+
+
+async def test_upstreams_without_checks_report_their_addresses_checks_off() -> None:
+    supervisor = HealthSupervisor()
+    try:
+        supervisor.apply(config(1, entities("u1", "shop", ["10.0.0.1:80", "10.0.0.2:80"])))
+        rows = full_view(supervisor)
+        assert sorted((r.address, r.state) for r in rows) == [
+            ("10.0.0.1:80", "HEALTHCHECKS_OFF"),
+            ("10.0.0.2:80", "HEALTHCHECKS_OFF"),
+        ]
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_target_dns_left_without_an_address_is_a_dns_error_row() -> None:
+    supervisor = HealthSupervisor()
+    supervisor.dns_errors = lambda: {"nx.test:80": "dns server error: 3 name error"}
+    try:
+        cfg = config(1, entities("u1", "shop", ["nx.test:80"]))
+        cfg.upstreams["u1"].balancer.after_targets_changed([])  # what DNS left of it
+        supervisor.apply(cfg)
+        [row] = full_view(supervisor)
+        assert (row.target, row.address, row.state, row.reason) == (
+            "nx.test:80", "", "DNS_ERROR", "dns server error: 3 name error",
+        )
+    finally:
+        await supervisor.stop()
+
+
+async def test_an_upstream_deleted_and_added_again_keeps_its_unhealthy_addresses() -> None:
+    supervisor = HealthSupervisor()
+    try:
+        first = config(1, entities("u1", "shop", ["10.0.0.1:80", "10.0.0.2:80"]))
+        supervisor.apply(first)
+        assert supervisor.override("u1", "10.0.0.2:80", "", False)
+        gone = config(2, {"upstreams": [], "targets": [], "services": [], "routes": []}, first)
+        supervisor.apply(gone)
+        again = config(3, entities("u2", "shop", ["10.0.0.1:80", "10.0.0.2:80"]), gone)
+        supervisor.apply(again)
+        await asyncio.sleep(0)
+        states = {r.address: r.state for r in full_view(supervisor)}
+        assert states == {"10.0.0.1:80": "HEALTHCHECKS_OFF", "10.0.0.2:80": "UNHEALTHY"}
+        assert not again.upstreams["u2"].balancer.is_usable(
+            next(a for a in again.upstreams["u2"].balancer.addresses if a.key == "10.0.0.2:80")
+        )
+    finally:
+        await supervisor.stop()
