@@ -30,7 +30,7 @@ from data_plane.health_checker import HealthTransition
 from data_plane.health_messages import address_health, verdict_rows
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.worker_link import FrameError, encode_frame, read_frame
-from ferry.redis_server import spawn_dying_with_parent
+from ferry.child_process import spawn_dying_with_parent
 from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane.workers")

@@ -143,7 +143,8 @@ class SentinelServer:
 
         import redis
 
-        from ferry.redis_server import find_redis_server, spawn_dying_with_parent
+        from ferry.child_process import spawn_dying_with_parent
+        from ferry.redis_server import find_redis_server
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lines = [
