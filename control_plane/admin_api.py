@@ -77,6 +77,7 @@ from control_plane.health_view import balancer_health, targets_with_health
 from control_plane.metrics import ControlPlaneView, metrics_registry
 from control_plane.schemas import (
     RuleError,
+    check_upstream_name,
     decode_form,
     expand_shorthands,
     has_lone_surrogate,
@@ -196,7 +197,8 @@ async def _access_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise PayloadTooLarge(limits.max_body)
     tokens = limits.tokens
     # /status/ready neither: Kubernetes' probes carry no token (control_plane/readiness.py).
-    if tokens is None or request.path in ("/console", "/status/ready") or request.path.startswith("/console/"):
+    path = request.path.rstrip("/") or "/"
+    if tokens is None or path in ("/console", "/status/ready") or request.path.startswith("/console/"):
         return await handler(request)
     headers = request.headers
     token = headers.get(TOKEN_HEADER) or headers.get("Kong-Admin-Token")
@@ -423,6 +425,8 @@ def _page_body(request: web.Request, items: list[dict[str, Any]], base: str) -> 
             raise InvalidSize(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
         size = int(number)
     tags_suffix = ""
+    if query.get("tags") == "":
+        raise InvalidOptions("tags", "cannot be null")
     if query.get("tags"):
         keep = _tag_filter(query["tags"])
         items = [item for item in items if keep(item)]
@@ -442,6 +446,21 @@ def _page_body(request: web.Request, items: list[dict[str, Any]], base: str) -> 
 
 def _now() -> int:
     return int(time.time())
+
+
+def _timestamp(kind: _Kind) -> int | float:
+    """Now, as ``kind`` stores it: targets in seconds with millisecond precision
+    (Kong 3.x's ``auto_timestamp_ms``), other entities in whole seconds."""
+    return round(time.time(), 3) if kind is _TARGETS else _now()
+
+
+def _later(kind: _Kind, previous: Any) -> int | float:
+    """An ``updated_at`` for a write after one stamped ``previous``: now, never
+    earlier than ``previous`` (a target's moves by at least one millisecond)."""
+    if kind is _TARGETS:
+        last = float(previous) if isinstance(previous, int | float) else 0.0
+        return max(round(time.time(), 3), round(last + 0.001, 3))
+    return max(_now(), int(previous or 0))
 
 
 def _override_address(text: str, target: str) -> str:
@@ -541,7 +560,7 @@ class _AdminAPI:
 
     async def create(self, kind: _Kind, body: dict[str, Any]) -> web.Response:
         body = await self._prepare(kind, body)
-        now = _now()
+        now = _timestamp(kind)
         candidate = {**body, "updated_at": now}
         if candidate.get("id") is None:
             candidate["id"] = str(uuid.uuid4())
@@ -568,7 +587,7 @@ class _AdminAPI:
             # The identity and creation time are not the client's to change.
             merged["id"] = current["id"]
             merged["created_at"] = current["created_at"]
-            merged["updated_at"] = max(_now(), int(current.get("updated_at") or 0))
+            merged["updated_at"] = _later(kind, current.get("updated_at"))
             if kind is _TARGETS:
                 merged["upstream"] = current["upstream"]
             entity = validate_entity(kind.name, merged)
@@ -586,21 +605,28 @@ class _AdminAPI:
         find: Callable[[], Awaitable[tuple[dict[str, Any], str] | None]],
         body: dict[str, Any],
         extra: dict[str, Any] | None = None,
+        *,
+        path_wins: bool = True,
     ) -> web.Response:
-        """PUT: create or replace the entity named by ``key`` with ``body`` (plus defaults)."""
+        """PUT: create or replace the entity named by ``key`` with ``body`` (plus defaults).
+
+        ``key`` (a name) wins over the body's own value unless ``path_wins`` is
+        false and the body gives one.
+        """
         body = await self._prepare(kind, body)
         for _ in range(_CAS_ATTEMPTS):
             found = await find()
-            now = _now()
+            now = _timestamp(kind)
             candidate = {**body, **(extra or {})}
             if is_uuid(key):
                 candidate["id"] = key
             else:
-                # The path names the entity: it wins over the body.
-                candidate[kind.endpoint_key] = key
+                if path_wins or candidate.get(kind.endpoint_key) is None:
+                    candidate[kind.endpoint_key] = key
                 candidate["id"] = found[0]["id"] if found else candidate.get("id") or str(uuid.uuid4())
             if found:
                 candidate["created_at"] = found[0]["created_at"]
+                now = _later(kind, found[0].get("updated_at"))
             elif candidate.get("created_at") is None:
                 candidate["created_at"] = now
             candidate["updated_at"] = now
@@ -665,6 +691,13 @@ class _AdminAPI:
         async def put(request: web.Request) -> web.StreamResponse:
             body = await _read_body(request, kind.name)
             key = request.match_info[kind.param]
+            if kind is _UPSTREAMS and not is_uuid(key):
+                # Kong checks the name in the path first, and answers with the bare
+                # message ("Invalid name ('1.2.3.4'); no ip addresses allowed").
+                try:
+                    check_upstream_name(key)
+                except RuleError as exc:
+                    raise BadRequest(str(exc)) from None
             return await self.upsert(kind, key, finder(request), body)
 
         async def delete(request: web.Request) -> web.StreamResponse:
@@ -692,7 +725,7 @@ class _AdminAPI:
             key = request.match_info["upstream"]
             upstream = await self._require(_UPSTREAMS, key)
             targets = await self.store.list_children("targets", "upstream", upstream["id"])
-            suffix = "/all" if request.path.endswith("/all") else ""
+            suffix = "/all" if request.path.rstrip("/").endswith("/all") else ""
             return _page(request, targets, f"/upstreams/{quote(key, safe='')}/targets{suffix}")
 
         async def post(request: web.Request) -> web.StreamResponse:
@@ -723,15 +756,20 @@ class _AdminAPI:
             return await self.update(_TARGETS, find, await _read_body(request, "targets"))
 
         async def put(request: web.Request) -> web.StreamResponse:
+            """Kong 3.x: a PUT of an existing target is an update (fields not given
+            are kept; a ``target`` in the body renames it); otherwise it creates the
+            target, named by the body's ``target`` or else by the path."""
             upstream, key, find = await context(request)
             body = await _read_body(request, "targets")
+            if await find() is not None:
+                return await self.update(_TARGETS, find, body)
             if not is_uuid(key):
                 try:
                     key = normalize_target(key)
                 except RuleError:
                     pass  # validation reports the invalid target
             return await self.upsert(
-                _TARGETS, key, find, body, extra={"upstream": {"id": upstream["id"]}}
+                _TARGETS, key, find, body, extra={"upstream": {"id": upstream["id"]}}, path_wins=False
             )
 
         async def delete(request: web.Request) -> web.StreamResponse:
@@ -1005,11 +1043,14 @@ def create_admin_app(
             "head": {"summary": "Prometheus metrics (HEAD)", "responses": {"200": {"description": "text"}}},
         }
     for route in routes:
-        resource = app.router.add_resource(route.path)
-        for method, handler in route.handlers.items():
-            resource.add_route(method, handler)
-        if "GET" in route.handlers and "HEAD" not in route.handlers:
-            # HEAD wherever GET: the same answer without its body (RFC 9110 §9.3.2).
-            resource.add_route("HEAD", route.handlers["GET"])
+        # Kong's router answers every path with a trailing slash too ("/upstreams/",
+        # "/upstreams/u/targets/"): the same handlers (and 405s), no redirect.
+        for path in (route.path, route.path + "/") if route.path != "/" else ("/",):
+            resource = app.router.add_resource(path)
+            for method, handler in route.handlers.items():
+                resource.add_route(method, handler)
+            if "GET" in route.handlers and "HEAD" not in route.handlers:
+                # HEAD wherever GET: the same answer without its body (RFC 9110 §9.3.2).
+                resource.add_route("HEAD", route.handlers["GET"])
     add_console_routes(app)
     return app

@@ -211,7 +211,12 @@ def build_openapi(routes: list[AdminRoute], version: str) -> dict[str, Any]:
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Ferry Admin API (Kong 3.x compatible)", "version": version},
+        "info": {
+            "title": "Ferry Admin API (Kong 3.x compatible)",
+            "version": version,
+            "description": "Every path below also answers with a trailing slash "
+            "(`/upstreams/`, `/upstreams/{upstream}/targets/`), as Kong's router does.",
+        },
         "paths": paths,
         "components": {"schemas": schemas},
     }

@@ -581,7 +581,8 @@ class _Resolver:
                 and entity != stored
                 and given_updated_at in (None, stored["updated_at"])
             ):
-                entity["updated_at"] = max(self.now, int(stored["updated_at"]))
+                # Never earlier than the stored stamp (a target's has milliseconds).
+                entity["updated_at"] = max(self.now, stored["updated_at"])
             item.entity = entity
 
     def check_uniqueness(self) -> None:

@@ -402,11 +402,17 @@ def _check_route_header_values(values: list[str]) -> list[str]:
     return values
 
 
+#: An RFC 9110 token: printable ASCII but separators (Kong's ``validate_http_token``).
+_HTTP_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def _check_cookie_name(value: str) -> str:
+    """Kong 3.x's cookie name rule: an HTTP token (as the data planes check it)."""
     _non_empty(value)
-    if not _TOKEN_RE.fullmatch(value):
+    if not _HTTP_TOKEN_RE.fullmatch(value):
         raise RuleError(
-            f"bad cookie name '{value}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+            "contains one or more invalid characters. ASCII control characters (0-31;127), "
+            'space, tab and the characters ()<>@,;:\\"/?={}[] are not allowed.'
         )
     return value
 
@@ -434,12 +440,17 @@ def _check_upstream_name(value: str) -> str:
     return value
 
 
+def check_upstream_name(value: str) -> str:
+    """An upstream's ``name`` as Kong checks it; :class:`RuleError` with Kong's message."""
+    return _check_upstream_name(value)
+
+
 def normalize_target(value: str) -> str:
     """``host[:port]`` -> Kong's canonical target text, port defaulting to 8000."""
     try:
         parsed = parse_host(value)
     except RuleError:
-        raise RuleError(f"Invalid target ('{value}'); not a valid hostname or ip address") from None
+        raise RuleError("Invalid target; not a valid hostname or ip address") from None
     return parsed.format(DEFAULT_TARGET_PORT)
 
 
@@ -487,6 +498,21 @@ def _compact_number(value: float) -> float | int:
 
 
 Seconds = Annotated[float, between(0, 65535), PlainSerializer(_compact_number, return_type=int | float)]
+
+
+def _check_timestamp_ms(value: float) -> float:
+    # Written so that NaN and infinities fail too.
+    if not 0 < value < 1e15:
+        raise RuleError("expected a valid timestamp")
+    return round(value, 3)
+
+
+#: Kong 3.x's ``auto_timestamp_ms`` (targets): epoch seconds with millisecond precision.
+TimestampMs = Annotated[
+    float,
+    Rule(_check_timestamp_ms, (("exclusiveMinimum", 0),)),
+    PlainSerializer(_compact_number, return_type=int | float),
+]
 Counter = Annotated[int, between(0, 255)]
 HttpStatus = Annotated[int, between(100, 999)]
 Timeout = Annotated[int, between(1, _INT32_MAX - 2)]
@@ -637,8 +663,8 @@ class Target(_Model):
     """Kong's ``targets`` entity: one ``host:port`` of an upstream, with a weight."""
 
     id: UUIDStr
-    created_at: Timestamp
-    updated_at: Timestamp
+    created_at: TimestampMs
+    updated_at: TimestampMs
     upstream: ForeignKey
     target: Annotated[str, Rule(_check_target)]
     weight: Annotated[int, between(0, 65535)] = 100
@@ -913,7 +939,11 @@ def _upstream_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> list[
             return
         allowed = list(one_of)
         if value is not None and value not in allowed:
-            fields.setdefault(then_field, "expected one of: " + ", ".join(allowed))
+            # Kong lists the values allowed here, also for a value of no mode at all
+            # (its type check's longer list gives way to the conditional's).
+            current = fields.get(then_field)
+            if current is None or (isinstance(current, str) and current.startswith("expected one of: ")):
+                fields[then_field] = "expected one of: " + ", ".join(allowed)
             messages.append(_CONDITIONAL.format(if_field))
 
     def distinct(*names: str) -> None:
@@ -983,7 +1013,16 @@ def expand_shorthands(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     ``host``, ``port`` and ``path``; a port absent from the URL follows the
     scheme (80/443). Raises :class:`SchemaViolation` for a ``url`` that is not
     a string or has no host.
+
+    An upstream's ``hash_on`` other than ``none``, given without an ``algorithm``,
+    sets ``algorithm: consistent-hashing``, as Kong's upstreams schema does (so a
+    Kong 1.x-style upstream, which had no algorithm, keeps hashing). It applies to
+    what the request carries: a PATCH of ``hash_on`` alone switches a stored
+    ``round-robin`` upstream to hashing; a PATCH without ``hash_on`` leaves the
+    algorithm alone.
     """
+    if kind == "upstreams":
+        return _hash_on_implies_algorithm(body)
     if kind != "services" or "url" not in body:
         return body
     body = dict(body)
@@ -1006,6 +1045,13 @@ def expand_shorthands(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     body["port"] = port if port is not None else (443 if protocol == "https" else 80)
     body["path"] = parts.path or None
     return body
+
+
+def _hash_on_implies_algorithm(body: dict[str, Any]) -> dict[str, Any]:
+    hash_on = body.get("hash_on")
+    if body.get("algorithm") is not None or not isinstance(hash_on, str) or hash_on in ("", "none"):
+        return body
+    return {**body, "algorithm": "consistent-hashing"}
 
 
 def validate_entity(kind: str, candidate: Mapping[str, Any]) -> dict[str, Any]:

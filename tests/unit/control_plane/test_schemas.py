@@ -151,13 +151,21 @@ def test_upstream_hash_query_args_must_be_distinct() -> None:
     ) == {"@entity": ["values of these fields must be distinct: 'hash_on_query_arg', 'hash_fallback_query_arg'"]}
 
 
+_COOKIE_NAME = (
+    "contains one or more invalid characters. ASCII control characters (0-31;127), "
+    'space, tab and the characters ()<>@,;:\\"/?={}[] are not allowed.'
+)
+
+
 def test_upstream_header_and_cookie_names_are_tokens() -> None:
     assert errors("upstreams", name="a", hash_on="header", hash_on_header="X Bad") == {
         "hash_on_header": "bad header name 'X Bad', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
     }
     assert errors("upstreams", name="a", hash_on="cookie", hash_on_cookie="c;") == {
-        "hash_on_cookie": "bad cookie name 'c;', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+        "hash_on_cookie": _COOKIE_NAME
     }
+    # Kong 3.x: any HTTP token is a cookie name.
+    assert valid("upstreams", name="a", hash_on="cookie", hash_on_cookie="c.d!~")["hash_on_cookie"] == "c.d!~"
 
 
 def test_upstream_client_certificate_is_null_only() -> None:
@@ -192,7 +200,7 @@ def test_target_is_normalised_with_default_port_8000(given: str, normalised: str
 @pytest.mark.parametrize("given", ["a b", "10.0.0.300", "host:99999", "[::zz]"])
 def test_invalid_targets_are_refused_with_kongs_message(given: str) -> None:
     assert errors("targets", target=given, upstream={"id": ID}) == {
-        "target": f"Invalid target ('{given}'); not a valid hostname or ip address"
+        "target": "Invalid target; not a valid hostname or ip address"
     }
 
 
@@ -496,11 +504,10 @@ def test_decode_form_array_indexes_that_are_not_ascii_numbers_do_not_crash() -> 
 # request split) or made the Admin API answer 500.
 
 _HEADER_NAME = "bad header name '{}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
-_COOKIE_NAME = "bad cookie name '{}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
 _PATH = "invalid path: '{}' (characters outside of the reserved list of RFC 3986 found)"
 _NAME = "invalid value '{}': the only accepted ascii characters are alphanumerics or ., -, _, and ~"
 _TAG = "invalid tag '{}': expected printable ascii (except `,` and `/`) or valid utf-8 sequences"
-_TARGET = "Invalid target ('{}'); not a valid hostname or ip address"
+_TARGET = "Invalid target; not a valid hostname or ip address"
 _HASHING = {"name": "a", "algorithm": "consistent-hashing"}
 
 
@@ -515,7 +522,7 @@ _HASHING = {"name": "a", "algorithm": "consistent-hashing"}
                        "hash_fallback_header": "x-b\n"},
          {"hash_fallback_header": _HEADER_NAME.format("x-b\n")}),
         ("upstreams", {**_HASHING, "hash_on": "cookie", "hash_on_cookie": "c\n"},
-         {"hash_on_cookie": _COOKIE_NAME.format("c\n")}),
+         {"hash_on_cookie": _COOKIE_NAME}),
         ("upstreams", {"name": "a", "hash_on_cookie_path": "/a\n"},
          {"hash_on_cookie_path": _PATH.format("/a\n")}),
         ("upstreams", {"name": "a", "healthchecks": {"active": {"http_path": "/a\n"}}},
@@ -541,9 +548,9 @@ _HASHING = {"name": "a", "algorithm": "consistent-hashing"}
         ("routes", {"protocols": ["https"], "snis": ["a.example\n"]},
          {"snis": ["invalid value: a.example\n"]}),
         ("targets", {"upstream": {"id": ID}, "target": "a.example:80\n"},
-         {"target": _TARGET.format("a.example:80\n")}),
+         {"target": _TARGET}),
         ("targets", {"upstream": {"id": ID}, "target": "10.0.0.1:80\n"},
-         {"target": _TARGET.format("10.0.0.1:80\n")}),
+         {"target": _TARGET}),
         # "\d" is any Unicode digit, and int() reads "٨٠" as 80: a Host header of
         # "a.example:٨٠" went to the targets, IDNA-mangled.
         ("upstreams", {"name": "a", "host_header": "a.example:\u0668\u0660"},
