@@ -285,6 +285,9 @@ def _check_sni(value: str) -> str:
         raise RuleError("must not be an IP")
     if parsed.port is not None:
         raise RuleError("must not have a port")
+    if value.endswith("."):
+        # A server name carries no root label (RFC 6066 §3): Kong refuses "example.".
+        raise RuleError(f"invalid value: {value}")
     return value
 
 
