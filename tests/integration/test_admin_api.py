@@ -396,6 +396,72 @@ async def test_put_target_upserts_by_host_port(admin: Client) -> None:
     assert status == 200 and replaced["id"] == created["id"] and replaced["weight"] == 7
 
 
+async def test_put_of_an_existing_target_is_an_update_as_kong_3(admin: Client) -> None:
+    """Issue 13 theme 2: fields not given are kept; a ``target`` in the body renames."""
+    await make(admin, "/upstreams", {"name": "a"})
+    _, created = await call(admin, "POST", "/upstreams/a/targets", {"target": "api-2:80", "weight": 10})
+    status, kept = await call(admin, "PUT", f"/upstreams/a/targets/{created['id']}", {"target": "api-2:80"})
+    assert status == 200 and kept["weight"] == 10 and kept["id"] == created["id"]
+    status, renamed = await call(admin, "PUT", "/upstreams/a/targets/api-2:80", {"target": "api-2:801"})
+    assert status == 200 and renamed["target"] == "api-2:801" and renamed["weight"] == 10
+    assert renamed["id"] == created["id"]
+    status, _ = await call(admin, "GET", "/upstreams/a/targets/api-2:80")
+    assert status == 404
+    # A PUT that creates takes the body's target over the path's.
+    status, body = await call(admin, "PUT", "/upstreams/a/targets/x:1", {"target": "y:2"})
+    assert status == 200 and body["target"] == "y:2"
+
+
+async def test_target_timestamps_have_millisecond_precision(admin: Client) -> None:
+    """Issue 13 theme 9: Kong 3.x stamps targets in ms, so an update right after an
+    insert moves ``updated_at``."""
+    await make(admin, "/upstreams", {"name": "a"})
+    _, created = await call(admin, "POST", "/upstreams/a/targets", {"target": "h:1"})
+    assert created["created_at"] == created["updated_at"]
+    assert round(created["created_at"], 3) == created["created_at"]
+    _, updated = await call(admin, "PATCH", f"/upstreams/a/targets/{created['id']}", {"weight": 5})
+    assert updated["updated_at"] > created["updated_at"]
+    assert updated["created_at"] == created["created_at"]
+    _, put = await call(admin, "PUT", f"/upstreams/a/targets/{created['id']}", {"weight": 6})
+    assert put["updated_at"] > updated["updated_at"]
+
+
+async def test_hash_on_without_algorithm_selects_consistent_hashing(admin: Client) -> None:
+    """Issue 13 theme 1, on create and on PATCH; an explicit algorithm stays."""
+    _, up = await call(admin, "POST", "/upstreams", {"name": "a", "hash_on": "ip"})
+    assert up["algorithm"] == "consistent-hashing"
+    _, up = await call(admin, "POST", "/upstreams", {"name": "b"})
+    assert up["algorithm"] == "round-robin"
+    _, up = await call(admin, "PATCH", "/upstreams/b", {"hash_on": "header", "hash_on_header": "x"})
+    assert up["algorithm"] == "consistent-hashing"
+    _, up = await call(admin, "PATCH", "/upstreams/b", {"algorithm": "least-connections"})
+    assert up["algorithm"] == "least-connections" and up["hash_on"] == "header"
+    _, up = await call(admin, "POST", "/upstreams", {"name": "c", "hash_on": "ip", "algorithm": "latency"})
+    assert up["algorithm"] == "latency"
+
+
+async def test_every_path_answers_with_a_trailing_slash(admin: Client) -> None:
+    """Issue 13 theme 3: as Kong's router, no redirect; other methods 405."""
+    status, _ = await call(admin, "POST", "/upstreams/", {"name": "a"})
+    assert status == 201
+    status, _ = await call(admin, "POST", "/upstreams/a/targets/", {"target": "h:1"})
+    assert status == 201
+    for path in ("/upstreams/", "/upstreams/a/", "/upstreams/a/targets/", "/upstreams/a/targets/all/",
+                 "/upstreams/a/targets/h:1/", "/upstreams/a/health/"):
+        status, _ = await call(admin, "GET", path)
+        assert status == 200, path
+    status, body = await call(admin, "DELETE", "/upstreams/a/health/")
+    assert (status, body) == (405, {"message": "Method not allowed"})
+
+
+async def test_put_upstream_named_by_an_ip_and_empty_tags_filter(admin: Client) -> None:
+    """Issue 13 theme 8: Kong's bare messages."""
+    status, body = await call(admin, "PUT", "/upstreams/1.2.3.4", {})
+    assert (status, body) == (400, {"message": "Invalid name ('1.2.3.4'); no ip addresses allowed"})
+    status, body = await call(admin, "GET", "/upstreams?tags=")
+    assert status == 400 and body["message"] == "invalid option (tags: cannot be null)"
+
+
 async def test_target_is_addressable_by_id_and_target_and_patchable(admin: Client) -> None:
     await make(admin, "/upstreams", {"name": "a"})
     target = await make(admin, "/upstreams/a/targets", {"target": "h"})
