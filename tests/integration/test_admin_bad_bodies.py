@@ -503,7 +503,8 @@ async def test_a_lone_surrogate_from_a_utf7_form_is_a_schema_violation_naming_th
             "/upstreams",
             {"name": "c.internal", "algorithm": "consistent-hashing", "hash_on": "cookie",
              "hash_on_cookie": "c\n"},
-            {"hash_on_cookie": "bad cookie name 'c\n', allowed characters are A-Z, a-z, 0-9, '_', and '-'"},
+            {"hash_on_cookie": "contains one or more invalid characters. ASCII control characters "
+             "(0-31;127), space, tab and the characters ()<>@,;:\\\"/?={}[] are not allowed."},
             id="hash-on-cookie-newline",
         ),
         pytest.param(
