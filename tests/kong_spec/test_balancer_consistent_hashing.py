@@ -2,8 +2,7 @@
 case by case.
 
 Kong's upstreams here set ``hash_on`` without ``algorithm``: Kong's schema then makes
-the algorithm ``consistent-hashing`` (issue 13 theme 1, the schema's owner). Until that
-lands these cases fail for that reason alone and are marked ``xfail(strict=True)``.
+the algorithm ``consistent-hashing`` (issue 13 theme 1), as Ferry's does.
 
 Kong reads the hash value from a ``post-function`` plugin's response header
 (``x-balancer-hash-value``); Ferry has no plugins, so a case checks instead that every
@@ -34,7 +33,6 @@ from tests.kong_spec.conftest import (
 
 SLOTS = 10
 SPEC = "03-consistent-hashing_spec.lua"
-THEME_1 = pytest.mark.xfail(strict=True, reason="issue 13 theme 1: hash_on implies consistent-hashing (schema)")
 #: Empty: the upstreams are created as Kong's spec creates them (no ``algorithm``).
 _FORCE: dict[str, str] = {}
 NONE = None  # Kong's "NONE": no value from either source (hashes "")
@@ -91,7 +89,6 @@ async def _test_with_uri(kong: KongCluster, http: aiohttp.ClientSession, spec_se
     assert answered == _ring_port([s1.port, s2.port], expect)
 
 
-@THEME_1
 async def test_hashing_on_header(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("hashing on header") — 03-consistent-hashing_spec.lua: one target gets all."""
     s1, s2, host = await _two_targets(kong, http, spec_servers, hash_on="header", hash_on_header="hashme")
@@ -104,7 +101,6 @@ async def test_hashing_on_header(kong: KongCluster, http: aiohttp.ClientSession,
     assert _ring_port([s1.port, s2.port], "just a value") == (s1.port if s1.total else s2.port)
 
 
-@THEME_1
 async def test_hashing_on_missing_header(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("hashing on missing header") — 03-consistent-hashing_spec.lua."""
     s1, s2, host = await _two_targets(kong, http, spec_servers, hash_on="header", hash_on_header="hashme")
@@ -129,7 +125,6 @@ async def test_does_not_reply_with_set_cookie_if_cookie_is_already_set(kong: Kon
         assert "Set-Cookie" not in r.headers
 
 
-@THEME_1
 async def test_replies_with_set_cookie_if_cookie_is_not_set(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("replies with Set-Cookie if cookie is not set") — 03-consistent-hashing_spec.lua."""
     s1, s2, host = await _two_targets(kong, http, spec_servers, hash_on="cookie", hash_on_cookie="hashme")
@@ -143,19 +138,16 @@ async def test_replies_with_set_cookie_if_cookie_is_not_set(kong: KongCluster, h
     assert sorted((s1.total, s2.total)) == [0, requests]
 
 
-@THEME_1
 async def test_path_simple_case(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("simple case") — 03-consistent-hashing_spec.lua (hashing on #path)."""
     await _test_with_uri(kong, http, spec_servers, "/my-path", "/my-path", hash_on="path")
 
 
-@THEME_1
 async def test_path_only_uses_the_path_component(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("only uses the path component") — 03-consistent-hashing_spec.lua (hashing on #path)."""
     await _test_with_uri(kong, http, spec_servers, "/my-path?a=1&b=2", "/my-path", hash_on="path")
 
 
-@THEME_1
 async def test_path_uses_the_normalized_path(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("uses the normalized path") — 03-consistent-hashing_spec.lua (hashing on #path)."""
     await _test_with_uri(
@@ -164,7 +156,6 @@ async def test_path_uses_the_normalized_path(kong: KongCluster, http: aiohttp.Cl
     )
 
 
-@THEME_1
 async def test_path_as_a_fallback(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("as a fallback") — 03-consistent-hashing_spec.lua (hashing on #path)."""
     await _test_with_uri(
@@ -173,20 +164,17 @@ async def test_path_as_a_fallback(kong: KongCluster, http: aiohttp.ClientSession
     )
 
 
-@THEME_1
 async def test_uri_capture_simple_case(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("simple case") — 03-consistent-hashing_spec.lua (hashing on #uri_capture)."""
     await _test_with_uri(kong, http, spec_servers, "/foo/123", "foo", hash_on="uri_capture", hash_on_uri_capture="namespace")
     await _test_with_uri(kong, http, spec_servers, "/foo/123", "123", hash_on="uri_capture", hash_on_uri_capture="id")
 
 
-@THEME_1
 async def test_uri_capture_missing(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("missing") — 03-consistent-hashing_spec.lua (hashing on #uri_capture)."""
     await _test_with_uri(kong, http, spec_servers, "/", NONE, hash_on="uri_capture", hash_on_uri_capture="namespace")
 
 
-@THEME_1
 async def test_uri_capture_missing_w_fallback(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("missing w/ fallback") — 03-consistent-hashing_spec.lua (hashing on #uri_capture)."""
     await _test_with_uri(
@@ -195,7 +183,6 @@ async def test_uri_capture_missing_w_fallback(kong: KongCluster, http: aiohttp.C
     )
 
 
-@THEME_1
 async def test_uri_capture_as_a_fallback(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("as a fallback") — 03-consistent-hashing_spec.lua (hashing on #uri_capture)."""
     await _test_with_uri(
@@ -218,7 +205,6 @@ QUERY_CASES = [
 ]
 
 
-@THEME_1
 @pytest.mark.parametrize(("case", "uri", "expect", "fields"), QUERY_CASES, ids=[c[0] for c in QUERY_CASES])
 async def test_hashing_on_a_query_string_arg(kong: KongCluster, http: aiohttp.ClientSession, spec_servers, case: str, uri: str, expect: str | None, fields: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     """Kong: the it(...) cases of describe("hashing on a #query string arg") —
@@ -230,7 +216,6 @@ ESCAPED = ["{}", "\r\n", ".", "-----", "-1", "()", "&", "=", "//", "[]", "$", "@
            "*", ",", "#", " ", "%", "???"]
 
 
-@THEME_1
 @pytest.mark.parametrize("arg", ESCAPED, ids=[repr(a) for a in ESCAPED])
 async def test_escaped_arg_names(kong: KongCluster, http: aiohttp.ClientSession, spec_servers, arg: str) -> None:  # type: ignore[no-untyped-def]
     """Kong: it(string.format("(%q)", arg)) — 03-consistent-hashing_spec.lua

@@ -32,7 +32,6 @@ from tests.support import wait_for
 SPEC = "01-healthchecks_spec.lua"
 SLOTS = 10
 INTERVAL = 0.05  # bu.HEALTHCHECK_INTERVAL (Kong: 0.01 s)
-THEME_1 = pytest.mark.xfail(strict=True, reason="issue 13 theme 1: hash_on implies consistent-hashing (schema)")
 
 DEFAULTS: dict[str, Any] = {
     "active": {
@@ -470,7 +469,6 @@ async def test_flaky_db_perform_passive_health_checks_send_timeouts(kong: KongCl
 # ------------------------------------------------------------- Consistent-hashing
 
 
-@THEME_1
 async def test_passive_healthcheck(kong: KongCluster, http: aiohttp.ClientSession, spec_servers) -> None:  # type: ignore[no-untyped-def]
     """Kong: it("passive healthcheck") — 01-healthchecks_spec.lua (Consistent-hashing):
     the hashed target fails once and is unhealthy in ``details.hosts``; the upstream
