@@ -399,3 +399,53 @@ def dns_zone() -> Iterator[DnsZone]:
         yield zone
     finally:
         zone.close()
+
+
+# ------------------------------------------------------------------ a TLS spec server
+
+
+class TlsSpecServer(SpecServer):
+    """A :class:`SpecServer` that speaks HTTPS (Kong's ``https_server`` with protocol
+    ``https``): the same handler and counters, served with the suite's self-signed
+    ``tests/fixtures/upstream-tls.*``; :meth:`control` goes over TLS too, unverified."""
+
+    async def start(self, port: int = 0) -> TlsSpecServer:
+        import ssl
+
+        from aiohttp import web
+
+        await super().start()
+        runner = self._runner
+        plain = list(runner.sites)
+        fixtures = Path(__file__).resolve().parent.parent / "fixtures"
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(fixtures / "upstream-tls.crt", fixtures / "upstream-tls.key")
+        site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=context)
+        await site.start()
+        for old in plain:  # the app stays; only its plain-HTTP listener goes
+            await old.stop()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def control(self, path: str) -> None:
+        """Kong's ``direct_request`` with protocol ``https``."""
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{self.port}{path}", ssl=False) as response:
+                await response.read()
+
+
+@pytest.fixture
+async def tls_spec_servers() -> AsyncIterator[Any]:
+    """``await tls_spec_servers(delay_ms=0, port=0)`` starts a :class:`TlsSpecServer`."""
+    started: list[SpecServer] = []
+
+    async def start(delay_ms: int = 0, port: int = 0) -> SpecServer:
+        server = await TlsSpecServer(delay_ms).start(port)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            await server.stop()

@@ -331,12 +331,12 @@ async def test_perform_active_health_checks_with_upstream_hostname_flaky(kong: K
     await _up_then_down(kong, http, spec_servers, nfails, host_header="localhost")
 
 
-@pytest.mark.parametrize("nchecks", [1, 3])
-async def test_perform_active_health_checks_automatic_recovery_flaky_http(kong: KongCluster, http: aiohttp.ClientSession, spec_servers, nchecks: int) -> None:  # type: ignore[no-untyped-def]
-    """Kong: it("perform active health checks -- automatic recovery #flaky #" .. protocol)
-    — 01-healthchecks_spec.lua, protocol http (https: see the skip below)."""
-    s1, s2, name, uid = await _two(kong, http, spec_servers, healthchecks=active(successes=nchecks, http_failures=nchecks))
-    host = await add_api(kong, http, name)
+async def _automatic_recovery(kong: KongCluster, http: aiohttp.ClientSession, servers, protocol: str, nchecks: int) -> None:  # type: ignore[no-untyped-def]
+    """Kong's "automatic recovery" case body for one ``protocol`` (the checks' ``type``
+    and the service's ``protocol``); ``servers`` start targets speaking it."""
+    checks = active(successes=nchecks, http_failures=nchecks, type=protocol, https_verify_certificate=False)
+    s1, s2, name, uid = await _two(kong, http, servers, healthchecks=checks)
+    host = await add_api(kong, http, name, url=f"{protocol}://{name}:80")
     dp = await kong.data_plane()
     t2 = f"127.0.0.1:{s2.port}"
     await poll_wait_health(kong, http, uid, f"127.0.0.1:{s1.port}", "HEALTHY")
@@ -352,10 +352,20 @@ async def test_perform_active_health_checks_automatic_recovery_flaky_http(kong: 
     assert (oks + o + o2, fails + f + f2) == (SLOTS * 3, 0)
 
 
-@pytest.mark.skip(reason=f'Kong case "perform active health checks -- automatic recovery #flaky #https" ({SPEC}): '
-                  "not translated yet (needs a TLS spec server)")
-def test_perform_active_health_checks_automatic_recovery_flaky_https() -> None:
-    """Kong: it("perform active health checks -- automatic recovery #flaky #https") — 01-healthchecks_spec.lua."""
+@pytest.mark.parametrize("nchecks", [1, 3])
+async def test_perform_active_health_checks_automatic_recovery_flaky_http(kong: KongCluster, http: aiohttp.ClientSession, spec_servers, nchecks: int) -> None:  # type: ignore[no-untyped-def]
+    """Kong: it("perform active health checks -- automatic recovery #flaky #" .. protocol)
+    — 01-healthchecks_spec.lua, protocol http."""
+    await _automatic_recovery(kong, http, spec_servers, "http", nchecks)
+
+
+@pytest.mark.parametrize("nchecks", [1, 3])
+async def test_perform_active_health_checks_automatic_recovery_flaky_https(kong: KongCluster, http: aiohttp.ClientSession, tls_spec_servers, nchecks: int) -> None:  # type: ignore[no-untyped-def]
+    """Kong: it("perform active health checks -- automatic recovery #flaky #" .. protocol)
+    — 01-healthchecks_spec.lua, protocol https: the targets serve TLS (self-signed, so
+    ``https_verify_certificate: false`` as Kong's case), probed with ``type: https``
+    and proxied by a service with ``protocol: https``."""
+    await _automatic_recovery(kong, http, tls_spec_servers, "https", nchecks)
 
 
 @pytest.mark.skip(reason=f'Kong case "#flaky #db perform active health checks -- automatic recovery #stream" ({SPEC}): '
