@@ -262,8 +262,8 @@ def targets_with_health(
 
 def newest_first(targets: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Targets by ``created_at`` descending (Kong's order for ``/health``); equal
-    timestamps keep their given order."""
-    return sorted(targets, key=lambda t: -float(t.get("created_at") or 0))
+    timestamps by id, so that pages of one list agree whatever order the store gives."""
+    return sorted(targets, key=lambda t: (-float(t.get("created_at") or 0), str(t.get("id") or "")))
 
 
 def _dns_source(name: str, view: _TargetView) -> str:
