@@ -407,12 +407,17 @@ def _page(request: web.Request, items: list[dict[str, Any]], base: str) -> web.R
     return _json(_page_body(request, items, base))
 
 
-def _page_body(request: web.Request, items: list[dict[str, Any]], base: str) -> dict[str, Any]:
-    """One page of ``items`` (sorted by id) as ``{"data", "next"[, "offset"]}``.
+def _page_body(
+    request: web.Request, items: list[dict[str, Any]], base: str, *, by_id: bool = True
+) -> dict[str, Any]:
+    """One page of ``items`` as ``{"data", "next"[, "offset"]}``.
 
     ``size`` (1..1000, default 100) and ``offset`` (an opaque token naming the
     last id of the previous page) select the page; ``tags`` filters first, so
-    pages are always full until the last.
+    pages are always full until the last. ``by_id``: ``items`` are sorted by id, so
+    a page starts after the offset's id even when that entity is gone; otherwise
+    (another order, e.g. ``/health``'s newest first) it starts after that entity,
+    and an offset naming none of them is invalid.
     """
     query = request.query
     size = DEFAULT_PAGE_SIZE
@@ -434,7 +439,13 @@ def _page_body(request: web.Request, items: list[dict[str, Any]], base: str) -> 
     start = 0
     if query.get("offset"):
         after = _decode_offset(query["offset"])
-        start = bisect.bisect_right([item["id"] for item in items], after)
+        if by_id:
+            start = bisect.bisect_right([item["id"] for item in items], after)
+        else:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                raise InvalidOffset(query["offset"], "no such entity in this list")
+            start = ids.index(after) + 1
     page = items[start : start + size]
     body: dict[str, Any] = {"data": page, "next": None}
     if start + size < len(items):
@@ -790,7 +801,7 @@ class _AdminAPI:
             data = balancer_health(upstream, targets, reports)
             return _json({"data": data, "next": None, "node_id": self.node_id})
         items = targets_with_health(upstream, targets, reports)
-        body = _page_body(request, items, f"/upstreams/{quote(key, safe='')}/health")
+        body = _page_body(request, items, f"/upstreams/{quote(key, safe='')}/health", by_id=False)
         body["node_id"] = self.node_id
         return _json(body)
 
