@@ -27,6 +27,7 @@ def make(*weights: int) -> tuple[LatencyBalancer, Clock]:
     clock = Clock()
     b = create_balancer("latency", addrs(*weights), BalancerOptions(clock=clock))
     assert isinstance(b, LatencyBalancer)
+    b.random = random.Random(7)  # reproducible power-of-two draws
     return b, clock
 
 
@@ -147,7 +148,12 @@ def test_failed_try_counts_as_slow() -> None:
 
 def test_retries_skip_tried_and_unhealthy_skipped() -> None:
     b, clock = make(100, 100, 100)
-    serve(b, clock, {"10.0.0.1": 0.001, "10.0.0.2": 0.01, "10.0.0.3": 0.1}, 3)
+    # One sample each, in a fixed order (picks with no samples yet are random pairs,
+    # which could leave one address unsampled: its score 0 would then win).
+    for address, seconds in zip(addrs(100, 100, 100), (0.001, 0.01, 0.1), strict=True):
+        b.on_request_start(address)
+        clock.now += 0.01
+        b.on_request_end(address, seconds, False)
     handle = BalancerHandle()
     order = [b.pick(handle).host for _ in range(3)]  # type: ignore[union-attr]
     assert sorted(order) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]  # each once
