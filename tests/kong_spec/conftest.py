@@ -222,13 +222,13 @@ class SpecServer:
             self._runner = None
 
 
-@pytest.fixture
-async def spec_servers() -> AsyncIterator[Any]:
-    """``await spec_servers(delay_ms=0, port=0)`` starts a :class:`SpecServer`."""
+async def _serving(kind: type[SpecServer]) -> AsyncIterator[Any]:
+    """A starter of ``kind`` servers (``await start(delay_ms=0, port=0)``); every server
+    it started is stopped at teardown."""
     started: list[SpecServer] = []
 
     async def start(delay_ms: int = 0, port: int = 0) -> SpecServer:
-        server = await SpecServer(delay_ms).start(port)
+        server = await kind(delay_ms).start(port)
         started.append(server)
         return server
 
@@ -237,6 +237,13 @@ async def spec_servers() -> AsyncIterator[Any]:
     finally:
         for server in started:
             await server.stop()
+
+
+@pytest.fixture
+async def spec_servers() -> AsyncIterator[Any]:
+    """``await spec_servers(delay_ms=0, port=0)`` starts a :class:`SpecServer`."""
+    async for start in _serving(SpecServer):
+        yield start
 
 
 async def admin_call(
@@ -437,15 +444,5 @@ class TlsSpecServer(SpecServer):
 @pytest.fixture
 async def tls_spec_servers() -> AsyncIterator[Any]:
     """``await tls_spec_servers(delay_ms=0, port=0)`` starts a :class:`TlsSpecServer`."""
-    started: list[SpecServer] = []
-
-    async def start(delay_ms: int = 0, port: int = 0) -> SpecServer:
-        server = await TlsSpecServer(delay_ms).start(port)
-        started.append(server)
-        return server
-
-    try:
+    async for start in _serving(TlsSpecServer):
         yield start
-    finally:
-        for server in started:
-            await server.stop()
