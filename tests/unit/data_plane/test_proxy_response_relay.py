@@ -1,4 +1,4 @@
-"""Upstream response relay of the HTTP/1.1 proxy (``data_plane/proxy.py``), without sockets.
+"""Upstream response relay of the HTTP/1.1 proxy (``data_plane/proxy/upstream.py``), without sockets.
 
 A real :class:`ProxyServer` is started on 127.0.0.1 port 0 (its pool, loop and error
 answers need it); the client and upstream connections are its protocol objects on fake
@@ -21,6 +21,8 @@ import httptools
 import pytest
 
 from data_plane import proxy
+from data_plane.proxy.client import _ClientConnection
+from data_plane.proxy.upstream import _UpstreamConnection
 from data_plane.runtime import ConfigHolder, compile_config
 
 UPSTREAM_PORT = 19001
@@ -128,7 +130,7 @@ class FakeTransport:
 class Upstream:
     """One upstream connection of the pool and its fake transport."""
 
-    conn: proxy._UpstreamConnection
+    conn: _UpstreamConnection
     transport: FakeTransport
 
     def feed(self, *reads: bytes) -> None:
@@ -149,7 +151,7 @@ class Upstream:
 class Client:
     """One client connection and its fake transport."""
 
-    conn: proxy._ClientConnection
+    conn: _ClientConnection
     transport: FakeTransport
 
     @property
@@ -167,7 +169,7 @@ class Harness:
 
     def add_upstream(self) -> Upstream:
         """An open upstream connection to the service's address, idle in the pool."""
-        conn = proxy._UpstreamConnection(self.server, POOL_KEY)
+        conn = _UpstreamConnection(self.server, POOL_KEY)
         transport = FakeTransport(conn, ("127.0.0.1", UPSTREAM_PORT), ("127.0.0.1", 50000))
         conn.connection_made(cast(asyncio.BaseTransport, transport))
         assert self.server.pool.release(conn)
@@ -176,7 +178,7 @@ class Harness:
         return upstream
 
     def client(self) -> Client:
-        conn = proxy._ClientConnection(self.server)
+        conn = _ClientConnection(self.server)
         transport = FakeTransport(
             conn, ("127.0.0.1", 40000 + len(self.clients)), ("127.0.0.1", 8000)
         )

@@ -1,0 +1,64 @@
+"""The proxy's own error answers: their keys and precomputed bytes.
+
+Contract: an error key is ``(status, reason, message)``, ``message`` being the JSON
+body's (Kong's wording). :class:`~data_plane.proxy.server.ProxyServer` builds one
+:class:`_ErrorResponse` per key when it is constructed (its ``Server`` header is known
+then); ``dispatch._Dispatch._respond_error`` writes one of its four variants with a
+single ``transport.write``, so nothing is formatted per request. Immutable once built.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from data_plane.proxy.headers import _CRLF
+
+# Error answers: (status, reason, message).
+E_BAD_REQUEST: Final = (400, "Bad Request", "Bad request")
+E_REQUEST_TIMEOUT: Final = (408, "Request Timeout", "Request timeout")
+E_NO_ROUTE: Final = (404, "Not Found", "no Route matched with those values")
+E_HTTPS_ONLY: Final = (426, "Upgrade Required", "Please use HTTPS protocol")
+E_HEADERS_TOO_LARGE: Final = (431, "Request Header Fields Too Large", "Request header fields too large")
+E_INTERNAL: Final = (500, "Internal Server Error", "An unexpected error occurred")
+E_NOT_IMPLEMENTED: Final = (501, "Not Implemented", "Transfer-Encoding not implemented")
+E_BAD_GATEWAY: Final = (502, "Bad Gateway", "An invalid response was received from the upstream server")
+E_NO_PEER: Final = (503, "Service Unavailable", "failure to get a peer from the ring-balancer")
+E_NO_CONFIG: Final = (503, "Service Unavailable", "no configuration loaded yet")
+E_NO_SERVICE: Final = (503, "Service Unavailable", "no Service found with those values")
+E_TIMEOUT: Final = (504, "Gateway Timeout", "The upstream server is timing out")
+_ErrorKey = tuple[int, str, str]
+
+_ALL_ERRORS: Final = (
+    E_BAD_REQUEST,
+    E_REQUEST_TIMEOUT,
+    E_NOT_IMPLEMENTED,
+    E_NO_ROUTE,
+    E_HTTPS_ONLY,
+    E_HEADERS_TOO_LARGE,
+    E_INTERNAL,
+    E_BAD_GATEWAY,
+    E_NO_PEER,
+    E_NO_CONFIG,
+    E_NO_SERVICE,
+    E_TIMEOUT,
+)
+
+
+class _ErrorResponse:
+    """Precomputed bytes of one JSON error answer in its four variants."""
+
+    __slots__ = ("keep", "close", "head_keep", "head_close")
+
+    def __init__(self, key: _ErrorKey, server_header: bytes) -> None:
+        status, reason, message = key
+        body = json.dumps({"message": message}).encode()
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\n"
+            "Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        ).encode() + server_header
+        self.head_keep = head + _CRLF
+        self.head_close = head + b"Connection: close\r\n\r\n"
+        self.keep = self.head_keep + body
+        self.close = self.head_close + body
