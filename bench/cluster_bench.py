@@ -15,7 +15,7 @@ alone) with a config of 1000 upstreams × 10 targets imported in one
 ``POST /config``. Measured: the import, the 1000 initial full snapshots, the time
 from a change's 201 to its delta's receipt on each of the 1000 streams, the
 control plane's peak memory (``VmHWM``) and the time a data plane takes to apply
-the 10 000-target snapshot (``data_plane.cluster_client.apply_snapshot`` and the
+the 10 000-target snapshot (``data_plane.config_installer.apply_snapshot`` and the
 data plane's whole install path, in this process). Goal: ≤ 1 s to 1000 streams.
 """
 
@@ -518,7 +518,7 @@ async def _time_dp_apply(
     """Median times (ms) of the data plane's apply steps on the real snapshot and delta.
 
     - ``parse``: protobuf parse of the snapshot's bytes (gRPC does it on receipt);
-    - ``apply_snapshot``: :func:`data_plane.cluster_client.apply_snapshot` (hash check,
+    - ``apply_snapshot``: :func:`data_plane.config_installer.apply_snapshot` (hash check,
       JSON decode, compile) for a new data plane (no previous config);
     - ``install_snapshot``: the data plane's whole path for a snapshot, as
       ``ClusterClient`` runs it — apply, DNS step, swap, health checkers, disk cache
@@ -526,8 +526,9 @@ async def _time_dp_apply(
     - ``install_delta``: the same for the one-target delta that followed (merge onto
       the held config, hash check, recompile of the whole config, swap, cache, ACK).
     """
-    from data_plane.cluster_client import ClusterClient, apply_snapshot
+    from data_plane.cluster_client import ClusterClient
     from data_plane.config_cache import ConfigCache
+    from data_plane.config_installer import ConfigInstaller, apply_snapshot
     from data_plane.dns_resolver import TargetResolver
     from data_plane.health_supervisor import HealthSupervisor
     from data_plane.node_identity import NodeIdentity
@@ -548,8 +549,9 @@ async def _time_dp_apply(
     for n in range(repetitions):
         resolver = TargetResolver()
         health = HealthSupervisor("bench")
-        client = ClusterClient("127.0.0.1:1", ConfigHolder(), ConfigCache(work / f"dp-apply-{n}"),
-                               node, insecure=True, resolver=resolver, health=health)
+        installer = ConfigInstaller(ConfigHolder(), ConfigCache(work / f"dp-apply-{n}"),
+                                    resolver=resolver, health=health)
+        client = ClusterClient("127.0.0.1:1", installer, node=node, insecure=True)
         call = _RecordingCall()
         try:
             t = time.perf_counter()

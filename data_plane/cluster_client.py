@@ -1,13 +1,13 @@
-"""The data plane's end of the cluster link.
+"""The data plane's end of the cluster link: a thin adapter between the gRPC stream
+and the :class:`~data_plane.config_installer.ConfigInstaller`.
 
-Opens ``Cluster.Connect``, says ``Hello`` with the version/hash it holds, and
-for every snapshot or delta received: builds the whole new config (a delta is
-applied to a copy of the held one), verifies its hash, compiles it, swaps it
-into the :class:`~data_plane.runtime.ConfigHolder` (one reference assignment,
-so a request sees the old or the new config, never a mix), writes it to the
-disk cache and ACKs. A config it cannot apply is NACKed with the reason and the
-previous config keeps serving; a delta that does not fit what it holds is
-NACKed with ``resync`` so the CP sends the full snapshot. Reconnects with
+Opens ``Cluster.Connect``, says ``Hello`` with the version/hash it holds, hands
+every snapshot or delta received to the installer (which verifies, compiles,
+swaps, starts health checks and writes the disk cache) and ACKs. A config the
+installer refuses is NACKed with the reason and the previous config keeps
+serving; a delta that does not fit what it holds is NACKed with ``resync`` so
+the CP sends the full snapshot. Health reports, overrides, probe assignments
+and verdicts pass between the stream and the health supervisor. Reconnects with
 jittered exponential backoff (tenacity) so many DPs returning after a CP
 restart do not arrive at once. Keep-alive: pings every ``ping_interval``
 seconds and ends a stream on which nothing arrived for 1.5 intervals.
@@ -16,27 +16,39 @@ seconds and ends a stream on which nothing arrived for 1.5 intervals.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from data_plane.config_cache import ConfigCache
-from data_plane.dns_resolver import TargetResolver
+from data_plane.config_installer import (
+    ConfigInstaller,
+    DecodedBodies,
+    DeltaDoesNotFit,
+    apply_snapshot,
+    merge_delta,
+)
 from data_plane.health_messages import address_health, verdict_rows
-from data_plane.health_supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
-from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
+from data_plane.runtime import ConfigError, ConfigHolder
 from ferry.cluster_link import DEFAULT_PING_INTERVAL, SILENCE_FACTOR, require_secured_link
 from ferry.cluster_tls import ClusterTLS, explain_link_failure, open_channel
-from ferry.snapshot_format import KINDS, config_hash
 from proto import cluster_pb2, cluster_pb2_grpc
+
+#: Kept importable from here: the installer moved to ``config_installer``.
+__all__ = [
+    "ClusterClient",
+    "ClusterLinkState",
+    "DecodedBodies",
+    "DeltaDoesNotFit",
+    "SessionEnded",
+    "apply_snapshot",
+    "merge_delta",
+]
 
 log = logging.getLogger("ferry.data_plane.cluster")
 
@@ -55,171 +67,52 @@ class ClusterLinkState:
     last_nack: str | None = None
 
 
-class DeltaDoesNotFit(ConfigError):
-    """A delta whose base is not the held config, or whose result has another hash."""
-
-
-
-
-#: Entity bodies (canonical JSON) → their decoded dicts, as a compile left them.
-DecodedBodies = dict[bytes, dict[str, Any]]
-
-
-def apply_snapshot(
-    snapshot: cluster_pb2.Snapshot,
-    previous: RuntimeConfig | None,
-    decoded: DecodedBodies | None = None,
-) -> RuntimeConfig:
-    """Verify and compile ``snapshot``; raise :class:`ConfigError` when it cannot be applied.
-
-    ``decoded`` (see :func:`_compile`) saves decoding bodies an earlier compile decoded.
-    """
-    resources = [(r.kind, r.id, r.body) for r in snapshot.resources]
-    digest = config_hash(resources)
-    if digest != snapshot.hash:
-        raise ConfigError(f"config hash mismatch: received {snapshot.hash!r}, computed {digest!r}")
-    return _compile(snapshot.version, snapshot.hash, resources, previous, decoded)
-
-
-def merge_delta(held: cluster_pb2.Snapshot | None, delta: cluster_pb2.Delta) -> cluster_pb2.Snapshot:
-    """The whole config ``delta`` leads to from ``held``, hash verified.
-
-    Raises :class:`DeltaDoesNotFit` when ``held`` is not the delta's base or the
-    result does not hash to ``delta.hash``; ``held`` is never modified.
-    """
-    if held is None or held.version != delta.from_version:
-        holding = f"version {held.version}" if held is not None else "no config"
-        raise DeltaDoesNotFit(
-            f"delta from version {delta.from_version} does not apply: this data plane holds {holding}"
-        )
-    if delta.from_hash and delta.from_hash != held.hash:
-        raise DeltaDoesNotFit(
-            f"delta from version {delta.from_version} is based on config {delta.from_hash[:12]}, "
-            f"this data plane holds {held.hash[:12]}"
-        )
-    merged: dict[tuple[str, str], bytes] = {(r.kind, r.id): r.body for r in held.resources}
-    for key in delta.removals:
-        merged.pop((key.kind, key.id), None)
-    for resource in delta.upserts:
-        merged[(resource.kind, resource.id)] = resource.body
-    digest = config_hash((kind, entity_id, body) for (kind, entity_id), body in merged.items())
-    if digest != delta.hash:
-        raise DeltaDoesNotFit(
-            f"config after the delta to version {delta.version} hashes to {digest[:12]}, "
-            f"expected {delta.hash[:12]}"
-        )
-    return cluster_pb2.Snapshot(
-        version=delta.version,
-        hash=delta.hash,
-        resources=[
-            cluster_pb2.Resource(kind=kind, id=entity_id, body=body)
-            for (kind, entity_id), body in sorted(merged.items())
-        ],
-    )
-
-
-def _compile(
-    version: int,
-    digest: str,
-    resources: list[tuple[str, str, bytes]],
-    previous: RuntimeConfig | None,
-    decoded: DecodedBodies | None = None,
-) -> RuntimeConfig:
-    """Decode the bodies and compile them.
-
-    With ``decoded`` (the bodies the previous compile decoded), a body seen then is
-    not decoded again — a one-target delta to a 10 000-target config decoded every
-    entity — and ``decoded`` is left holding this compile's bodies only, so it does
-    not grow. ``compile_config`` only reads the entity dicts, which makes sharing
-    them between configs safe.
-    """
-    entities: dict[str, list[dict]] = {kind: [] for kind in KINDS}
-    known = decoded if decoded is not None else {}
-    fresh: DecodedBodies = {}
-    for kind, entity_id, body in resources:
-        if kind not in entities:
-            raise ConfigError(f"unknown entity kind {kind!r} (id {entity_id})")
-        entity = known.get(body)
-        if entity is None:
-            try:
-                entity = json.loads(body)
-            except ValueError as exc:
-                raise ConfigError(f"{kind} {entity_id}: body is not JSON: {exc}") from None
-            if not isinstance(entity, dict):
-                raise ConfigError(f"{kind} {entity_id}: body is not a JSON object")
-        fresh[body] = entity
-        entities[kind].append(entity)
-    config = compile_config(version, digest, entities, previous=previous)
-    if decoded is not None:
-        decoded.clear()
-        decoded.update(fresh)
-    return config
-
-
 class ClusterClient:
     """Keeps one stream to the CP open for the DP's lifetime. Run :meth:`run` as a task."""
 
     def __init__(
         self,
         control_plane: str,
-        holder: ConfigHolder,
-        cache: ConfigCache,
-        node: NodeIdentity,
+        installer: ConfigInstaller | ConfigHolder,
+        cache: ConfigCache | None = None,
+        node: NodeIdentity | None = None,
         *,
         insecure: bool,
         tls: ClusterTLS | None = None,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
-        on_applied: Callable[[RuntimeConfig], None] | None = None,
-        resolver: TargetResolver | None = None,
-        dns_timeout: float = 2.0,
-        health: HealthSupervisor | None = None,
-        on_installed: Callable[[cluster_pb2.Snapshot], None] | None = None,
     ) -> None:
-        """``on_installed`` is called with each snapshot once it serves (from the
-        cache too), after the health checkers of its config started."""
+        """``installer`` installs what the stream brings. The short form
+        ``ClusterClient(cp, holder, cache, node, ...)`` builds a plain installer (no
+        DNS, no health checks) over ``holder`` and ``cache``."""
         require_secured_link(insecure, tls)
+        if isinstance(installer, ConfigHolder):
+            if cache is None:
+                raise TypeError("ClusterClient(cp, holder, cache, node): the cache is required")
+            installer = ConfigInstaller(installer, cache)
+        if node is None:
+            raise TypeError("ClusterClient: node is required")
+        self._installer = installer
         self._tls = tls
         self._target = control_plane
-        self._holder = holder
-        self._cache = cache
+        self._holder = installer.holder
         self._node = node
         self._ping_interval = ping_interval
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
-        self._on_applied = on_applied
-        self._resolver = resolver
-        self._dns_timeout = dns_timeout
-        self._health = health
-        self._on_installed = on_installed
+        self._health = installer.health
         #: gRPC aio allows one write in progress per call: pings, ACKs and health
         #: reports take turns.
         self._write_lock = asyncio.Lock()
         self.state = ClusterLinkState()
-        #: The whole config being served, as received (the base of the next delta).
-        self._held: cluster_pb2.Snapshot | None = None
-        #: The bodies of the last config compiled here, decoded (see ``_compile``).
-        self._decoded: DecodedBodies = {}
 
     async def load_cache(self) -> bool:
         """Serve the disk cache's config until a CP answers; False when there is none usable.
 
         Call once, before :meth:`run`.
         """
-        cached = await asyncio.to_thread(self._cache.load)  # reports an unusable file
-        if cached is None:
-            return False
-        try:
-            config = apply_snapshot(cached, None, self._decoded)
-        except ConfigError as exc:
-            await asyncio.to_thread(
-                self._cache.reject, f"this data plane cannot apply the config it holds: {exc}"
-            )
-            return False
-        await self._install(cached, config, save=False)
-        log.info("serving cached config version %d until the control plane answers", cached.version)
-        return True
+        return await self._installer.load_cache()
 
     async def run(self) -> None:
         """Connect, stream, reconnect; returns only when cancelled."""
@@ -413,28 +306,25 @@ class ClusterClient:
         self, call: grpc.aio.StreamStreamCall, snapshot: cluster_pb2.Snapshot
     ) -> None:
         try:
-            config = apply_snapshot(snapshot, self._holder.current, self._decoded)
+            installed = await self._installer.install_snapshot(snapshot)
         except ConfigError as exc:
             await self._nack(call, snapshot.version, snapshot.hash, exc)
             return
-        await self._install(snapshot, config)
-        await self._ack(call, snapshot)
+        self._installed()
+        await self._ack(call, installed)
 
     async def _handle_delta(self, call: grpc.aio.StreamStreamCall, delta: cluster_pb2.Delta) -> None:
         try:
-            merged = merge_delta(self._held, delta)
-            config = _compile(
-                merged.version,
-                merged.hash,
-                [(r.kind, r.id, r.body) for r in merged.resources],
-                self._holder.current,
-                self._decoded,
-            )
+            installed = await self._installer.install_delta(delta)
         except ConfigError as exc:
             await self._nack(call, delta.version, delta.hash, exc)
             return
-        await self._install(merged, config)
-        await self._ack(call, merged)
+        self._installed()
+        await self._ack(call, installed)
+
+    def _installed(self) -> None:
+        self.state.last_config_at = time.time()
+        self.state.last_nack = None
 
     async def _nack(
         self, call: grpc.aio.StreamStreamCall, version: int, digest: str, exc: ConfigError
@@ -454,32 +344,6 @@ class ClusterClient:
                 )
             ),
         )
-
-    async def _install(
-        self, snapshot: cluster_pb2.Snapshot, config: RuntimeConfig, *, save: bool = True
-    ) -> None:
-        """Serve ``config`` (compiled from ``snapshot``) and, with ``save``, cache it on disk."""
-        if self._resolver is not None:
-            # Resolve new target names first so the first requests balance over IPs.
-            await self._resolver.apply(config, timeout=self._dns_timeout)
-        self._holder.current = config
-        self._held = snapshot
-        if self._health is not None:
-            self._health.apply(config)
-        if self._on_installed is not None:
-            self._on_installed(snapshot)
-        if not save:
-            return
-        self.state.last_config_at = time.time()
-        self.state.last_nack = None
-        if self._on_applied is not None:
-            self._on_applied(config)
-        try:
-            await asyncio.to_thread(self._cache.save, snapshot)
-        except OSError as exc:
-            # Serving the new config matters more than caching it; say so loudly.
-            log.error("could not write the config cache %s: %s", self._cache.path, exc)
-        log.info("applied config version %d (%s)", snapshot.version, snapshot.hash[:12])
 
     async def _ack(self, call: grpc.aio.StreamStreamCall, snapshot: cluster_pb2.Snapshot) -> None:
         await self._write(

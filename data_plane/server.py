@@ -21,6 +21,7 @@ import ferry
 from data_plane.access_log import AccessLog
 from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
+from data_plane.config_installer import ConfigInstaller
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health_supervisor import HealthSupervisor
 from data_plane.metrics_export import DataPlaneCollector, metrics_registry
@@ -109,17 +110,17 @@ class DataPlane:
         self.health = HealthSupervisor(self.node.hostname)
         self.resolver.on_change = self.health.addresses_changed
         self.health.dns_errors = self.resolver.dns_errors
+        self.installer = ConfigInstaller(
+            self.holder, self._cache, resolver=self.resolver, health=self.health,
+            on_installed=self._installed,
+        )
         self.client = ClusterClient(
             settings.control_plane,
-            self.holder,
-            self._cache,
-            self.node,
+            self.installer,
+            node=self.node,
             insecure=settings.cluster_insecure,
             ping_interval=settings.cluster_ping_interval,
             tls=settings.cluster_tls,
-            resolver=self.resolver,
-            health=self.health,
-            on_installed=self._installed,
         )
         self._proxy: ProxyServer | None = None
         #: With ``workers`` > 1: the hub the worker processes follow, and the processes.

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from data_plane.access_log import AccessLog
-from data_plane.cluster_client import apply_snapshot
+from data_plane.config_installer import ConfigInstaller
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health_checker import HealthTransition
 from data_plane.health_messages import address_health, verdict_rows
@@ -64,6 +64,8 @@ class ProxyWorker:
         self._health.listeners.append(self._own_transition)
         self._applying_node_state = False
         self._resolver.on_change = self._health.addresses_changed
+        # No disk cache: the node keeps it.
+        self._installer = ConfigInstaller(self.holder, resolver=self._resolver, health=self._health)
         self._proxy = ProxyServer(
             self.holder, host, port, via=via, reuse_port=True, client_timeouts=client_timeouts,
             access_log=AccessLog(current_log_format(), component=f"data-plane-worker-{index}")
@@ -155,7 +157,7 @@ class ProxyWorker:
     async def _apply(self, snapshot: cluster_pb2.Snapshot) -> None:
         assert self._writer is not None
         try:
-            config = apply_snapshot(snapshot, self.holder.current)
+            await self._installer.install_snapshot(snapshot)
         except ConfigError as exc:
             self._writer.write(
                 encode_frame(
@@ -167,9 +169,6 @@ class ProxyWorker:
                 )
             )
             return
-        await self._resolver.apply(config, timeout=2.0)
-        self.holder.current = config
-        self._health.apply(config)
         self._configured.set()
         self._writer.write(
             encode_frame(

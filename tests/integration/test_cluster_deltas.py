@@ -17,8 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from control_plane.server import ControlPlane
-from data_plane.cluster_client import ClusterClient, apply_snapshot
+from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
+from data_plane.config_installer import apply_snapshot
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigHolder
 from proto import cluster_pb2, cluster_pb2_grpc

@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 
 from control_plane.server import ControlPlane
-from data_plane.cluster_client import ClusterClient, apply_snapshot
+from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
+from data_plane.config_installer import apply_snapshot
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder
 from proto import cluster_pb2
