@@ -2,7 +2,7 @@
 
 Like go-control-plane's ``pkg/server``, the servicer knows nothing of Redis: it
 reads snapshots from a :class:`~control_plane.snapshot.SnapshotStore`, records
-each DP's sync state through a :class:`DataPlaneRegistry`, hands health reports
+each DP's sync state through a :class:`SyncRecorder`, hands health reports
 to a :class:`HealthSink`, writes the manual overrides an :class:`OverrideFeed`
 hands it and, with health-check sharding on, the probe assignments and shared
 verdicts a :class:`ProbeFeed` hands it. Only the conversion between wire
@@ -40,10 +40,9 @@ import grpc
 
 import ferry
 from control_plane.compatibility import incompatibility
-from control_plane.data_planes import DataPlaneRegistry, DataPlaneRow
-from control_plane.health import AddressReport, ManualOverride
-from control_plane.probe_assignment import AssignmentUpdate, ProbeUpdate
+from control_plane.health_types import AddressReport, AssignmentUpdate, ManualOverride, ProbeUpdate
 from control_plane.snapshot import Delta, Snapshot, SnapshotStore
+from control_plane.sync_state import DataPlaneRow
 from ferry.cluster_link import DEFAULT_PING_INTERVAL, SILENCE_FACTOR
 from proto import cluster_pb2, cluster_pb2_grpc
 
@@ -119,6 +118,14 @@ class _StreamState:
     #: The reader asks the watcher for a full snapshot (a NACK with resync).
     resync: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SyncRecorder(Protocol):
+    """Keeps each DP's sync row (a ``data_planes.DataPlaneRegistry``)."""
+
+    async def save_quietly(self, row: DataPlaneRow) -> bool:
+        """Store ``row``; False (logged, never raised) when storage failed."""
+        ...
 
 
 class HealthSession(Protocol):
@@ -333,7 +340,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
     def __init__(
         self,
         snapshots: SnapshotStore,
-        registry: DataPlaneRegistry,
+        registry: SyncRecorder,
         *,
         cp_id: str,
         health: HealthSink,

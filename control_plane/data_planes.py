@@ -10,41 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from control_plane.store import redis_reachable
-
-SyncStatus = Literal["SYNCED", "STALE", "NACKED", "UNKNOWN", "VERSION_INCOMPATIBLE"]
+from control_plane.sync_state import DataPlaneRow
 
 #: Kong's default purge delay: 14 days.
 DEFAULT_PURGE_DELAY = 14 * 24 * 3600
-
-
-@dataclass(slots=True)
-class DataPlaneRow:
-    """What the CP knows about one connected (or recently seen) DP."""
-
-    id: str
-    hostname: str
-    ip: str
-    version: str
-    labels: dict[str, str] = field(default_factory=dict)
-    #: Version and hash the DP last acknowledged (0 / "" before its first ACK).
-    config_version: int = 0
-    config_hash: str = ""
-    sync_status: SyncStatus = "UNKNOWN"
-    sync_error: str | None = None
-    last_seen: int = 0
-    updated_at: int = 0
-    control_plane: str = ""
-
-    def to_api(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 #: Row writes in flight at once (redis-py's pool holds 100 connections and fails,
 #: rather than waits, past that; the Admin API and the followers need some too).

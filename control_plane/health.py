@@ -48,21 +48,17 @@ import json
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import asdict
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from control_plane.health_types import AddressReport, DataPlaneReport, ManualOverride
 from control_plane.store import redis_reachable
 from control_plane.stream_follower import StreamFollower
 
 log = logging.getLogger("ferry.control_plane.health")
-
-HealthState = Literal["HEALTHY", "UNHEALTHY", "DNS_ERROR", "HEALTHCHECKS_OFF"]
-
-#: The states a data plane may report for an address (``proto/cluster.proto``).
-REPORTED_STATES: frozenset[str] = frozenset({"HEALTHY", "UNHEALTHY", "DNS_ERROR", "HEALTHCHECKS_OFF"})
 
 #: How long a DP's reported view counts without a report or ping from it: three
 #: of the DP's 30 s pings (Kong drops a silent DP after 45 s).
@@ -78,99 +74,6 @@ SUBSCRIBER_QUEUE = 256
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
-
-# ---------------------------------------------------------------- value types
-
-
-@dataclass(frozen=True, slots=True)
-class AddressReport:
-    """One address's health as one DP reported it (``AddressHealth`` on the wire).
-
-    ``time`` is epoch seconds of the transition; ``weight`` the target's weight
-    as that DP holds it. For ``DNS_ERROR`` the address is ``""``: the DP has no
-    address for the target at all.
-    """
-
-    upstream_id: str
-    target_id: str
-    target: str
-    address: str
-    state: str
-    reason: str
-    time: float
-    weight: int
-
-    @classmethod
-    def normalised(
-        cls,
-        *,
-        upstream_id: str,
-        target_id: str,
-        target: str,
-        address: str,
-        state: str,
-        reason: str,
-        time: float,
-        weight: int,
-    ) -> AddressReport | None:
-        """A report ready to store, or None when it is unusable (unknown state, no ids)."""
-        if state not in REPORTED_STATES or not upstream_id or not target:
-            return None
-        if state == "DNS_ERROR":
-            address = ""
-        elif not address:
-            return None
-        return cls(upstream_id, target_id, target, address, state, reason, time, weight)
-
-    @staticmethod
-    def fields_of(raw: Mapping[str, Any]) -> dict[str, Any]:
-        """The constructor arguments stored in a JSON object (Redis hash values and
-        verdict stream entries). Raises ``KeyError``/``ValueError``/``TypeError`` when
-        a required field is missing or malformed."""
-        return {
-            "upstream_id": str(raw["upstream_id"]),
-            "target_id": str(raw.get("target_id") or ""),
-            "target": str(raw["target"]),
-            "address": str(raw.get("address") or ""),
-            "state": str(raw["state"]),
-            "reason": str(raw.get("reason") or ""),
-            "time": float(raw.get("time") or 0.0),
-            "weight": int(raw.get("weight") or 0),
-        }
-
-    @property
-    def field(self) -> str:
-        """The hash field of this report in the DP's hash."""
-        return f"{self.upstream_id}|{self.target}|{self.address}"
-
-    @property
-    def target_prefix(self) -> str:
-        """The prefix every field of this report's target shares."""
-        return f"{self.upstream_id}|{self.target}|"
-
-
-@dataclass(frozen=True, slots=True)
-class DataPlaneReport:
-    """Everything one live DP reported about one upstream (or about all of them)."""
-
-    node_id: str
-    hostname: str
-    entries: tuple[AddressReport, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ManualOverride:
-    """An operator's ``PUT .../healthy|unhealthy``, as it travels between CPs.
-
-    ``address`` is one ``ip:port`` or ``""`` for every address of ``target``
-    (the configured ``host:port``); ``time`` is epoch seconds of the request.
-    """
-
-    upstream_id: str
-    target: str
-    address: str
-    healthy: bool
-    time: float
 
 
 # ------------------------------------------------------------- Redis scripts

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.health import AddressReport, DataPlaneReport
+from control_plane.health_types import AddressReport, DataPlaneReport
 from control_plane.schemas import RuleError, parse_host
 from ferry.target_health import (
     DNS_ERROR,

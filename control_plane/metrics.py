@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from control_plane.data_planes import SyncStatus
+from control_plane.sync_state import SyncStatus
 from ferry.snapshot_format import config_hash_number
 
 __all__ = ["ControlPlaneCollector", "ControlPlaneView", "metrics_registry"]

@@ -71,7 +71,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from control_plane.health import DEFAULT_HEALTH_TTL, AddressReport, TargetHealthStore
+from control_plane.health import DEFAULT_HEALTH_TTL, TargetHealthStore
+from control_plane.health_types import AddressReport, AssignmentUpdate, ProbeUpdate, VerdictUpdate
 from control_plane.snapshot import Snapshot, SnapshotStore
 from control_plane.stream_follower import StreamFollower
 
@@ -254,22 +255,6 @@ def _best(candidates: Sequence[tuple[str, AddressReport]]) -> list[AddressReport
 # ---------------------------------------------------------------- value types
 
 
-@dataclass(frozen=True, slots=True)
-class AssignmentUpdate:
-    """``ProbeAssignment`` for one DP: the keys it probes, out of ``replicas`` per key."""
-
-    targets: tuple[str, ...]
-    replicas: int
-
-
-@dataclass(frozen=True, slots=True)
-class VerdictUpdate:
-    """``HealthVerdicts`` for one DP: states to take as its own (reasons name the prober)."""
-
-    entries: tuple[AddressReport, ...]
-
-
-ProbeUpdate = AssignmentUpdate | VerdictUpdate
 
 
 @dataclass(frozen=True, slots=True)
