@@ -21,7 +21,6 @@ import logging
 import re
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,19 +47,15 @@ from control_plane.admin_openapi import AdminRoute as _Route
 from control_plane.admin_tokens import READ_METHODS, TOKEN_HEADER, AdminTokens
 from control_plane.console_site import add_console_routes
 from control_plane.declarative import (
-    ConfigDiff,
     DocumentParseError,
-    diff_configs,
     export_document,
     parse_document,
-    resolve_document,
 )
+from control_plane.entity_service import EntityService, Finder
 from control_plane.errors import (
     BadRequest,
-    ConfigVersionMismatch,
     FerryError,
     Forbidden,
-    ForeignKeysUnresolved,
     InvalidBody,
     InvalidOffset,
     InvalidOptions,
@@ -68,31 +63,23 @@ from control_plane.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    PrimaryKeyViolation,
-    StoreUnavailable,
     Unauthorized,
 )
-from control_plane.health import DataPlaneReport, ManualOverride, TargetHealthStore
+from control_plane.health import TargetHealthStore
+from control_plane.health_types import DataPlaneReport, ManualOverride
 from control_plane.health_view import balancer_health, targets_with_health
 from control_plane.metrics import ControlPlaneView, metrics_registry
 from control_plane.schemas import (
     RuleError,
     check_upstream_name,
     decode_form,
-    expand_shorthands,
     has_lone_surrogate,
     is_uuid,
-    merge_patch,
-    normalize_target,
     parse_host,
-    validate_entity,
 )
-from control_plane.store import ConfigChanged, EntityStore, WriteConflict
+from control_plane.store import EntityStore
 
 log = logging.getLogger(__name__)
-
-#: Compare-and-set attempts for a read-modify-write before giving up (503).
-_CAS_ATTEMPTS = 8
 
 #: Largest request body accepted (a whole configuration for ``POST /config``).
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -126,14 +113,13 @@ class _Kind:
     """How the Admin API addresses one entity kind."""
 
     name: str  # "services": the collection, the store kind and the path segment
-    endpoint_key: str  # the unique field that can stand for the id in a path
     param: str  # the path parameter naming one entity
 
 
-_SERVICES = _Kind("services", "name", "service")
-_ROUTES = _Kind("routes", "name", "route")
-_UPSTREAMS = _Kind("upstreams", "name", "upstream")
-_TARGETS = _Kind("targets", "target", "target")
+_SERVICES = _Kind("services", "service")
+_ROUTES = _Kind("routes", "route")
+_UPSTREAMS = _Kind("upstreams", "upstream")
+_TARGETS = _Kind("targets", "target")
 _SCHEMA_NAMES = {"services": "Service", "routes": "Route", "upstreams": "Upstream", "targets": "Target"}
 
 
@@ -336,14 +322,6 @@ def _parse_config_text(text: str | bytes, *, json_only: bool = False) -> dict[st
     return document
 
 
-def _plan_config(
-    document: dict[str, Any], current: dict[str, list[dict[str, Any]]], now: int
-) -> tuple[dict[str, list[dict[str, Any]]], ConfigDiff]:
-    """The configuration ``document`` describes and the changes from ``current`` to it."""
-    desired = resolve_document(document, current, now)
-    return desired, diff_configs(current, desired)
-
-
 def _expected_version(request: web.Request) -> int | None:
     """``?expected_version=N`` (Ferry): apply only if the configuration is at version N."""
     text = request.query.get("expected_version")
@@ -455,25 +433,6 @@ def _page_body(
     return body
 
 
-def _now() -> int:
-    return int(time.time())
-
-
-def _timestamp(kind: _Kind) -> int | float:
-    """Now, as ``kind`` stores it: targets in seconds with millisecond precision
-    (Kong 3.x's ``auto_timestamp_ms``), other entities in whole seconds."""
-    return round(time.time(), 3) if kind is _TARGETS else _now()
-
-
-def _later(kind: _Kind, previous: Any) -> int | float:
-    """An ``updated_at`` for a write after one stamped ``previous``: now, never
-    earlier than ``previous`` (a target's moves by at least one millisecond)."""
-    if kind is _TARGETS:
-        last = float(previous) if isinstance(previous, int | float) else 0.0
-        return max(round(time.time(), 3), round(last + 0.001, 3))
-    return max(_now(), int(previous or 0))
-
-
 def _override_address(text: str, target: str) -> str:
     """An override's ``ip[:port]`` in the canonical form health reports use.
 
@@ -495,209 +454,44 @@ def _override_address(text: str, target: str) -> str:
 
 
 class _AdminAPI:
-    """Request handlers over one :class:`EntityStore`."""
+    """Request handlers over one :class:`~control_plane.entity_service.EntityService`."""
 
     def __init__(
         self,
-        store: EntityStore,
+        entities: EntityService,
         data_planes: DataPlaneLister,
         health: ClusterHealth,
         node_id: str,
         version: str,
     ) -> None:
-        self.store = store
+        self.entities = entities
         self.data_planes = data_planes
         self.health = health
         self.node_id = node_id
         self.version = version
-        self.last_version = 0
-
-    # -- lookups
-
-    async def _find(self, kind: _Kind, key: str) -> tuple[dict[str, Any], str] | None:
-        """The entity named by ``key`` (an id or its endpoint key) and its stored JSON."""
-        entity_id: str | None = key if is_uuid(key) else None
-        if entity_id is None:
-            entity_id = await self.store.id_by_unique(kind.name, kind.endpoint_key, key)
-        if entity_id is None:
-            return None
-        raw = await self.store.get_raw(kind.name, entity_id)
-        return (json.loads(raw), raw) if raw is not None else None
-
-    async def _find_target(
-        self, upstream: dict[str, Any], key: str
-    ) -> tuple[dict[str, Any], str] | None:
-        """A target of ``upstream`` by id or by ``host:port`` (normalised like Kong)."""
-        target_id: str | None = None
-        if is_uuid(key):
-            target_id = key
-        else:
-            try:
-                target_id = await self.store.target_id(upstream["id"], normalize_target(key))
-            except RuleError:
-                return None
-        if target_id is None:
-            return None
-        raw = await self.store.get_raw("targets", target_id)
-        if raw is None:
-            return None
-        entity = json.loads(raw)
-        if entity["upstream"]["id"] != upstream["id"]:
-            return None
-        return entity, raw
-
-    async def _require(self, kind: _Kind, key: str) -> dict[str, Any]:
-        found = await self._find(kind, key)
-        if found is None:
-            raise NotFound()
-        return found[0]
-
-    async def _resolve_service(self, body: dict[str, Any]) -> None:
-        """Turn a route's ``service: {"name": ...}`` into ``{"id": ...}``, as Kong does."""
-        ref = body.get("service")
-        if isinstance(ref, dict) and "id" not in ref and isinstance(ref.get("name"), str):
-            service_id = await self.store.id_by_unique("services", "name", ref["name"])
-            if service_id is None:
-                raise ForeignKeysUnresolved("service", "name", ref["name"], "services")
-            body["service"] = {"id": service_id}
-
-    async def _prepare(self, kind: _Kind, body: dict[str, Any]) -> dict[str, Any]:
-        body = expand_shorthands(kind.name, body)
-        if kind is _ROUTES:
-            await self._resolve_service(body)
-        return body
-
-    # -- generic CRUD
-
-    async def create(self, kind: _Kind, body: dict[str, Any]) -> web.Response:
-        body = await self._prepare(kind, body)
-        now = _timestamp(kind)
-        candidate = {**body, "updated_at": now}
-        if candidate.get("id") is None:
-            candidate["id"] = str(uuid.uuid4())
-        if candidate.get("created_at") is None:
-            candidate["created_at"] = now
-        entity = validate_entity(kind.name, candidate)
-        self.last_version = await self.store.insert(kind.name, entity)
-        return _json(entity, 201)
-
-    async def update(
-        self,
-        kind: _Kind,
-        find: Callable[[], Awaitable[tuple[dict[str, Any], str] | None]],
-        body: dict[str, Any],
-    ) -> web.Response:
-        """PATCH: merge ``body`` into the stored entity, re-validate, compare-and-set."""
-        body = await self._prepare(kind, body)
-        for _ in range(_CAS_ATTEMPTS):
-            found = await find()
-            if found is None:
-                raise NotFound()
-            current, raw = found
-            merged = merge_patch(kind.name, current, body)
-            # The identity and creation time are not the client's to change.
-            merged["id"] = current["id"]
-            merged["created_at"] = current["created_at"]
-            merged["updated_at"] = _later(kind, current.get("updated_at"))
-            if kind is _TARGETS:
-                merged["upstream"] = current["upstream"]
-            entity = validate_entity(kind.name, merged)
-            try:
-                self.last_version = await self.store.replace(kind.name, entity, raw)
-            except WriteConflict:
-                continue
-            return _json(entity)
-        raise StoreUnavailable("too many concurrent updates of this entity; retry")
-
-    async def upsert(
-        self,
-        kind: _Kind,
-        key: str,
-        find: Callable[[], Awaitable[tuple[dict[str, Any], str] | None]],
-        body: dict[str, Any],
-        extra: dict[str, Any] | None = None,
-        *,
-        path_wins: bool = True,
-    ) -> web.Response:
-        """PUT: create or replace the entity named by ``key`` with ``body`` (plus defaults).
-
-        ``key`` (a name) wins over the body's own value unless ``path_wins`` is
-        false and the body gives one.
-        """
-        body = await self._prepare(kind, body)
-        for _ in range(_CAS_ATTEMPTS):
-            found = await find()
-            now = _timestamp(kind)
-            candidate = {**body, **(extra or {})}
-            if is_uuid(key):
-                candidate["id"] = key
-            else:
-                if path_wins or candidate.get(kind.endpoint_key) is None:
-                    candidate[kind.endpoint_key] = key
-                candidate["id"] = found[0]["id"] if found else candidate.get("id") or str(uuid.uuid4())
-            if found:
-                candidate["created_at"] = found[0]["created_at"]
-                now = _later(kind, found[0].get("updated_at"))
-            elif candidate.get("created_at") is None:
-                candidate["created_at"] = now
-            candidate["updated_at"] = now
-            entity = validate_entity(kind.name, candidate)
-            try:
-                self.last_version = await self.store.replace(
-                    kind.name, entity, found[1] if found else None
-                )
-            except WriteConflict:
-                if found is None and await self._id_taken(kind, entity["id"], find):
-                    # The id belongs to an entity the path does not name (another
-                    # name, another upstream's target): no retry can succeed.
-                    raise PrimaryKeyViolation({"id": entity["id"]}) from None
-                continue
-            return _json(entity)
-        raise StoreUnavailable("too many concurrent updates of this entity; retry")
-
-    async def _id_taken(
-        self,
-        kind: _Kind,
-        entity_id: str,
-        find: Callable[[], Awaitable[tuple[dict[str, Any], str] | None]],
-    ) -> bool:
-        """After a create-only write found ``entity_id`` in use: is it held by an
-        entity other than the one the path names? (If the path's entity appeared
-        meanwhile, a retry updates it instead.)"""
-        if await self.store.get_raw(kind.name, entity_id) is None:
-            return False
-        return await find() is None
-
-    async def delete(self, kind: _Kind, found: tuple[dict[str, Any], str] | None) -> web.Response:
-        """DELETE: 204 whether or not the entity existed, as Kong."""
-        if found is not None:
-            version = await self.store.delete(kind.name, found[0]["id"])
-            if version is not None:
-                self.last_version = version
-        return web.Response(status=204)
 
     # -- handler factories
 
     def collection(self, kind: _Kind) -> dict[str, Handler]:
         async def get(request: web.Request) -> web.StreamResponse:
-            return _page(request, await self.store.list_all(kind.name), f"/{kind.name}")
+            return _page(request, await self.entities.list_all(kind.name), f"/{kind.name}")
 
         async def post(request: web.Request) -> web.StreamResponse:
-            return await self.create(kind, await _read_body(request, kind.name))
+            return _json(await self.entities.create(kind.name, await _read_body(request, kind.name)), 201)
 
         return {"GET": get, "POST": post}
 
     def entity(self, kind: _Kind) -> dict[str, Handler]:
-        def finder(request: web.Request) -> Callable[[], Awaitable[tuple[dict[str, Any], str] | None]]:
+        def finder(request: web.Request) -> Finder:
             key = request.match_info[kind.param]
-            return lambda: self._find(kind, key)
+            return lambda: self.entities.find(kind.name, key)
 
         async def get(request: web.Request) -> web.StreamResponse:
-            return _json(await self._require(kind, request.match_info[kind.param]))
+            return _json(await self.entities.require(kind.name, request.match_info[kind.param]))
 
         async def patch(request: web.Request) -> web.StreamResponse:
             body = await _read_body(request, kind.name)
-            return await self.update(kind, finder(request), body)
+            return _json(await self.entities.update(kind.name, finder(request), body))
 
         async def put(request: web.Request) -> web.StreamResponse:
             body = await _read_body(request, kind.name)
@@ -709,51 +503,52 @@ class _AdminAPI:
                     check_upstream_name(key)
                 except RuleError as exc:
                     raise BadRequest(str(exc)) from None
-            return await self.upsert(kind, key, finder(request), body)
+            return _json(await self.entities.upsert(kind.name, key, finder(request), body))
 
         async def delete(request: web.Request) -> web.StreamResponse:
-            return await self.delete(kind, await finder(request)())
+            await self.entities.delete(kind.name, await finder(request)())
+            return web.Response(status=204)
 
         return {"GET": get, "PATCH": patch, "PUT": put, "DELETE": delete}
 
     def service_routes(self) -> dict[str, Handler]:
         async def get(request: web.Request) -> web.StreamResponse:
             key = request.match_info["service"]
-            service = await self._require(_SERVICES, key)
-            routes = await self.store.list_children("routes", "service", service["id"])
+            service = await self.entities.require("services", key)
+            routes = await self.entities.list_children("routes", "service", service["id"])
             return _page(request, routes, f"/services/{quote(key, safe='')}/routes")
 
         async def post(request: web.Request) -> web.StreamResponse:
-            service = await self._require(_SERVICES, request.match_info["service"])
+            service = await self.entities.require("services", request.match_info["service"])
             body = await _read_body(request, "routes")
             body["service"] = {"id": service["id"]}
-            return await self.create(_ROUTES, body)
+            return _json(await self.entities.create("routes", body), 201)
 
         return {"GET": get, "POST": post}
 
     def upstream_targets(self) -> dict[str, Handler]:
         async def get(request: web.Request) -> web.StreamResponse:
             key = request.match_info["upstream"]
-            upstream = await self._require(_UPSTREAMS, key)
-            targets = await self.store.list_children("targets", "upstream", upstream["id"])
+            upstream = await self.entities.require("upstreams", key)
+            targets = await self.entities.list_children("targets", "upstream", upstream["id"])
             suffix = "/all" if request.path.rstrip("/").endswith("/all") else ""
             return _page(request, targets, f"/upstreams/{quote(key, safe='')}/targets{suffix}")
 
         async def post(request: web.Request) -> web.StreamResponse:
-            upstream = await self._require(_UPSTREAMS, request.match_info["upstream"])
+            upstream = await self.entities.require("upstreams", request.match_info["upstream"])
             body = await _read_body(request, "targets")
             body["upstream"] = {"id": upstream["id"]}
-            return await self.create(_TARGETS, body)
+            return _json(await self.entities.create("targets", body), 201)
 
         return {"GET": get, "POST": post}
 
     def upstream_target(self) -> dict[str, Handler]:
         async def context(
             request: web.Request,
-        ) -> tuple[dict[str, Any], str, Callable[[], Awaitable[tuple[dict[str, Any], str] | None]]]:
-            upstream = await self._require(_UPSTREAMS, request.match_info["upstream"])
+        ) -> tuple[dict[str, Any], str, Finder]:
+            upstream = await self.entities.require("upstreams", request.match_info["upstream"])
             key = request.match_info["target"]
-            return upstream, key, lambda: self._find_target(upstream, key)
+            return upstream, key, lambda: self.entities.find_target(upstream, key)
 
         async def get(request: web.Request) -> web.StreamResponse:
             _, _, find = await context(request)
@@ -764,28 +559,20 @@ class _AdminAPI:
 
         async def patch(request: web.Request) -> web.StreamResponse:
             _, _, find = await context(request)
-            return await self.update(_TARGETS, find, await _read_body(request, "targets"))
+            return _json(await self.entities.update("targets", find, await _read_body(request, "targets")))
 
         async def put(request: web.Request) -> web.StreamResponse:
             """Kong 3.x: a PUT of an existing target is an update (fields not given
             are kept; a ``target`` in the body renames it); otherwise it creates the
             target, named by the body's ``target`` or else by the path."""
-            upstream, key, find = await context(request)
+            upstream, key, _ = await context(request)
             body = await _read_body(request, "targets")
-            if await find() is not None:
-                return await self.update(_TARGETS, find, body)
-            if not is_uuid(key):
-                try:
-                    key = normalize_target(key)
-                except RuleError:
-                    pass  # validation reports the invalid target
-            return await self.upsert(
-                _TARGETS, key, find, body, extra={"upstream": {"id": upstream["id"]}}, path_wins=False
-            )
+            return _json(await self.entities.put_target(upstream, key, body))
 
         async def delete(request: web.Request) -> web.StreamResponse:
             _, _, find = await context(request)
-            return await self.delete(_TARGETS, await find())
+            await self.entities.delete("targets", await find())
+            return web.Response(status=204)
 
         return {"GET": get, "PATCH": patch, "PUT": put, "DELETE": delete}
 
@@ -794,8 +581,8 @@ class _AdminAPI:
     async def upstream_health(self, request: web.Request) -> web.StreamResponse:
         """Kong's ``GET /upstreams/{u}/health``, cluster-wide (``health_view`` has the rules)."""
         key = request.match_info["upstream"]
-        upstream = await self._require(_UPSTREAMS, key)
-        targets = await self.store.list_children("targets", "upstream", upstream["id"])
+        upstream = await self.entities.require("upstreams", key)
+        targets = await self.entities.list_children("targets", "upstream", upstream["id"])
         reports = await self.health.reports(upstream["id"])
         if _flag(request, "balancer_health"):
             data = balancer_health(upstream, targets, reports)
@@ -813,8 +600,8 @@ class _AdminAPI:
         """
 
         async def handler(request: web.Request) -> web.StreamResponse:
-            upstream = await self._require(_UPSTREAMS, request.match_info["upstream"])
-            found = await self._find_target(upstream, request.match_info["target"])
+            upstream = await self.entities.require("upstreams", request.match_info["upstream"])
+            found = await self.entities.find_target(upstream, request.match_info["target"])
             if found is None:
                 raise NotFound()
             target = found[0]["target"]
@@ -831,8 +618,7 @@ class _AdminAPI:
 
     async def get_config(self, request: web.Request) -> web.StreamResponse:
         """``GET /config``: the whole configuration as one document, read atomically."""
-        version, entities = await self.store.load_all()
-        self.last_version = version
+        version, entities = await self.entities.export_config()
         return _json(export_document(version, entities))
 
     async def post_config(self, request: web.Request) -> web.StreamResponse:
@@ -850,24 +636,13 @@ class _AdminAPI:
         document = await _read_config_document(request)
         expected = _expected_version(request)
         check_hash = _flag(request, "check_hash")
-        for _ in range(_CAS_ATTEMPTS):
-            version, current = await self.store.load_all()
-            if expected is not None and version != expected:
-                raise ConfigVersionMismatch(expected, version)
-            desired, plan = await asyncio.to_thread(_plan_config, document, current, _now())
-            if check_hash and plan.empty:
-                return web.Response(status=304)
-            try:
-                new_version = await self.store.replace_config(
-                    plan.upserts, plan.deletes, expect_version=version
-                )
-            except ConfigChanged as exc:
-                if expected is not None:
-                    raise ConfigVersionMismatch(expected, exc.version) from None
-                continue
-            self.last_version = new_version
-            return _json(export_document(new_version, desired), 201)
-        raise StoreUnavailable("too many concurrent writes during the configuration import; retry")
+        imported = await self.entities.import_config(
+            document, expected=expected, check_hash=check_hash
+        )
+        if imported is None:
+            return web.Response(status=304)
+        new_version, desired = imported
+        return _json(export_document(new_version, desired), 201)
 
     # -- node information
 
@@ -882,7 +657,7 @@ class _AdminAPI:
                 "configuration": {
                     "role": "control_plane",
                     "database": "redis",
-                    "store_prefix": self.store.prefix,
+                    "store_prefix": self.entities.store.prefix,
                     "admin_api": "kong-3.x-compatible",
                 },
                 "plugins": {"available_on_server": {}, "enabled_in_cluster": []},
@@ -890,17 +665,12 @@ class _AdminAPI:
         )
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        reachable = await self.store.ping()
-        if reachable:
-            try:
-                self.last_version = await self.store.current_version()
-            except StoreUnavailable:
-                reachable = False
+        reachable, configuration_version = await self.entities.current_version()
         stats = request.app[_STATS]
         return _json(
             {
                 "database": {"reachable": reachable},
-                "configuration_version": self.last_version,
+                "configuration_version": configuration_version,
                 "server": {
                     "total_requests": stats["total_requests"],
                     "connections_active": stats["connections_active"],
@@ -1021,7 +791,7 @@ def create_admin_app(
     app[_LIMITS] = _Limits(max_body, tokens)
     if health is None:
         health = TargetHealthStore(store.redis, store.prefix)
-    api = _AdminAPI(store, data_planes, health, node_id, version)
+    api = _AdminAPI(EntityService(store), data_planes, health, node_id, version)
     routes = _routes(api)
     if readiness is not None:  # GET /status/ready (control_plane/readiness.py)
         routes.insert(2, _Route("/status/ready", {"GET": readiness}, "Readiness: 200 when Redis "

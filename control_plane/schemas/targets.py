@@ -46,4 +46,4 @@ class Target(Record):
     tags: Tags = None
 
 
-SCHEMA = EntitySchema("targets", Target)
+SCHEMA = EntitySchema("targets", Target, endpoint_key="target")

@@ -396,3 +396,4 @@ class EntitySchema:
     model: type[Record]
     checks: EntityCheck | None = None  # entity-level rules, after field validation
     shorthands: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # e.g. a service's url
+    endpoint_key: str = "name"  # the unique field that can stand for the id in a path
