@@ -4,19 +4,23 @@ Whatever brings a config — the cluster client (snapshots and deltas from the C
 disk cache at start) or a proxy worker (snapshots from its node) — hands it to a
 :class:`ConfigInstaller`, which runs the whole sequence in one place:
 
-1. **verify and compile**: :func:`apply_snapshot` checks a snapshot's hash and
+1. **verify and compile** (immutable objects only): :func:`apply_snapshot` checks a snapshot's hash and
    compiles it; :func:`merge_delta` builds the config a delta leads to from the held
    one and checks its hash. A config that cannot be applied raises
    :class:`~data_plane.runtime.ConfigError` (:class:`DeltaDoesNotFit` when a delta
    does not fit what is held) and the previous config keeps serving;
-2. **DNS**: ``TargetResolver.apply`` resolves new target names first, so the first
+2. **health checkers**: :func:`attach_checkers` gives each compiled upstream its
+   live :class:`~data_plane.health_checker.HealthChecker`, the previous version's
+   when nothing it depends on changed, else a new one that takes over the state of
+   the addresses that stay (the compiled config holds no live object of its own);
+3. **DNS**: ``TargetResolver.apply`` resolves new target names first, so the first
    requests balance over IPs;
-3. **swap**: ``ConfigHolder.current = config`` (one reference assignment: a request
+4. **swap**: ``ConfigHolder.current = config`` (one reference assignment: a request
    sees the old or the new config, never a mix);
-4. **health**: ``HealthSupervisor.apply`` starts the new checkers and stops the
+5. **health**: ``HealthSupervisor.apply`` starts the new checkers and stops the
    replaced ones;
-5. **publish**: ``on_installed(snapshot)`` (a node with workers sends it to them);
-6. **disk cache**: ``ConfigCache.save`` in a thread (temp file, fsync, rename).
+6. **publish**: ``on_installed(snapshot)`` (a node with workers sends it to them);
+7. **disk cache**: ``ConfigCache.save`` in a thread (temp file, fsync, rename).
 
 Single event loop; one install at a time (the callers install in turn).
 """
@@ -27,20 +31,24 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver
-from data_plane.health_supervisor import HealthSupervisor
+from data_plane.health_checker import HealthChecker
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
 from ferry.snapshot_format import KINDS, config_hash
 from proto import cluster_pb2
+
+if TYPE_CHECKING:  # the supervisor attaches checkers through this module
+    from data_plane.health_supervisor import HealthSupervisor
 
 __all__ = [
     "ConfigInstaller",
     "DecodedBodies",
     "DeltaDoesNotFit",
     "apply_snapshot",
+    "attach_checkers",
     "merge_delta",
 ]
 
@@ -148,6 +156,43 @@ def compile_resources(
     return config
 
 
+def attach_checkers(config: RuntimeConfig, previous: RuntimeConfig | None) -> None:
+    """Give every upstream of ``config`` that has none its health checker.
+
+    The previous version's checker (with its probe loops) carries on when the
+    upstream kept its balancer, settings, Host and target ids; otherwise a new
+    checker takes over the counters and states of the addresses that stay. Call it
+    before ``config`` serves. Idempotent; does no I/O and starts nothing (the
+    health supervisor starts and stops the probe loops).
+    """
+    for upstream in config.upstreams.values():
+        if upstream.health is not None:
+            continue
+        old = previous.upstreams.get(upstream.id) if previous is not None else None
+        old_health = old.health if old is not None else None
+        settings = upstream.health_settings
+        if (
+            old_health is not None
+            and old_health.balancer is upstream.balancer
+            and old_health.settings == settings
+            and old_health.host_header == upstream.host_name
+            and old_health.target_ids == upstream.target_ids
+        ):
+            upstream.attach_health(old_health)
+            continue
+        upstream.attach_health(
+            HealthChecker(
+                upstream.id,
+                settings,
+                upstream.balancer,
+                target_ids=upstream.target_ids,
+                host_header=upstream.host_name,
+                previous=old_health,
+                clock=upstream.balancer.options.clock,
+            )
+        )
+
+
 class ConfigInstaller:
     """Compiles and installs the configs of one data-plane process (node or worker).
 
@@ -222,6 +267,7 @@ class ConfigInstaller:
         self, snapshot: cluster_pb2.Snapshot, config: RuntimeConfig, *, save: bool = True
     ) -> None:
         """Serve ``config`` (compiled from ``snapshot``) and, with ``save``, cache it on disk."""
+        attach_checkers(config, self.holder.current)
         if self.resolver is not None:
             # Resolve new target names first so the first requests balance over IPs.
             await self.resolver.apply(config, timeout=self._dns_timeout)

@@ -1,9 +1,9 @@
 """Runs the health checkers of the data plane's current config and collects their
 transitions for the control plane.
 
-``compile_config`` builds one :class:`HealthChecker` per upstream (pure objects, handing
-state over from the previous version's checkers); :meth:`HealthSupervisor.apply` is
-called right after a config is swapped in: it starts the new checkers' probe loops and
+The config installer gives each compiled upstream its :class:`HealthChecker`
+(``config_installer.attach_checkers``: the previous version's, or a new one handed
+its state); :meth:`HealthSupervisor.apply` is called right after a config is swapped in: it starts the new checkers' probe loops and
 stops the replaced ones. Transitions and full views are queued for the cluster client,
 which sends them as ``HealthReport`` messages; manual overrides from the control plane
 arrive through :meth:`override`.
@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 import aiohttp
 
 import ferry
+from data_plane.config_installer import attach_checkers
 from data_plane.health_checker import HealthChecker, HealthTransition, endpoint_of, target_key_of
 from data_plane.health_probe import ActiveProber
 from data_plane.runtime import RuntimeConfig
@@ -99,6 +100,7 @@ class HealthSupervisor:
     def apply(self, config: RuntimeConfig) -> None:
         """Start the checkers of ``config`` and stop those it replaced; queue a full view."""
         previous, self._config = self._config, config
+        attach_checkers(config, previous)  # a config not installed by the installer
         wanted = {
             u.id: u.health for u in config.upstreams.values() if u.health is not None
         }

@@ -14,11 +14,10 @@ a request is served entirely by the old or entirely by the new config.
 
 from __future__ import annotations
 
-import time
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_plane.balancers import (
     Address,
@@ -28,10 +27,12 @@ from data_plane.balancers import (
     parse_target,
 )
 from data_plane.hash_key import HashSpec, compile_hash_spec
-from data_plane.health_checker import HealthChecker
-from data_plane.health_settings import compile_health_settings
+from data_plane.health_settings import HealthSettings, compile_health_settings
 from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch, Router, RouteSpec
+
+if TYPE_CHECKING:
+    from data_plane.health_checker import HealthChecker
 
 __all__ = [
     "CompiledService",
@@ -78,9 +79,10 @@ class CompiledUpstream:
     retry_budget: RetryBudget | None = None
     slots: int = 10000
     slow_start: float = 0.0
-    #: The upstream's health checker (Kong's healthchecks; also when all checks are
-    #: off, so that manual overrides work). Started by the health supervisor.
-    health: HealthChecker | None = None
+    #: Kong's ``healthchecks``, compiled (immutable; what the checker runs).
+    health_settings: HealthSettings = field(default_factory=lambda: compile_health_settings(None))
+    #: ``host_header`` as configured (text; the health checker's Host and SNI).
+    host_name: str | None = None
     #: Configured target key (``host:port``) -> target entity id.
     target_ids: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     #: Kong's ``use_srv_name``: an SRV target's addresses send the SRV record's target
@@ -88,6 +90,16 @@ class CompiledUpstream:
     use_srv_name: bool = False
     #: The target entities as the snapshot carries them (the status API serves them).
     target_entities: tuple[Mapping[str, Any], ...] = ()
+    #: The upstream's live health checker (Kong's healthchecks; also when all checks
+    #: are off, so that manual overrides work). Not compiled: the config installer
+    #: creates it (or carries the previous version's over) and sets this slot once,
+    #: before the config serves (:meth:`attach_health`); the proxy reads it per
+    #: request as a plain slot. ``None`` until then.
+    health: HealthChecker | None = field(init=False, default=None, compare=False)
+
+    def attach_health(self, checker: HealthChecker) -> None:
+        """Set :attr:`health` (the installer, once, before this config serves)."""
+        object.__setattr__(self, "health", checker)
 
     @property
     def options(self) -> BalancerOptions:
@@ -397,25 +409,6 @@ def _compile_upstreams(
         except ValueError as exc:
             raise ConfigError(f"{label}: {exc}") from None
         ids = types.MappingProxyType(target_ids[upstream["id"]])
-        old_health = old.health if old is not None else None
-        if (
-            old_health is not None
-            and old_health.balancer is balancer
-            and old_health.settings == settings
-            and old_health.host_header == host_header
-            and old_health.target_ids == ids
-        ):
-            health = old_health
-        else:
-            health = HealthChecker(
-                upstream["id"],
-                settings,
-                balancer,
-                target_ids=ids,
-                host_header=host_header,
-                previous=old_health,
-                clock=clock if clock is not None else time.monotonic,
-            )
         retry_budget: RetryBudget | None = None
         if budget_percent is not None:
             if old is not None and old.retry_budget is not None and (
@@ -435,7 +428,8 @@ def _compile_upstreams(
             retry_budget=retry_budget,
             slots=slots,
             slow_start=slow_start,
-            health=health,
+            health_settings=settings,
+            host_name=host_header,
             target_ids=ids,
             target_entities=tuple(target_entities[upstream["id"]]),
             use_srv_name=_bool(upstream, "use_srv_name", label, False),

@@ -1,5 +1,6 @@
 """HealthChecker: Kong's counters and thresholds, the threshold flag, carried state,
-manual overrides, and the half-open breaker (driven by real event-loop timers)."""
+manual overrides, and the half-open breaker (driven by real event-loop timers).
+Checkers carried across configs: test_config_installer.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 from data_plane.balancers import Address, BalancerHandle, create_balancer
 from data_plane.health_checker import HealthChecker, HealthTransition, ProbeOutcome
 from data_plane.health_settings import HealthSettings, compile_health_settings
-from data_plane.runtime import compile_config
 from tests.support import wait_for
 
 A = Address("10.0.0.1", 80)
@@ -117,31 +117,6 @@ def test_with_checks_off_targets_show_healthchecks_off_and_weight_zero_too() -> 
     assert [v.state for v in c.view()] == ["HEALTHCHECKS_OFF", "HEALTHCHECKS_OFF"]
     c.set_health([A.key], False)
     assert c.view()[0].state == "UNHEALTHY"
-
-
-def test_health_survives_a_config_change_that_keeps_the_target() -> None:
-    def entities(extra_target: bool) -> dict[str, Any]:
-        targets = [{"id": "t-a", "target": A.key, "upstream": {"id": "u1"}}]
-        if extra_target:
-            targets.append({"id": "t-b", "target": B.key, "upstream": {"id": "u1"}})
-        return {
-            "upstreams": [{"id": "u1", "name": "up", "healthchecks": {
-                "passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}}],
-            "targets": targets,
-        }
-
-    first = compile_config(1, "h1", entities(False))
-    health = first.upstreams["u1"].health
-    assert health is not None
-    health.report_passive(A, True, False, 0)
-    second = compile_config(2, "h2", entities(True), previous=first)
-    new = second.upstreams["u1"].health
-    assert new is not None and new is not health
-    assert new.state_of(A) == "UNHEALTHY" and new.state_of(B) == "HEALTHY"
-    assert picks(new) == {B.key}
-    # Unchanged upstream: the very same checker (and its probe loops) carries on.
-    third = compile_config(3, "h3", entities(True), previous=second)
-    assert third.upstreams["u1"].health is new
 
 
 class NeverProbe:

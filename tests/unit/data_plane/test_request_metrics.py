@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from data_plane.cluster_client import ClusterLinkState
+from data_plane.config_installer import attach_checkers
 from data_plane.metrics_export import DataPlaneCollector, metrics_registry
 from data_plane.request_metrics import (
     KONG_LATENCY_BUCKETS_MS,
@@ -49,7 +50,9 @@ def entities() -> dict[str, list[dict[str, Any]]]:
 
 def compiled(spec: dict[str, list[dict[str, Any]]], version: int = 1,
              previous: RuntimeConfig | None = None) -> RuntimeConfig:
-    return compile_config(version, HASH, spec, previous)
+    config = compile_config(version, HASH, spec, previous)
+    attach_checkers(config, previous)  # as the config installer does before it serves
+    return config
 
 
 def route(config: RuntimeConfig, path: bytes) -> RouteSpec[CompiledService]:
