@@ -30,7 +30,7 @@ demo: $(STAMP)
 ## Run the whole test suite (lint and type checks included).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy control_plane data_plane ferry
+	$(BIN)/mypy control_plane data_plane ferry ferry_shared
 	$(BIN)/pytest -q
 
 ## Benchmarks: installs nginx, HAProxy and wrk (Debian packages) if missing, then runs
@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy control_plane data_plane ferry
+	$(BIN)/mypy control_plane data_plane ferry ferry_shared
 
 ## Regenerate the committed protobuf modules from proto/*.proto.
 proto: $(STAMP)

@@ -530,7 +530,7 @@ async def _time_dp_apply(
     from data_plane.config_cache import ConfigCache
     from data_plane.config_installer import ConfigInstaller, apply_snapshot
     from data_plane.dns_resolver import TargetResolver
-    from data_plane.health_supervisor import HealthSupervisor
+    from data_plane.health.supervisor import HealthSupervisor
     from data_plane.node_identity import NodeIdentity
     from data_plane.runtime import ConfigHolder
     from proto import cluster_pb2

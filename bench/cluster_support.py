@@ -24,8 +24,8 @@ from typing import IO, Any
 import aiohttp
 
 from bench.procstat import CLOCK_TICKS, process_tree, read_proc_stat
-from ferry.child_process import spawn_dying_with_parent
-from ferry.redis_server import free_port
+from ferry_shared.child_process import spawn_dying_with_parent
+from ferry_shared.listen import free_port
 
 #: The repository root: child Python processes run from here so ``bench`` imports.
 REPO_ROOT = Path(__file__).resolve().parent.parent

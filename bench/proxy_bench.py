@@ -68,7 +68,7 @@ from bench.procstat import (
     read_cpu_times,
 )
 from bench.wrk import mean_think_time_ms, parse_wrk_output, think_time_script, wrk_command
-from ferry.redis_server import free_port
+from ferry_shared.listen import free_port
 
 SCENARIOS = ("direct", "nginx", "haproxy", "ferry")
 LABELS = {

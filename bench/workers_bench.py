@@ -75,7 +75,7 @@ from bench.proxy_bench import (
     wait_until,
 )
 from bench.wrk import parse_wrk_output, wrk_command
-from ferry.redis_server import free_port
+from ferry_shared.listen import free_port
 
 VARIANTS = ("ferry-1", "ferry-2", "nginx-1", "nginx-2")
 LABELS = {

@@ -38,12 +38,12 @@ from typing import Protocol
 
 import grpc
 
-import ferry
+import ferry_shared
 from control_plane.compatibility import incompatibility
 from control_plane.health_types import AddressReport, AssignmentUpdate, ManualOverride, ProbeUpdate
 from control_plane.snapshot import Delta, Snapshot, SnapshotStore
 from control_plane.sync_state import DataPlaneRow
-from ferry.cluster_link import DEFAULT_PING_INTERVAL, SILENCE_FACTOR
+from ferry_shared.cluster_link import DEFAULT_PING_INTERVAL, SILENCE_FACTOR
 from proto import cluster_pb2, cluster_pb2_grpc
 
 log = logging.getLogger("ferry.control_plane.cluster")
@@ -346,7 +346,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
         health: HealthSink,
         overrides: OverrideFeed,
         probes: ProbeFeed | None = None,
-        version: str = ferry.__version__,
+        version: str = ferry_shared.__version__,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         snapshot_slots: SendSlots | None = None,
     ) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 from control_plane.health_types import AddressReport, DataPlaneReport
 from control_plane.schemas import RuleError, parse_host
-from ferry.target_health import (
+from ferry_shared.target_health import (
     DNS_ERROR,
     HEALTHCHECKS_OFF,
     HEALTHY,

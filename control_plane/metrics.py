@@ -41,7 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from control_plane.sync_state import SyncStatus
-from ferry.snapshot_format import config_hash_number
+from ferry_shared.snapshot_format import config_hash_number
 
 __all__ = ["ControlPlaneCollector", "ControlPlaneView", "metrics_registry"]
 

@@ -21,12 +21,13 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-import ferry
+import ferry_shared
 from control_plane.admin_api import MAX_BODY_BYTES, create_admin_app
 from control_plane.admin_tokens import load_admin_tokens
 from control_plane.cluster_server import ClusterServicer, add_cluster_servicer
 from control_plane.config_follower import ConfigFollower
 from control_plane.data_planes import DEFAULT_PURGE_DELAY, DataPlaneRegistry
+from control_plane.embedded_redis import EmbeddedRedis, RedisSupervisor
 from control_plane.errors import StoreUnavailable
 from control_plane.health import (
     DEFAULT_HEALTH_TTL,
@@ -45,11 +46,10 @@ from control_plane.redis_connection import (
 )
 from control_plane.snapshot import SnapshotStore
 from control_plane.store import EntityStore
-from ferry.cluster_link import require_secured_link
-from ferry.cluster_tls import ClusterTLS, add_cluster_port, server_interceptors
-from ferry.http_site import start_site
-from ferry.listen import format_host_port, parse_host_port
-from ferry.redis_server import EmbeddedRedis, RedisSupervisor
+from ferry_shared.cluster_link import require_secured_link
+from ferry_shared.cluster_tls import ClusterTLS, add_cluster_port, server_interceptors
+from ferry_shared.http_site import start_site
+from ferry_shared.listen import format_host_port, parse_host_port
 
 log = logging.getLogger("ferry.control_plane")
 
@@ -259,7 +259,7 @@ class ControlPlane:
                 rows, reachable = None, False
             current = self.snapshots.current
             return ControlPlaneView(
-                ferry_version=ferry.__version__,
+                ferry_version=ferry_shared.__version__,
                 config_version=current.version if current is not None else 0,
                 open_streams=servicer.open_streams,
                 datastore_reachable=reachable,
@@ -275,7 +275,7 @@ class ControlPlane:
             (lambda: supervisor.down_reason) if supervisor is not None else (lambda: None),
         )
         app = create_admin_app(
-            store, registry, node_id=self.node_id, version=ferry.__version__, health=health_store,
+            store, registry, node_id=self.node_id, version=ferry_shared.__version__, health=health_store,
             tokens=tokens, max_body=settings.admin_body_limit, metrics=metrics_view,
             readiness=readiness.handler,
         )

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ferry.snapshot_format import KINDS, canonical_json, config_hash
+from ferry_shared.snapshot_format import KINDS, canonical_json, config_hash
 
 
 @dataclass(frozen=True, slots=True)

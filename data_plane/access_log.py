@@ -34,7 +34,7 @@ import os
 import sys
 import time
 
-from ferry.logging_setup import LogFormat, redact
+from ferry_shared.logging_setup import LogFormat, redact
 
 
 class AccessLog:

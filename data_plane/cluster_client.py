@@ -32,11 +32,11 @@ from data_plane.config_installer import (
     apply_snapshot,
     merge_delta,
 )
-from data_plane.health_messages import address_health, verdict_rows
+from data_plane.health.messages import address_health, verdict_rows
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder
-from ferry.cluster_link import DEFAULT_PING_INTERVAL, SILENCE_FACTOR, require_secured_link
-from ferry.cluster_tls import ClusterTLS, explain_link_failure, open_channel
+from ferry_shared.cluster_link import DEFAULT_PING_INTERVAL, SILENCE_FACTOR, require_secured_link
+from ferry_shared.cluster_tls import ClusterTLS, explain_link_failure, open_channel
 from proto import cluster_pb2, cluster_pb2_grpc
 
 #: Kept importable from here: the installer moved to ``config_installer``.

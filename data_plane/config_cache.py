@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ferry.snapshot_format import config_hash
+from ferry_shared.snapshot_format import config_hash
 from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane.cache")

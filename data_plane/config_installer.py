@@ -10,7 +10,7 @@ disk cache at start) or a proxy worker (snapshots from its node) — hands it to
    :class:`~data_plane.runtime.ConfigError` (:class:`DeltaDoesNotFit` when a delta
    does not fit what is held) and the previous config keeps serving;
 2. **health checkers**: :func:`attach_checkers` gives each compiled upstream its
-   live :class:`~data_plane.health_checker.HealthChecker`, the previous version's
+   live :class:`~data_plane.health.checker.HealthChecker`, the previous version's
    when nothing it depends on changed, else a new one that takes over the state of
    the addresses that stay (the compiled config holds no live object of its own);
 3. **DNS**: ``TargetResolver.apply`` resolves new target names first, so the first
@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver
-from data_plane.health_checker import HealthChecker
+from data_plane.health.checker import HealthChecker
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
-from ferry.snapshot_format import KINDS, config_hash
+from ferry_shared.snapshot_format import KINDS, config_hash
 from proto import cluster_pb2
 
 if TYPE_CHECKING:  # the supervisor attaches checkers through this module
-    from data_plane.health_supervisor import HealthSupervisor
+    from data_plane.health.supervisor import HealthSupervisor
 
 __all__ = [
     "ConfigInstaller",

@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from ferry.cookie_path import cookie_path_problem
+from ferry_shared.cookie_path import cookie_path_problem
 
 __all__ = [
     "HASH_ON_VALUES",

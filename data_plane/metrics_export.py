@@ -43,7 +43,7 @@ from data_plane.request_metrics import (
     Snapshot,
 )
 from data_plane.runtime import ConfigHolder
-from ferry.snapshot_format import config_hash_number
+from ferry_shared.snapshot_format import config_hash_number
 
 __all__ = ["DataPlaneCollector", "metrics_registry"]
 

@@ -10,7 +10,7 @@ request). Prometheus' text format is produced only when ``/metrics`` is scraped,
 
 Everything here belongs to the proxy's event loop; nothing is thread-safe. A
 snapshot is plain JSON-able data, so a worker process (``--workers N``) hands its
-counts to the node through a file (see :mod:`data_plane.worker_metrics`).
+counts to the node through a file (see :mod:`data_plane.workers.metrics`).
 """
 
 from __future__ import annotations

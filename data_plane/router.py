@@ -12,7 +12,7 @@ Matching semantics:
 - ``paths``: a plain path is a byte-prefix (``/foo`` matches ``/foo``, ``/foo/x`` and
   ``/foobar``, as in Kong); ``~regex`` is a Python ``re`` bytes pattern matched from the
   start of the path (``re.match``, so implicitly anchored at the beginning like Kong),
-  compiled by :mod:`ferry.route_regex`, the very function the control plane validates
+  compiled by :mod:`ferry_shared.route_regex`, the very function the control plane validates
   with.
   Matching looks at the path only, never at the query string.
 - ``hosts``: case-insensitive; exact, ``*.example.com`` (any label(s) in front) or
@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ferry.route_regex import RouteRegexError, compile_header_regex, compile_path_regex
+from ferry_shared.route_regex import RouteRegexError, compile_header_regex, compile_path_regex
 
 S = TypeVar("S")
 

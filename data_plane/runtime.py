@@ -27,12 +27,12 @@ from data_plane.balancers import (
     parse_target,
 )
 from data_plane.hash_key import HashSpec, compile_hash_spec
-from data_plane.health_settings import HealthSettings, compile_health_settings
+from data_plane.health.settings import HealthSettings, compile_health_settings
 from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch, Router, RouteSpec
 
 if TYPE_CHECKING:
-    from data_plane.health_checker import HealthChecker
+    from data_plane.health.checker import HealthChecker
 
 __all__ = [
     "CompiledService",

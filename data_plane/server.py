@@ -17,26 +17,26 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-import ferry
+import ferry_shared
 from data_plane.access_log import AccessLog
 from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
 from data_plane.config_installer import ConfigInstaller
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
-from data_plane.health_supervisor import HealthSupervisor
+from data_plane.health.supervisor import HealthSupervisor
 from data_plane.metrics_export import DataPlaneCollector, metrics_registry
 from data_plane.node_identity import NodeIdentity, default_hostname, load_or_create_node_id
 from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.request_metrics import Snapshot
 from data_plane.runtime import ConfigHolder
 from data_plane.status_api import create_status_app
-from data_plane.worker_hub import WorkerHub, WorkerProcesses
-from data_plane.worker_metrics import read_node_snapshot
-from ferry.cluster_link import require_secured_link
-from ferry.cluster_tls import ClusterTLS
-from ferry.http_site import start_site
-from ferry.listen import format_host_port, parse_host_port
-from ferry.logging_setup import current_log_format
+from data_plane.workers.hub import WorkerHub, WorkerProcesses
+from data_plane.workers.metrics import read_node_snapshot
+from ferry_shared.cluster_link import require_secured_link
+from ferry_shared.cluster_tls import ClusterTLS
+from ferry_shared.http_site import start_site
+from ferry_shared.listen import format_host_port, parse_host_port
+from ferry_shared.logging_setup import current_log_format
 from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane")
@@ -103,7 +103,7 @@ class DataPlane:
         self.node = NodeIdentity(
             node_id=node_id,
             hostname=settings.hostname or default_hostname(),
-            version=ferry.__version__,
+            version=ferry_shared.__version__,
             labels=dict(settings.labels),
         )
         self.resolver = TargetResolver(parse_nameservers(settings.dns_resolver) or None)
@@ -193,7 +193,7 @@ class DataPlane:
             self._start_workers(host, port)
         else:
             self._proxy = ProxyServer(
-                self.holder, host, port, via=f"ferry/{ferry.__version__}",
+                self.holder, host, port, via=f"ferry/{ferry_shared.__version__}",
                 client_timeouts=self.settings.client_timeouts,
                 access_log=AccessLog(current_log_format(), component="data-plane")
                 if self.settings.access_log else None,

@@ -36,11 +36,11 @@ from data_plane.balancers import parse_target
 from data_plane.cluster_client import ClusterLinkState
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import TargetResolver
-from data_plane.health_supervisor import HealthSupervisor
+from data_plane.health.supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
 from data_plane.request_metrics import Snapshot
 from data_plane.runtime import CompiledUpstream, ConfigHolder, RuntimeConfig
-from ferry.target_health import HEALTHCHECKS_OFF, HEALTHY, target_rule
+from ferry_shared.target_health import HEALTHCHECKS_OFF, HEALTHY, target_rule
 
 log = logging.getLogger("ferry.data_plane.status")
 

@@ -1,8 +1,8 @@
-"""Ferry: a hybrid-mode API gateway.
-
-This package holds what both planes share (the snapshot format, the embedded
-Redis runner, logging set-up) and the ``ferry`` command line, which is the only
-place that imports both ``control_plane`` and ``data_plane``.
+"""Ferry's command line: the ``ferry`` commands, ``ferry up``, ``ferry dump``/``apply``,
+certificate generation and the demo backend. The only package that imports both
+``control_plane`` and ``data_plane``; the code both planes share is ``ferry_shared``.
 """
 
-__version__ = "0.1.0"
+from ferry_shared import __version__
+
+__all__ = ["__version__"]

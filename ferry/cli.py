@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ferry
-from ferry.logging_setup import LOG_FORMATS, configure_logging, current_log_format
+from ferry_shared.logging_setup import LOG_FORMATS, configure_logging, current_log_format
 
 _TRUE = {"1", "true", "yes", "on"}
 #: ``ferry dump``/``apply``'s control plane: ``ferry control-plane``'s default --admin-listen.
@@ -289,8 +289,8 @@ def _run_data_plane(args: argparse.Namespace) -> int:
 def _run_data_plane_worker(args: argparse.Namespace) -> int:
     import ferry
     from data_plane.proxy import ClientTimeouts
-    from data_plane.worker import ProxyWorker, run_worker
-    from ferry.listen import parse_host_port
+    from data_plane.workers.worker import ProxyWorker, run_worker
+    from ferry_shared.listen import parse_host_port
 
     configure_logging(args.log_level, component=f"data-plane-worker-{args.index}",
                       log_format=args.log_format)
@@ -325,7 +325,7 @@ def _client_timeout_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cluster_tls(args: argparse.Namespace) -> Any:
-    from ferry.cluster_tls import cluster_tls_from_flags
+    from ferry_shared.cluster_tls import cluster_tls_from_flags
 
     return cluster_tls_from_flags(args.cluster_mtls, args.cluster_cert, args.cluster_cert_key,
                                   args.cluster_ca_cert, getattr(args, "cluster_server_name", None))

@@ -1,7 +1,7 @@
 """``ferry cert generate``: the shared cluster certificate (Kong's ``kong hybrid gen_cert``).
 
 An EC P-384 key (Kong uses secp384r1) and a self-signed certificate whose CN and
-DNS subjectAltName are :data:`~ferry.cluster_tls.SHARED_SERVER_NAME`, usable
+DNS subjectAltName are :data:`~ferry_shared.cluster_tls.SHARED_SERVER_NAME`, usable
 both as server and as client certificate (extended key usage serverAuth and
 clientAuth) and not as a CA (so nothing can be issued under it). The key file
 is created with mode 0600; existing files are never overwritten without
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ferry.cluster_tls import SHARED_SERVER_NAME
+from ferry_shared.cluster_tls import SHARED_SERVER_NAME
 
 #: Kong's ``gen_cert`` default validity: three years.
 DEFAULT_DAYS = 3 * 365

@@ -14,7 +14,7 @@ import asyncio
 
 from aiohttp import web
 
-from ferry.http_site import start_site
+from ferry_shared.http_site import start_site
 
 #: Upper bound for ``/delay/{ms}`` so a typo cannot park a connection for hours.
 MAX_DELAY_MS = 60_000

@@ -32,9 +32,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ferry.cluster_tls import ClusterTLS
 from ferry.demo_backend import start_demo_backend
-from ferry.listen import format_host_port, parse_host_port
+from ferry_shared.cluster_tls import ClusterTLS
+from ferry_shared.listen import format_host_port, parse_host_port
 
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0

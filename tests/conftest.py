@@ -11,7 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 import uvloop
 
-from ferry.redis_server import EmbeddedRedis, free_port
+from control_plane.embedded_redis import EmbeddedRedis
+from ferry_shared.listen import free_port
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:

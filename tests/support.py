@@ -128,7 +128,7 @@ class SentinelServer:
         master_password: str | None = None,
         password: str | None = None,
     ) -> None:
-        from ferry.redis_server import free_port
+        from ferry_shared.listen import free_port
 
         self.data_dir = data_dir
         self.master_port = master_port
@@ -143,8 +143,8 @@ class SentinelServer:
 
         import redis
 
-        from ferry.child_process import spawn_dying_with_parent
-        from ferry.redis_server import find_redis_server
+        from control_plane.embedded_redis import find_redis_server
+        from ferry_shared.child_process import spawn_dying_with_parent
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lines = [

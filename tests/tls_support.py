@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ferry.cluster_tls import SHARED_SERVER_NAME
+from ferry_shared.cluster_tls import SHARED_SERVER_NAME
 
 
 @dataclass(frozen=True)

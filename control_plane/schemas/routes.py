@@ -28,7 +28,7 @@ from control_plane.schemas.typedefs import (
     non_empty,
     parse_host,
 )
-from ferry.route_regex import RouteRegexError, compile_header_regex, compile_path_regex
+from ferry_shared.route_regex import RouteRegexError, compile_header_regex, compile_path_regex
 
 Protocol = Literal["http", "https"]
 _DEFAULT_PROTOCOLS: tuple[Protocol, ...] = ("http", "https")

@@ -9,14 +9,13 @@ raises :class:`RuleError` with Kong's message; the field types below (``Name``,
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import types
 import typing
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 from pydantic import (
     BaseModel,
@@ -28,8 +27,11 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-#: Kong's default port for a target given without one.
-DEFAULT_TARGET_PORT = 8000
+# Re-exported: entity modules and the Admin API take the grammar from here.
+from ferry_shared.target_address import DEFAULT_TARGET_PORT as DEFAULT_TARGET_PORT
+from ferry_shared.target_address import HostPort as HostPort
+from ferry_shared.target_address import HostPortError
+from ferry_shared.target_address import parse_host as _parse_host
 
 INT32_MAX = 2**31
 
@@ -96,73 +98,13 @@ def non_empty(value: str) -> str:
 # ------------------------------------------------------------------ host parsing
 
 
-@dataclass(frozen=True)
-class HostPort:
-    """A parsed ``host[:port]``: ``kind`` is ``ipv4``, ``ipv6`` or ``name``."""
-
-    kind: Literal["ipv4", "ipv6", "name"]
-    host: str
-    port: int | None
-
-    def format(self, default_port: int | None = None) -> str:
-        """``host:port`` (``[v6]:port``), the port defaulting to ``default_port``."""
-        port = self.port if self.port is not None else default_port
-        host = f"[{self.host}]" if self.kind == "ipv6" else self.host
-        return host if port is None else f"{host}:{port}"
-
-
-# Every pattern below is applied with ``fullmatch`` (or ends in ``\Z``), never ``match``
-# with ``$``: ``$`` also matches before a final newline, so "x-a\n" would pass, reach
-# every data plane and be refused there (or be written into a request). Digits are
-# ``[0-9]``: ``\d`` matches any Unicode digit ("\u0668\u0660" is int() 80).
-_HOSTNAME_CHARS = re.compile(r"[A-Za-z0-9\-._]+")
-_IPV4_LIKE = re.compile(r"[0-9.]+(?::[0-9]+)?")
-_BRACKETED_IPV6 = re.compile(r"\[([^\]]+)\](?::([0-9]+))?")
-_TRAILING_PORT = re.compile(r":([0-9]+)\Z")
-
-
-def _parse_port(text: str) -> int:
-    port = int(text)
-    if port > 65535:
-        raise RuleError("invalid port number")
-    return port
-
-
 def parse_host(address: str) -> HostPort:
-    """Parse a hostname, IPv4 or ``[IPv6]`` with an optional port, as Kong does.
-
-    Raises :class:`RuleError` with Kong's text (``invalid hostname: x``,
-    ``invalid port number``, ``invalid ipv4 address: x``, ``invalid ipv6 address: x``).
-    IPv6 addresses are returned fully expanded, as Kong normalises them.
-    """
-    if address.count(":") > 1 or address.startswith("["):
-        match = _BRACKETED_IPV6.fullmatch(address)
-        text, port_text = (match.group(1), match.group(2)) if match else (address, None)
-        try:
-            ip6 = ipaddress.IPv6Address(text)
-        except ValueError:
-            raise RuleError(f"invalid ipv6 address: {address}") from None
-        return HostPort("ipv6", ip6.exploded, _parse_port(port_text) if port_text else None)
-    if _IPV4_LIKE.fullmatch(address):
-        host, _, port_text = address.partition(":")
-        try:
-            ip4 = ipaddress.IPv4Address(host)
-        except ValueError:
-            raise RuleError(f"invalid ipv4 address: {address}") from None
-        return HostPort("ipv4", str(ip4), _parse_port(port_text) if port_text else None)
-    name, port = address, None
-    port_match = _TRAILING_PORT.search(address)
-    if port_match:
-        name = address[: port_match.start()]
-        port = _parse_port(port_match.group(1))
-    if not _HOSTNAME_CHARS.fullmatch(name):
-        raise RuleError(f"invalid hostname: {address}")
-    labels = name.split(".")
-    for index, label in enumerate(labels):
-        # Empty labels only at the end (an FQDN's trailing dot); no label ends in '-'.
-        if label.endswith("-") or (label == "" and index != len(labels) - 1):
-            raise RuleError(f"invalid hostname: {address}")
-    return HostPort("name", name, port)
+    """Kong's ``host[:port]`` grammar (:func:`ferry_shared.target_address.parse_host`,
+    shared with the data plane), raising :class:`RuleError` with Kong's text."""
+    try:
+        return _parse_host(address)
+    except HostPortError as exc:
+        raise RuleError(str(exc)) from None
 
 
 # -------------------------------------------------------------- field validators

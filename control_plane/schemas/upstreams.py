@@ -34,8 +34,8 @@ from control_plane.schemas.typedefs import (
     non_empty,
     parse_host,
 )
-from ferry.cookie_path import cookie_path_problem
-from ferry.target_health import (
+from ferry_shared.cookie_path import cookie_path_problem
+from ferry_shared.target_health import (
     ACTIVE_HEALTHY_STATUSES,
     ACTIVE_UNHEALTHY_STATUSES,
     PASSIVE_HEALTHY_STATUSES,

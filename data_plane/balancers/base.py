@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-#: Kong's default port when a target is given without one.
-DEFAULT_TARGET_PORT = 8000
+from ferry_shared.target_address import DEFAULT_TARGET_PORT, HostPortError, parse_host
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,52 +55,24 @@ class Address:
 
 
 def parse_target(target: str, weight: int = 100) -> Address:
-    """Parse Kong's ``host[:port]`` target string (IPv6 as ``[::1]:8000``).
+    """Parse Kong's ``host[:port]`` target string (IPv6 as ``[::1]:8000`` or bare).
 
-    A missing port means :data:`DEFAULT_TARGET_PORT`, as in Kong. Raises ``ValueError``
-    with a message naming the target when it is malformed.
+    The grammar is the control plane's (:func:`ferry_shared.target_address.parse_host`);
+    a missing port means :data:`DEFAULT_TARGET_PORT`, as in Kong; port 0 is accepted as
+    the Admin API accepts it (connecting to it fails: a 502). Host names are lowercased
+    (they are keys); IPv6 literals are kept as written. Raises ``ValueError`` with a
+    message naming the target when it is malformed.
     """
-    if not isinstance(target, str) or not target or target != target.strip():
+    if not isinstance(target, str) or not target:
         raise ValueError(f"invalid target {target!r}")
     if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 65535:
         raise ValueError(f"invalid weight {weight!r} for target {target!r} (0..65535)")
-    port_text: str | None
-    if target.startswith("["):
-        end = target.find("]")
-        if end < 0:
-            raise ValueError(f"invalid target {target!r}: unclosed '['")
-        host = target[1:end]
-        rest = target[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"invalid target {target!r}")
-        port_text = rest[1:] if rest else None
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"invalid target {target!r}: bad IPv6 address") from None
-    else:
-        if target.count(":") > 1:
-            # A bare IPv6 literal: Kong accepts it without brackets and a port.
-            try:
-                ipaddress.IPv6Address(target)
-            except ValueError:
-                raise ValueError(f"invalid target {target!r}") from None
-            host, port_text = target, None
-        else:
-            host, _, port_text_raw = target.partition(":")
-            port_text = port_text_raw if ":" in target else None
-        if not host or any(c in host for c in "/ ?#@"):
-            raise ValueError(f"invalid target {target!r}: bad host")
-    if port_text is None:
-        port = DEFAULT_TARGET_PORT
-    else:
-        if not port_text.isdigit():
-            raise ValueError(f"invalid target {target!r}: bad port")
-        port = int(port_text)
-        # Port 0 as Kong and the Admin API accept it (connecting to it fails: a 502).
-        if not 0 <= port <= 65535:
-            raise ValueError(f"invalid target {target!r}: port out of range")
-    return Address(host=host.lower(), port=port, weight=weight)
+    try:
+        parsed = parse_host(target, expand_ipv6=False)
+    except HostPortError as exc:
+        raise ValueError(f"invalid target {target!r}: {exc}") from None
+    port = DEFAULT_TARGET_PORT if parsed.port is None else parsed.port
+    return Address(host=parsed.host.lower(), port=port, weight=weight)
 
 
 class BalancerHandle:

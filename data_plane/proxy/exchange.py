@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from data_plane.balancers import Address, Balancer, BalancerHandle
 from data_plane.hash_key import HashInputs
-from data_plane.health_checker import HealthChecker
+from data_plane.health.checker import HealthChecker
 from data_plane.proxy.errors import _ErrorKey
 from data_plane.proxy.headers import _CRLF
 from data_plane.request_metrics import RouteSeries

@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from control_plane.embedded_redis import EmbeddedRedis
 from ferry.demo_backend import start_demo_backend
-from ferry.redis_server import EmbeddedRedis, free_port
+from ferry_shared.listen import free_port
 from tests.support import FerryProcess, wait_for
 
 

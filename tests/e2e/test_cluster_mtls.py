@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ferry.redis_server import free_port
+from ferry_shared.listen import free_port
 from tests.e2e.conftest import dp_status, wait_http_ok
 from tests.support import FerryProcess, wait_for
 

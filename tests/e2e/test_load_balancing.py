@@ -22,7 +22,8 @@ import pytest
 import redis
 
 import ferry
-from ferry.redis_server import EmbeddedRedis, free_port
+from control_plane.embedded_redis import EmbeddedRedis
+from ferry_shared.listen import free_port
 from tests.e2e.conftest import admin
 from tests.support import FerryProcess, wait_for
 

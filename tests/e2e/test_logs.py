@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from ferry.redis_server import free_port
+from ferry_shared.listen import free_port
 from tests.e2e.conftest import Cluster, admin, wait_dp_synced, wait_http_ok
 from tests.e2e.test_workers import fresh_get
 from tests.support import FerryProcess, wait_for

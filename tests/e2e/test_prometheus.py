@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from control_plane.admin_tokens import add_token
-from ferry.redis_server import free_port
+from ferry_shared.listen import free_port
 from tests.e2e.conftest import Cluster, wait_http_ok
 from tests.support import wait_for
 

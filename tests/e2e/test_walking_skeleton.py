@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from control_plane.store import EntityStore
-from ferry.redis_server import free_port
+from ferry_shared.listen import free_port
 from tests.e2e.conftest import Cluster, admin, backend_of, dp_status, wait_dp_synced, wait_http_ok
 from tests.support import FerryProcess, processes_mentioning, wait_for
 

@@ -35,7 +35,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from ferry.redis_server import EmbeddedRedis, free_port
+from control_plane.embedded_redis import EmbeddedRedis
+from ferry_shared.listen import free_port
 from tests.support import FerryProcess
 
 #: Examples per operation and generation mode; with ~45 operations this keeps the

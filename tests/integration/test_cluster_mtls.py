@@ -24,7 +24,7 @@ from data_plane.config_cache import ConfigCache
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigHolder
 from ferry.cluster_certs import write_cluster_certificate
-from ferry.cluster_tls import ClusterTLS
+from ferry_shared.cluster_tls import ClusterTLS
 from tests.support import wait_for
 from tests.tls_support import Pair, make_authority
 
@@ -158,7 +158,7 @@ async def test_shared_mode_a_certificate_merely_signed_by_the_cluster_key_fails_
 
     error = await wait_rejected(cp, impostor, "the control plane rejected this data plane's certificate")
     assert "is not the cluster certificate" in error
-    assert any("rejected a data plane connection" in r.getMessage() and r.name == "ferry.cluster_tls"
+    assert any("rejected a data plane connection" in r.getMessage() and r.name == "ferry_shared.cluster_tls"
                for r in caplog.records), "the CP logs the rejected peer"
 
 

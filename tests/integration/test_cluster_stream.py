@@ -114,7 +114,7 @@ async def test_a_data_plane_that_already_holds_the_current_config_is_synced_with
 
 
 def _snapshot(version: int, resources: list[tuple[str, str, bytes]], digest: str | None = None) -> cluster_pb2.Snapshot:
-    from ferry.snapshot_format import config_hash
+    from ferry_shared.snapshot_format import config_hash
 
     return cluster_pb2.Snapshot(
         version=version,

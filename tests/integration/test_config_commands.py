@@ -270,7 +270,7 @@ async def test_an_invalid_file_is_refused_naming_entity_and_field_and_nothing_ch
 
 
 async def test_an_unreachable_control_plane_is_an_error(tmp_path: Path) -> None:
-    from ferry.redis_server import free_port
+    from ferry_shared.listen import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     result = await ferry("dump", "--admin-url", url)

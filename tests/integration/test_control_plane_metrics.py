@@ -11,7 +11,7 @@ import pytest
 from control_plane.redis_connection import REDIS_ERRORS, create_redis_client
 from control_plane.server import ControlPlane
 from data_plane.server import DataPlane, DataPlaneSettings
-from ferry.snapshot_format import config_hash_number
+from ferry_shared.snapshot_format import config_hash_number
 from tests.integration.test_data_plane_metrics import Scrape
 from tests.integration.test_proxy import refused_port
 from tests.support import start_control_plane, wait_for

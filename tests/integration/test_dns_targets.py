@@ -27,13 +27,13 @@ from data_plane.access_log import AccessLog
 from data_plane.balancers import Address, Balancer
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import ResolvedAddress, TargetResolver, parse_nameservers
-from data_plane.health_checker import endpoint_of, target_key_of
-from data_plane.health_supervisor import HealthSupervisor
+from data_plane.health.checker import endpoint_of, target_key_of
+from data_plane.health.supervisor import HealthSupervisor
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
 from data_plane.server import DataPlane, DataPlaneSettings
-from ferry.redis_server import free_port
-from ferry.snapshot_format import canonical_json, config_hash
+from ferry_shared.listen import free_port
+from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
 from tests.support import wait_for
 

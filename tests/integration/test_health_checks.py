@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from data_plane.cluster_client import ClusterLinkState
-from data_plane.health_supervisor import HealthSupervisor
+from data_plane.health.supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from control_plane.admin_tokens import add_token
-from ferry.redis_server import EmbeddedRedis
+from control_plane.embedded_redis import EmbeddedRedis
 from tests.support import start_control_plane, wait_for
 
 

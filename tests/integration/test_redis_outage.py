@@ -23,12 +23,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from control_plane.admin_api import create_admin_app
 from control_plane.data_planes import DataPlaneRegistry
+from control_plane.embedded_redis import EmbeddedRedis
 from control_plane.redis_connection import COMMAND_RETRIES, create_redis_client
 from control_plane.server import ControlPlane
 from control_plane.store import EntityStore
 from data_plane.server import DataPlane, DataPlaneSettings
-from ferry.http_site import start_site
-from ferry.redis_server import EmbeddedRedis
+from ferry_shared.http_site import start_site
 from tests.support import start_control_plane, wait_for
 
 #: Routes that never touch Redis.

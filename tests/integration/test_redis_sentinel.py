@@ -16,8 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from control_plane.embedded_redis import EmbeddedRedis
 from control_plane.server import ControlPlane
-from ferry.redis_server import EmbeddedRedis
 from tests.support import SentinelServer, start_control_plane, wait_for
 
 MASTER_PASSWORD = "m-secret"

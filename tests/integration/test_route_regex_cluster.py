@@ -2,7 +2,7 @@
 
 Issue 12, case 9: ``{"paths": ["~/\\u0041bc"]}`` was accepted (the CP compiled it as
 text) and every DP NACKed it (the router compiles bytes), then NACKed every later
-change too. Both planes now compile with :mod:`ferry.route_regex`.
+change too. Both planes now compile with :mod:`ferry_shared.route_regex`.
 """
 
 from __future__ import annotations

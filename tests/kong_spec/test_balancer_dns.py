@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ferry.redis_server import free_port
+from ferry_shared.listen import free_port
 from tests.kong_spec.conftest import DnsZone, KongCluster, unique
 from tests.tls_support import self_signed
 

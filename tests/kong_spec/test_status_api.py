@@ -24,7 +24,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ferry.redis_server import EmbeddedRedis, free_port
+from control_plane.embedded_redis import EmbeddedRedis
+from ferry_shared.listen import free_port
 from tests.kong_spec.conftest import Cluster, KongCluster
 from tests.support import wait_for
 

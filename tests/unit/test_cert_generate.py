@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ferry.cli import main
-from ferry.cluster_tls import SHARED_SERVER_NAME, ClusterTLS
+from ferry_shared.cluster_tls import SHARED_SERVER_NAME, ClusterTLS
 from tests.tls_support import self_signed
 
 

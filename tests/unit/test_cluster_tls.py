@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from control_plane.server import ControlPlaneSettings
 from data_plane.server import DataPlaneSettings
 from ferry.cluster_certs import write_cluster_certificate
-from ferry.cluster_link import require_secured_link
-from ferry.cluster_tls import (
+from ferry_shared.cluster_link import require_secured_link
+from ferry_shared.cluster_tls import (
     SHARED_SERVER_NAME,
     ClusterTLS,
     cluster_tls_from_flags,

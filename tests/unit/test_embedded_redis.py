@@ -8,7 +8,7 @@ import redis
 import redis.asyncio as aioredis
 from tenacity import wait_exponential
 
-from ferry.redis_server import EmbeddedRedis, RedisSupervisor, describe_exit
+from control_plane.embedded_redis import EmbeddedRedis, RedisSupervisor, describe_exit
 from tests.support import wait_for
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from ferry.listen import format_host_port, parse_host_port
+from ferry_shared.listen import format_host_port, parse_host_port
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ferry import logging_setup
-from ferry.logging_setup import JSONFormatter, TextFormatter, configure_logging, redact
+from ferry_shared import logging_setup
+from ferry_shared.logging_setup import JSONFormatter, TextFormatter, configure_logging, redact
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from ferry.route_regex import (
+from ferry_shared.route_regex import (
     MAX_GROUP_DEPTH,
     RouteRegexError,
     compile_header_regex,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ferry.cli import build_parser
-from ferry.redis_server import free_port
 from ferry.up import PortPlanError, check_port_plan, format_port_plan, port_plan, run_up
+from ferry_shared.listen import free_port
 
 
 def _args(*argv: str) -> object:

@@ -28,13 +28,13 @@ from control_plane.errors import SchemaViolation
 from control_plane.schemas import validate_entity
 from data_plane.cluster_client import apply_snapshot
 from data_plane.hash_key import HashInputs
-from ferry.route_regex import (
+from ferry_shared.route_regex import (
     MAX_GROUP_DEPTH,
     RouteRegexError,
     compile_header_regex,
     compile_path_regex,
 )
-from ferry.snapshot_format import canonical_json, config_hash
+from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
 
 # Pieces a route regex is made of, the troublesome ones included.

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from data_plane.cluster_client import DeltaDoesNotFit, apply_snapshot, merge_delta
-from ferry.snapshot_format import canonical_json, config_hash
+from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
 
 UPSTREAM_A = {"id": "00000000-0000-4000-8000-00000000000a", "name": "a"}

@@ -21,7 +21,7 @@ from data_plane.config_cache import CACHE_FILE, KEEP_QUARANTINED, MAGIC, ConfigC
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigHolder
 from data_plane.server import DataPlane, DataPlaneSettings
-from ferry.snapshot_format import canonical_json, config_hash
+from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
 from tests.support import wait_for
 

@@ -10,9 +10,9 @@ from typing import Any
 from data_plane.balancers import Address, BalancerHandle
 from data_plane.config_cache import ConfigCache
 from data_plane.config_installer import ConfigInstaller, apply_snapshot, attach_checkers
-from data_plane.health_checker import HealthChecker
+from data_plane.health.checker import HealthChecker
 from data_plane.runtime import ConfigHolder, compile_config
-from ferry.snapshot_format import canonical_json, config_hash
+from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
 
 A = Address("10.0.0.1", 80)

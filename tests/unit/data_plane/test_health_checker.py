@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from data_plane.balancers import Address, BalancerHandle, create_balancer
-from data_plane.health_checker import HealthChecker, HealthTransition, ProbeOutcome
-from data_plane.health_settings import HealthSettings, compile_health_settings
+from data_plane.health.checker import HealthChecker, HealthTransition, ProbeOutcome
+from data_plane.health.settings import HealthSettings, compile_health_settings
 from tests.support import wait_for
 
 A = Address("10.0.0.1", 80)

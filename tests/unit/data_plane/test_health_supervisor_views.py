@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from data_plane.health_supervisor import HealthSupervisor
+from data_plane.health.supervisor import HealthSupervisor
 from data_plane.runtime import RuntimeConfig, compile_config
 
 

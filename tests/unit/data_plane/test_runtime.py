@@ -98,7 +98,7 @@ _DELETE = object()
     [
         ("routes.0.service", {"id": "missing"}, "service missing does not exist"),
         ("targets.0.upstream", {"id": "nope"}, "upstream nope does not exist"),
-        ("targets.0.target", "bad:port", "bad port"),
+        ("targets.0.target", "bad:port", "invalid hostname: bad:port"),
         ("targets.0.weight", 70000, "weight"),
         ("targets.1.target", "10.0.0.1:8001", "duplicate target"),
         ("upstreams.0.algorithm", "random", "unknown balancer algorithm"),

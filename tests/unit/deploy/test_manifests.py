@@ -29,7 +29,7 @@ import yaml
 
 from control_plane.declarative import parse_document, resolve_document
 from ferry.cli import build_parser
-from ferry.listen import parse_host_port
+from ferry_shared.listen import parse_host_port
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"

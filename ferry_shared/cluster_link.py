@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ferry.cluster_tls import ClusterTLS
+    from ferry_shared.cluster_tls import ClusterTLS
 
 
 #: Kong's: a DP pings every 30 s (it says its interval in ``Hello``; the CP pings
@@ -17,7 +17,7 @@ SILENCE_FACTOR = 1.5
 def require_secured_link(cluster_insecure: bool, tls: ClusterTLS | None = None) -> None:
     """Accept exactly one of: mTLS settings (``tls``) or an explicit plaintext opt-in.
 
-    ``tls`` is already validated (:class:`~ferry.cluster_tls.ClusterTLS` checks its
+    ``tls`` is already validated (:class:`~ferry_shared.cluster_tls.ClusterTLS` checks its
     files on construction). Neither, or both, is refused at start-up with a
     message naming the flags, before a port is bound.
     """

@@ -1,7 +1,7 @@
 """The node side of ``--workers N``: the hub the proxy workers connect to, and the
 worker processes themselves.
 
-:class:`WorkerHub` serves :mod:`data_plane.worker_link`'s protocol on a Unix
+:class:`WorkerHub` serves :mod:`data_plane.workers.link`'s protocol on a Unix
 socket: it hands every worker the snapshot the node serves and the node's
 health state, shares each transition of the node's health checker with every
 worker, and adopts the transitions the workers' passive checks make into the
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_plane.health_checker import HealthTransition
-from data_plane.health_messages import address_health, verdict_rows
-from data_plane.health_supervisor import HealthSupervisor
-from data_plane.worker_link import FrameError, encode_frame, read_frame
-from ferry.child_process import spawn_dying_with_parent
+from data_plane.health.checker import HealthTransition
+from data_plane.health.messages import address_health, verdict_rows
+from data_plane.health.supervisor import HealthSupervisor
+from data_plane.workers.link import FrameError, encode_frame, read_frame
+from ferry_shared.child_process import spawn_dying_with_parent
 from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane.workers")

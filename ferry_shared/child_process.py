@@ -1,7 +1,7 @@
 """Child processes that die with their parent (Linux ``PR_SET_PDEATHSIG``).
 
-Used by the embedded Redis (``ferry/redis_server.py``), the data plane's proxy workers
-(``data_plane/worker_hub.py``) and the tests: a child must never outlive the process
+Used by the embedded Redis (``control_plane/embedded_redis.py``), the data plane's proxy workers
+(``data_plane/workers/hub.py``) and the tests: a child must never outlive the process
 that started it, even one killed with SIGKILL.
 """
 

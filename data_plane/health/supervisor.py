@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterator, Mapping
 
 import aiohttp
 
-import ferry
+import ferry_shared
 from data_plane.config_installer import attach_checkers
-from data_plane.health_checker import HealthChecker, HealthTransition, endpoint_of, target_key_of
-from data_plane.health_probe import ActiveProber
+from data_plane.health.checker import HealthChecker, HealthTransition, endpoint_of, target_key_of
+from data_plane.health.probe import ActiveProber
 from data_plane.runtime import RuntimeConfig
 
 __all__ = ["HealthSupervisor", "ReportBatch"]
@@ -66,7 +66,7 @@ class HealthSupervisor:
     """Owns the running checkers and the report queue. Create it on the event loop."""
 
     def __init__(self, node_name: str = "") -> None:
-        self._user_agent = f"ferry/{ferry.__version__} health-check" + (
+        self._user_agent = f"ferry/{ferry_shared.__version__} health-check" + (
             f" ({node_name})" if node_name else ""
         )
         #: Health-check sharding: upstream id -> the targets this DP probes; ``None``

@@ -1,6 +1,8 @@
-"""Parsing of ``HOST:PORT`` listen and connect addresses (CLI flags of both planes)."""
+"""``HOST:PORT`` listen and connect addresses (CLI flags of both planes), and free ports."""
 
 from __future__ import annotations
+
+import socket
 
 
 def parse_host_port(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -29,3 +31,21 @@ def parse_host_port(value: str, *, default_host: str = "127.0.0.1") -> tuple[str
 
 def format_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the caller binds it soon after).
+
+    Never the same port twice in one process: the kernel may offer a port again as
+    soon as the probe socket closes, before the first caller has bound it.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port

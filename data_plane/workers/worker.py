@@ -2,7 +2,7 @@
 
 It proxies on the node's port (``SO_REUSEPORT``: the kernel spreads new
 connections over the workers), takes its config and health state from the
-node's :class:`~data_plane.worker_hub.WorkerHub` over a Unix socket, and sends
+node's :class:`~data_plane.workers.hub.WorkerHub` over a Unix socket, and sends
 back the transitions its own passive checks make. It probes nothing itself
 (the node's checker does) and resolves target names itself. When the link to
 the node ends, the worker stops: the node starts a new one, or is gone.
@@ -19,17 +19,17 @@ from pathlib import Path
 from data_plane.access_log import AccessLog
 from data_plane.config_installer import ConfigInstaller
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
-from data_plane.health_checker import HealthTransition
-from data_plane.health_messages import address_health, verdict_rows
-from data_plane.health_supervisor import HealthSupervisor
+from data_plane.health.checker import HealthTransition
+from data_plane.health.messages import address_health, verdict_rows
+from data_plane.health.supervisor import HealthSupervisor
 from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
-from data_plane.worker_link import FrameError, encode_frame, read_frame
-from data_plane.worker_metrics import publish_periodically, read_snapshot, snapshot_path
-from ferry.logging_setup import current_log_format
+from data_plane.workers.link import FrameError, encode_frame, read_frame
+from data_plane.workers.metrics import publish_periodically, read_snapshot, snapshot_path
+from ferry_shared.logging_setup import current_log_format
 from proto import cluster_pb2
 
-log = logging.getLogger("ferry.data_plane.worker")
+log = logging.getLogger("ferry.data_plane.workers.worker")
 
 #: How long a new worker waits for the node's socket to accept it.
 CONNECT_TIMEOUT = 10.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from data_plane.health_checker import HealthTransition
+from data_plane.health.checker import HealthTransition
 from proto import cluster_pb2
 
 

@@ -17,8 +17,8 @@ import ssl
 import aiohttp
 
 from data_plane.balancers import Address
-from data_plane.health_checker import ProbeOutcome
-from data_plane.health_settings import ActiveSettings
+from data_plane.health.checker import ProbeOutcome
+from data_plane.health.settings import ActiveSettings
 
 __all__ = ["ActiveProber"]
 

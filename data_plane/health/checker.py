@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
 from data_plane.balancers import Address, Balancer
-from data_plane.health_settings import HealthSettings
+from data_plane.health.settings import HealthSettings
 
 __all__ = [
     "AddressView",

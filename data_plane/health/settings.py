@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ferry.target_health import (
+from ferry_shared.target_health import (
     ACTIVE_HEALTHY_STATUSES,
     ACTIVE_UNHEALTHY_STATUSES,
     PASSIVE_HEALTHY_STATUSES,
