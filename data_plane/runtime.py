@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from data_plane import upstream_try
 from data_plane.balancers import (
     Address,
     Balancer,
@@ -96,6 +97,11 @@ class CompiledUpstream:
     #: before the config serves (:meth:`attach_health`); the proxy reads it per
     #: request as a plain slot. ``None`` until then.
     health: HealthChecker | None = field(init=False, default=None, compare=False)
+
+    #: The proxy's door into the upstream (:mod:`data_plane.upstream_try`): a try's
+    #: pick, trial, passive outcome and retry slot; plain functions bound as methods.
+    begin_try = upstream_try.begin_try
+    allow_retry = upstream_try.allow_retry
 
     def attach_health(self, checker: HealthChecker) -> None:
         """Set :attr:`health` (the installer, once, before this config serves)."""

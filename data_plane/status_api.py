@@ -316,7 +316,7 @@ def create_status_app(
         body = _upstream_health(upstream, dns_errors, node.node_id)
         if request.query.get("balancer_health") in ("1", "true"):
             checker = upstream.health
-            below = upstream.balancer.below_threshold
+            below = checker is not None and checker.below_threshold
             return _json(
                 {
                     "data": {

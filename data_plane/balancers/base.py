@@ -22,9 +22,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ferry_shared.target_address import DEFAULT_TARGET_PORT, HostPortError, parse_host
+
+if TYPE_CHECKING:
+    from data_plane.retry_budget import RetryBudget
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,21 +79,25 @@ def parse_target(target: str, weight: int = 100) -> Address:
 
 
 class BalancerHandle:
-    """Per-request state carried across tries.
+    """Per-request state carried across tries (Kong's balancer handle).
 
     ``retries`` counts tries after the first; ``tried`` holds the keys of the addresses
     already handed out (the balancer adds to it on every pick). ``hash_key`` is the
     consistent-hashing key the proxy computed for this request (``None`` for
     algorithms that do not hash; consistent hashing then hashes ``b""``, as Kong does).
-    Owned by one request.
+    ``budget`` is the retry budget this request is counted in and ``retry_slot`` a
+    retry counted in it that no try holds yet (both kept by
+    :mod:`data_plane.upstream_try`). Owned by one request.
     """
 
-    __slots__ = ("hash_key", "retries", "tried")
+    __slots__ = ("budget", "hash_key", "retries", "retry_slot", "tried")
 
     def __init__(self, hash_key: bytes | None = None) -> None:
         self.retries = 0
         self.tried: set[str] = set()
         self.hash_key = hash_key
+        self.budget: RetryBudget | None = None
+        self.retry_slot = False
 
 
 #: Envoy's ``slow_start_config.min_weight_percent`` default: where a ramp starts.
@@ -165,9 +172,6 @@ class Balancer(ABC):
         self._slow_start = float(self.options.slow_start) if self.supports_slow_start else 0.0
         self._addresses: tuple[Address, ...] = ()
         self._unhealthy: set[str] = set()
-        #: Set by the health checker: less than ``healthchecks.threshold`` % of the
-        #: weight is healthy, so the whole upstream answers 503 (Kong's threshold).
-        self.below_threshold = False
         #: Addresses in their slow-start window: key -> ramp start (clock seconds).
         self._ramp: dict[str, float] = {}
         #: Current factor (0.1..1) of each ramping address; refreshed by _tick_ramp.

@@ -2,8 +2,9 @@
 the threshold, and Ferry's half-open circuit breaker.
 
 One :class:`HealthChecker` per upstream and config version; it feeds the upstream's
-balancer through :meth:`Balancer.set_address_health` (and ``below_threshold``), so the
-proxy's hot path only reads what the checker decided. Health is per **address** (an
+balancer through :meth:`Balancer.set_address_health` and keeps :attr:`below_threshold`,
+so the proxy's hot path (through :mod:`data_plane.upstream_try`) only reads what the
+checker decided. Health is per **address** (an
 ``ip:port`` a DNS target resolved to, or the IP target itself) *of one target*: two
 targets resolving to the same IP have separate state, as in Kong.
 
@@ -196,6 +197,9 @@ class HealthChecker:
         self.passive_on = settings.passive.enabled
         #: Addresses (keys) let through for one half-open trial request.
         self.trial_waiting: set[str] = set()
+        #: Less than ``threshold`` % of the upstream's weight is healthy: the whole
+        #: upstream answers 503 (Kong's ``healthchecks.threshold``; hot-path flag).
+        self.below_threshold = False
         self._states: dict[str, _AddressHealth] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -470,7 +474,7 @@ class HealthChecker:
     def _update_threshold(self) -> None:
         threshold = self.settings.threshold
         if threshold <= 0:
-            self.balancer.below_threshold = False
+            self.below_threshold = False
             return
         total = healthy = 0
         for address in self.balancer.addresses:
@@ -480,7 +484,7 @@ class HealthChecker:
             state = self._states.get(address.key)
             if state is None or state.healthy or state.trial != _TRIAL_NONE:
                 healthy += address.weight
-        self.balancer.below_threshold = total > 0 and healthy * 100.0 < threshold * total
+        self.below_threshold = total > 0 and healthy * 100.0 < threshold * total
 
     # ---------------------------------------------------------- half-open breaker
 

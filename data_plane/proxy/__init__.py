@@ -15,8 +15,9 @@ Modules (all on one event loop; nothing here is thread-safe), in the shape of uv
   with ``HttpRequestParser`` and classifies each head; :mod:`.dispatch` is its other half
   (one class, two modules): routing, the FIFO of exchanges, the tries of each, the
   proxy's own answers. Pipelined requests are answered in order.
-- :mod:`.exchange`: ``_Exchange``, one request/response pair, and the functions that end
-  a try, a retry-budget slot, or the whole exchange exactly once.
+- :mod:`.exchange`: ``_Exchange``, one request/response pair, and its methods that end
+  its try, its retry-budget count, or the whole exchange exactly once (the try itself
+  is :class:`data_plane.upstream_try.Try`, the upstream's door).
 - :mod:`.upstream`: ``_UpstreamConnection`` (one per upstream TCP connection, pooled
   between requests) parses responses with ``HttpResponseParser`` and forwards them to
   the client as they arrive.

@@ -41,7 +41,7 @@ from data_plane.proxy.errors import (
     E_REQUEST_TIMEOUT,
     _ErrorKey,
 )
-from data_plane.proxy.exchange import BODY_BUFFER_LIMIT, _abandon, _Exchange, _now_ns
+from data_plane.proxy.exchange import BODY_BUFFER_LIMIT, _Exchange, _now_ns
 from data_plane.proxy.headers import (
     _CONNECTION_UPGRADE,
     _CRLF,
@@ -179,7 +179,7 @@ class _ClientConnection(_Dispatch):
             if conn is not None and conn is tunnel:
                 ex.conn = None
                 conn.end_tunnel()  # graceful: what the client sent last still goes
-            _abandon(ex)
+            ex.abandon()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -274,7 +274,7 @@ class _ClientConnection(_Dispatch):
         self._no_more = True
         for ex in self._queue:
             if not ex.response_complete:
-                _abandon(ex)
+                ex.abandon()
         return False
 
     # ------------------------------------------------------------ parser callbacks
@@ -505,7 +505,7 @@ class _ClientConnection(_Dispatch):
                 self._respond_error(ex, error)
                 self._advance()
             else:
-                _abandon(ex)
+                ex.abandon()
                 self._abort()
             return
         ex = _Exchange(b"GET", False, True)
@@ -558,7 +558,7 @@ class _ClientConnection(_Dispatch):
         if self._write_full_since and now - self._write_full_since > timeouts.send:
             # The client does not read what it asked for: give up on it and its request.
             for queued in self._queue:
-                _abandon(queued)
+                queued.abandon()
             self._abort()
             return
         if self._tunnel is not None or self._read_paused or self._eof_sent:

@@ -17,13 +17,12 @@ upstream connection bound to the exchange calls back only the methods of
 :class:`~data_plane.proxy.seam.ClientSide`, all defined here. All on the proxy's one
 event loop; nothing here is thread-safe.
 
-Balancer callbacks: after every successful pick the proxy calls
-``Balancer.on_request_start(address)`` and, exactly once per try, ``on_request_end(address,
-elapsed, failed)`` when the try ends: the response was relayed completely (or the
-WebSocket tunnel closed), the try failed, or the client went away. ``elapsed`` runs from
-the pick (just before connecting) to the response head, or to the end of the try when no
-head came; ``failed`` is ``True`` exactly when no response head came (connect error,
-timeout, close before the head, client gone before it).
+Upstream tries: each try of a balanced service is opened with ``upstream.begin_try``
+and ended exactly once (:meth:`_Exchange.end_try`) when the response was relayed
+completely (or the WebSocket tunnel closed), the try failed, or the client went away;
+``failed`` is ``True`` exactly when no response head came (connect error, timeout, close
+before the head, client gone before it). What that settles (balancer, health checker,
+retry budget) is :mod:`data_plane.upstream_try`'s business, not the proxy's.
 """
 
 from __future__ import annotations
@@ -50,9 +49,6 @@ from data_plane.proxy.errors import (
     _ErrorKey,
 )
 from data_plane.proxy.exchange import (
-    _abandon,
-    _end_budget,
-    _end_try,
     _Exchange,
     _hash_key,
     _now_ns,
@@ -231,47 +227,32 @@ class _Dispatch(asyncio.Protocol):
     def _try_next(self, ex: _Exchange) -> None:
         """Pick an address for the next try and connect (pooled or new).
 
-        Opens a try: ``on_request_start`` is called on the balancer after a successful
-        pick, and :func:`_end_try` owes it exactly one ``on_request_end``.
+        Opens a try through the upstream's door (``upstream.begin_try``, see
+        :mod:`data_plane.upstream_try`); :meth:`_Exchange.end_try` settles it exactly once.
         """
         service = ex.service
         assert service is not None
-        if ex.try_balancer is not None:
-            _end_try(ex, ex.t_headers == 0, aborted=True)  # defensive: never leak a try
-        balancer = service.balancer
-        if balancer is not None:
-            if balancer.below_threshold:
-                self._respond_error(ex, E_NO_PEER)  # Kong: the balancer is unhealthy
-                return
+        if ex.current_try is not None:
+            ex.end_try(ex.t_headers == 0, aborted=True)  # defensive: never leak a try
+        upstream = service.upstream
+        if upstream is not None:
             handle = ex.handle
             if handle is None:
                 handle = ex.handle = BalancerHandle()
             handle.retries = ex.retries
-            address = balancer.pick(handle)
-            if address is None:
+            current = upstream.begin_try(handle)
+            if current is None:
                 self._respond_error(ex, E_NO_PEER)
                 return
-            if balancer.tracks_requests:
-                balancer.on_request_start(address)
-            ex.try_balancer = balancer
-            upstream = service.upstream
-            health = upstream.health if upstream is not None else None
-            if health is not None:
-                if health.trial_waiting:
-                    health.on_pick(address)  # a half-open address: one request only
-                if health.passive_on:
-                    ex.try_health = health
-            if ex.budget is None:
-                upstream = service.upstream
-                budget = upstream.retry_budget if upstream is not None else None
-                if budget is not None:
-                    budget.request_started()
-                    ex.budget = budget
+            ex.current_try = current
+            address = current.address
+            ex.t_try = current.t_start
         else:
-            address = service.address
-            assert address is not None
+            fixed = service.address
+            assert fixed is not None
+            address = fixed
+            ex.t_try = _now_ns()
         ex.address = address
-        ex.t_try = _now_ns()
         ex.t_headers = 0
         ex.status = 0
         self._connect(ex, address, pooled=True)
@@ -320,7 +301,7 @@ class _Dispatch(asyncio.Protocol):
         if conn is not None:
             self._attach(ex, conn)
             return
-        _end_try(ex, True, timed_out)
+        ex.end_try(True, timed_out)
         self._try_failed(ex, timed_out)
         self._advance()
 
@@ -334,7 +315,7 @@ class _Dispatch(asyncio.Protocol):
     def _may_retry(self, ex: _Exchange) -> bool:
         """Whether ``ex`` gets another try; if so, counts it (retries, retry budget).
 
-        Call after the failed try was ended (:func:`_end_try`), so that its own budget
+        Call after the failed try was ended (:meth:`_Exchange.end_try`), so that its own budget
         slot is already released. A refused retry leaves ``ex`` to be answered with the
         error of its last try, as when ``service.retries`` is exhausted.
         """
@@ -342,11 +323,9 @@ class _Dispatch(asyncio.Protocol):
         assert service is not None
         if ex.retries >= service.retries or self._closed:
             return False
-        budget = ex.budget
-        if budget is not None:
-            if not budget.try_start_retry():
-                return False
-            ex.budget_retry = True
+        upstream = service.upstream
+        if upstream is not None and ex.handle is not None and not upstream.allow_retry(ex.handle):
+            return False
         ex.retries += 1
         return True
 
@@ -404,11 +383,11 @@ class _Dispatch(asyncio.Protocol):
             # The target closed (or idled out) an upgraded connection: the tunnel ends;
             # close the client side after what was relayed so far.
             self._tunnel = None
-            _end_try(ex, False)
+            ex.end_try(False)
             self._close()
             return
         if ex.response_started:
-            _end_try(ex, False)
+            ex.end_try(False)
             self._count_cut_short(ex)
             # Part of the response is already out: the client can only learn of the
             # failure from the connection closing before the framing says it is done.
@@ -429,7 +408,7 @@ class _Dispatch(asyncio.Protocol):
             ex.stale_retried = True
             self._connect(ex, ex.address, pooled=False)
             return
-        _end_try(ex, ex.t_headers == 0, timed_out)
+        ex.end_try(ex.t_headers == 0, timed_out)
         if (
             not invalid
             and not ex.upgrade
@@ -466,10 +445,9 @@ class _Dispatch(asyncio.Protocol):
         )
         if self._server.access_log is not None:
             self._log_access(ex, ex.status, "upstream")
-        if ex.try_balancer is not None:
-            _end_try(ex, False)
-        if ex.budget is not None:
-            _end_budget(ex)
+        if ex.current_try is not None:
+            ex.end_try(False)
+        ex.end_request()
         if not ex.request_complete:
             # Answered before the whole request body arrived: drop the rest of it.
             ex.discard = True
@@ -526,11 +504,11 @@ class _Dispatch(asyncio.Protocol):
         Nothing more of ``ex`` reaches a target: a connect in progress is cancelled and
         an upstream connection it holds is closed (never pooled half-sent)."""
         if ex.response_started:
-            _abandon(ex)
+            ex.abandon()
             self._count_cut_short(ex)
             self._abort()
             return
-        _abandon(ex)
+        ex.abandon()
         responses = self._server._errors[error]
         now = _now_ns()
         (ex.series or self._server.metrics.unmatched).observe_local(

@@ -4,10 +4,11 @@ Contract: an :class:`_Exchange` is created by the client connection that parsed 
 request head, lives in that connection's FIFO and is owned by it; the upstream
 connection it is bound to (``ex.conn``, through the seam in :mod:`data_plane.proxy.seam`)
 reads it and sets the response fields (``status``, ``t_headers``, ``response_started``,
-``close_after``). A try owes its balancer one ``on_request_end``, its health checker one
-passive report and its retry budget one slot: :func:`_end_try`, :func:`_end_budget` and
-:func:`_abandon` settle them, each at most once. All on the proxy's one event loop;
-nothing here is thread-safe.
+``close_after``). What a try owes its upstream (balancer, health checker, retry slot) is
+one :class:`~data_plane.upstream_try.Try`, what the request owes it (its retry-budget
+count) is on its ``handle``: :meth:`_Exchange.end_try`, :meth:`_Exchange.end_request` and
+:meth:`_Exchange.abandon` settle them, each at most once. All on the proxy's one event
+loop; nothing here is thread-safe.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ import ipaddress
 import time
 from typing import TYPE_CHECKING, Final
 
-from data_plane.balancers import Address, Balancer, BalancerHandle
+from data_plane.balancers import Address, BalancerHandle
 from data_plane.hash_key import HashInputs
-from data_plane.health.checker import HealthChecker
 from data_plane.proxy.errors import _ErrorKey
 from data_plane.proxy.headers import _CRLF
 from data_plane.request_metrics import RouteSeries
-from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch
 from data_plane.runtime import CompiledService
+from data_plane.upstream_try import Try, end_request
 
 if TYPE_CHECKING:
     from data_plane.proxy.seam import UpstreamSide
@@ -74,13 +74,10 @@ class _Exchange:
         "t_try",
         "t_sent",
         "t_headers",
-        "try_balancer",
+        "current_try",
         "set_cookie",
         "replay",
         "replay_size",
-        "budget",
-        "budget_retry",
-        "try_health",
         "status",
         "series",
         "url",
@@ -127,9 +124,9 @@ class _Exchange:
         self.t_try = 0
         self.t_sent = 0
         self.t_headers = 0
-        #: The balancer owed an ``on_request_end`` for the current try (``None`` when
-        #: no try is open or the service has no balancer).
-        self.try_balancer: Balancer | None = None
+        #: The open try on the upstream (``None`` when no try is open or the service
+        #: has no upstream); :meth:`end_try` settles it.
+        self.current_try: Try | None = None
         #: A ``Set-Cookie`` header line (with CRLF) to add to the response, from
         #: cookie-based consistent hashing.
         self.set_cookie: bytes | None = None
@@ -139,18 +136,44 @@ class _Exchange:
         #: :data:`BODY_BUFFER_LIMIT` bytes).
         self.replay: list[bytes] | None = None
         self.replay_size = 0
-        #: The upstream's retry budget once this request is counted in it (first try).
-        self.budget: RetryBudget | None = None
-        #: The current try is a retry counted in ``budget`` (released when it ends).
-        self.budget_retry = False
-        #: The health checker owed a passive report for the current try, if any.
-        self.try_health: HealthChecker | None = None
         #: The status of the current try's response head (0 until it arrives).
         self.status = 0
         #: Where this request is counted (its route's; ``None``: no route matched).
         self.series: RouteSeries | None = None
         #: The request target as the client sent it (for the access log).
         self.url = b""
+
+
+    def end_try(self, failed: bool, timed_out: bool = False, aborted: bool = False) -> None:
+        """Settle the open try, if any (:meth:`Try.end`): ``failed`` when no response
+        head came (``timed_out`` says how); an ``aborted`` try (the client went away, or
+        the proxy answered itself) is no verdict on the target."""
+        current = self.current_try
+        if current is not None:
+            self.current_try = None
+            current.end(failed, self.status, self.t_headers, timed_out=timed_out, aborted=aborted)
+
+    def end_request(self) -> None:
+        """The exchange is finished: release its count in the upstream's retry budget."""
+        handle = self.handle
+        if handle is not None and handle.budget is not None:
+            end_request(handle)
+
+    def abandon(self) -> None:
+        """Nothing more of this exchange goes to a target: cancel its connect, close its
+        upstream connection (it may hold part of the request, so it is never pooled),
+        and end its try as aborted and its retry-budget count. Idempotent."""
+        task = self.connect_task
+        if task is not None:
+            self.connect_task = None
+            task.cancel()
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.abandon()
+        if self.current_try is not None:
+            self.end_try(self.t_headers == 0, aborted=True)
+        self.end_request()
 
 
 def _hash_key(
@@ -229,64 +252,3 @@ def _sni(host: bytes) -> str:
     except ValueError:
         return name
     return ""
-
-
-def _abandon(ex: _Exchange) -> None:
-    """Nothing more of ``ex`` goes to a target: cancel its connect, close its upstream
-    connection (it may hold part of the request, so it is never pooled), and end its
-    try as aborted (no verdict on the target) and its retry-budget slot. Idempotent."""
-    task = ex.connect_task
-    if task is not None:
-        ex.connect_task = None
-        task.cancel()
-    conn = ex.conn
-    if conn is not None:
-        ex.conn = None
-        conn.abandon()
-    if ex.try_balancer is not None:
-        _end_try(ex, ex.t_headers == 0, aborted=True)
-    if ex.budget is not None:
-        _end_budget(ex)
-
-
-def _end_budget(ex: _Exchange) -> None:
-    """``ex`` is finished: release its request (and any open retry) in the retry budget."""
-    budget = ex.budget
-    if budget is None:
-        return
-    ex.budget = None
-    if ex.budget_retry:
-        ex.budget_retry = False
-        budget.retry_ended()
-    budget.request_ended()
-
-
-def _end_try(ex: _Exchange, failed: bool, timed_out: bool = False, aborted: bool = False) -> None:
-    """Report the end of ``ex``'s current try to its balancer (once; no-op otherwise).
-
-    ``elapsed`` runs from the pick to the response head, or to now when no head came.
-    A try that was a retry also gives its slot back to the retry budget. With passive
-    health checks on, the outcome also goes to the health checker: ``timed_out`` /
-    other failure / the response status; an ``aborted`` try without a response head
-    (the client went away, or the proxy answered itself) is no verdict on the target.
-    """
-    if ex.budget_retry:
-        ex.budget_retry = False
-        if ex.budget is not None:
-            ex.budget.retry_ended()
-    balancer = ex.try_balancer
-    if balancer is None:
-        return
-    ex.try_balancer = None
-    address = ex.address
-    assert address is not None
-    if balancer.tracks_requests:
-        end = ex.t_headers or _now_ns()
-        balancer.on_request_end(address, (end - ex.t_try) / 1e9, failed)
-    health = ex.try_health
-    if health is not None:
-        ex.try_health = None
-        if failed and aborted:
-            health.report_aborted(address)
-        else:
-            health.report_passive(address, failed, timed_out, ex.status)

@@ -604,7 +604,12 @@ class RecordingBalancer(RoundRobinBalancer):
 def config_with_balancer(balancer: RecordingBalancer, **service: Any) -> RuntimeConfig:
     """One service over ``balancer`` (a real balancer object), every path routed."""
     base = make_config(1, [(a.key, a.weight) for a in balancer.addresses], service=service)
-    svc = dataclasses.replace(base.services["s1"], balancer=balancer)
+    service = base.services["s1"]
+    assert service.upstream is not None
+    # The proxy picks through the upstream (upstream.begin_try): swap its balancer.
+    svc = dataclasses.replace(
+        service, balancer=balancer, upstream=dataclasses.replace(service.upstream, balancer=balancer)
+    )
     route = RouteSpec(id="r1", name="all", service=svc, paths=("/",), strip_path=False)
     return RuntimeConfig(
         version=1, hash="h", router=Router([route]), services={"s1": svc}, upstreams={}

@@ -184,8 +184,12 @@ def budget_config(gated: GatedBackend, budget_percent: float | None) -> RuntimeC
             "routes": [],
         },
     )
+    balancer = FailFirstBalancer(dead, live, [dead, live])
+    service = base.services["s1"]
+    assert service.upstream is not None
+    # The proxy picks through the upstream (upstream.begin_try): swap its balancer.
     svc = dataclasses.replace(
-        base.services["s1"], balancer=FailFirstBalancer(dead, live, [dead, live])
+        service, balancer=balancer, upstream=dataclasses.replace(service.upstream, balancer=balancer)
     )
     route = RouteSpec(id="r1", name="all", service=svc, paths=("/",), strip_path=False)
     return RuntimeConfig(

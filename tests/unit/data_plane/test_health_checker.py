@@ -95,11 +95,11 @@ def test_threshold_flags_the_balancer_when_too_little_weight_is_healthy() -> Non
         {"threshold": 60, "passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}
     )
     c, _ = checker(config)
-    assert not c.balancer.below_threshold
+    assert not c.below_threshold
     c.report_passive(A, True, False, 0)  # 50% healthy < 60%
-    assert c.balancer.below_threshold
+    assert c.below_threshold
     c.set_health([A.key], True)
-    assert not c.balancer.below_threshold
+    assert not c.below_threshold
 
 
 def test_manual_override_sets_state_and_resets_counters() -> None:
