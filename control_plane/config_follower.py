@@ -16,19 +16,25 @@ whole stream, so a restarted CP can still send deltas to DPs that reconnect.
 When entries may be missing (the stream was trimmed past the last one read, or
 a version has none) it says so, and the store answers with full snapshots for
 versions before that point.
+
+It is a :class:`~control_plane.stream_follower.StreamFollower` of the change
+stream with hooks: started after the last entry the first load read (not at
+the tip), it takes each ``XREAD`` answer as one batch (waits out the merge
+window, reloads, and reads on after what it loaded), and reloads on each retry
+after an outage, since changes may have been missed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from control_plane.snapshot import Change, SnapshotBuilder, SnapshotStore
+from control_plane.stream_follower import Batch, StreamFollower
 
 log = logging.getLogger("ferry.control_plane.follower")
 
@@ -45,6 +51,19 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     return int(millis), int(seq or 0)
 
 
+def _change(raw: Mapping[Any, Any]) -> Change:
+    """The change-stream entry ``raw`` (raises KeyError/ValueError when malformed)."""
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    return Change(int(fields["version"]), fields["kind"], fields["id"])
+
+
+def _change_or_none(raw: Mapping[Any, Any]) -> Change | None:
+    try:
+        return _change(raw)
+    except (KeyError, ValueError):
+        return None
+
+
 class ConfigSource(Protocol):
     """What the follower needs from the entity store."""
 
@@ -57,7 +76,8 @@ class ConfigSource(Protocol):
 
 
 class ConfigFollower:
-    """Owns one background task; ``start`` loads the first snapshot before returning."""
+    """Owns one background task (its stream follower's); ``start`` loads the first
+    snapshot before returning (and raises on a Redis error)."""
 
     def __init__(
         self,
@@ -72,36 +92,56 @@ class ConfigFollower:
         self._source = source
         self._snapshots = snapshots
         self._merge_window = merge_window
-        # Must stay below the client's socket timeout (redis-py's default is 5 s),
-        # or an idle XREAD is mistaken for a dead Redis.
-        self._block_ms = block_ms
-        self._task: asyncio.Task[None] | None = None
+        #: The id of the last change-stream entry handed to the store.
         self._last_id = "0-0"
         #: The config version of the last load (what the store was handed).
         self._version = 0
         self._loaded = False
+        #: When the last load finished (event-loop time): the merge window runs from it.
+        self._published = 0.0
         #: Re-encodes only the entities whose stored text changed since the last load.
         self._builder = SnapshotBuilder()
-        # Stop by flag as well as by cancel: on Python 3.11 a cancel that lands as an
-        # asyncio.wait_for (redis-py wraps every command in one) completes is lost, and
-        # the loop would go on; the flag ends it at the next XREAD (<= block_ms).
-        self._stopping = False
+        # The stream follower's XREAD only wakes the follower: each reload reads the
+        # entries itself (XRANGE up to the loaded version) and says where to read next.
+        self._stream: StreamFollower[Change] = StreamFollower(
+            redis,
+            source.changes_stream_key,
+            _change_or_none,
+            on_batch=self._on_changes,
+            on_resume=self._on_resume,
+            what="config changes",
+            outage_note="serving the last snapshot",
+            # Must stay below the client's socket timeout (redis-py's default is 5 s),
+            # or an idle XREAD is mistaken for a dead Redis.
+            block_ms=block_ms,
+        )
 
     async def start(self) -> None:
-        await self._reload_from_tip()
-        self._task = asyncio.create_task(self._run(), name="ferry-config-follower")
+        await self._reload()
+        await self._stream.start(after=self._last_id)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """Stop following (see :meth:`StreamFollower.stop`). Idempotent."""
+        await self._stream.stop()
 
-    async def _reload_from_tip(self) -> None:
+    async def _on_changes(self, batch: Batch[Change]) -> str:
+        """A batch of new entries: reload, at most once per merge window."""
+        # At most one update per merge window: a change after a quiet window goes
+        # out at once; changes arriving within a window of the last update wait for
+        # its end and go out together (a burst of writes: the first, then the rest).
+        wait = self._merge_window - (asyncio.get_running_loop().time() - self._published)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._reload()
+        # Entries written after the load stay unread: the next XREAD returns them at once.
+        return self._last_id
+
+    async def _on_resume(self) -> str:
+        """After an outage, resynchronise (changes may have been missed, the stream trimmed)."""
+        await self._reload()
+        return self._last_id
+
+    async def _reload(self) -> None:
         """Publish the current config with every stream entry since the last one read."""
         key = self._source.changes_stream_key
         version, texts = await self._source.load_all_raw()
@@ -120,8 +160,7 @@ class ConfigFollower:
         while not done:
             batch: list[Any] = await self._redis.xrange(key, min=start, count=_CHUNK) or []
             for entry_id, raw in batch:
-                fields = {_text(k): _text(v) for k, v in raw.items()}
-                change = Change(int(fields["version"]), fields["kind"], fields["id"])
+                change = _change(raw)
                 if change.version > version:
                     done = True  # written after the load: the next round's
                     break
@@ -149,51 +188,7 @@ class ConfigFollower:
         self._loaded = True
         if self._snapshots.set(self._builder.build(version, texts), changes, since=since):
             log.info("config version %d loaded", version)
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            # One retry loop per outage: after the follower made progress, the next
-            # outage's back-off starts again from its shortest wait (a CP that lived
-            # through many outages must not wait the longest one after each).
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((RedisError, OSError)),
-                wait=wait_random_exponential(multiplier=0.2, max=10),
-                before_sleep=lambda state: log.warning(
-                    "redis unavailable (%s); serving the last snapshot, retrying",
-                    state.outcome.exception() if state.outcome else "?",
-                ),
-            ):
-                with attempt:
-                    await self._follow()
-
-    async def _follow(self) -> None:
-        """Follow until stopped. A Redis error raises (retry after the next wait) unless
-        an ``XREAD`` answered since this call: then the outage is a new one, and this
-        returns for a fresh retry loop."""
-        key = self._source.changes_stream_key
-        loop = asyncio.get_running_loop()
-        progressed = False
-        try:
-            # After an outage, resynchronise from the tip (the stream may have been trimmed).
-            await self._reload_from_tip()
-            published = loop.time()
-            while not self._stopping:
-                batch = await self._redis.xread({key: self._last_id}, block=self._block_ms)
-                progressed = True
-                if not batch:
-                    continue
-                # At most one update per merge window: a change after a quiet window goes
-                # out at once; changes arriving within a window of the last update wait for
-                # its end and go out together (a burst of writes: the first, then the rest).
-                wait = self._merge_window - (loop.time() - published)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await self._reload_from_tip()
-                published = loop.time()
-        except (RedisError, OSError) as exc:
-            if not progressed:
-                raise
-            log.warning("redis unavailable (%s); serving the last snapshot, retrying", exc)
+        self._published = asyncio.get_running_loop().time()
 
 
 def _contiguous(changes: list[Change], since: int, version: int) -> bool:
