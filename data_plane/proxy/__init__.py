@@ -3,7 +3,8 @@
 Why not a web framework: on this project's hardware an aiohttp server + client proxy
 spent ~200-250 us of CPU per request (0.12x nginx) while raw protocols with httptools'
 llhttp parsers under uvloop spent ~22-28 us (0.85-1.0x nginx) -- see
-``../shared/DESIGN.md`` ("Data-plane proxy path") and docs/performance.md.
+docs/performance.md; the contract at the edge (what is refused, and that nothing
+refused reaches a target) is in docs/operations.md.
 
 Modules (all on one event loop; nothing here is thread-safe), in the shape of uvicorn's
 ``protocols/http/`` and httpcore:
