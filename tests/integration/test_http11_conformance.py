@@ -1,8 +1,9 @@
 """HTTP/1.1 conformance of the data-plane proxy, driven with raw sockets.
 
-One test per behaviour DESIGN.md lists for the proxy path. The client side is always a
-raw TCP socket writing exact bytes (so framing mistakes cannot be hidden by a forgiving
-client library); targets are real aiohttp servers (:class:`Backend`) or raw asyncio
+One test per HTTP/1.1 behaviour of the proxy path (RFC 9112 message framing and
+connection management, RFC 9110 hop-by-hop fields, ``Expect`` and ``Upgrade``, RFC 6455
+for the WebSocket case). The client side is always a raw TCP socket writing exact bytes
+(so framing mistakes cannot be hidden by a forgiving client library); targets are real aiohttp servers (:class:`Backend`) or raw asyncio
 servers that answer with exact bytes (:class:`ScriptedBackend`), so that the proxy can be
 shown malformed, truncated or hop-by-hop-laden answers. Nothing of the proxy is mocked.
 """
@@ -14,139 +15,29 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 
-from data_plane.proxy import MAX_HEADER_BYTES, ProxyServer
+from data_plane.proxy import MAX_HEADER_BYTES
 from data_plane.runtime import compile_config
-from tests.integration.test_proxy import (
-    RawBackend,
-    make_config,
-    read_response,
+from tests.support.backends import (
+    Answer,
+    ScriptedBackend,
+    SeenRequest,
+    fixed,
+    raw_backend,
     start_backend,
+)
+from tests.support.polling import wait_for
+from tests.support.proxy import (
+    assert_closed,
+    connect,
+    make_config,
+    proxy_to,
+    read_response,
     start_proxy,
 )
-from tests.support import wait_for
 
 # ------------------------------------------------------------------------ helpers
-
-ALL_PATHS = [{"id": "r1", "paths": ["/"], "strip_path": False, "service": {"id": "s1"}}]
-
-
-@dataclass
-class SeenRequest:
-    """One request as a :class:`ScriptedBackend` read it off the wire."""
-
-    head: bytes
-    body: bytes
-    connection: int
-
-    def header(self, name: str) -> str | None:
-        for line in self.head.decode("latin-1").split("\r\n")[1:]:
-            key, _, value = line.partition(":")
-            if key.strip().lower() == name.lower():
-                return value.strip()
-        return None
-
-    @property
-    def header_names(self) -> set[str]:
-        return {
-            line.partition(":")[0].strip().lower()
-            for line in self.head.decode("latin-1").split("\r\n")[1:]
-            if line
-        }
-
-
-Answer = Callable[[SeenRequest], tuple[bytes, bool]]
-
-
-@dataclass
-class ScriptedBackend:
-    """A raw asyncio HTTP/1.1 server: per request, ``answer(request)`` returns the exact
-    bytes to write and whether to close the connection afterwards. Request bodies are
-    read by Content-Length or chunked framing (decoded into ``SeenRequest.body``)."""
-
-    answer: Answer
-    requests: list[SeenRequest] = field(default_factory=list)
-    connections: int = 0
-    server: asyncio.Server | None = None
-    port: int = 0
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        number = self.connections
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                request = SeenRequest(head, b"", number)
-                if (request.header("transfer-encoding") or "").lower() == "chunked":
-                    body = b""
-                    while True:
-                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                        if size == 0:
-                            while await reader.readuntil(b"\r\n") != b"\r\n":
-                                pass  # trailers
-                            break
-                        body += await reader.readexactly(size)
-                        await reader.readexactly(2)
-                    request.body = body
-                elif request.header("content-length"):
-                    request.body = await reader.readexactly(int(request.header("content-length") or 0))
-                self.requests.append(request)
-                data, close = self.answer(request)
-                writer.write(data)
-                await writer.drain()
-                if close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def start(self, stack: AsyncExitStack) -> ScriptedBackend:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        stack.push_async_callback(self.stop)
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
-def fixed(response: bytes, close: bool = False) -> Answer:
-    return lambda _request: (response, close)
-
-
-async def raw_backend(stack: AsyncExitStack, response: bytes, *, close: bool = False) -> RawBackend:
-    backend = RawBackend(response, close=close)
-    await backend.start()
-    stack.push_async_callback(backend.stop)
-    return backend
-
-
-async def proxy_to(stack: AsyncExitStack, port: int, routes: list[dict[str, object]] | None = None) -> ProxyServer:
-    """A proxy whose one service is ``127.0.0.1:port``; routes default to ``/``."""
-    proxy, _, _ = await start_proxy(
-        stack, make_config(1, direct=("127.0.0.1", port), routes=routes or ALL_PATHS)
-    )
-    return proxy
-
-
-async def connect(stack: AsyncExitStack, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    stack.callback(writer.close)
-    return reader, writer
-
-
-async def assert_closed(reader: asyncio.StreamReader) -> bytes:
-    """Read to EOF (which must come, within 10 s) and return what was left."""
-    try:
-        return await asyncio.wait_for(reader.read(), 10)
-    except ConnectionResetError:
-        return b""
 
 
 def body_json(body: bytes) -> dict[str, object]:

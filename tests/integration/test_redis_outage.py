@@ -29,7 +29,8 @@ from control_plane.store import EntityStore
 from data_plane.server import DataPlane, DataPlaneSettings
 from ferry.http_site import start_site
 from ferry.redis_server import EmbeddedRedis
-from tests.support import start_control_plane, wait_for
+from tests.support.control_planes import start_control_plane
+from tests.support.polling import wait_for
 
 #: Routes that never touch Redis.
 _REDIS_FREE = {"/", "/status", "/openapi.json"}
