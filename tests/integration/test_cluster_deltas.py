@@ -170,49 +170,43 @@ async def test_a_data_plane_reconnecting_with_version_v_receives_only_a_delta(
     assert first.ByteSize() < full.ByteSize()
 
 
-async def test_a_restarted_control_plane_sends_deltas_from_the_change_stream(
-    control_planes: ControlPlanes, http: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    "trimmed",
+    [
+        pytest.param(False, id="a_restarted_control_plane_sends_deltas_from_the_change_stream"),
+        pytest.param(True, id="a_trimmed_change_stream_means_a_full_snapshot"),
+    ],
+)
+async def test_a_restarted_control_plane_answers_a_held_version_from_the_change_stream(
+    control_planes: ControlPlanes, http: aiohttp.ClientSession, trimmed: bool
 ) -> None:
+    """A DP holding an older version gets a delta from a restarted CP while the change
+    stream still reaches back to that version, and the full snapshot once it is trimmed."""
     first = await control_planes.start()
     upstreams = await shop(AdminClient(http, first))
     held_version, held_hash = await first_sync(first)
     upserted, removed = await changes_since(AdminClient(http, first), upstreams)
     await control_planes.stop(first)
+    if trimmed:
+        client = aioredis.Redis.from_url(control_planes.redis_url)
+        try:
+            await client.xtrim("ferry:changes", maxlen=0)
+        finally:
+            await client.aclose()
 
     restarted = await control_planes.start()
     raw = RawDataPlane(restarted)
     try:
         await raw.hello(held_version, held_hash)
         message = await raw.read()
-        assert message.WhichOneof("message") == "delta"
-        assert {r.id for r in message.delta.upserts} == upserted
-        assert {k.id for k in message.delta.removals} == removed
-    finally:
-        await raw.close()
-
-
-async def test_a_trimmed_change_stream_means_a_full_snapshot(
-    control_planes: ControlPlanes, http: aiohttp.ClientSession
-) -> None:
-    first = await control_planes.start()
-    upstreams = await shop(AdminClient(http, first))
-    held_version, held_hash = await first_sync(first)
-    await changes_since(AdminClient(http, first), upstreams)
-    await control_planes.stop(first)
-    client = aioredis.Redis.from_url(control_planes.redis_url)
-    try:
-        await client.xtrim("ferry:changes", maxlen=0)
-    finally:
-        await client.aclose()
-
-    restarted = await control_planes.start()
-    raw = RawDataPlane(restarted)
-    try:
-        await raw.hello(held_version, held_hash)
-        message = await raw.read()
-        assert message.WhichOneof("message") == "snapshot"
-        current = restarted.snapshots.current
-        assert current is not None and message.snapshot.hash == current.hash
+        if trimmed:
+            assert message.WhichOneof("message") == "snapshot"
+            current = restarted.snapshots.current
+            assert current is not None and message.snapshot.hash == current.hash
+        else:
+            assert message.WhichOneof("message") == "delta"
+            assert {r.id for r in message.delta.upserts} == upserted
+            assert {k.id for k in message.delta.removals} == removed
     finally:
         await raw.close()
 

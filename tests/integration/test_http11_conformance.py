@@ -17,6 +17,8 @@ import json
 import os
 from contextlib import AsyncExitStack
 
+import pytest
+
 from data_plane.proxy import MAX_HEADER_BYTES
 from data_plane.runtime import compile_config
 from tests.support.backends import (
@@ -254,56 +256,67 @@ def _by_path(answers: dict[str, bytes]) -> Answer:
 _NEXT_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
 
 
-async def test_head_response_has_no_body(stack: AsyncExitStack) -> None:
-    seen = await ScriptedBackend(
-        _by_path({"/h": b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", "/next": _NEXT_OK})
-    ).start(stack)
+@pytest.mark.parametrize(
+    ("request_head", "answer", "status", "headers", "absent", "forwarded"),
+    [
+        pytest.param(
+            b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+            200,
+            {"content-length": "1234"},
+            (),
+            {},
+            id="head_response_has_no_body",
+        ),
+        pytest.param(
+            b"DELETE /n HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            204,
+            {},
+            ("content-length", "transfer-encoding"),
+            {},
+            id="204_response_has_no_body_even_with_content_length",
+        ),
+        pytest.param(
+            b'GET /c HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\n',
+            b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 5\r\n\r\n',
+            304,
+            {"etag": '"v1"'},
+            ("transfer-encoding",),
+            {"if-none-match": '"v1"'},
+            id="304_response_has_no_body_even_with_content_length",
+        ),
+    ],
+)
+async def test_response_without_a_body_is_framed_without_one(
+    stack: AsyncExitStack,
+    request_head: bytes,
+    answer: bytes,
+    status: int,
+    headers: dict[str, str],
+    absent: tuple[str, ...],
+    forwarded: dict[str, str],
+) -> None:
+    """HEAD, 204 and 304 answers carry no body whatever their Content-Length says: the
+    client gets the head only, and the next request on the connection is answered."""
+    path = request_head.split(b" ", 2)[1].decode()
+    seen = await ScriptedBackend(_by_path({path: answer, "/next": _NEXT_OK})).start(stack)
     proxy = await proxy_to(stack, seen.port)
     reader, writer = await connect(stack, proxy.port)
-    writer.write(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, _ = await read_response(reader, head_only=True)
-    assert status == 200 and headers["content-length"] == "1234"
+    writer.write(request_head)
+    got_status, got_headers, _ = await read_response(reader, head_only=True)
+    assert got_status == status
+    for name, value in headers.items():
+        assert got_headers[name] == value, name
+    for name in absent:
+        assert name not in got_headers, name
     writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, body = await read_response(reader)
-    assert (status, body) == (200, b"next")
-    # Both on one upstream connection: the HEAD answer was framed without a body.
+    got_status, _, body = await read_response(reader)
+    assert (got_status, body) == (200, b"next")
+    # Both on one upstream connection: the answer was framed without a body.
     assert [r.connection for r in seen.requests] == [1, 1]
-
-
-async def test_204_response_has_no_body_even_with_content_length(stack: AsyncExitStack) -> None:
-    seen = await ScriptedBackend(
-        _by_path({"/n": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "/next": _NEXT_OK})
-    ).start(stack)
-    proxy = await proxy_to(stack, seen.port)
-    reader, writer = await connect(stack, proxy.port)
-    writer.write(b"DELETE /n HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, _ = await read_response(reader, head_only=True)
-    assert status == 204
-    assert "content-length" not in headers and "transfer-encoding" not in headers
-    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, body = await read_response(reader)
-    assert (status, body) == (200, b"next")
-    assert [r.connection for r in seen.requests] == [1, 1]
-
-
-async def test_304_response_has_no_body_even_with_content_length(stack: AsyncExitStack) -> None:
-    seen = await ScriptedBackend(
-        _by_path(
-            {
-                "/c": b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 5\r\n\r\n',
-                "/next": _NEXT_OK,
-            }
-        )
-    ).start(stack)
-    proxy = await proxy_to(stack, seen.port)
-    reader, writer = await connect(stack, proxy.port)
-    writer.write(b'GET /c HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\n')
-    status, headers, _ = await read_response(reader, head_only=True)
-    assert status == 304 and headers["etag"] == '"v1"' and "transfer-encoding" not in headers
-    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, body = await read_response(reader)
-    assert (status, body) == (200, b"next")
-    assert seen.requests[0].header("if-none-match") == '"v1"'
+    for name, value in forwarded.items():
+        assert seen.requests[0].header(name) == value, name
 
 
 # ---------------------------------------------------------------- Expect: 100-continue
@@ -388,27 +401,31 @@ async def test_hop_by_hop_response_headers_are_stripped(stack: AsyncExitStack) -
 # ------------------------------------------------------------- limits and bad input
 
 
-async def test_oversized_headers_get_431(stack: AsyncExitStack) -> None:
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(
+            b"GET /x HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(MAX_HEADER_BYTES // 100))
+            + b"\r\n",
+            id="oversized_headers",
+        ),
+        pytest.param(
+            b"GET /" + b"a" * (MAX_HEADER_BYTES + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            id="oversized_request_line",
+        ),
+    ],
+)
+async def test_oversized_head_gets_431_and_close(stack: AsyncExitStack, request_bytes: bytes) -> None:
     a = await start_backend(stack, "a")
     proxy = await proxy_to(stack, a.port)
     reader, writer = await connect(stack, proxy.port)
-    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(MAX_HEADER_BYTES // 100))
-    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    writer.write(request_bytes)
     status, headers, body = await read_response(reader)
     assert status == 431 and headers["connection"] == "close"
     assert body_json(body) == {"message": "Request header fields too large"}
     assert await assert_closed(reader) == b""
     assert a.requests == []
-
-
-async def test_oversized_request_line_gets_431(stack: AsyncExitStack) -> None:
-    a = await start_backend(stack, "a")
-    proxy = await proxy_to(stack, a.port)
-    reader, writer = await connect(stack, proxy.port)
-    writer.write(b"GET /" + b"a" * (MAX_HEADER_BYTES + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, _ = await read_response(reader)
-    assert status == 431
-    assert await assert_closed(reader) == b""
 
 
 async def test_header_line_that_never_ends_gets_431(stack: AsyncExitStack) -> None:
@@ -432,22 +449,31 @@ async def test_header_line_that_never_ends_gets_431(stack: AsyncExitStack) -> No
     assert status == 431
 
 
-async def test_malformed_request_gets_400_and_close(stack: AsyncExitStack) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", id="garbage_request_line"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", id="space_in_header_name"),
+        pytest.param(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            id="two_content_lengths",
+        ),
+        # Request smuggling shape: both framings.
+        pytest.param(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="content_length_and_chunked",
+        ),
+    ],
+)
+async def test_malformed_request_gets_400_and_close(stack: AsyncExitStack, bad: bytes) -> None:
     a = await start_backend(stack, "a")
     proxy = await proxy_to(stack, a.port)
-    for bad in (
-        b"GARBAGE\r\n\r\n",
-        b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
-        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-        # Request smuggling shape: both framings.
-        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    ):
-        reader, writer = await connect(stack, proxy.port)
-        writer.write(bad + b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
-        status, headers, body = await read_response(reader)
-        assert status == 400 and headers["connection"] == "close", bad
-        assert body_json(body) == {"message": "Bad request"}
-        assert await assert_closed(reader) == b"", bad  # nothing after: /after is not served
+    reader, writer = await connect(stack, proxy.port)
+    writer.write(bad + b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert status == 400 and headers["connection"] == "close", bad
+    assert body_json(body) == {"message": "Bad request"}
+    assert await assert_closed(reader) == b"", bad  # nothing after: /after is not served
     assert a.requests == []
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -228,12 +228,6 @@ def _holds(dp: DataPlane, version: int) -> bool:
 async def _proxied(http: aiohttp.ClientSession, dp: DataPlane, path: str) -> str | None:
     async with http.get(f"http://127.0.0.1:{dp.proxy_port}{path}") as response:
         return await response.text() if response.status == 200 else None
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as s:
-        yield s
 
 
 async def test_with_redis_down_dps_keep_serving_new_dps_get_the_last_snapshot_and_writes_resume(
