@@ -1,6 +1,9 @@
 """Shared fixtures: one real ``redis-server`` per test session, free ports, deadlines.
 
-Tests never sleep a fixed time; they poll a condition with :func:`wait_for`.
+Tests never sleep a fixed time; they poll a condition with
+:func:`tests.support.polling.wait_for`. The fixtures every directory may use are defined
+in ``tests/support/`` and registered here by name (a conftest may import support
+modules; a test module imports no other test module or conftest).
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ import uvloop
 
 from control_plane.embedded_redis import EmbeddedRedis
 from ferry_shared.listen import free_port
+from tests.support.backends import backends as backends
+from tests.support.control_planes import control_planes as control_planes
+from tests.support.http import http as http
+from tests.support.http import http_timeout as http_timeout
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:

@@ -11,8 +11,10 @@ import aiohttp
 import pytest
 
 from ferry_shared.listen import free_port
-from tests.e2e.conftest import dp_status, wait_http_ok
-from tests.support import FerryProcess, wait_for
+from tests.support.ferry_cluster import dp_status
+from tests.support.http import wait_http_ok
+from tests.support.polling import wait_for
+from tests.support.processes import FerryProcess
 
 
 def generate(directory: Path) -> list[str]:

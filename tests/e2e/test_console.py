@@ -38,8 +38,10 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from control_plane.console_site import add_console_routes
-from tests.e2e.conftest import Cluster, admin, wait_dp_synced, wait_http_ok
-from tests.support import wait_for
+from tests.support.admin import admin
+from tests.support.ferry_cluster import Cluster, wait_dp_synced
+from tests.support.http import wait_http_ok
+from tests.support.polling import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

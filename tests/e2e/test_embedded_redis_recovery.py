@@ -24,8 +24,10 @@ from typing import Any
 import aiohttp
 import redis
 
-from tests.e2e.conftest import Cluster, admin, wait_dp_synced, wait_http_ok
-from tests.support import wait_for
+from tests.support.admin import admin
+from tests.support.ferry_cluster import Cluster, wait_dp_synced
+from tests.support.http import wait_http_ok
+from tests.support.polling import wait_for
 
 
 def _children(pid: int) -> list[int]:

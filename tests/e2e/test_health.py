@@ -13,9 +13,11 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.conftest import Cluster, DataPlaneProc, admin, wait_dp_synced, wait_http_ok
-from tests.integration.test_health_checks import FlipBackend
-from tests.support import wait_for
+from tests.support.admin import admin
+from tests.support.backends import FlipBackend
+from tests.support.ferry_cluster import Cluster, DataPlaneProc, wait_dp_synced
+from tests.support.http import wait_http_ok
+from tests.support.polling import wait_for
 
 ACTIVE = {
     "active": {

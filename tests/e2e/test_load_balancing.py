@@ -24,8 +24,9 @@ import redis
 import ferry
 from control_plane.embedded_redis import EmbeddedRedis
 from ferry_shared.listen import free_port
-from tests.e2e.conftest import admin
-from tests.support import FerryProcess, wait_for
+from tests.support.admin import admin
+from tests.support.polling import wait_for
+from tests.support.processes import FerryProcess
 
 _names = itertools.count(1)
 
@@ -106,12 +107,6 @@ def gateway(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactor
                 backend.wait()
         for process in reversed(processes):
             process.stop()
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
 
 
 async def synced(http: aiohttp.ClientSession, gw: Gateway) -> None:

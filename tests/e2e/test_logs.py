@@ -10,9 +10,11 @@ from typing import Any
 import aiohttp
 
 from ferry_shared.listen import free_port
-from tests.e2e.conftest import Cluster, admin, wait_dp_synced, wait_http_ok
-from tests.e2e.test_workers import fresh_get
-from tests.support import FerryProcess, wait_for
+from tests.support.admin import admin
+from tests.support.ferry_cluster import Cluster, wait_dp_synced
+from tests.support.http import fresh_get, wait_http_ok
+from tests.support.polling import wait_for
+from tests.support.processes import FerryProcess
 
 
 def json_lines(process: FerryProcess) -> list[dict[str, Any]]:

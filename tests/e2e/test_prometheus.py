@@ -20,8 +20,9 @@ import yaml
 
 from control_plane.admin_tokens import add_token
 from ferry_shared.listen import free_port
-from tests.e2e.conftest import Cluster, wait_http_ok
-from tests.support import wait_for
+from tests.support.ferry_cluster import Cluster
+from tests.support.http import wait_http_ok
+from tests.support.polling import wait_for
 
 PROMETHEUS = "/usr/bin/prometheus"
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import processes_mentioning, wait_for
+from tests.support.polling import wait_for
+from tests.support.processes import processes_mentioning
 
 #: What ``ferry up --data-planes 3`` listens on by default.
 DEFAULT_PORTS = {

@@ -16,8 +16,11 @@ import redis.asyncio as aioredis
 
 from control_plane.store import EntityStore
 from ferry_shared.listen import free_port
-from tests.e2e.conftest import Cluster, admin, backend_of, dp_status, wait_dp_synced, wait_http_ok
-from tests.support import FerryProcess, processes_mentioning, wait_for
+from tests.support.admin import admin
+from tests.support.ferry_cluster import Cluster, backend_of, dp_status, wait_dp_synced
+from tests.support.http import wait_http_ok
+from tests.support.polling import wait_for
+from tests.support.processes import FerryProcess, processes_mentioning
 
 
 async def create_shop(http: aiohttp.ClientSession, cluster: Cluster, ports: list[int]) -> None:

@@ -18,10 +18,16 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.conftest import Cluster, DataPlaneProc, dp_status, wait_http_ok
-from tests.e2e.test_workers import fresh_get, start, worker_pids
-from tests.integration.test_data_plane_metrics import Scrape, scrape
-from tests.support import wait_for
+from tests.support.ferry_cluster import (
+    Cluster,
+    DataPlaneProc,
+    dp_status,
+    start_two_worker_node,
+    worker_pids,
+)
+from tests.support.http import fresh_get, wait_http_ok
+from tests.support.metrics import Scrape, scrape
+from tests.support.polling import wait_for
 
 BATCH = 30
 LABELS = {"service": "shop", "route": "shop"}
@@ -89,7 +95,7 @@ async def test_node_metrics_sum_the_workers_and_survive_a_killed_worker(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
     async with AsyncExitStack() as stack:
-        dp, _, _ = await start(cluster, http, stack, {})
+        dp, _, _ = await start_two_worker_node(cluster, http, stack, {})
         data_dir = cluster.tmp_path / "node"
         watch = Watcher(http, dp)
         assert await watch.total() == 0

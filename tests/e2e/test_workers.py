@@ -15,45 +15,19 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.conftest import (
+from tests.support.admin import admin
+from tests.support.ferry_cluster import (
     Cluster,
     DataPlaneProc,
-    admin,
     dp_status,
+    start_two_worker_node,
     wait_dp_synced,
-    wait_http_ok,
+    worker_pids,
 )
-from tests.integration.test_health_checks import FlipBackend
-from tests.support import wait_for
+from tests.support.http import fresh_get, wait_http_ok
+from tests.support.polling import wait_for
 
 FRESH = 30
-
-
-async def fresh_get(url: str) -> tuple[int, str | None]:
-    """One request on its own connection: (status, backend name or None)."""
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session, session.get(url) as response:
-        body = await response.json(content_type=None)
-        return response.status, body.get("backend") if isinstance(body, dict) else None
-
-
-async def start(
-    cluster: Cluster, http: aiohttp.ClientSession, stack: AsyncExitStack, checks: dict[str, Any]
-) -> tuple[DataPlaneProc, FlipBackend, FlipBackend]:
-    cp = cluster.start_control_plane()
-    await wait_http_ok(http, f"{cluster.admin}/status", cp)
-    a, b = FlipBackend("a"), FlipBackend("b")
-    await a.start(stack)
-    await b.start(stack)
-    await admin(http, "POST", f"{cluster.admin}/upstreams", {"name": "shop", "healthchecks": checks})
-    for backend in (a, b):
-        await admin(http, "POST", f"{cluster.admin}/upstreams/shop/targets", {"target": backend.key})
-    await admin(http, "POST", f"{cluster.admin}/services", {"name": "shop", "host": "shop", "port": 80})
-    await admin(http, "POST", f"{cluster.admin}/services/shop/routes", {"name": "shop", "paths": ["/shop"]})
-    dp = cluster.start_data_plane("node", "--workers", "2")
-    await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
-    await wait_dp_synced(http, cluster, dp.status)
-    return dp, a, b
 
 
 async def node_health(http: aiohttp.ClientSession, dp: DataPlaneProc, target: str) -> str:
@@ -66,7 +40,7 @@ async def test_two_workers_serve_one_port_and_a_killed_worker_is_replaced(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
     async with AsyncExitStack() as stack:
-        dp, a, b = await start(cluster, http, stack, {})
+        dp, a, b = await start_two_worker_node(cluster, http, stack, {})
         status = await dp_status(http, dp.status)
         assert [w["index"] for w in status["workers"]] == [0, 1]
         assert {w["configuration_hash"] for w in status["workers"]} == {status["configuration_hash"]}
@@ -92,31 +66,12 @@ async def test_two_workers_serve_one_port_and_a_killed_worker_is_replaced(
         assert {await fresh_get(f"{dp.proxy}/shop/") for _ in range(FRESH)} == {(200, "a")}
 
 
-async def worker_pids(dp: DataPlaneProc) -> list[int]:
-    """The node's worker processes, from /proc (children of the node process)."""
-    node = dp.process.process.pid
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if int(fields[1]) == node and b"data-plane-worker" in cmdline and fields[0] != "Z":
-            children.append(int(entry))
-    return sorted(children)
-
-
 async def test_a_passive_failure_seen_by_one_worker_takes_the_target_out_on_every_worker(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
     passive = {"passive": {"unhealthy": {"http_failures": 1}, "base_ejection_time": 0}}
     async with AsyncExitStack() as stack:
-        dp, a, b = await start(cluster, http, stack, passive)
+        dp, a, b = await start_two_worker_node(cluster, http, stack, passive)
         b.status = 500
         # Each worker balances on its own (a, b, a, ...): of three requests, two reach
         # one worker, and its second goes to b.
@@ -156,7 +111,7 @@ async def test_only_the_node_probes_and_its_verdicts_reach_every_worker(
         }
     }
     async with AsyncExitStack() as stack:
-        dp, a, b = await start(cluster, http, stack, active)
+        dp, a, b = await start_two_worker_node(cluster, http, stack, active)
         await wait_for(lambda: len(b.probes) >= 3, message="probes of b")
         b.health_status = 500
         await wait_for(lambda: _is(node_health(http, dp, b.key), "UNHEALTHY"),

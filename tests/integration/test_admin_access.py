@@ -14,7 +14,7 @@ import pytest
 
 from control_plane.admin_tokens import add_token
 from control_plane.server import ControlPlane, ControlPlaneSettings
-from tests.support import start_control_plane
+from tests.support.control_planes import start_control_plane
 
 BODY_LIMIT = 64 * 1024
 

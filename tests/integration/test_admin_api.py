@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,15 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from control_plane.admin_api import create_admin_app
 from control_plane.redis_connection import create_redis_client
 from control_plane.store import EntityStore
-
-DATA_PLANES = [{"id": "dp-1", "hostname": "dp1.local", "sync_status": "SYNCED", "version": "0.1.0"}]
-
-
-class FixedDataPlanes:
-    """Stands in for the cluster server's registry: a fixed list of data planes."""
-
-    async def list_data_planes(self) -> list[dict[str, Any]]:
-        return [dict(row) for row in DATA_PLANES]
+from tests.support.admin import DATA_PLANES, AppClient, FixedDataPlanes, call, make
 
 
 @pytest.fixture
@@ -37,24 +28,7 @@ async def admin(store: EntityStore) -> AsyncIterator[TestClient[Any, Any]]:
         yield client
 
 
-Client = TestClient[Any, Any]
-
-
-async def call(
-    client: Client, method: str, path: str, body: Any = None, **kwargs: Any
-) -> tuple[int, Any]:
-    """One request; returns (status, decoded JSON body or None)."""
-    if body is not None:
-        kwargs["json"] = body
-    async with client.request(method, path, **kwargs) as response:
-        text = await response.text()
-        return response.status, (json.loads(text) if text else None)
-
-
-async def make(client: Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    status, entity = await call(client, "POST", path, body)
-    assert status == 201, entity
-    return entity  # type: ignore[no-any-return]
+Client = AppClient
 
 
 def violation(fields: dict[str, Any], message: str) -> dict[str, Any]:

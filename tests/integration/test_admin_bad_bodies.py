@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import start_control_plane
+from tests.support.control_planes import start_control_plane
 
 CANNOT_PARSE_JSON = {"message": "Cannot parse JSON body"}
 

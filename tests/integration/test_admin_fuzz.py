@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
 
 from control_plane.embedded_redis import EmbeddedRedis
 from ferry_shared.listen import free_port
-from tests.support import FerryProcess
+from tests.support.processes import FerryProcess
 
 #: Examples per operation and generation mode; with ~45 operations this keeps the
 #: whole test near a minute on two cores. FERRY_FUZZ_EXAMPLES raises it for a soak.

@@ -23,7 +23,7 @@ from control_plane.errors import (
 from control_plane.redis_connection import create_redis_client
 from control_plane.schemas import validate_entity
 from control_plane.store import EntityStore, WriteConflict
-from tests.integration.test_admin_api import FixedDataPlanes, call, make
+from tests.support.admin import FixedDataPlanes, call, make
 
 
 @pytest.fixture

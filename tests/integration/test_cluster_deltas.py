@@ -23,42 +23,11 @@ from data_plane.config_installer import apply_snapshot
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigHolder
 from proto import cluster_pb2, cluster_pb2_grpc
-from tests.support import start_control_plane, wait_for
+from tests.support.admin import AdminClient
+from tests.support.control_planes import ControlPlanes
+from tests.support.polling import wait_for
 
 NODE = "00000000-0000-4000-8000-0000000000d1"
-
-
-async def start_cp(redis_url: str, tmp_path: Path, merge_window: float = 0.01) -> ControlPlane:
-    plane: ControlPlane = await start_control_plane(redis_url, tmp_path, merge_window=merge_window)
-    return plane
-
-
-@pytest.fixture
-async def planes(redis_url: str, tmp_path: Path) -> AsyncIterator[list[ControlPlane]]:
-    """Control planes a test starts; every one is stopped at the end."""
-    started: list[ControlPlane] = []
-    try:
-        yield started
-    finally:
-        for plane in started:
-            await plane.stop(grace=0.2)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-class Admin:
-    def __init__(self, http: aiohttp.ClientSession, cp: ControlPlane) -> None:
-        self.http = http
-        self.base = f"http://127.0.0.1:{cp.admin_port}"
-
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        async with self.http.request(method, self.base + path, json=body) as response:
-            assert response.status < 300, await response.text()
-            return await response.json() if response.status != 204 else None
 
 
 class RawDataPlane:
@@ -122,12 +91,12 @@ class RawDataPlane:
         await self.channel.close()
 
 
-async def shop(admin: Admin) -> dict[str, Any]:
+async def shop(admin: AdminClient) -> dict[str, Any]:
     """Three upstreams with a target each; returns them by name."""
     upstreams = {}
     for name in ("keep", "change", "drop"):
-        upstreams[name] = await admin.call("POST", "/upstreams", {"name": name})
-        await admin.call("POST", f"/upstreams/{name}/targets", {"target": "127.0.0.1:9"})
+        upstreams[name] = await admin.ok("POST", "/upstreams", {"name": name})
+        await admin.ok("POST", f"/upstreams/{name}/targets", {"target": "127.0.0.1:9"})
     return upstreams
 
 
@@ -144,12 +113,12 @@ async def first_sync(cp: ControlPlane) -> tuple[int, str]:
         await raw.close()
 
 
-async def changes_since(admin: Admin, upstreams: dict[str, Any]) -> tuple[set[str], set[str]]:
+async def changes_since(admin: AdminClient, upstreams: dict[str, Any]) -> tuple[set[str], set[str]]:
     """Change one upstream, delete one (with its target), add one: (upserted, removed) ids."""
-    await admin.call("PATCH", "/upstreams/change", {"slots": 100})
-    drop_targets = (await admin.call("GET", "/upstreams/drop/targets"))["data"]
-    await admin.call("DELETE", "/upstreams/drop")
-    added = await admin.call("POST", "/upstreams", {"name": "added"})
+    await admin.ok("PATCH", "/upstreams/change", {"slots": 100})
+    drop_targets = (await admin.ok("GET", "/upstreams/drop/targets"))["data"]
+    await admin.ok("DELETE", "/upstreams/drop")
+    added = await admin.ok("POST", "/upstreams", {"name": "added"})
     return (
         {upstreams["change"]["id"], added["id"]},
         {upstreams["drop"]["id"], *(t["id"] for t in drop_targets)},
@@ -164,11 +133,10 @@ async def settled(cp: ControlPlane, version: int) -> None:
 
 
 async def test_a_data_plane_reconnecting_with_version_v_receives_only_a_delta(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+    control_planes: ControlPlanes, http: aiohttp.ClientSession
 ) -> None:
-    cp = await start_cp(redis_url, tmp_path)
-    planes.append(cp)
-    admin = Admin(http, cp)
+    cp = await control_planes.start()
+    admin = AdminClient(http, cp)
     upstreams = await shop(admin)
     held_version, held_hash = await first_sync(cp)
     upserted, removed = await changes_since(admin, upstreams)
@@ -202,65 +170,52 @@ async def test_a_data_plane_reconnecting_with_version_v_receives_only_a_delta(
     assert first.ByteSize() < full.ByteSize()
 
 
-async def test_a_restarted_control_plane_sends_deltas_from_the_change_stream(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    "trimmed",
+    [
+        pytest.param(False, id="a_restarted_control_plane_sends_deltas_from_the_change_stream"),
+        pytest.param(True, id="a_trimmed_change_stream_means_a_full_snapshot"),
+    ],
+)
+async def test_a_restarted_control_plane_answers_a_held_version_from_the_change_stream(
+    control_planes: ControlPlanes, http: aiohttp.ClientSession, trimmed: bool
 ) -> None:
-    first = await start_cp(redis_url, tmp_path)
-    planes.append(first)
-    upstreams = await shop(Admin(http, first))
+    """A DP holding an older version gets a delta from a restarted CP while the change
+    stream still reaches back to that version, and the full snapshot once it is trimmed."""
+    first = await control_planes.start()
+    upstreams = await shop(AdminClient(http, first))
     held_version, held_hash = await first_sync(first)
-    upserted, removed = await changes_since(Admin(http, first), upstreams)
-    await first.stop(grace=0.2)
-    planes.remove(first)
+    upserted, removed = await changes_since(AdminClient(http, first), upstreams)
+    await control_planes.stop(first)
+    if trimmed:
+        client = aioredis.Redis.from_url(control_planes.redis_url)
+        try:
+            await client.xtrim("ferry:changes", maxlen=0)
+        finally:
+            await client.aclose()
 
-    restarted = await start_cp(redis_url, tmp_path)
-    planes.append(restarted)
+    restarted = await control_planes.start()
     raw = RawDataPlane(restarted)
     try:
         await raw.hello(held_version, held_hash)
         message = await raw.read()
-        assert message.WhichOneof("message") == "delta"
-        assert {r.id for r in message.delta.upserts} == upserted
-        assert {k.id for k in message.delta.removals} == removed
-    finally:
-        await raw.close()
-
-
-async def test_a_trimmed_change_stream_means_a_full_snapshot(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
-) -> None:
-    first = await start_cp(redis_url, tmp_path)
-    planes.append(first)
-    upstreams = await shop(Admin(http, first))
-    held_version, held_hash = await first_sync(first)
-    await changes_since(Admin(http, first), upstreams)
-    await first.stop(grace=0.2)
-    planes.remove(first)
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await client.xtrim("ferry:changes", maxlen=0)
-    finally:
-        await client.aclose()
-
-    restarted = await start_cp(redis_url, tmp_path)
-    planes.append(restarted)
-    raw = RawDataPlane(restarted)
-    try:
-        await raw.hello(held_version, held_hash)
-        message = await raw.read()
-        assert message.WhichOneof("message") == "snapshot"
-        current = restarted.snapshots.current
-        assert current is not None and message.snapshot.hash == current.hash
+        if trimmed:
+            assert message.WhichOneof("message") == "snapshot"
+            current = restarted.snapshots.current
+            assert current is not None and message.snapshot.hash == current.hash
+        else:
+            assert message.WhichOneof("message") == "delta"
+            assert {r.id for r in message.delta.upserts} == upserted
+            assert {k.id for k in message.delta.removals} == removed
     finally:
         await raw.close()
 
 
 async def test_a_data_plane_that_cannot_apply_a_delta_gets_the_full_snapshot(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+    control_planes: ControlPlanes, http: aiohttp.ClientSession
 ) -> None:
-    cp = await start_cp(redis_url, tmp_path)
-    planes.append(cp)
-    admin = Admin(http, cp)
+    cp = await control_planes.start()
+    admin = AdminClient(http, cp)
     upstreams = await shop(admin)
     held_version, held_hash = await first_sync(cp)
     await changes_since(admin, upstreams)
@@ -279,11 +234,10 @@ async def test_a_data_plane_that_cannot_apply_a_delta_gets_the_full_snapshot(
 
 
 async def test_after_a_nack_nothing_is_resent_and_the_next_delta_starts_from_the_acked_version(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+    control_planes: ControlPlanes, http: aiohttp.ClientSession
 ) -> None:
-    cp = await start_cp(redis_url, tmp_path)
-    planes.append(cp)
-    admin = Admin(http, cp)
+    cp = await control_planes.start()
+    admin = AdminClient(http, cp)
     upstreams = await shop(admin)
     raw = RawDataPlane(cp)
     try:
@@ -291,14 +245,14 @@ async def test_after_a_nack_nothing_is_resent_and_the_next_delta_starts_from_the
         await raw.hello(ping_interval=0.2, keep_alive=True)
         snapshot = (await raw.read()).snapshot
         await raw.send(ack=cluster_pb2.Ack(version=snapshot.version, hash=snapshot.hash))
-        await admin.call("PATCH", "/upstreams/change", {"slots": 100})
+        await admin.ok("PATCH", "/upstreams/change", {"slots": 100})
         rejected = (await raw.read_config()).delta
         assert rejected.from_version == snapshot.version
         await raw.send(nack=cluster_pb2.Nack(version=rejected.version, hash=rejected.hash,
                                              error_detail="cannot compile"))
 
         async def nacked() -> bool:
-            rows = (await admin.call("GET", "/clustering/data-planes"))["data"]
+            rows = (await admin.ok("GET", "/clustering/data-planes"))["data"]
             return bool(rows) and rows[0]["sync_status"] == "NACKED"
 
         await wait_for(nacked, message="the NACK to be recorded")
@@ -306,7 +260,7 @@ async def test_after_a_nack_nothing_is_resent_and_the_next_delta_starts_from_the
         assert await raw.until_ping() == []
         assert await raw.until_ping() == []
 
-        await admin.call("DELETE", f"/upstreams/{upstreams['drop']['id']}")
+        await admin.ok("DELETE", f"/upstreams/{upstreams['drop']['id']}")
         delta = (await raw.read_config()).delta
         assert delta.from_version == snapshot.version, "based on what the DP acknowledged"
         assert {r.id for r in delta.upserts} == {upstreams["change"]["id"]}
@@ -315,11 +269,10 @@ async def test_after_a_nack_nothing_is_resent_and_the_next_delta_starts_from_the
 
 
 async def test_changes_within_the_merge_window_go_out_as_one_update(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+    control_planes: ControlPlanes, http: aiohttp.ClientSession
 ) -> None:
-    cp = await start_cp(redis_url, tmp_path, merge_window=1.0)
-    planes.append(cp)
-    admin = Admin(http, cp)
+    cp = await control_planes.start(merge_window=1.0)
+    admin = AdminClient(http, cp)
     await shop(admin)
     raw = RawDataPlane(cp)
     try:
@@ -329,13 +282,13 @@ async def test_changes_within_the_merge_window_go_out_as_one_update(
         await raw.send(ack=cluster_pb2.Ack(version=snapshot.version, hash=snapshot.hash))
         # One change: it goes out alone (at once when the window since the last
         # update has passed, else at its end).
-        await admin.call("POST", "/upstreams", {"name": "first"})
+        await admin.ok("POST", "/upstreams", {"name": "first"})
         first = (await raw.read_config()).delta
         assert (first.from_version, first.version) == (snapshot.version, snapshot.version + 1)
         await raw.send(ack=cluster_pb2.Ack(version=first.version, hash=first.hash))
         # A burst within the window of that update: one update at the window's end.
         await asyncio.gather(
-            *(admin.call("POST", "/upstreams", {"name": f"burst-{n}"}) for n in range(3))
+            *(admin.ok("POST", "/upstreams", {"name": f"burst-{n}"}) for n in range(3))
         )
         delta = (await raw.read_config()).delta
         assert (delta.from_version, delta.version) == (first.version, first.version + 3)
@@ -346,11 +299,10 @@ async def test_changes_within_the_merge_window_go_out_as_one_update(
 
 
 async def test_a_real_data_plane_applies_deltas_and_caches_the_whole_config(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path, http: aiohttp.ClientSession
+    control_planes: ControlPlanes, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    cp = await start_cp(redis_url, tmp_path)
-    planes.append(cp)
-    admin = Admin(http, cp)
+    cp = await control_planes.start()
+    admin = AdminClient(http, cp)
     upstreams = await shop(admin)
     cache = ConfigCache(tmp_path / "dp")
     node = NodeIdentity(node_id=NODE, hostname="dp", version="0.1.0")
@@ -383,10 +335,9 @@ async def test_a_real_data_plane_applies_deltas_and_caches_the_whole_config(
 
 
 async def test_the_control_plane_keeps_a_pinging_data_plane_and_drops_a_silent_one(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path
+    control_planes: ControlPlanes
 ) -> None:
-    cp = await start_cp(redis_url, tmp_path)
-    planes.append(cp)
+    cp = await control_planes.start()
     raw = RawDataPlane(cp)
     try:
         await raw.hello(ping_interval=0.1)
@@ -439,10 +390,9 @@ async def test_a_data_plane_drops_a_silent_control_plane_and_reconnects(
 
 
 async def test_a_hello_with_an_unusable_ping_interval_is_refused_with_the_reason(
-    planes: list[ControlPlane], redis_url: str, tmp_path: Path
+    control_planes: ControlPlanes
 ) -> None:
-    cp = await start_cp(redis_url, tmp_path)
-    planes.append(cp)
+    cp = await control_planes.start()
     raw = RawDataPlane(cp)
     try:
         await raw.hello(ping_interval=-1)

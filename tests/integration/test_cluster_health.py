@@ -7,15 +7,12 @@ controls exactly what every DP reports.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
@@ -26,136 +23,19 @@ from control_plane.admin_api import create_admin_app
 from control_plane.health import AddressReport, TargetHealthStore
 from control_plane.server import ControlPlane
 from control_plane.store import EntityStore
-from proto import cluster_pb2, cluster_pb2_grpc
-from tests.support import start_control_plane, wait_for
+from tests.support.admin import AdminClient
+from tests.support.control_planes import ControlPlanes, start_control_plane
+from tests.support.fake_data_planes import CHECKED, FakeDataPlane, health
+from tests.support.polling import wait_for
 
-CHECKED = {"healthchecks": {"active": {"healthy": {"interval": 5}, "unhealthy": {"interval": 5}}}}
-
-
-async def start_cp(redis_url: str, tmp_path: Path, *, ttl: float = 60.0) -> ControlPlane:
-    plane: ControlPlane = await start_control_plane(
-        redis_url, tmp_path, merge_window=0.0, health_report_ttl=ttl
-    )
-    return plane
-
-
-class FakeDataPlane:
-    """A real gRPC client on ``Cluster.Connect`` that sends what the test says."""
-
-    def __init__(self, cp: ControlPlane, hostname: str) -> None:
-        self.node_id = str(uuid.uuid4())
-        self.hostname = hostname
-        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{cp.cluster_port}")
-        self._call = cluster_pb2_grpc.ClusterStub(self._channel).Connect()
-        self.inbox: asyncio.Queue[cluster_pb2.ControlPlaneMessage] = asyncio.Queue()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def connect(self) -> cluster_pb2.Snapshot:
-        """Hello, wait for the snapshot, ACK it."""
-        hello = cluster_pb2.Hello(node_id=self.node_id, hostname=self.hostname, version="0.1.0")
-        await self._call.write(cluster_pb2.DataPlaneMessage(hello=hello))
-        self._reader = asyncio.create_task(self._read())
-        first = await self.next_message()
-        assert first.WhichOneof("message") == "snapshot", first
-        ack = cluster_pb2.Ack(version=first.snapshot.version, hash=first.snapshot.hash)
-        await self._call.write(cluster_pb2.DataPlaneMessage(ack=ack))
-        return first.snapshot
-
-    async def _read(self) -> None:
-        while True:
-            message = await self._call.read()
-            if message is grpc.aio.EOF:
-                return
-            await self.inbox.put(message)
-
-    async def next_message(self, timeout: float = 10.0) -> cluster_pb2.ControlPlaneMessage:
-        return await asyncio.wait_for(self.inbox.get(), timeout)
-
-    async def next_override(self) -> cluster_pb2.HealthOverride:
-        """The next ``HealthOverride``, skipping snapshots and pongs."""
-        while True:
-            message = await self.next_message()
-            if message.WhichOneof("message") == "health_override":
-                return message.health_override
-
-    async def report(self, full: bool, *addresses: cluster_pb2.AddressHealth) -> None:
-        report = cluster_pb2.HealthReport(full=full, addresses=list(addresses))
-        await self._call.write(cluster_pb2.DataPlaneMessage(health=report))
-
-    async def ping(self) -> None:
-        await self._call.write(cluster_pb2.DataPlaneMessage(ping=cluster_pb2.Ping()))
-
-    async def close(self) -> None:
-        self._call.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        await self._channel.close()
-
-
-def health(
-    target: dict[str, Any], state: str, *, address: str | None = None, reason: str = ""
-) -> cluster_pb2.AddressHealth:
-    """One ``AddressHealth`` for ``target`` (its own address unless one is given)."""
-    return cluster_pb2.AddressHealth(
-        upstream_id=target["upstream"]["id"],
-        target_id=target["id"],
-        target=target["target"],
-        address=target["target"] if address is None else address,
-        state=state,
-        reason=reason or state.lower(),
-        time=time.time(),
-        weight=target["weight"],
-    )
-
-
-class Admin:
-    def __init__(self, session: aiohttp.ClientSession, cp: ControlPlane) -> None:
-        self._session = session
-        self._base = f"http://127.0.0.1:{cp.admin_port}"
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with self._session.request(method, self._base + path, json=body) as response:
-            text = await response.text()
-            return response.status, (await response.json() if text else None)
-
-    async def make(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        status, entity = await self.call("POST", path, body)
-        assert status == 201, entity
-        return entity  # type: ignore[no-any-return]
-
-    async def health(self, upstream: str) -> dict[str, dict[str, Any]]:
-        """``GET /upstreams/{u}/health`` as target → item."""
-        status, body = await self.call("GET", f"/upstreams/{upstream}/health")
-        assert status == 200, body
-        return {item["target"]: item for item in body["data"]}
-
-    def until(
-        self, upstream: str, check: Callable[[dict[str, dict[str, Any]]], bool]
-    ) -> Callable[[], Awaitable[dict[str, dict[str, Any]] | None]]:
-        """A ``wait_for`` predicate: the health view once ``check`` accepts it."""
-
-        async def poll() -> dict[str, dict[str, Any]] | None:
-            view = await self.health(upstream)
-            return view if check(view) else None
-
-        return poll
+#: How these tests run a control plane: updates go out at once, reports live 60 s.
+HEALTH_SETTINGS: dict[str, Any] = {"merge_window": 0.0, "health_report_ttl": 60.0}
 
 
 @pytest.fixture
-async def cps(redis_url: str, tmp_path: Path) -> AsyncIterator[list[ControlPlane]]:
-    planes = [await start_cp(redis_url, tmp_path), await start_cp(redis_url, tmp_path)]
-    try:
-        yield planes
-    finally:
-        for plane in planes:
-            await plane.stop(grace=0.2)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+async def cps(control_planes: ControlPlanes) -> list[ControlPlane]:
+    """Two control planes over the test's Redis, stopped at teardown."""
+    return [await control_planes.start(**HEALTH_SETTINGS), await control_planes.start(**HEALTH_SETTINGS)]
 
 
 @pytest.fixture
@@ -181,7 +61,7 @@ DPFactory = Callable[[ControlPlane, str], Awaitable[FakeDataPlane]]
 async def test_data_planes_that_agree_or_disagree_give_healthy_unhealthy_or_mixed(
     cps: list[ControlPlane], http: aiohttp.ClientSession, dps: DPFactory
 ) -> None:
-    admin = Admin(http, cps[0])
+    admin = AdminClient(http, cps[0])
     await admin.make("/upstreams", {"name": "shop", **CHECKED})
     a = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.1:80"})
     b = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.2:80", "weight": 50})
@@ -223,7 +103,7 @@ async def test_data_planes_that_agree_or_disagree_give_healthy_unhealthy_or_mixe
     ]
 
     # Both CPs answer the same, each with its own node id.
-    status, body = await Admin(http, cps[1]).call("GET", "/upstreams/shop/health")
+    status, body = await AdminClient(http, cps[1]).call("GET", "/upstreams/shop/health")
     assert status == 200 and body["node_id"] == cps[1].node_id and body["next"] is None
     assert [item["health"] for item in body["data"]] == [
         view[item["target"]]["health"] for item in body["data"]
@@ -234,7 +114,7 @@ async def test_a_full_report_replaces_the_previous_one_and_transitions_update_it
     cps: list[ControlPlane], http: aiohttp.ClientSession, dps: DPFactory,
     redis_client: aioredis.Redis,
 ) -> None:
-    admin = Admin(http, cps[0])
+    admin = AdminClient(http, cps[0])
     upstream = await admin.make("/upstreams", {"name": "shop", **CHECKED})
     a = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.1:80"})
     b = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.2:80"})
@@ -264,7 +144,7 @@ async def test_a_full_report_replaces_the_previous_one_and_transitions_update_it
 async def test_a_name_target_with_dns_errors_and_addresses(
     cps: list[ControlPlane], http: aiohttp.ClientSession, dps: DPFactory
 ) -> None:
-    admin = Admin(http, cps[0])
+    admin = AdminClient(http, cps[0])
     await admin.make("/upstreams", {"name": "shop", **CHECKED})
     api = await admin.make("/upstreams/shop/targets", {"target": "api.internal:8080", "weight": 30})
     dp1, dp2 = await dps(cps[0], "dp-a"), await dps(cps[0], "dp-b")
@@ -309,9 +189,9 @@ async def test_a_silent_data_plane_stops_counting_after_the_ttl(
     redis_url: str, tmp_path: Path, http: aiohttp.ClientSession, dps: DPFactory,
     redis_client: aioredis.Redis,
 ) -> None:
-    cp = await start_cp(redis_url, tmp_path, ttl=1.0)
+    cp = await start_control_plane(redis_url, tmp_path, merge_window=0.0, health_report_ttl=1.0)
     try:
-        admin = Admin(http, cp)
+        admin = AdminClient(http, cp)
         await admin.make("/upstreams", {"name": "shop", **CHECKED})
         a = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.1:80"})
         dp = await dps(cp, "dp-a")
@@ -339,7 +219,7 @@ async def test_pings_keep_a_view_alive_and_restore_one_redis_lost(
     cps: list[ControlPlane], http: aiohttp.ClientSession, dps: DPFactory,
     redis_client: aioredis.Redis,
 ) -> None:
-    admin = Admin(http, cps[0])
+    admin = AdminClient(http, cps[0])
     await admin.make("/upstreams", {"name": "shop", **CHECKED})
     a = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.1:80"})
     dp = await dps(cps[0], "dp-a")
@@ -374,7 +254,7 @@ async def _pttl_above(client: aioredis.Redis, key: str, limit: int) -> bool:
 async def test_checks_off_and_no_report_is_healthchecks_off(
     cps: list[ControlPlane], http: aiohttp.ClientSession
 ) -> None:
-    admin = Admin(http, cps[0])
+    admin = AdminClient(http, cps[0])
     upstream = await admin.make("/upstreams", {"name": "plain"})
     await admin.make("/upstreams/plain/targets", {"target": "10.0.0.1:80"})
     await admin.make("/upstreams/plain/targets", {"target": "api.internal:8080", "weight": 20})
@@ -410,7 +290,7 @@ async def test_checks_off_and_no_report_is_healthchecks_off(
 async def test_balancer_health_follows_the_threshold_cluster_wide_and_per_data_plane(
     cps: list[ControlPlane], http: aiohttp.ClientSession, dps: DPFactory
 ) -> None:
-    admin = Admin(http, cps[0])
+    admin = AdminClient(http, cps[0])
     checked = {"healthchecks": {**CHECKED["healthchecks"], "threshold": 50}}
     await admin.make("/upstreams", {"name": "shop", **checked})
     a = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.1:80"})
@@ -448,7 +328,7 @@ async def test_balancer_health_follows_the_threshold_cluster_wide_and_per_data_p
 async def test_unknown_upstreams_targets_and_bad_addresses(
     cps: list[ControlPlane], http: aiohttp.ClientSession
 ) -> None:
-    admin = Admin(http, cps[0])
+    admin = AdminClient(http, cps[0])
     await admin.make("/upstreams", {"name": "shop", **CHECKED})
     await admin.make("/upstreams/shop/targets", {"target": "10.0.0.1:80"})
     not_found = {"message": "Not found"}
@@ -470,7 +350,7 @@ async def test_unknown_upstreams_targets_and_bad_addresses(
 async def test_an_override_reaches_every_data_plane_of_every_control_plane(
     cps: list[ControlPlane], http: aiohttp.ClientSession, dps: DPFactory
 ) -> None:
-    first, second = Admin(http, cps[0]), Admin(http, cps[1])
+    first, second = AdminClient(http, cps[0]), AdminClient(http, cps[1])
     upstream = await first.make("/upstreams", {"name": "shop", **CHECKED})
     target = await first.make("/upstreams/shop/targets", {"target": "api.internal:8080"})
     dp1, dp2, dp3 = await dps(cps[0], "dp-a"), await dps(cps[1], "dp-b"), await dps(cps[1], "dp-c")
@@ -535,7 +415,7 @@ class _NoDataPlanes:
 async def test_the_openapi_document_lists_the_health_endpoints(
     cps: list[ControlPlane], http: aiohttp.ClientSession
 ) -> None:
-    status, doc = await Admin(http, cps[0]).call("GET", "/openapi.json")
+    status, doc = await AdminClient(http, cps[0]).call("GET", "/openapi.json")
     assert status == 200
     paths = doc["paths"]
     assert set(paths["/upstreams/{upstream}/health"]) == {"get", "head"}
@@ -592,7 +472,7 @@ async def test_health_lists_newest_first_and_balancer_health_carries_kongs_hosts
     cps: list[ControlPlane], http: aiohttp.ClientSession, dps: DPFactory
 ) -> None:
     """Issue 13 theme 5: Kong's order (newest first) and ``details.hosts``."""
-    admin = Admin(http, cps[0])
+    admin = AdminClient(http, cps[0])
     await admin.make("/upstreams", {"name": "shop", **CHECKED})
     # Explicit timestamps: two targets created within one clock tick tie.
     old = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.1:80", "weight": 10, "created_at": 1000})

@@ -18,32 +18,21 @@ import aiohttp
 import pytest
 
 import ferry
-from control_plane.server import ControlPlane, ControlPlaneSettings
+from control_plane.server import ControlPlane
 from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigHolder
 from ferry.cluster_certs import write_cluster_certificate
 from ferry_shared.cluster_tls import ClusterTLS
-from tests.support import wait_for
-from tests.tls_support import Pair, make_authority
+from tests.support.control_planes import start_control_plane
+from tests.support.polling import wait_for
+from tests.support.tls import Pair, make_authority
 
 
-async def start_cp(stack: AsyncExitStack, redis_url: str, tmp_path: Path, tls: ClusterTLS | None) -> ControlPlane:
-    plane = ControlPlane(
-        ControlPlaneSettings(
-            admin_listen="127.0.0.1:0",
-            cluster_listen="127.0.0.1:0",
-            data_dir=tmp_path / "cp",
-            redis_url=redis_url,
-            cluster_insecure=tls is None,
-            cluster_tls=tls,
-            merge_window=0.01,
-        )
-    )
-    await plane.start()
-    stack.push_async_callback(plane.stop, 0.5)
-    return plane
+def link(tls: ClusterTLS | None) -> dict[str, Any]:
+    """The control plane's cluster-link settings: mTLS with ``tls``, plaintext without."""
+    return {"cluster_insecure": tls is None, "cluster_tls": tls}
 
 
 class DataPlaneClient:
@@ -119,7 +108,9 @@ async def test_shared_mode_a_data_plane_with_the_cluster_certificate_syncs(
     stack: AsyncExitStack, redis_url: str, tmp_path: Path, shared_pair: Pair
 ) -> None:
     tls = ClusterTLS(mode="shared", cert=shared_pair.cert, key=shared_pair.key)
-    cp = await start_cp(stack, redis_url, tmp_path, tls)
+    cp = await start_control_plane(
+        redis_url, tmp_path / "cp", stack=stack, **link(tls)
+    )
     dp = start_dp(stack, cp, tmp_path, "dp-right", ClusterTLS(cert=shared_pair.cert, key=shared_pair.key))
     await wait_synced(cp, dp)
     assert dp.client.state.last_error is None
@@ -129,7 +120,9 @@ async def test_shared_mode_a_data_plane_with_the_wrong_certificate_is_rejected(
     stack: AsyncExitStack, redis_url: str, tmp_path: Path, shared_pair: Pair, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="ferry.data_plane.cluster")
-    cp = await start_cp(stack, redis_url, tmp_path, ClusterTLS(cert=shared_pair.cert, key=shared_pair.key))
+    cp = await start_control_plane(
+        redis_url, tmp_path / "cp", stack=stack, **link(ClusterTLS(cert=shared_pair.cert, key=shared_pair.key))
+    )
     right = start_dp(stack, cp, tmp_path, "dp-right", ClusterTLS(cert=shared_pair.cert, key=shared_pair.key))
     # Another `ferry cert generate`: same name, different key and certificate.
     other = Pair(tmp_path / "other" / "cluster.crt", tmp_path / "other" / "cluster.key")
@@ -150,7 +143,9 @@ async def test_shared_mode_a_certificate_merely_signed_by_the_cluster_key_fails_
     # certificate it issued through the TLS handshake; the CP's digest check still refuses it.
     caplog.set_level(logging.WARNING)
     cluster = make_authority(tmp_path / "cluster", "ferry_clustering", dns_names=["ferry_clustering"])
-    cp = await start_cp(stack, redis_url, tmp_path, ClusterTLS(cert=cluster.pair.cert, key=cluster.pair.key))
+    cp = await start_control_plane(
+        redis_url, tmp_path / "cp", stack=stack, **link(ClusterTLS(cert=cluster.pair.cert, key=cluster.pair.key))
+    )
     issued = cluster.issue(tmp_path / "issued", "impostor")
     impostor_tls = ClusterTLS(mode="pki", cert=issued.cert, key=issued.key, ca_cert=cluster.pair.cert,
                               server_name="ferry_clustering")
@@ -167,8 +162,9 @@ async def test_pki_mode_a_data_plane_certificate_from_the_ca_syncs_and_one_from_
 ) -> None:
     ca, foreign = make_authority(tmp_path / "ca", "cluster-ca"), make_authority(tmp_path / "ca", "foreign-ca")
     cp_pair = ca.issue(tmp_path / "cp-cert", "cp.ferry.test")
-    cp = await start_cp(stack, redis_url, tmp_path,
-                        ClusterTLS(mode="pki", cert=cp_pair.cert, key=cp_pair.key, ca_cert=ca.pair.cert))
+    cp = await start_control_plane(
+        redis_url, tmp_path / "cp", stack=stack, **link(ClusterTLS(mode="pki", cert=cp_pair.cert, key=cp_pair.key, ca_cert=ca.pair.cert))
+    )
 
     good_pair = ca.issue(tmp_path / "dp-cert", "dp-good")
     good = start_dp(stack, cp, tmp_path, "dp-good", ClusterTLS(
@@ -191,8 +187,9 @@ async def test_pki_mode_a_control_plane_certificate_without_the_expected_name_is
 ) -> None:
     ca = make_authority(tmp_path / "ca", "cluster-ca")
     cp_pair = ca.issue(tmp_path / "cp-cert", "cp.ferry.test")
-    cp = await start_cp(stack, redis_url, tmp_path,
-                        ClusterTLS(mode="pki", cert=cp_pair.cert, key=cp_pair.key, ca_cert=ca.pair.cert))
+    cp = await start_control_plane(
+        redis_url, tmp_path / "cp", stack=stack, **link(ClusterTLS(mode="pki", cert=cp_pair.cert, key=cp_pair.key, ca_cert=ca.pair.cert))
+    )
     dp_pair = ca.issue(tmp_path / "dp-cert", "dp")
     dp = start_dp(stack, cp, tmp_path, "dp", ClusterTLS(
         mode="pki", cert=dp_pair.cert, key=dp_pair.key, ca_cert=ca.pair.cert, server_name="elsewhere.test"))
@@ -203,7 +200,9 @@ async def test_pki_mode_a_control_plane_certificate_without_the_expected_name_is
 async def test_a_plaintext_data_plane_is_refused_by_a_tls_control_plane(
     stack: AsyncExitStack, redis_url: str, tmp_path: Path, shared_pair: Pair
 ) -> None:
-    cp = await start_cp(stack, redis_url, tmp_path, ClusterTLS(cert=shared_pair.cert, key=shared_pair.key))
+    cp = await start_control_plane(
+        redis_url, tmp_path / "cp", stack=stack, **link(ClusterTLS(cert=shared_pair.cert, key=shared_pair.key))
+    )
     plain = start_dp(stack, cp, tmp_path, "dp-plain", None)
     error = await wait_rejected(cp, plain, "requires mTLS")
     assert "--cluster-insecure" in error
@@ -212,7 +211,9 @@ async def test_a_plaintext_data_plane_is_refused_by_a_tls_control_plane(
 async def test_a_tls_data_plane_says_when_the_control_plane_is_plaintext(
     stack: AsyncExitStack, redis_url: str, tmp_path: Path, shared_pair: Pair
 ) -> None:
-    cp = await start_cp(stack, redis_url, tmp_path, None)
+    cp = await start_control_plane(
+        redis_url, tmp_path / "cp", stack=stack, **link(None)
+    )
     dp = start_dp(stack, cp, tmp_path, "dp-tls", ClusterTLS(cert=shared_pair.cert, key=shared_pair.key))
     await wait_rejected(cp, dp, "it does not speak TLS")
 
@@ -224,17 +225,12 @@ async def test_the_health_port_answers_plaintext_grpc_probes_while_the_cluster_p
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    plane = ControlPlane(
-        ControlPlaneSettings(
-            admin_listen="127.0.0.1:0",
-            cluster_listen="127.0.0.1:0",
-            health_listen="127.0.0.1:0",
-            data_dir=tmp_path / "cp",
-            redis_url=redis_url,
-            cluster_tls=ClusterTLS(mode="shared", cert=shared_pair.cert, key=shared_pair.key),
-        )
+    plane = await start_control_plane(
+        redis_url,
+        tmp_path / "cp",
+        health_listen="127.0.0.1:0",
+        **link(ClusterTLS(mode="shared", cert=shared_pair.cert, key=shared_pair.key)),
     )
-    await plane.start()
     try:
         assert plane.health_port not in (0, plane.cluster_port)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.health_port}") as channel:

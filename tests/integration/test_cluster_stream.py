@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,14 @@ from data_plane.config_installer import apply_snapshot
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigError, ConfigHolder
 from proto import cluster_pb2
-from tests.support import start_control_plane, wait_for
-
-
-async def start_cp(redis_url: str, tmp_path: Path) -> ControlPlane:
-    plane: ControlPlane = await start_control_plane(redis_url, tmp_path)
-    return plane
+from tests.support.control_planes import ControlPlanes
+from tests.support.polling import wait_for
 
 
 @pytest.fixture
-async def control_planes(redis_url: str, tmp_path: Path) -> AsyncIterator[list[ControlPlane]]:
-    planes = [await start_cp(redis_url, tmp_path), await start_cp(redis_url, tmp_path)]
-    try:
-        yield planes
-    finally:
-        for plane in planes:
-            await plane.stop(grace=0.5)
+async def planes(control_planes: ControlPlanes) -> list[ControlPlane]:
+    """Two control planes over the test's Redis (data in ``tmp_path``), stopped at teardown."""
+    return [await control_planes.start(stop_grace=0.5), await control_planes.start(stop_grace=0.5)]
 
 
 class RunningClient:
@@ -57,9 +48,9 @@ async def post(session: aiohttp.ClientSession, cp: ControlPlane, path: str, body
 
 
 async def test_a_write_through_one_control_plane_reaches_a_data_plane_of_the_other(
-    control_planes: list[ControlPlane], tmp_path: Path
+    planes: list[ControlPlane], tmp_path: Path
 ) -> None:
-    writer, streamer = control_planes
+    writer, streamer = planes
     dp = RunningClient(streamer, tmp_path, "dp")
     try:
         async with aiohttp.ClientSession() as session:
@@ -90,9 +81,9 @@ async def test_a_write_through_one_control_plane_reaches_a_data_plane_of_the_oth
 
 
 async def test_a_data_plane_that_already_holds_the_current_config_is_synced_without_a_resend(
-    control_planes: list[ControlPlane], tmp_path: Path
+    planes: list[ControlPlane], tmp_path: Path
 ) -> None:
-    cp = control_planes[0]
+    cp = planes[0]
     first = RunningClient(cp, tmp_path, "dp")
     try:
         await wait_for(lambda: first.holder.current is not None, message="first config")
@@ -151,9 +142,9 @@ def test_an_empty_snapshot_applies() -> None:
     [("0.1.7", True), ("0.0.9", True), ("0.2.0", False), ("1.1.0", False)],
 )
 async def test_a_data_plane_of_another_major_or_a_newer_minor_version_is_refused(
-    control_planes: list[ControlPlane], tmp_path: Path, dp_version: str, served: bool
+    planes: list[ControlPlane], tmp_path: Path, dp_version: str, served: bool
 ) -> None:
-    cp = control_planes[0]  # Ferry 0.1.x
+    cp = planes[0]  # Ferry 0.1.x
     dp = RunningClient(cp, tmp_path, "dp", version=dp_version)
     try:
         async with aiohttp.ClientSession() as session:
@@ -180,12 +171,12 @@ async def test_a_data_plane_of_another_major_or_a_newer_minor_version_is_refused
 
 
 async def test_the_control_plane_serves_the_standard_grpc_health_service(
-    control_planes: list[ControlPlane],
+    planes: list[ControlPlane],
 ) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{control_planes[0].cluster_port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{planes[0].cluster_port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "ferry.cluster.v1.Cluster"):
             answer = await stub.Check(health_pb2.HealthCheckRequest(service=service))

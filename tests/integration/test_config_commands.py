@@ -21,44 +21,22 @@ import aiohttp
 import pytest
 import yaml
 
-from control_plane.server import ControlPlane, ControlPlaneSettings
-from tests.support import wait_for
+from control_plane.server import ControlPlane
+from tests.support.admin import AdminClient
+from tests.support.control_planes import start_control_plane
+from tests.support.polling import wait_for
 
 
-async def start_cp(redis_url: str, data_dir: Path, prefix: str) -> ControlPlane:
-    plane = ControlPlane(
-        ControlPlaneSettings(
-            admin_listen="127.0.0.1:0",
-            cluster_listen="127.0.0.1:0",
-            data_dir=data_dir,
-            redis_url=redis_url,
-            redis_prefix=prefix,
-            cluster_insecure=True,
-            merge_window=0.01,
-        )
-    )
-    await plane.start()
-    return plane
+class Cluster(AdminClient):
+    """One control plane (a cluster of its own: its own key prefix) and its Admin API."""
 
-
-@dataclass
-class Cluster:
-    plane: ControlPlane
-    http: aiohttp.ClientSession
+    def __init__(self, plane: ControlPlane, http: aiohttp.ClientSession) -> None:
+        super().__init__(http, plane)
+        self.plane = plane
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.plane.admin_port}"
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with self.http.request(method, self.url + path, json=body) as response:
-            text = await response.text()
-            return response.status, (await response.json() if text else None)
-
-    async def make(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        status, entity = await self.call("POST", path, body)
-        assert status == 201, entity
-        return entity  # type: ignore[no-any-return]
+        return self.base
 
     async def config(self) -> dict[str, Any]:
         status, document = await self.call("GET", "/config")
@@ -80,7 +58,9 @@ async def clusters(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Cluste
     async with aiohttp.ClientSession() as http:
         try:
             for prefix in ("source", "target"):
-                planes.append(await start_cp(redis_url, tmp_path / prefix, prefix))
+                planes.append(
+                    await start_control_plane(redis_url, tmp_path / prefix, redis_prefix=prefix)
+                )
             yield Cluster(planes[0], http), Cluster(planes[1], http)
         finally:
             for plane in planes:
@@ -298,7 +278,6 @@ async def test_dump_and_apply_send_the_admin_token_of_a_guarded_control_plane(
     redis_url: str, tmp_path: Path
 ) -> None:
     from control_plane.admin_tokens import add_token
-    from tests.support import start_control_plane
 
     tokens = tmp_path / "tokens.yaml"
     token = add_token(tokens, "ci", "admin")

@@ -12,9 +12,10 @@ from control_plane.redis_connection import REDIS_ERRORS, create_redis_client
 from control_plane.server import ControlPlane
 from data_plane.server import DataPlane, DataPlaneSettings
 from ferry_shared.snapshot_format import config_hash_number
-from tests.integration.test_data_plane_metrics import Scrape
-from tests.integration.test_proxy import refused_port
-from tests.support import start_control_plane, wait_for
+from tests.support.backends import refused_port
+from tests.support.control_planes import start_control_plane
+from tests.support.metrics import Scrape
+from tests.support.polling import wait_for
 
 
 async def scrape_cp(http: aiohttp.ClientSession, cp: ControlPlane) -> Scrape:

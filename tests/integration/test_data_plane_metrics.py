@@ -15,66 +15,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.server import ControlPlane
 from data_plane.server import DataPlane, DataPlaneSettings
-from tests.integration.test_health_checks import FlipBackend
-from tests.integration.test_proxy import refused_port
-from tests.support import start_control_plane, wait_for
+from tests.support.backends import FlipBackend, refused_port
+from tests.support.control_planes import start_control_plane
+from tests.support.http import fresh_get
+from tests.support.metrics import Scrape, scrape
+from tests.support.polling import wait_for
 
 N = 24
 SERVICE, ROUTE, UPSTREAM = "shop", "shop-route", "shop-upstream"
 BROKEN, BROKEN_ROUTE = "broken", "broken-route"
 ROUTE_LABELS = {"service": SERVICE, "route": ROUTE}
 HISTOGRAMS = ("kong_kong_latency_ms", "kong_upstream_latency_ms", "kong_request_latency_ms")
-
-
-# ----------------------------------------------------------- scraping (shared with e2e)
-
-
-class Scrape:
-    """One ``/metrics`` answer, parsed with Prometheus' own text parser."""
-
-    def __init__(self, text: str, content_type: str = "") -> None:
-        self.text = text
-        self.content_type = content_type
-        self.families = {f.name: f for f in text_string_to_metric_families(text)}
-
-    def samples(self, sample: str) -> list[Any]:
-        """Every sample named ``sample`` (e.g. ``kong_kong_latency_ms_count``)."""
-        return [s for f in self.families.values() for s in f.samples if s.name == sample]
-
-    def get(self, sample: str, **labels: str) -> float | None:
-        """The value of the one sample with exactly ``labels``; ``None`` if absent."""
-        found = [s.value for s in self.samples(sample) if s.labels == labels]
-        assert len(found) <= 1, (sample, labels, found)
-        return float(found[0]) if found else None
-
-    def value(self, sample: str, **labels: str) -> float:
-        got = self.get(sample, **labels)
-        assert got is not None, f"no {sample}{labels} in:\n{self.text}"
-        return got
-
-    def requests_total(self) -> float:
-        """The sum of every ``kong_http_requests_total`` series."""
-        return sum(float(s.value) for s in self.samples("kong_http_requests_total"))
-
-
-async def scrape(http: aiohttp.ClientSession, status_url: str) -> Scrape:
-    async with http.get(f"{status_url}/metrics") as response:
-        assert response.status == 200, await response.text()
-        return Scrape(await response.text(), response.headers.get("Content-Type", ""))
-
-
-async def fresh_request(url: str) -> tuple[int, str | None]:
-    """One GET on its own connection: (status, the backend's name or None)."""
-    connector = aiohttp.TCPConnector(force_close=True)
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, \
-            session.get(url) as response:
-        body = await response.json(content_type=None)
-        return response.status, body.get("backend") if isinstance(body, dict) else None
 
 
 # ------------------------------------------------------------------------ the cluster
@@ -179,12 +133,12 @@ async def test_requests_latencies_and_connections_are_counted_by_route_and_sourc
     gateway: Gateway,
 ) -> None:
     gw = gateway
-    answers = [await fresh_request(f"{gw.proxy}/shop/item") for _ in range(N)]
+    answers = [await fresh_get(f"{gw.proxy}/shop/item", timeout=10) for _ in range(N)]
     assert {status for status, _ in answers} == {200}
     assert {name for _, name in answers} == {"a", "b"}, "both targets served"
-    status, _ = await fresh_request(f"{gw.proxy}/nowhere")
+    status, _ = await fresh_get(f"{gw.proxy}/nowhere", timeout=10)
     assert status == 404
-    status, _ = await fresh_request(f"{gw.proxy}/broken/x")
+    status, _ = await fresh_get(f"{gw.proxy}/broken/x", timeout=10)
     assert status == 502
 
     s = await until_metrics(
@@ -220,7 +174,7 @@ async def test_requests_latencies_and_connections_are_counted_by_route_and_sourc
 
     # Counters only grow: a second batch adds to the same series.
     for _ in range(3):
-        assert (await fresh_request(f"{gw.proxy}/shop/more"))[0] == 200
+        assert (await fresh_get(f"{gw.proxy}/shop/more", timeout=10))[0] == 200
     s = await gw.scrape()
     assert s.value("kong_http_requests_total", code="200", source="service", **ROUTE_LABELS) == N + 3
     for family in HISTOGRAMS:
@@ -280,7 +234,7 @@ async def test_target_health_follows_passive_checks(gateway: Gateway) -> None:
 
     sent = 0
     for _ in range(4):
-        assert (await fresh_request(f"{gw.proxy}/shop/"))[0] == 200
+        assert (await fresh_get(f"{gw.proxy}/shop/", timeout=10))[0] == 200
         sent += 1
     await gw.b.stop()
 
@@ -289,7 +243,7 @@ async def test_target_health_follows_passive_checks(gateway: Gateway) -> None:
     async def b_ejected() -> bool:
         nonlocal sent
         # Each request may go to b (refused: a TCP failure, retried on a).
-        statuses.append((await fresh_request(f"{gw.proxy}/shop/"))[0])
+        statuses.append((await fresh_get(f"{gw.proxy}/shop/", timeout=10))[0])
         sent += 1
         return health(await gw.scrape(), gw.b) == unhealthy
 

@@ -17,7 +17,7 @@ from control_plane.admin_api import create_admin_app
 from control_plane.declarative import entities_hash
 from control_plane.snapshot import build_snapshot
 from control_plane.store import ConfigChanged, EntityStore
-from tests.integration.test_admin_api import FixedDataPlanes, call, make
+from tests.support.admin import FixedDataPlanes, call, make
 
 Client = TestClient[Any, Any]
 

@@ -35,7 +35,7 @@ from data_plane.server import DataPlane, DataPlaneSettings
 from ferry_shared.listen import free_port
 from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
-from tests.support import wait_for
+from tests.support.polling import wait_for
 
 # ------------------------------------------------------------------ the DNS server
 

@@ -19,106 +19,10 @@ from aiohttp import web
 from data_plane.cluster_client import ClusterLinkState
 from data_plane.health.supervisor import HealthSupervisor
 from data_plane.node_identity import NodeIdentity
-from data_plane.proxy import ProxyServer
-from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
 from data_plane.status_api import create_status_app
-from tests.integration.test_https_upstream import TlsBackend
-from tests.integration.test_proxy import refused_port
-from tests.support import wait_for
-
-
-class FlipBackend:
-    """A backend that answers ``{"backend": name}`` on every path but ``/health``,
-    which answers ``health_status`` (flip it) and records each probe's headers."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.health_status = 200
-        self.status = 200  # for proxied requests
-        self.probes: list[dict[str, str]] = []
-        self.requests = 0
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    async def _health(self, request: web.Request) -> web.Response:
-        self.probes.append(dict(request.headers))
-        return web.json_response({"ok": self.health_status == 200}, status=self.health_status)
-
-    async def _serve(self, request: web.Request) -> web.Response:
-        self.requests += 1
-        return web.json_response({"backend": self.name}, status=self.status)
-
-    async def start(self, stack: AsyncExitStack, port: int = 0) -> None:
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        app.router.add_route("*", "/{tail:.*}", self._serve)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        stack.push_async_callback(self.stop)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    @property
-    def key(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
-def config(
-    targets: list[str], healthchecks: dict[str, Any], *, version: int = 1,
-    previous: RuntimeConfig | None = None, **upstream: Any,
-) -> RuntimeConfig:
-    return compile_config(
-        version,
-        f"h{version}",
-        {
-            "upstreams": [{"id": "u1", "name": "backends", "healthchecks": healthchecks, **upstream}],
-            "targets": [
-                {"id": f"t{i}", "target": t, "upstream": {"id": "u1"}} for i, t in enumerate(targets)
-            ],
-            "services": [{"id": "s1", "host": "backends", "port": 80, "retries": 5}],
-            "routes": [{"id": "r1", "paths": ["/"], "service": {"id": "s1"}, "strip_path": False}],
-        },
-        previous=previous,
-    )
-
-
-class Gateway:
-    """The proxy plus a health supervisor over one config, as a data plane runs them."""
-
-    def __init__(self) -> None:
-        self.holder = ConfigHolder()
-        self.health = HealthSupervisor()
-        self.proxy = ProxyServer(self.holder, "127.0.0.1", 0)
-        self.url = ""
-
-    async def start(self, stack: AsyncExitStack, cfg: RuntimeConfig) -> None:
-        self.apply(cfg)
-        await self.proxy.start()
-        stack.push_async_callback(self.proxy.stop, 2.0)
-        stack.push_async_callback(self.health.stop)
-        self.url = f"http://127.0.0.1:{self.proxy.port}"
-
-    def apply(self, cfg: RuntimeConfig) -> None:
-        self.holder.current = cfg
-        self.health.apply(cfg)
-
-    def state(self, key: str) -> str:
-        cfg = self.holder.current
-        assert cfg is not None
-        checker = cfg.upstreams["u1"].health
-        assert checker is not None
-        return next(v.state for v in checker.view() if v.address.key == key)
-
-    def reason(self, key: str) -> str:
-        cfg = self.holder.current
-        assert cfg is not None and cfg.upstreams["u1"].health is not None
-        return next(v.reason for v in cfg.upstreams["u1"].health.view() if v.address.key == key)
+from tests.support.backends import FlipBackend, TlsBackend, refused_port
+from tests.support.polling import wait_for
+from tests.support.proxy import HealthGateway, upstream_config
 
 
 async def session(stack: AsyncExitStack) -> aiohttp.ClientSession:
@@ -152,8 +56,8 @@ async def test_a_target_failing_its_probe_is_taken_out_after_the_threshold_and_r
     a, b = FlipBackend("a"), FlipBackend("b")
     await a.start(stack)
     await b.start(stack)
-    gw = Gateway()
-    await gw.start(stack, config([a.key, b.key], ACTIVE))
+    gw = HealthGateway()
+    await gw.start(stack, upstream_config([a.key, b.key], ACTIVE))
     http = await session(stack)
     await wait_for(lambda: len(b.probes) >= 2, message="b probed")
     assert await backends_seen(http, gw.url, 10) == {"a": 5, "b": 5}
@@ -174,8 +78,8 @@ async def test_probes_send_kongs_request(stack: AsyncExitStack) -> None:
     a = FlipBackend("a")
     await a.start(stack)
     checks = {"active": {**ACTIVE["active"], "headers": {"X-Probe": ["ferry"]}}}
-    gw = Gateway()
-    await gw.start(stack, config([a.key], checks, host_header="api.internal"))
+    gw = HealthGateway()
+    await gw.start(stack, upstream_config([a.key], checks, host_header="api.internal"))
     await wait_for(lambda: len(a.probes) >= 1, message="a probe")
     probe = a.probes[0]
     assert probe["Host"] == "api.internal"
@@ -188,8 +92,8 @@ async def test_tcp_probes_take_out_a_target_that_refuses_connections(stack: Asyn
     await a.start(stack)
     dead = f"127.0.0.1:{refused_port()}"
     checks = {"active": {**ACTIVE["active"], "type": "tcp"}}
-    gw = Gateway()
-    await gw.start(stack, config([a.key, dead], checks))
+    gw = HealthGateway()
+    await gw.start(stack, upstream_config([a.key, dead], checks))
     await wait_for(lambda: gw.state(dead) == "UNHEALTHY", message="dead target unhealthy")
     assert gw.reason(dead) == "active: 2 tcp_failures"
     assert gw.state(a.key) == "HEALTHY"
@@ -200,8 +104,8 @@ async def test_a_killed_target_costs_clients_no_failed_idempotent_request(stack:
     for b in backends:
         await b.start(stack)
     passive = {"passive": {"unhealthy": {"tcp_failures": 1, "timeouts": 1}}}
-    gw = Gateway()
-    await gw.start(stack, config([b.key for b in backends], passive))
+    gw = HealthGateway()
+    await gw.start(stack, upstream_config([b.key for b in backends], passive))
     http = await session(stack)
     statuses: Counter[int] = Counter()
     killed = asyncio.Event()
@@ -229,8 +133,8 @@ async def test_the_half_open_breaker_recovers_a_passive_only_target(stack: Async
     passive = {
         "passive": {"unhealthy": {"http_failures": 2}, "base_ejection_time": 0.5, "max_ejection_time": 5}
     }
-    gw = Gateway()
-    await gw.start(stack, config([a.key, b.key], passive))
+    gw = HealthGateway()
+    await gw.start(stack, upstream_config([a.key, b.key], passive))
     http = await session(stack)
     b.status = 500
     for _ in range(20):
@@ -257,7 +161,7 @@ async def test_the_half_open_breaker_recovers_a_passive_only_target(stack: Async
     assert (await backends_seen(http, gw.url, 10))["b"] == 5
 
 
-def _trial_open(gw: Gateway) -> bool:
+def _trial_open(gw: HealthGateway) -> bool:
     cfg = gw.holder.current
     assert cfg is not None and cfg.upstreams["u1"].health is not None
     return bool(cfg.upstreams["u1"].health.trial_waiting)
@@ -268,8 +172,8 @@ async def test_the_threshold_answers_503_when_too_little_weight_is_healthy(stack
     await a.start(stack)
     dead = f"127.0.0.1:{refused_port()}"
     checks = {"threshold": 75, "passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}
-    gw = Gateway()
-    await gw.start(stack, config([a.key, dead], checks))
+    gw = HealthGateway()
+    await gw.start(stack, upstream_config([a.key, dead], checks))
     http = await session(stack)
     for _ in range(4):  # the dead target is tried (and retried on a) until it is ejected
         async with http.get(f"{gw.url}/x") as resp:
@@ -287,12 +191,12 @@ async def test_health_survives_a_config_change_that_keeps_the_target(stack: Asyn
     a, b, c = FlipBackend("a"), FlipBackend("b"), FlipBackend("c")
     for x in (a, b, c):
         await x.start(stack)
-    gw = Gateway()
-    first = config([a.key, b.key], ACTIVE)
+    gw = HealthGateway()
+    first = upstream_config([a.key, b.key], ACTIVE)
     await gw.start(stack, first)
     b.health_status = 500
     await wait_for(lambda: gw.state(b.key) == "UNHEALTHY", message="b unhealthy")
-    gw.apply(config([a.key, b.key, c.key], ACTIVE, version=2, previous=first))
+    gw.apply(upstream_config([a.key, b.key, c.key], ACTIVE, version=2, previous=first))
     assert gw.state(b.key) == "UNHEALTHY"
     http = await session(stack)
     assert set(await backends_seen(http, gw.url, 12)) == {"a", "c"}
@@ -307,9 +211,9 @@ async def test_a_sharded_data_plane_probes_only_its_targets_and_takes_verdicts_f
     a, b = FlipBackend("a"), FlipBackend("b")
     await a.start(stack)
     await b.start(stack)
-    gw = Gateway()
+    gw = HealthGateway()
     gw.health = HealthSupervisor("dp-test")
-    await gw.start(stack, config([a.key, b.key], ACTIVE))
+    await gw.start(stack, upstream_config([a.key, b.key], ACTIVE))
     await wait_for(lambda: a.probes and b.probes, message="both probed before sharding")
     assert a.probes[0]["User-Agent"].endswith("health-check (dp-test)")
 
@@ -347,15 +251,15 @@ async def test_https_probes_send_the_sni_and_verify_the_certificate_when_asked(
         return {"active": {**ACTIVE["active"], "type": "https", "https_sni": "probe.example",
                            "https_verify_certificate": verify}}
 
-    unverified = Gateway()
-    await unverified.start(stack, config([target], checks(False)))
+    unverified = HealthGateway()
+    await unverified.start(stack, upstream_config([target], checks(False)))
     await wait_for(lambda: len(tls.hosts) >= 3, message="https probes answered")
     assert unverified.state(target) == "HEALTHY"
     assert "probe.example" in tls.server_names
     await unverified.health.stop()
 
-    verified = Gateway()
-    await verified.start(stack, config([target], checks(True)))
+    verified = HealthGateway()
+    await verified.start(stack, upstream_config([target], checks(True)))
     await wait_for(lambda: verified.state(target) == "UNHEALTHY", message="untrusted certificate")
     assert verified.reason(target) == "active: 2 tcp_failures"
 
@@ -365,8 +269,8 @@ async def test_the_status_api_shows_this_data_planes_view_in_kongs_shape(stack: 
     await a.start(stack)
     dead = f"127.0.0.1:{refused_port()}"
     checks = {"threshold": 75, "passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}
-    gw = Gateway()
-    await gw.start(stack, config([a.key, dead], checks))
+    gw = HealthGateway()
+    await gw.start(stack, upstream_config([a.key, dead], checks))
     app = create_status_app(
         gw.holder, ClusterLinkState(), NodeIdentity(node_id="n1", hostname="dp", version="0.1.0"),
         control_plane="127.0.0.1:8005", health=gw.health,

@@ -1,8 +1,9 @@
 """HTTP/1.1 conformance of the data-plane proxy, driven with raw sockets.
 
-One test per behaviour DESIGN.md lists for the proxy path. The client side is always a
-raw TCP socket writing exact bytes (so framing mistakes cannot be hidden by a forgiving
-client library); targets are real aiohttp servers (:class:`Backend`) or raw asyncio
+One test per HTTP/1.1 behaviour of the proxy path (RFC 9112 message framing and
+connection management, RFC 9110 hop-by-hop fields, ``Expect`` and ``Upgrade``, RFC 6455
+for the WebSocket case). The client side is always a raw TCP socket writing exact bytes
+(so framing mistakes cannot be hidden by a forgiving client library); targets are real aiohttp servers (:class:`Backend`) or raw asyncio
 servers that answer with exact bytes (:class:`ScriptedBackend`), so that the proxy can be
 shown malformed, truncated or hop-by-hop-laden answers. Nothing of the proxy is mocked.
 """
@@ -14,139 +15,31 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 
-from data_plane.proxy import MAX_HEADER_BYTES, ProxyServer
+import pytest
+
+from data_plane.proxy import MAX_HEADER_BYTES
 from data_plane.runtime import compile_config
-from tests.integration.test_proxy import (
-    RawBackend,
-    make_config,
-    read_response,
+from tests.support.backends import (
+    Answer,
+    ScriptedBackend,
+    SeenRequest,
+    fixed,
+    raw_backend,
     start_backend,
+)
+from tests.support.polling import wait_for
+from tests.support.proxy import (
+    assert_closed,
+    connect,
+    make_config,
+    proxy_to,
+    read_response,
     start_proxy,
 )
-from tests.support import wait_for
 
 # ------------------------------------------------------------------------ helpers
-
-ALL_PATHS = [{"id": "r1", "paths": ["/"], "strip_path": False, "service": {"id": "s1"}}]
-
-
-@dataclass
-class SeenRequest:
-    """One request as a :class:`ScriptedBackend` read it off the wire."""
-
-    head: bytes
-    body: bytes
-    connection: int
-
-    def header(self, name: str) -> str | None:
-        for line in self.head.decode("latin-1").split("\r\n")[1:]:
-            key, _, value = line.partition(":")
-            if key.strip().lower() == name.lower():
-                return value.strip()
-        return None
-
-    @property
-    def header_names(self) -> set[str]:
-        return {
-            line.partition(":")[0].strip().lower()
-            for line in self.head.decode("latin-1").split("\r\n")[1:]
-            if line
-        }
-
-
-Answer = Callable[[SeenRequest], tuple[bytes, bool]]
-
-
-@dataclass
-class ScriptedBackend:
-    """A raw asyncio HTTP/1.1 server: per request, ``answer(request)`` returns the exact
-    bytes to write and whether to close the connection afterwards. Request bodies are
-    read by Content-Length or chunked framing (decoded into ``SeenRequest.body``)."""
-
-    answer: Answer
-    requests: list[SeenRequest] = field(default_factory=list)
-    connections: int = 0
-    server: asyncio.Server | None = None
-    port: int = 0
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        number = self.connections
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                request = SeenRequest(head, b"", number)
-                if (request.header("transfer-encoding") or "").lower() == "chunked":
-                    body = b""
-                    while True:
-                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                        if size == 0:
-                            while await reader.readuntil(b"\r\n") != b"\r\n":
-                                pass  # trailers
-                            break
-                        body += await reader.readexactly(size)
-                        await reader.readexactly(2)
-                    request.body = body
-                elif request.header("content-length"):
-                    request.body = await reader.readexactly(int(request.header("content-length") or 0))
-                self.requests.append(request)
-                data, close = self.answer(request)
-                writer.write(data)
-                await writer.drain()
-                if close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def start(self, stack: AsyncExitStack) -> ScriptedBackend:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        stack.push_async_callback(self.stop)
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
-def fixed(response: bytes, close: bool = False) -> Answer:
-    return lambda _request: (response, close)
-
-
-async def raw_backend(stack: AsyncExitStack, response: bytes, *, close: bool = False) -> RawBackend:
-    backend = RawBackend(response, close=close)
-    await backend.start()
-    stack.push_async_callback(backend.stop)
-    return backend
-
-
-async def proxy_to(stack: AsyncExitStack, port: int, routes: list[dict[str, object]] | None = None) -> ProxyServer:
-    """A proxy whose one service is ``127.0.0.1:port``; routes default to ``/``."""
-    proxy, _, _ = await start_proxy(
-        stack, make_config(1, direct=("127.0.0.1", port), routes=routes or ALL_PATHS)
-    )
-    return proxy
-
-
-async def connect(stack: AsyncExitStack, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    stack.callback(writer.close)
-    return reader, writer
-
-
-async def assert_closed(reader: asyncio.StreamReader) -> bytes:
-    """Read to EOF (which must come, within 10 s) and return what was left."""
-    try:
-        return await asyncio.wait_for(reader.read(), 10)
-    except ConnectionResetError:
-        return b""
 
 
 def body_json(body: bytes) -> dict[str, object]:
@@ -363,56 +256,67 @@ def _by_path(answers: dict[str, bytes]) -> Answer:
 _NEXT_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
 
 
-async def test_head_response_has_no_body(stack: AsyncExitStack) -> None:
-    seen = await ScriptedBackend(
-        _by_path({"/h": b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", "/next": _NEXT_OK})
-    ).start(stack)
+@pytest.mark.parametrize(
+    ("request_head", "answer", "status", "headers", "absent", "forwarded"),
+    [
+        pytest.param(
+            b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+            200,
+            {"content-length": "1234"},
+            (),
+            {},
+            id="head_response_has_no_body",
+        ),
+        pytest.param(
+            b"DELETE /n HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            204,
+            {},
+            ("content-length", "transfer-encoding"),
+            {},
+            id="204_response_has_no_body_even_with_content_length",
+        ),
+        pytest.param(
+            b'GET /c HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\n',
+            b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 5\r\n\r\n',
+            304,
+            {"etag": '"v1"'},
+            ("transfer-encoding",),
+            {"if-none-match": '"v1"'},
+            id="304_response_has_no_body_even_with_content_length",
+        ),
+    ],
+)
+async def test_response_without_a_body_is_framed_without_one(
+    stack: AsyncExitStack,
+    request_head: bytes,
+    answer: bytes,
+    status: int,
+    headers: dict[str, str],
+    absent: tuple[str, ...],
+    forwarded: dict[str, str],
+) -> None:
+    """HEAD, 204 and 304 answers carry no body whatever their Content-Length says: the
+    client gets the head only, and the next request on the connection is answered."""
+    path = request_head.split(b" ", 2)[1].decode()
+    seen = await ScriptedBackend(_by_path({path: answer, "/next": _NEXT_OK})).start(stack)
     proxy = await proxy_to(stack, seen.port)
     reader, writer = await connect(stack, proxy.port)
-    writer.write(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, _ = await read_response(reader, head_only=True)
-    assert status == 200 and headers["content-length"] == "1234"
+    writer.write(request_head)
+    got_status, got_headers, _ = await read_response(reader, head_only=True)
+    assert got_status == status
+    for name, value in headers.items():
+        assert got_headers[name] == value, name
+    for name in absent:
+        assert name not in got_headers, name
     writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, body = await read_response(reader)
-    assert (status, body) == (200, b"next")
-    # Both on one upstream connection: the HEAD answer was framed without a body.
+    got_status, _, body = await read_response(reader)
+    assert (got_status, body) == (200, b"next")
+    # Both on one upstream connection: the answer was framed without a body.
     assert [r.connection for r in seen.requests] == [1, 1]
-
-
-async def test_204_response_has_no_body_even_with_content_length(stack: AsyncExitStack) -> None:
-    seen = await ScriptedBackend(
-        _by_path({"/n": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "/next": _NEXT_OK})
-    ).start(stack)
-    proxy = await proxy_to(stack, seen.port)
-    reader, writer = await connect(stack, proxy.port)
-    writer.write(b"DELETE /n HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, headers, _ = await read_response(reader, head_only=True)
-    assert status == 204
-    assert "content-length" not in headers and "transfer-encoding" not in headers
-    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, body = await read_response(reader)
-    assert (status, body) == (200, b"next")
-    assert [r.connection for r in seen.requests] == [1, 1]
-
-
-async def test_304_response_has_no_body_even_with_content_length(stack: AsyncExitStack) -> None:
-    seen = await ScriptedBackend(
-        _by_path(
-            {
-                "/c": b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 5\r\n\r\n',
-                "/next": _NEXT_OK,
-            }
-        )
-    ).start(stack)
-    proxy = await proxy_to(stack, seen.port)
-    reader, writer = await connect(stack, proxy.port)
-    writer.write(b'GET /c HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\n')
-    status, headers, _ = await read_response(reader, head_only=True)
-    assert status == 304 and headers["etag"] == '"v1"' and "transfer-encoding" not in headers
-    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, body = await read_response(reader)
-    assert (status, body) == (200, b"next")
-    assert seen.requests[0].header("if-none-match") == '"v1"'
+    for name, value in forwarded.items():
+        assert seen.requests[0].header(name) == value, name
 
 
 # ---------------------------------------------------------------- Expect: 100-continue
@@ -497,27 +401,31 @@ async def test_hop_by_hop_response_headers_are_stripped(stack: AsyncExitStack) -
 # ------------------------------------------------------------- limits and bad input
 
 
-async def test_oversized_headers_get_431(stack: AsyncExitStack) -> None:
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(
+            b"GET /x HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(MAX_HEADER_BYTES // 100))
+            + b"\r\n",
+            id="oversized_headers",
+        ),
+        pytest.param(
+            b"GET /" + b"a" * (MAX_HEADER_BYTES + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            id="oversized_request_line",
+        ),
+    ],
+)
+async def test_oversized_head_gets_431_and_close(stack: AsyncExitStack, request_bytes: bytes) -> None:
     a = await start_backend(stack, "a")
     proxy = await proxy_to(stack, a.port)
     reader, writer = await connect(stack, proxy.port)
-    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(MAX_HEADER_BYTES // 100))
-    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    writer.write(request_bytes)
     status, headers, body = await read_response(reader)
     assert status == 431 and headers["connection"] == "close"
     assert body_json(body) == {"message": "Request header fields too large"}
     assert await assert_closed(reader) == b""
     assert a.requests == []
-
-
-async def test_oversized_request_line_gets_431(stack: AsyncExitStack) -> None:
-    a = await start_backend(stack, "a")
-    proxy = await proxy_to(stack, a.port)
-    reader, writer = await connect(stack, proxy.port)
-    writer.write(b"GET /" + b"a" * (MAX_HEADER_BYTES + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    status, _, _ = await read_response(reader)
-    assert status == 431
-    assert await assert_closed(reader) == b""
 
 
 async def test_header_line_that_never_ends_gets_431(stack: AsyncExitStack) -> None:
@@ -541,22 +449,31 @@ async def test_header_line_that_never_ends_gets_431(stack: AsyncExitStack) -> No
     assert status == 431
 
 
-async def test_malformed_request_gets_400_and_close(stack: AsyncExitStack) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", id="garbage_request_line"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", id="space_in_header_name"),
+        pytest.param(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            id="two_content_lengths",
+        ),
+        # Request smuggling shape: both framings.
+        pytest.param(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="content_length_and_chunked",
+        ),
+    ],
+)
+async def test_malformed_request_gets_400_and_close(stack: AsyncExitStack, bad: bytes) -> None:
     a = await start_backend(stack, "a")
     proxy = await proxy_to(stack, a.port)
-    for bad in (
-        b"GARBAGE\r\n\r\n",
-        b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
-        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-        # Request smuggling shape: both framings.
-        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    ):
-        reader, writer = await connect(stack, proxy.port)
-        writer.write(bad + b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
-        status, headers, body = await read_response(reader)
-        assert status == 400 and headers["connection"] == "close", bad
-        assert body_json(body) == {"message": "Bad request"}
-        assert await assert_closed(reader) == b"", bad  # nothing after: /after is not served
+    reader, writer = await connect(stack, proxy.port)
+    writer.write(bad + b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert status == 400 and headers["connection"] == "close", bad
+    assert body_json(body) == {"message": "Bad request"}
+    assert await assert_closed(reader) == b"", bad  # nothing after: /after is not served
     assert a.requests == []
 
 

@@ -9,45 +9,14 @@ upstream certificates yet), recording the server name of every handshake.
 
 from __future__ import annotations
 
-import ssl
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from data_plane.runtime import compile_config
-from tests.integration.test_proxy import client, start_proxy
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
-
-class TlsBackend:
-    def __init__(self) -> None:
-        self.server_names: list[str | None] = []
-        self.hosts: list[str] = []
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hosts.append(request.headers.get("Host", ""))
-        return web.json_response({"backend": "tls", "path": request.path})
-
-    def _sni(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
-        self.server_names.append(name)
-
-    async def start(self, stack: AsyncExitStack) -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(FIXTURES / "upstream-tls.crt", FIXTURES / "upstream-tls.key")
-        context.sni_callback = self._sni
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        self.port = runner.addresses[0][1]
+from tests.support.backends import TlsBackend
+from tests.support.proxy import client, start_proxy
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Health-check sharding on the control plane: real Redis, real CPs, real gRPC, real Admin API.
 
 The data planes are real gRPC clients speaking the DP side of ``Cluster.Connect``
-by hand (see ``test_cluster_health.py``), so each test sees exactly which
+by hand (``tests/support/fake_data_planes.py``), so each test sees exactly which
 ``ProbeAssignment`` and ``HealthVerdicts`` every DP is sent.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,31 +16,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from control_plane.probe_assignment import Assignment, assign
-from control_plane.server import ControlPlane, ControlPlaneSettings
+from control_plane.server import ControlPlane
 from proto import cluster_pb2
-from tests.integration.test_cluster_health import CHECKED, Admin, FakeDataPlane, health
-from tests.support import wait_for
+from tests.support.admin import AdminClient
+from tests.support.control_planes import ControlPlanes
+from tests.support.fake_data_planes import CHECKED, FakeDataPlane, health
+from tests.support.polling import wait_for
 
 PASSIVE_ONLY = {"healthchecks": {"passive": {"unhealthy": {"http_failures": 3}}}}
 ACTIVE_FAILURE = "active: 2 http_failures (last status 500)"
-
-
-async def start_cp(redis_url: str, tmp_path: Path, replicas: int) -> ControlPlane:
-    plane = ControlPlane(
-        ControlPlaneSettings(
-            admin_listen="127.0.0.1:0",
-            cluster_listen="127.0.0.1:0",
-            data_dir=tmp_path,
-            redis_url=redis_url,
-            cluster_insecure=True,
-            merge_window=0.0,
-            health_report_ttl=60.0,
-            health_check_replicas=replicas,
-        ),
-        membership_interval=0.1,
-    )
-    await plane.start()
-    return plane
 
 
 class ShardedDataPlane(FakeDataPlane):
@@ -111,28 +94,22 @@ async def dps() -> AsyncIterator[DPFactory]:
 
 
 @pytest.fixture
-async def planes(redis_url: str, tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[ControlPlane]]]:
-    started: list[ControlPlane] = []
+def planes(control_planes: ControlPlanes) -> Callable[[int], Awaitable[ControlPlane]]:
+    """``await planes(replicas)``: a control plane probing each target from ``replicas``
+    data planes, membership refreshed every 0.1 s; stopped at teardown."""
 
     async def start(replicas: int) -> ControlPlane:
-        plane = await start_cp(redis_url, tmp_path, replicas)
-        started.append(plane)
-        return plane
+        return await control_planes.start(
+            merge_window=0.0,
+            health_report_ttl=60.0,
+            health_check_replicas=replicas,
+            membership_interval=0.1,
+        )
 
-    try:
-        yield start
-    finally:
-        for plane in started:
-            await plane.stop(grace=0.2)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return start
 
 
-async def make_upstreams(admin: Admin, checked_targets: int = 6) -> tuple[dict[str, Any], set[str]]:
+async def make_upstreams(admin: AdminClient, checked_targets: int = 6) -> tuple[dict[str, Any], set[str]]:
     """``shop`` (active checks, plus a weight-0 target) and ``quiet`` (passive only); ``shop``'s keys."""
     shop = await admin.make("/upstreams", {"name": "shop", **CHECKED})
     for i in range(checked_targets):
@@ -170,7 +147,7 @@ async def test_targets_are_assigned_to_k_live_data_planes_and_move_only_when_one
     replicas: int,
 ) -> None:
     cp = await planes(replicas)
-    _, keys = await make_upstreams(Admin(http, cp))
+    _, keys = await make_upstreams(AdminClient(http, cp))
     fleet = [await dps(cp, f"dp{i}") for i in range(4)]
 
     await wait_for(matches(fleet, expected_for(fleet, keys, replicas)), message="the first assignment")
@@ -206,7 +183,7 @@ async def test_data_planes_on_different_control_planes_get_one_consistent_assign
     planes: Callable[[int], Awaitable[ControlPlane]], http: aiohttp.ClientSession, dps: DPFactory,
 ) -> None:
     first, second = await planes(1), await planes(1)
-    _, keys = await make_upstreams(Admin(http, first), checked_targets=8)
+    _, keys = await make_upstreams(AdminClient(http, first), checked_targets=8)
     fleet = [await dps(first, "dp0"), await dps(first, "dp1"), await dps(second, "dp2"), await dps(second, "dp3")]
     await wait_for(matches(fleet, expected_for(fleet, keys, 1)), message="one assignment on both CPs")
     assert sorted(k for dp in fleet for k in dp.assigned or ()) == sorted(keys)
@@ -221,7 +198,7 @@ async def test_data_planes_on_different_control_planes_get_one_consistent_assign
     await wait_for(matches(rest, expected_for(rest, keys, 1)), message="the assignment with dp4")
 
     # A config change re-assigns: a new target, and an upstream with active checks on.
-    admin = Admin(http, second)
+    admin = AdminClient(http, second)
     target = await admin.make("/upstreams/shop/targets", {"target": "10.0.0.50:80"})
     status, quiet = await admin.call("PATCH", "/upstreams/quiet", CHECKED)
     assert status == 200, quiet
@@ -233,11 +210,11 @@ async def test_a_probers_active_verdict_reaches_every_other_data_plane_but_passi
     planes: Callable[[int], Awaitable[ControlPlane]], http: aiohttp.ClientSession, dps: DPFactory,
 ) -> None:
     first, second = await planes(1), await planes(1)
-    shop, keys = await make_upstreams(Admin(http, first))
+    shop, keys = await make_upstreams(AdminClient(http, first))
     fleet = [await dps(first, "dp0"), await dps(first, "dp1"), await dps(second, "dp2"), await dps(second, "dp3")]
     expected = expected_for(fleet, keys, 1)
     await wait_for(matches(fleet, expected), message="the assignment")
-    targets = {t["target"]: t for t in (await Admin(http, first).call("GET", "/upstreams/shop/targets"))[1]["data"]}
+    targets = {t["target"]: t for t in (await AdminClient(http, first).call("GET", "/upstreams/shop/targets"))[1]["data"]}
 
     # Six targets over four DPs: one DP probes at least two.
     prober = max(fleet, key=lambda dp: len(expected.targets_of(dp.node_id)))
@@ -270,7 +247,7 @@ async def test_a_data_plane_that_stops_probing_gets_the_probers_current_verdicts
     redis_client: aioredis.Redis,
 ) -> None:
     cp = await planes(1)
-    admin = Admin(http, cp)
+    admin = AdminClient(http, cp)
     shop, keys = await make_upstreams(admin)
     targets = {t["target"]: t for t in (await admin.call("GET", "/upstreams/shop/targets"))[1]["data"]}
     # Node ids that split the targets between the two DPs (deterministic hashing).
@@ -318,7 +295,7 @@ async def test_without_replicas_nothing_is_assigned_or_shared(
     redis_client: aioredis.Redis,
 ) -> None:
     cp = await planes(0)
-    admin = Admin(http, cp)
+    admin = AdminClient(http, cp)
     await make_upstreams(admin)
     target = (await admin.call("GET", "/upstreams/shop/targets/10.0.0.1:80"))[1]
     dp1, dp2 = await dps(cp, "dp1"), await dps(cp, "dp2")
@@ -335,7 +312,7 @@ async def test_the_live_set_follows_streams_and_ignores_expired_members(
     redis_client: aioredis.Redis,
 ) -> None:
     cp = await planes(1)
-    _, keys = await make_upstreams(Admin(http, cp))
+    _, keys = await make_upstreams(AdminClient(http, cp))
     # A DP another CP once saw, whose entry has expired: it is pruned, never assigned.
     await redis_client.zadd("ferry:health:live", {"long-gone": 1.0})
     dp1 = await dps(cp, "dp1")

@@ -2,8 +2,8 @@
 as the client; routing, balancing, retries, timeouts, WebSocket with a real client, the
 balancer callbacks, and bounded memory for 100 MB bodies (proxy in a child process).
 
-The raw-socket HTTP/1.1 cases live in ``test_http11_conformance.py``, which reuses the
-backends and helpers defined here.
+The raw-socket HTTP/1.1 cases live in ``test_http11_conformance.py``; both use the
+backends of ``tests/support/backends.py`` and the proxy helpers of ``tests/support/proxy.py``.
 """
 
 from __future__ import annotations
@@ -17,262 +17,22 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from data_plane.balancers import Address
 from data_plane.balancers.round_robin import RoundRobinBalancer
 from data_plane.proxy import ProxyServer
 from data_plane.router import Router, RouteSpec
-from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
-from tests.support import wait_for
-
-# ----------------------------------------------------------------------- backends
-
-
-class Backend:
-    """A real aiohttp server that records what it saw."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.requests: list[dict[str, Any]] = []
-        self.transports: list[object] = []  # kept alive so ids stay distinct
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def connections(self) -> int:
-        return len(self.transports)
-
-    def _note(self, request: web.Request) -> None:
-        if not any(t is request.transport for t in self.transports):
-            self.transports.append(request.transport)
-        self.requests.append(
-            {"method": request.method, "path_qs": request.path_qs, "headers": dict(request.headers)}
-        )
-
-    async def echo(self, request: web.Request) -> web.StreamResponse:
-        self._note(request)
-        body = await request.read()
-        return web.json_response(
-            {
-                "backend": self.name,
-                "method": request.method,
-                "path_qs": request.raw_path,
-                "headers": {k: v for k, v in request.headers.items()},
-                "body_len": len(body),
-                "body_sha256": hashlib.sha256(body).hexdigest(),
-                "chunked": request.headers.get("Transfer-Encoding") == "chunked",
-            }
-        )
-
-    async def websocket(self, request: web.Request) -> web.StreamResponse:
-        """WebSocket echo: greets first, echoes text as ``echo:<text>`` and binary as
-        is, pushes ``n`` server messages on ``push:<n>``, closes on ``bye``."""
-        self._note(request)
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        await ws.send_str("hello from " + self.name)
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                if msg.data == "bye":
-                    await ws.close()
-                elif msg.data.startswith("push:"):
-                    for i in range(int(msg.data[5:])):
-                        await ws.send_str(f"push {i}")
-                else:
-                    await ws.send_str("echo:" + msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
-        return ws
-
-    async def upload(self, request: web.Request) -> web.StreamResponse:
-        self._note(request)
-        digest = hashlib.sha256()
-        size = 0
-        async for chunk in request.content.iter_chunked(65536):
-            digest.update(chunk)
-            size += len(chunk)
-        return web.json_response({"size": size, "sha256": digest.hexdigest()})
-
-    async def download(self, request: web.Request) -> web.StreamResponse:
-        self._note(request)
-        size = int(request.query["size"])
-        resp = web.StreamResponse()
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        block = b"x" * 65536
-        sent = 0
-        while sent < size:
-            n = min(len(block), size - sent)
-            await resp.write(block[:n])
-            sent += n
-        await resp.write_eof()
-        return resp
-
-    async def slow(self, request: web.Request) -> web.StreamResponse:
-        self._note(request)
-        await asyncio.sleep(float(request.query.get("s", "5")))
-        return web.Response(text="late")
-
-    async def status(self, request: web.Request) -> web.StreamResponse:
-        self._note(request)
-        return web.Response(status=int(request.match_info["code"]))
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/upload", self.upload)
-        app.router.add_get("/download", self.download)
-        app.router.add_route("*", "/slow", self.slow)
-        app.router.add_route("*", "/status/{code}", self.status)
-        app.router.add_get("/ws", self.websocket)
-        app.router.add_route("*", "/{tail:.*}", self.echo)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        # uvloop's server is not an asyncio.Server subclass; it has ``sockets`` too.
-        server = cast(asyncio.Server, site._server)
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-
-class RawBackend:
-    """A raw asyncio server answering every request with fixed bytes (then maybe closing)."""
-
-    def __init__(self, response: bytes, *, close: bool = False) -> None:
-        self.response = response
-        self.close = close
-        self.received: list[bytes] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.received.append(head)
-                writer.write(self.response)
-                await writer.drain()
-                if self.close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
-def refused_port() -> int:
-    """A port nothing listens on (bound then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# ------------------------------------------------------------------------- config
-
-
-def make_config(
-    version: int,
-    targets: list[tuple[str, int]] | None = None,
-    *,
-    direct: tuple[str, int] | None = None,
-    service: dict[str, Any] | None = None,
-    routes: list[dict[str, Any]] | None = None,
-    previous: RuntimeConfig | None = None,
-) -> RuntimeConfig:
-    """One service ("svc") over upstream "backends" (or direct), route /api by default."""
-    upstreams: list[dict[str, Any]] = []
-    target_entities: list[dict[str, Any]] = []
-    svc: dict[str, Any] = {"id": "s1", "name": "svc", "protocol": "http", "retries": 5}
-    if direct is not None:
-        svc.update(host=direct[0], port=direct[1])
-    else:
-        upstreams.append({"id": "u1", "name": "backends", "algorithm": "round-robin"})
-        for i, (target, weight) in enumerate(targets or []):
-            target_entities.append(
-                {"id": f"t{i}", "target": target, "weight": weight, "upstream": {"id": "u1"}}
-            )
-        svc.update(host="backends", port=80)
-    svc.update(service or {})
-    if routes is None:
-        routes = [{"id": "r1", "name": "api", "paths": ["/api"], "service": {"id": "s1"}}]
-    return compile_config(
-        version,
-        f"hash-{version}",
-        {"upstreams": upstreams, "targets": target_entities, "services": [svc], "routes": routes},
-        previous=previous,
-    )
-
-
-Env = Callable[..., Awaitable[tuple[ProxyServer, ConfigHolder, str]]]
-
-
-async def start_backend(stack: AsyncExitStack, name: str) -> Backend:
-    backend = Backend(name)
-    await backend.start()
-    stack.push_async_callback(backend.stop)
-    return backend
-
-
-async def start_proxy(stack: AsyncExitStack, config: RuntimeConfig | None) -> tuple[ProxyServer, ConfigHolder, str]:
-    holder = ConfigHolder(config)
-    proxy = ProxyServer(holder, "127.0.0.1", 0)
-    await proxy.start()
-    stack.push_async_callback(proxy.stop, 2.0)
-    return proxy, holder, f"http://127.0.0.1:{proxy.port}"
-
-
-async def client(stack: AsyncExitStack, **kwargs: Any) -> aiohttp.ClientSession:
-    session = aiohttp.ClientSession(**kwargs)
-    stack.push_async_callback(session.close)
-    return session
-
-
-async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
-    """Parse one HTTP/1.1 response from a raw stream (Content-Length or chunked)."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-    if head_only or status in (204, 304) or 100 <= status < 200:
-        return status, headers, b""
-    if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return status, headers, body
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-    if "content-length" in headers:
-        return status, headers, await reader.readexactly(int(headers["content-length"]))
-    return status, headers, await asyncio.wait_for(reader.read(), 10)
-
+from data_plane.runtime import ConfigHolder, RuntimeConfig
+from tests.support.backends import RawBackend, refused_port, start_backend
+from tests.support.polling import wait_for
+from tests.support.proxy import client, make_config, read_response, start_proxy
 
 # -------------------------------------------------------------------------- tests
 
@@ -292,7 +52,16 @@ async def test_round_robin_over_two_backends(stack: AsyncExitStack) -> None:
     assert seen in (["a", "b"] * 3, ["b", "a"] * 3)
 
 
-async def test_strip_path_and_service_path(stack: AsyncExitStack) -> None:
+@pytest.mark.parametrize(
+    ("path", "upstream"),
+    [
+        pytest.param("/api/rest?q=1&r=%20", "/svc/rest?q=1&r=%20", id="stripped_prefix_keeps_the_query"),
+        pytest.param("/api", "/svc", id="whole_path_stripped"),
+        pytest.param("/keep/x", "/svc/keep/x", id="strip_path_off"),
+        pytest.param("/users/42/profile", "/svc/profile", id="regex_match_stripped"),
+    ],
+)
+async def test_strip_path_and_service_path(stack: AsyncExitStack, path: str, upstream: str) -> None:
     a = await start_backend(stack, "a")
     routes: list[dict[str, Any]] = [
         {"id": "r1", "paths": ["/api"], "service": {"id": "s1"}},
@@ -302,16 +71,9 @@ async def test_strip_path_and_service_path(stack: AsyncExitStack) -> None:
     config = make_config(1, direct=("127.0.0.1", a.port), service={"path": "/svc"}, routes=routes)
     _, _, url = await start_proxy(stack, config)
     session = await client(stack)
-    expectations = {
-        "/api/rest?q=1&r=%20": "/svc/rest?q=1&r=%20",
-        "/api": "/svc",
-        "/keep/x": "/svc/keep/x",
-        "/users/42/profile": "/svc/profile",
-    }
-    for path, upstream in expectations.items():
-        async with session.get(url + path) as resp:
-            assert resp.status == 200, path
-            assert (await resp.json())["path_qs"] == upstream, path
+    async with session.get(url + path) as resp:
+        assert resp.status == 200, path
+        assert (await resp.json())["path_qs"] == upstream, path
 
 
 async def test_no_route_404(stack: AsyncExitStack) -> None:
@@ -604,11 +366,11 @@ class RecordingBalancer(RoundRobinBalancer):
 def config_with_balancer(balancer: RecordingBalancer, **service: Any) -> RuntimeConfig:
     """One service over ``balancer`` (a real balancer object), every path routed."""
     base = make_config(1, [(a.key, a.weight) for a in balancer.addresses], service=service)
-    service = base.services["s1"]
-    assert service.upstream is not None
+    compiled = base.services["s1"]
+    assert compiled.upstream is not None
     # The proxy picks through the upstream (upstream.begin_try): swap its balancer.
     svc = dataclasses.replace(
-        service, balancer=balancer, upstream=dataclasses.replace(service.upstream, balancer=balancer)
+        compiled, balancer=balancer, upstream=dataclasses.replace(compiled.upstream, balancer=balancer)
     )
     route = RouteSpec(id="r1", name="all", service=svc, paths=("/",), strip_path=False)
     return RuntimeConfig(

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.runtime import ConfigHolder
-from tests.integration.test_health_checks import Gateway, config
-from tests.integration.test_http11_conformance import connect
-from tests.integration.test_proxy import make_config, read_response, start_backend
-from tests.support import wait_for
+from tests.support.backends import start_backend
+from tests.support.polling import wait_for
+from tests.support.proxy import HealthGateway, connect, make_config, read_response, upstream_config
 
 ALL = [{"id": "r1", "paths": ["/"], "strip_path": False, "service": {"id": "s1"}}]
 
@@ -162,10 +161,10 @@ async def test_a_client_gone_before_its_answer_is_no_failure_of_the_target(
 ) -> None:
     target = await HoldingBackend().start(stack)
     key = f"127.0.0.1:{target.port}"
-    gw = Gateway()
+    gw = HealthGateway()
     # One failure would eject the only target: an abort must not count as one.
     passive = {"passive": {"unhealthy": {"tcp_failures": 1, "timeouts": 1, "http_failures": 1}}}
-    await gw.start(stack, config([key], passive))
+    await gw.start(stack, upstream_config([key], passive))
     for n in range(1, 4):
         reader, writer = await connect(stack, gw.proxy.port)
         writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")

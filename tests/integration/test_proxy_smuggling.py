@@ -11,10 +11,10 @@ What a target receives is compared as exact bytes up to the order of header line
 request line is compared byte for byte, the header lines as a sorted list (see
 :func:`messages`), and nothing may follow the blank line unless the test says so.
 
-The contract (DESIGN.md, "Data-plane proxy path"): nothing the proxy refused ever reaches
-a target; no byte after an upgrade request reaches the target before its ``101``; Host is
-validated; response framing is relayed correctly; an upstream connection is pooled only
-after a complete exchange.
+The contract of the proxy path (issue 12; RFC 9112 section 11 on request smuggling):
+nothing the proxy refused ever reaches a target; no byte after an upgrade request reaches
+the target before its ``101``; Host is validated; response framing is relayed correctly;
+an upstream connection is pooled only after a complete exchange.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import pytest
 
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import compile_config
-from tests.integration.test_http11_conformance import SeenRequest, assert_closed, connect, proxy_to
-from tests.integration.test_proxy import read_response, start_proxy
-from tests.support import wait_for
+from tests.support.backends import SeenRequest
+from tests.support.polling import wait_for
+from tests.support.proxy import assert_closed, connect, proxy_to, read_response, start_proxy
 
 #: Upper bound for every read a test waits on (a hang fails the test, it does not stall it).
 READ_TIMEOUT = 5.0

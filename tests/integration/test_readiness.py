@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,14 @@ import pytest
 
 from control_plane.admin_tokens import add_token
 from control_plane.embedded_redis import EmbeddedRedis
-from tests.support import start_control_plane, wait_for
+from tests.support.control_planes import start_control_plane
+from tests.support.polling import wait_for
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
+def http_timeout() -> float:
+    """Each request of this module's ``http`` session is bounded to 10 s."""
+    return 10.0
 
 
 async def _get(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from control_plane.server import ControlPlane
 from control_plane.store import EntityStore
 from data_plane.server import DataPlane, DataPlaneSettings
 from ferry_shared.http_site import start_site
-from tests.support import start_control_plane, wait_for
+from tests.support.control_planes import start_control_plane
+from tests.support.polling import wait_for
 
 #: Routes that never touch Redis.
 _REDIS_FREE = {"/", "/status", "/openapi.json"}
@@ -227,12 +228,6 @@ def _holds(dp: DataPlane, version: int) -> bool:
 async def _proxied(http: aiohttp.ClientSession, dp: DataPlane, path: str) -> str | None:
     async with http.get(f"http://127.0.0.1:{dp.proxy_port}{path}") as response:
         return await response.text() if response.status == 200 else None
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[AsyncExitStack]:
-    async with AsyncExitStack() as s:
-        yield s
 
 
 async def test_with_redis_down_dps_keep_serving_new_dps_get_the_last_snapshot_and_writes_resume(

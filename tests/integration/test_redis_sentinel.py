@@ -18,7 +18,9 @@ from redis.exceptions import ResponseError
 
 from control_plane.embedded_redis import EmbeddedRedis
 from control_plane.server import ControlPlane
-from tests.support import SentinelServer, start_control_plane, wait_for
+from tests.support.control_planes import start_control_plane
+from tests.support.polling import wait_for
+from tests.support.sentinel import SentinelServer
 
 MASTER_PASSWORD = "m-secret"
 SENTINEL_PASSWORD = "s-secret"
@@ -82,12 +84,6 @@ async def sentinel_setup(tmp_path: Path) -> AsyncIterator[SentinelSetup]:
             sentinel.stop()
         replica.stop()
         master.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _post(http: aiohttp.ClientSession, cp: ControlPlane, path: str, body: dict) -> tuple[int, dict]:

@@ -23,15 +23,9 @@ from data_plane.balancers import Address, BalancerHandle
 from data_plane.balancers.round_robin import RoundRobinBalancer
 from data_plane.router import Router, RouteSpec
 from data_plane.runtime import RuntimeConfig, compile_config
-from tests.integration.test_proxy import (
-    RawBackend,
-    client,
-    make_config,
-    refused_port,
-    start_backend,
-    start_proxy,
-)
-from tests.support import wait_for
+from tests.support.backends import RawBackend, refused_port, start_backend
+from tests.support.polling import wait_for
+from tests.support.proxy import client, make_config, start_proxy
 
 
 async def start_hang_up(stack: AsyncExitStack) -> RawBackend:

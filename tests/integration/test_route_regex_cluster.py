@@ -7,10 +7,8 @@ change too. Both planes now compile with :mod:`ferry_shared.route_regex`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -18,25 +16,18 @@ import pytest
 
 from control_plane.server import ControlPlane
 from data_plane.server import DataPlane, DataPlaneSettings
-from tests.support import start_control_plane, wait_for
+from tests.support.admin import AdminClient
+from tests.support.control_planes import start_control_plane
+from tests.support.polling import wait_for
 
 
-@dataclass
-class Cluster:
-    cp: ControlPlane
-    dp: DataPlane
-    http: aiohttp.ClientSession
+class Cluster(AdminClient):
+    """A control plane, its one data plane, and the control plane's Admin API."""
 
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.cp.admin_port}"
-
-    async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = {"json": body} if raw is None else {
-            "data": raw, "headers": {"Content-Type": "application/json"}}
-        async with self.http.request(method, self.admin + path, **kwargs) as response:
-            text = await response.text()
-            return response.status, json.loads(text) if text else None
+    def __init__(self, cp: ControlPlane, dp: DataPlane, http: aiohttp.ClientSession) -> None:
+        super().__init__(http, cp)
+        self.cp = cp
+        self.dp = dp
 
     async def dp_status(self) -> dict[str, Any]:
         async with self.http.get(f"http://127.0.0.1:{self.dp.status_port}/status") as response:

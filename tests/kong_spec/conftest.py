@@ -1,4 +1,4 @@
-"""Fixtures for Kong's own specs, translated case by case.
+"""Fixtures for Kong's own specs, translated case by case (helpers: ``tests/support/kong.py``).
 
 Each spec module gets one real ``ferry control-plane`` process (with its own embedded
 Redis under a temporary directory) and, where the spec proxies traffic, one real
@@ -7,107 +7,32 @@ apart by using fresh entity names (:func:`unique`); a case that needs an empty d
 asks for ``fresh_kong`` instead, which starts a control plane for it alone.
 
 Module fixtures are synchronous (they poll with urllib), so cases stay ordinary
-function-scoped asyncio tests with their own ``http`` session.
+function-scoped asyncio tests with their own ``http`` session (a 15 s bound per request).
 """
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.e2e.conftest import Cluster, DataPlaneProc
-from tests.e2e.conftest import backends as backends  # noqa: F401  (re-exported fixture)
-from tests.support import FerryProcess
+from tests.support.ferry_cluster import Cluster
+from tests.support.kong import (
+    DnsZone,
+    KongCluster,
+    SpecServer,
+    TlsSpecServer,
+    serving,
+    stop_cluster,
+)
 
 
-def unique(prefix: str = "k") -> str:
-    """A name no other case in the module uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-        return json.loads(response.read() or b"null")
-
-
-def _wait_ok(url: str, process: FerryProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.returncode is None, f"exited {process.returncode}:\n{process.log()}"
-        try:
-            _get_json(url)
-            return
-        except (urllib.error.URLError, OSError, ValueError):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} did not answer 200 in {timeout}s:\n{process.log()}") from None
-            time.sleep(0.05)
-
-
-class KongCluster:
-    """A running control plane (and, once asked for, one data plane) for spec cases."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.cp: FerryProcess | None = None
-        self.dp: DataPlaneProc | None = None
-        self._dp_args: tuple[str, ...] = ()
-
-    @property
-    def admin(self) -> str:
-        return self.cluster.admin
-
-    def start(self, *cp_args: str) -> KongCluster:
-        self.cp = self.cluster.start_control_plane(*cp_args)
-        _wait_ok(f"{self.admin}/status", self.cp)
-        return self
-
-    async def data_plane(self, *dp_args: str) -> DataPlaneProc:
-        """The module's data plane (started on first use) once it serves the CP's
-        current configuration."""
-        if self.dp is None:
-            self.dp = self.cluster.start_data_plane("dp1", *dp_args)
-            _wait_ok(f"{self.dp.status}/status/ready", self.dp.process)  # holds a config
-        await self.synced()
-        return self.dp
-
-    async def synced(self, timeout: float = 15.0) -> None:
-        """Wait until the data plane serves what the CP holds now (no-op without one)."""
-        if self.dp is None:
-            return
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{self.admin}/status") as response:
-                wanted = int((await response.json())["configuration_version"] or 0)
-            deadline = time.monotonic() + timeout
-            while True:
-                async with http.get(f"{self.dp.status}/status") as response:
-                    status = await response.json()
-                held = status.get("configuration_version")
-                if held is not None and held >= wanted:
-                    return
-                assert time.monotonic() < deadline, f"data plane not at version {wanted}: {status}"
-                await _sleep(0.02)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
-
-
-def _stopped(cluster: Cluster) -> None:
-    cluster.stop_all()
-    for process in cluster.processes:
-        if process.returncode not in (0, None, -15):
-            print(f"--- {process.log_path.name} (exit {process.returncode}) ---\n{process.log()}")
+@pytest.fixture
+def http_timeout() -> float:
+    """Kong spec cases bound each request of their ``http`` session to 15 s."""
+    return 15.0
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +42,7 @@ def kong(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KongCluster]:
     try:
         yield KongCluster(cluster).start()
     finally:
-        _stopped(cluster)
+        stop_cluster(cluster)
 
 
 @pytest.fixture
@@ -127,275 +52,21 @@ def fresh_kong(tmp_path: Path) -> Iterator[KongCluster]:
     try:
         yield KongCluster(cluster).start()
     finally:
-        _stopped(cluster)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-        yield session
-
-
-# ---------------------------------------------------------------- balancer specs
-# Kong's ``spec.fixtures.balancer_utils`` and ``helpers.https_server``, as Ferry helpers
-# (facts of their behaviour, not their code): a target server that counts what it
-# answers and can be told to fail, and the Admin API calls the balancer specs make.
-
-
-class SpecServer:
-    """A target: answers 200 (500 once told ``/unhealthy``), counts its answers.
-
-    ``ok``/``fail`` count proxied requests (200 / 500 answers); ``status_ok`` and
-    ``status_fail`` count probes of ``/status``. ``GET /healthy`` and ``/unhealthy``
-    (sent directly, never counted) switch it; ``/timeout`` makes the next request
-    hang past any read timeout. ``delay_ms`` delays every answer. ``hosts`` records
-    the Host header of each proxied request.
-    """
-
-    def __init__(self, delay_ms: int = 0) -> None:
-        self.delay_ms = delay_ms
-        self.healthy = True
-        self.timeouts = 0
-        self.ok = self.fail = self.status_ok = self.status_fail = 0
-        self.hosts: list[str] = []
-        self.port = 0
-        #: When set, a proxied request with another Host is answered 400, uncounted
-        #: (Kong's https_server ``check_hostname``).
-        self.expect_host: str | None = None
-        self._runner: Any = None
-
-    @property
-    def total(self) -> int:
-        return self.ok + self.fail
-
-    async def start(self, port: int = 0) -> SpecServer:
-        from aiohttp import web
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            path = request.path
-            if path in ("/healthy", "/unhealthy"):
-                self.healthy = path == "/healthy"
-                return web.Response(text="ok")
-            if path == "/timeout":
-                self.timeouts += 1
-                return web.Response(text="ok")
-            if path == "/status":
-                if self.healthy:
-                    self.status_ok += 1
-                    return web.Response(text="ok")
-                self.status_fail += 1
-                return web.Response(status=500, text="unhealthy")
-            if self.timeouts:
-                self.timeouts -= 1
-                self.fail += 1
-                await _sleep(5)
-                return web.Response(text="late")
-            if self.delay_ms:
-                await _sleep(self.delay_ms / 1000)
-            if self.expect_host is not None and request.host.rsplit(":", 1)[0] != self.expect_host:
-                return web.Response(status=400, text="wrong host")
-            self.hosts.append(request.headers.get("Host", ""))
-            if self.healthy:
-                self.ok += 1
-                return web.json_response({"port": self.port, "uri": str(request.rel_url)})
-            self.fail += 1
-            return web.Response(status=500, text="unhealthy")
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def control(self, path: str) -> None:
-        """Kong's ``direct_request``: tell the server (not through the proxy)."""
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{self.port}{path}") as response:
-                await response.read()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-
-async def _serving(kind: type[SpecServer]) -> AsyncIterator[Any]:
-    """A starter of ``kind`` servers (``await start(delay_ms=0, port=0)``); every server
-    it started is stopped at teardown."""
-    started: list[SpecServer] = []
-
-    async def start(delay_ms: int = 0, port: int = 0) -> SpecServer:
-        server = await kind(delay_ms).start(port)
-        started.append(server)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            await server.stop()
+        stop_cluster(cluster)
 
 
 @pytest.fixture
 async def spec_servers() -> AsyncIterator[Any]:
     """``await spec_servers(delay_ms=0, port=0)`` starts a :class:`SpecServer`."""
-    async for start in _serving(SpecServer):
+    async for start in serving(SpecServer):
         yield start
 
 
-async def admin_call(
-    http: aiohttp.ClientSession, method: str, url: str, body: Any = None, expect: int | None = None
-) -> tuple[int, Any]:
-    """One Admin API call: ``(status, json body or None)``; asserts ``expect`` if given."""
-    async with http.request(method, url, json=body) as response:
-        payload = await response.json(content_type=None) if response.status != 204 else None
-        if expect is not None:
-            assert response.status == expect, f"{method} {url} → {response.status} {payload}"
-        return response.status, payload
-
-
-async def add_upstream(kong: KongCluster, http: aiohttp.ClientSession, **fields: Any) -> tuple[str, str]:
-    """Kong's ``bu.add_upstream``: a fresh upstream (``slots`` 10 unless given); (name, id)."""
-    body = {"name": unique("upstream"), "slots": 10, **fields}
-    _, created = await admin_call(http, "POST", f"{kong.admin}/upstreams", body, 201)
-    return created["name"], created["id"]
-
-
-async def add_target(
-    kong: KongCluster, http: aiohttp.ClientSession, upstream: str, target: str, weight: int = 10, **fields: Any
-) -> dict[str, Any]:
-    """Kong's ``bu.add_target`` (weight 10 unless given)."""
-    body = {"target": target, "weight": weight, **fields}
-    _, created = await admin_call(http, "POST", f"{kong.admin}/upstreams/{upstream}/targets", body, 201)
-    return dict(created)
-
-
-async def add_api(kong: KongCluster, http: aiohttp.ClientSession, upstream_name: str, **service: Any) -> str:
-    """Kong's ``bu.add_api``: a service on the upstream and a route on a fresh host."""
-    host = f"{unique('host')}.test"
-    body = {"name": unique("svc"), "url": f"http://{upstream_name}:80", **service}
-    _, svc = await admin_call(http, "POST", f"{kong.admin}/services", body, 201)
-    await admin_call(http, "POST", f"{kong.admin}/routes", {"service": {"id": svc["id"]}, "hosts": [host]}, 201)
-    return host
-
-
-async def client_requests(
-    dp: DataPlaneProc, n: int, host: str, path: str = "/", headers: dict[str, str] | None = None
-) -> tuple[int, int, int | None]:
-    """Kong's ``bu.client_requests``: n requests, each on a new connection;
-    (oks, fails, last status). ``path`` is sent as given (not re-encoded)."""
-    import yarl
-
-    oks = fails = 0
-    last: int | None = None
-    for _ in range(n):
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-            try:
-                async with session.get(
-                    yarl.URL(f"{dp.proxy}{path}", encoded=True), headers={"Host": host, **(headers or {})}
-                ) as response:
-                    await response.read()
-                    last = response.status
-            except aiohttp.ClientError:
-                fails += 1
-                last = None
-                continue
-        if last == 200:
-            oks += 1
-        elif last > 399:
-            fails += 1
-    return oks, fails, last
-
-
-async def upstream_health(kong: KongCluster, http: aiohttp.ClientSession, upstream: str, query: str = "") -> Any:
-    _, body = await admin_call(http, "GET", f"{kong.admin}/upstreams/{upstream}/health{query}", None, 200)
-    return body
-
-
-async def poll_wait_health(
-    kong: KongCluster, http: aiohttp.ClientSession, upstream: str, target: str, value: str, timeout: float = 15.0
-) -> None:
-    """Kong's ``bu.poll_wait_health``: until ``target`` shows ``value`` in ``/health``."""
-    from tests.support import wait_for
-
-    async def reached() -> bool:
-        body = await upstream_health(kong, http, upstream)
-        return any(d["target"] == target and d["health"] == value for d in body["data"])
-
-    await wait_for(reached, timeout=timeout, interval=0.05, message=f"{target} to become {value}")
-
-
-# ------------------------------------------------------------------ a DNS server
-
-
-class DnsZone:
-    """A real authoritative DNS server on a free UDP port of 127.0.0.1, in a thread
-    (Kong's ``dns_mock``): ``records[name][type]`` lists rdata texts (``"A"``,
-    ``"AAAA"``, ``"SRV"`` as ``"priority weight port target."``, ``"CNAME"``); other
-    names answer NXDOMAIN. Records may change while a module runs; ``ttl`` applies to
-    every answer. Give the data plane ``--dns-resolver`` :attr:`address`."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.records: dict[str, dict[str, list[str]]] = {}
-        self.ttl = 1
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self._closed = False
-        self.port = int(self._sock.getsockname()[1])
-        self._thread = threading.Thread(target=self._serve, name="kong-spec-dns", daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        import dns.flags
-        import dns.message
-        import dns.rcode
-        import dns.rdatatype
-        import dns.rrset
-
-        while not self._closed:
-            try:
-                data, peer = self._sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed
-            try:
-                query = dns.message.from_wire(data)
-                question = query.question[0]
-                name = question.name.to_text(omit_final_dot=True).lower()
-                rdtype = dns.rdatatype.to_text(question.rdtype)
-                response = dns.message.make_response(query)
-                response.flags |= dns.flags.AA
-                zone = dict(self.records.get(name) or {})
-                if not zone:
-                    response.set_rcode(dns.rcode.NXDOMAIN)
-                elif zone.get("CNAME"):
-                    response.answer.append(
-                        dns.rrset.from_text(question.name, self.ttl, "IN", "CNAME", zone["CNAME"][0])
-                    )
-                elif zone.get(rdtype):
-                    response.answer.append(
-                        dns.rrset.from_text(question.name, self.ttl, "IN", rdtype, *zone[rdtype])
-                    )
-                self._sock.sendto(response.to_wire(), peer)
-            except Exception:  # noqa: BLE001 - a bad packet must not end the server
-                continue
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(2)
-        self._sock.close()
+@pytest.fixture
+async def tls_spec_servers() -> AsyncIterator[Any]:
+    """``await tls_spec_servers(delay_ms=0, port=0)`` starts a :class:`TlsSpecServer`."""
+    async for start in serving(TlsSpecServer):
+        yield start
 
 
 @pytest.fixture(scope="module")
@@ -406,43 +77,3 @@ def dns_zone() -> Iterator[DnsZone]:
         yield zone
     finally:
         zone.close()
-
-
-# ------------------------------------------------------------------ a TLS spec server
-
-
-class TlsSpecServer(SpecServer):
-    """A :class:`SpecServer` that speaks HTTPS (Kong's ``https_server`` with protocol
-    ``https``): the same handler and counters, served with the suite's self-signed
-    ``tests/fixtures/upstream-tls.*``; :meth:`control` goes over TLS too, unverified."""
-
-    async def start(self, port: int = 0) -> TlsSpecServer:
-        import ssl
-
-        from aiohttp import web
-
-        await super().start()
-        runner = self._runner
-        plain = list(runner.sites)
-        fixtures = Path(__file__).resolve().parent.parent / "fixtures"
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(fixtures / "upstream-tls.crt", fixtures / "upstream-tls.key")
-        site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=context)
-        await site.start()
-        for old in plain:  # the app stays; only its plain-HTTP listener goes
-            await old.stop()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def control(self, path: str) -> None:
-        """Kong's ``direct_request`` with protocol ``https``."""
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"https://127.0.0.1:{self.port}{path}", ssl=False) as response:
-                await response.read()
-
-
-@pytest.fixture
-async def tls_spec_servers() -> AsyncIterator[Any]:
-    """``await tls_spec_servers(delay_ms=0, port=0)`` starts a :class:`TlsSpecServer`."""
-    async for start in _serving(TlsSpecServer):
-        yield start

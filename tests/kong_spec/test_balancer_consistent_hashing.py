@@ -22,14 +22,8 @@ import pytest
 import yarl
 
 from data_plane.balancers import Address, BalancerHandle, BalancerOptions, create_balancer
-from tests.kong_spec.conftest import (
-    KongCluster,
-    add_target,
-    add_upstream,
-    admin_call,
-    client_requests,
-    unique,
-)
+from tests.support.admin import admin_call
+from tests.support.kong import KongCluster, add_target, add_upstream, client_requests, unique
 
 SLOTS = 10
 SPEC = "03-consistent-hashing_spec.lua"

@@ -29,8 +29,8 @@ import pytest
 from aiohttp import web
 
 from ferry_shared.listen import free_port
-from tests.kong_spec.conftest import DnsZone, KongCluster, unique
-from tests.tls_support import self_signed
+from tests.support.kong import DnsZone, KongCluster, unique
+from tests.support.tls import self_signed
 
 SPEC = "spec/02-integration/05-proxy/10-balancer/01-healthchecks_spec.lua"
 SLOTS = 10

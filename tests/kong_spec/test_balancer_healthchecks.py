@@ -17,17 +17,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.kong_spec.conftest import (
+from tests.support.admin import admin_call
+from tests.support.kong import (
     KongCluster,
     add_api,
     add_target,
     add_upstream,
-    admin_call,
     client_requests,
     poll_wait_health,
     upstream_health,
 )
-from tests.support import wait_for
+from tests.support.polling import wait_for
 
 SPEC = "01-healthchecks_spec.lua"
 SLOTS = 10

@@ -12,7 +12,8 @@ import asyncio
 
 import aiohttp
 
-from tests.kong_spec.conftest import KongCluster, add_api, add_target, add_upstream, admin_call
+from tests.support.admin import admin_call
+from tests.support.kong import KongCluster, add_api, add_target, add_upstream
 
 SPEC = "07-latency_spec.lua"
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.kong_spec.conftest import KongCluster, add_target, add_upstream, admin_call, unique
-from tests.support import wait_for
+from tests.support.admin import admin_call
+from tests.support.kong import KongCluster, add_target, add_upstream, unique
+from tests.support.polling import wait_for
 
 SPEC = "05-recreate-request_spec.lua"
 

@@ -18,7 +18,8 @@ import asyncio
 
 import aiohttp
 
-from tests.kong_spec.conftest import KongCluster, admin_call, unique
+from tests.support.admin import admin_call
+from tests.support.kong import KongCluster, unique
 
 SPEC = "08-retries_spec.lua"
 

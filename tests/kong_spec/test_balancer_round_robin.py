@@ -10,15 +10,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.kong_spec.conftest import (
-    KongCluster,
-    add_api,
-    add_target,
-    add_upstream,
-    admin_call,
-    client_requests,
-)
-from tests.support import wait_for
+from tests.support.admin import admin_call
+from tests.support.kong import KongCluster, add_api, add_target, add_upstream, client_requests
+from tests.support.polling import wait_for
 
 SLOTS = 10
 SPEC = "04-round-robin_spec.lua"

@@ -14,7 +14,7 @@ import time
 
 import aiohttp
 
-from tests.kong_spec.conftest import KongCluster, add_api, add_target, add_upstream
+from tests.support.kong import KongCluster, add_api, add_target, add_upstream
 
 SPEC = "05-stress_spec.lua"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.kong_spec.conftest import KongCluster, unique
+from tests.support.kong import KongCluster, unique
 
 
 async def test_the_module_control_plane_answers_and_a_data_plane_syncs(

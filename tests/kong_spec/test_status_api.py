@@ -26,8 +26,9 @@ import pytest
 
 from control_plane.embedded_redis import EmbeddedRedis
 from ferry_shared.listen import free_port
-from tests.kong_spec.conftest import Cluster, KongCluster
-from tests.support import wait_for
+from tests.support.ferry_cluster import Cluster
+from tests.support.kong import KongCluster
+from tests.support.polling import wait_for
 
 CORE = "spec/02-integration/08-status_api/01-core_routes_spec.lua"
 READINESS = "spec/02-integration/08-status_api/03-readiness_endpoint_spec.lua"

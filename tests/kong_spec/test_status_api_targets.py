@@ -29,8 +29,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from tests.kong_spec.conftest import DataPlaneProc, KongCluster, unique
-from tests.support import wait_for
+from tests.support.ferry_cluster import DataPlaneProc
+from tests.support.kong import KongCluster, unique
+from tests.support.polling import wait_for
 
 SPEC = "spec/02-integration/08-status_api/02-targets_routes_spec.lua"
 

@@ -28,8 +28,8 @@ import aiohttp
 import pytest
 import yarl
 
-from tests.kong_spec.conftest import DnsZone, KongCluster, unique
-from tests.support import wait_for
+from tests.support.kong import DnsZone, KongCluster, unique
+from tests.support.polling import wait_for
 
 SPEC = "spec/02-integration/04-admin_api/08-targets_routes_spec.lua"
 WEIGHT_DEFAULT, WEIGHT_MIN, WEIGHT_MAX = 100, 0, 65535

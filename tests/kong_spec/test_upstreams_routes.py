@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.kong_spec.conftest import KongCluster, unique
+from tests.support.kong import KongCluster, unique
 
 SPEC = "spec/02-integration/04-admin_api/07-upstreams_routes_spec.lua"
 SLOTS_DEFAULT, SLOTS_MAX = 10000, 2**16

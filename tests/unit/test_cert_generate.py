@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 
 from ferry.cli import main
 from ferry_shared.cluster_tls import SHARED_SERVER_NAME, ClusterTLS
-from tests.tls_support import self_signed
+from tests.support.tls import self_signed
 
 
 @pytest.fixture(autouse=True)

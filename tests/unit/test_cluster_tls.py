@@ -20,7 +20,7 @@ from ferry_shared.cluster_tls import (
     cluster_tls_from_flags,
     explain_link_failure,
 )
-from tests.tls_support import Pair, make_authority, self_signed
+from tests.support.tls import Pair, make_authority, self_signed
 
 
 @pytest.fixture

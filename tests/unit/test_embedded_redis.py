@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from tenacity import wait_exponential
 
 from control_plane.embedded_redis import EmbeddedRedis, RedisSupervisor, describe_exit
-from tests.support import wait_for
+from tests.support.polling import wait_for
 
 
 def test_embedded_redis_persists_writes_in_aof_across_restart(tmp_path):

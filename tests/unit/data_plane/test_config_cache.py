@@ -23,7 +23,7 @@ from data_plane.runtime import ConfigHolder
 from data_plane.server import DataPlane, DataPlaneSettings
 from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
-from tests.support import wait_for
+from tests.support.polling import wait_for
 
 SERVICE = {"id": "00000000-0000-4000-8000-00000000000a", "name": "s", "host": "example.com"}
 ROUTE = {

@@ -12,7 +12,7 @@ import pytest
 from data_plane.balancers import Address, BalancerHandle, create_balancer
 from data_plane.health.checker import HealthChecker, HealthTransition, ProbeOutcome
 from data_plane.health.settings import HealthSettings, compile_health_settings
-from tests.support import wait_for
+from tests.support.polling import wait_for
 
 A = Address("10.0.0.1", 80)
 B = Address("10.0.0.2", 80)

@@ -1,112 +1,10 @@
-"""Test helpers: poll-with-deadline instead of sleeping."""
+"""A real Redis Sentinel for the tests of Ferry's Sentinel support."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
-
-
-async def wait_for(
-    predicate: Callable[[], Awaitable[T] | T],
-    *,
-    timeout: float = 10.0,
-    interval: float = 0.02,
-    message: str = "condition",
-) -> T:
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
-            result = await result  # type: ignore[misc]
-        last = result  # type: ignore[assignment]
-        if result:
-            return result  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last={last!r}")
-        await asyncio.sleep(interval)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of the processes whose command line contains ``text`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def data_dir(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-class FerryProcess:
-    """A real ``ferry`` child process whose output goes to a log file.
-
-    ``stop`` sends SIGTERM and waits, killing after a timeout; fixtures call it in
-    ``finally`` so a failing test leaves no process behind.
-    """
-
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        import os
-        import subprocess
-        import sys
-
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        full_env = {**os.environ, **(env or {})}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ferry", *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-        )
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.poll()
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        import signal
-        import subprocess
-
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
+from typing import Any
 
 
 class SentinelServer:
@@ -224,25 +122,3 @@ class SentinelServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-async def start_control_plane(redis_url: str, data_dir: Path, **settings: Any) -> Any:
-    """A started in-process :class:`ControlPlane` on free loopback ports over ``redis_url``.
-
-    Plaintext cluster link, a short merge window; ``settings`` override any
-    :class:`ControlPlaneSettings` field. The caller stops it (``stop(grace=...)``).
-    """
-    from control_plane.server import ControlPlane, ControlPlaneSettings
-
-    options: dict[str, Any] = {
-        "admin_listen": "127.0.0.1:0",
-        "cluster_listen": "127.0.0.1:0",
-        "data_dir": data_dir,
-        "redis_url": redis_url,
-        "cluster_insecure": True,
-        "merge_window": 0.01,
-        **settings,
-    }
-    plane = ControlPlane(ControlPlaneSettings(**options))
-    await plane.start()
-    return plane

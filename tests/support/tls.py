@@ -1,4 +1,5 @@
-"""Certificates for tests: CAs, issued certificates, odd self-signed ones (real X.509, no mocks)."""
+"""Certificates for tests: CAs, issued certificates, odd self-signed ones (real X.509, no mocks),
+and the suite's fixed upstream certificate (:data:`FIXTURES`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ferry_shared.cluster_tls import SHARED_SERVER_NAME
+
+#: ``tests/fixtures``: ``upstream-tls.crt``/``.key``, a self-signed certificate valid for a
+#: century that TLS targets serve (the proxy does not verify upstream certificates yet).
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""Admin API clients of the tests.
+
+* :class:`AdminClient`: a running control plane's Admin API over a test's session.
+* :func:`admin_call` / :func:`admin`: one call by full URL (e2e and Kong spec tests,
+  whose control planes are child processes).
+* :class:`FixedDataPlanes`, :func:`call`, :func:`make`: the Admin app served in-process
+  by :class:`aiohttp.test_utils.TestClient` over a real :class:`EntityStore`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+
+from control_plane.server import ControlPlane
+
+# ------------------------------------------------------------------ over HTTP
+
+
+class AdminClient:
+    """The Admin API of ``plane`` (a :class:`ControlPlane` or a base URL), through ``http``."""
+
+    def __init__(self, http: aiohttp.ClientSession, plane: ControlPlane | str) -> None:
+        self.http = http
+        self.base = plane if isinstance(plane, str) else f"http://127.0.0.1:{plane.admin_port}"
+
+    async def call(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None
+    ) -> tuple[int, Any]:
+        """One request: (status, decoded JSON body or None when empty). ``raw`` sends
+        those exact bytes as a JSON body instead of encoding ``body``."""
+        options: dict[str, Any] = (
+            {"json": body}
+            if raw is None
+            else {"data": raw, "headers": {"Content-Type": "application/json"}}
+        )
+        async with self.http.request(method, self.base + path, **options) as response:
+            text = await response.text()
+            return response.status, (json.loads(text) if text else None)
+
+    async def ok(self, method: str, path: str, body: Any = None) -> Any:
+        """:meth:`call` that must succeed (2xx); returns the body."""
+        status, answer = await self.call(method, path, body)
+        assert status < 300, f"{method} {path} → {status} {answer}"
+        return answer
+
+    async def make(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST path`` that must create (201); returns the entity."""
+        status, entity = await self.call("POST", path, body)
+        assert status == 201, entity
+        return entity  # type: ignore[no-any-return]
+
+    async def health(self, upstream: str) -> dict[str, dict[str, Any]]:
+        """``GET /upstreams/{u}/health`` as target → item."""
+        status, body = await self.call("GET", f"/upstreams/{upstream}/health")
+        assert status == 200, body
+        return {item["target"]: item for item in body["data"]}
+
+    def until(
+        self, upstream: str, check: Callable[[dict[str, dict[str, Any]]], bool]
+    ) -> Callable[[], Awaitable[dict[str, dict[str, Any]] | None]]:
+        """A ``wait_for`` predicate: the health view once ``check`` accepts it."""
+
+        async def poll() -> dict[str, dict[str, Any]] | None:
+            view = await self.health(upstream)
+            return view if check(view) else None
+
+        return poll
+
+
+async def admin_call(
+    http: aiohttp.ClientSession, method: str, url: str, body: Any = None, expect: int | None = None
+) -> tuple[int, Any]:
+    """One Admin API call: ``(status, json body or None)``; asserts ``expect`` if given."""
+    async with http.request(method, url, json=body) as response:
+        payload = await response.json(content_type=None) if response.status != 204 else None
+        if expect is not None:
+            assert response.status == expect, f"{method} {url} → {response.status} {payload}"
+        return response.status, payload
+
+
+async def admin(
+    http: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None = None
+) -> Any:
+    """One Admin API call that must succeed (2xx); returns the JSON body (None for 204)."""
+    status, payload = await admin_call(http, method, url, body)
+    assert status < 300, f"{method} {url} → {status} {payload}"
+    return payload
+
+
+# ------------------------------------------------------------------ in-process app
+
+#: What :class:`FixedDataPlanes` lists.
+DATA_PLANES = [{"id": "dp-1", "hostname": "dp1.local", "sync_status": "SYNCED", "version": "0.1.0"}]
+
+AppClient = TestClient[Any, Any]
+
+
+class FixedDataPlanes:
+    """Stands in for the cluster server's registry: a fixed list of data planes."""
+
+    async def list_data_planes(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in DATA_PLANES]
+
+
+async def call(
+    client: AppClient, method: str, path: str, body: Any = None, **kwargs: Any
+) -> tuple[int, Any]:
+    """One request; returns (status, decoded JSON body or None)."""
+    if body is not None:
+        kwargs["json"] = body
+    async with client.request(method, path, **kwargs) as response:
+        text = await response.text()
+        return response.status, (json.loads(text) if text else None)
+
+
+async def make(client: AppClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST path`` that must create (201); returns the entity."""
+    status, entity = await call(client, "POST", path, body)
+    assert status == 201, entity
+    return entity  # type: ignore[no-any-return]
