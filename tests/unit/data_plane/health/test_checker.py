@@ -1,6 +1,6 @@
 """HealthChecker: Kong's counters and thresholds, the threshold flag, carried state,
 manual overrides, and the half-open breaker (driven by real event-loop timers).
-Checkers carried across configs: test_config_installer.py."""
+Checkers carried across configs: tests/unit/data_plane/test_config_installer.py."""
 
 from __future__ import annotations
 
