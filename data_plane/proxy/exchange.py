@@ -151,7 +151,7 @@ class _Exchange:
         current = self.current_try
         if current is not None:
             self.current_try = None
-            current.end(failed, self.status, self.t_headers, timed_out=timed_out, aborted=aborted)
+            current.end(failed, self.status, self.t_headers, timed_out, aborted)
 
     def end_request(self) -> None:
         """The exchange is finished: release its count in the upstream's retry budget."""
