@@ -21,7 +21,7 @@ from control_plane.config_follower import ConfigFollower
 from control_plane.snapshot import SnapshotStore
 from control_plane.store import EntityStore
 from control_plane.stream_follower import Batch, StreamFollower
-from tests.support import wait_for
+from tests.support.polling import wait_for
 
 _KEY = "test:events"
 _NAME = "stream-follower-under-test"
