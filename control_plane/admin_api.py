@@ -11,23 +11,17 @@ exception becomes a logged 500 with Kong's generic body, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import bisect
 import collections
 import json
 import logging
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_plane.admin_openapi import (
@@ -35,8 +29,6 @@ from control_plane.admin_openapi import (
     DECLARATIVE_CONFIG_REQUEST,
     DECLARATIVE_CONFIG_RESPONSES,
     DECLARATIVE_CONFIG_SCHEMA,
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
     READINESS_RESPONSE,
     UPSTREAM_HEALTH_QUERY,
     UPSTREAM_HEALTH_RESPONSE,
@@ -44,22 +36,24 @@ from control_plane.admin_openapi import (
     build_openapi,
 )
 from control_plane.admin_openapi import AdminRoute as _Route
+from control_plane.admin_requests import (
+    expected_version,
+    flag,
+    override_address,
+    page_body,
+    read_body,
+    read_config_document,
+)
 from control_plane.admin_tokens import READ_METHODS, TOKEN_HEADER, AdminTokens
 from control_plane.console_site import add_console_routes
 from control_plane.declarative import (
-    DocumentParseError,
     export_document,
-    parse_document,
 )
 from control_plane.entity_service import EntityService, Finder
 from control_plane.errors import (
     BadRequest,
     FerryError,
     Forbidden,
-    InvalidBody,
-    InvalidOffset,
-    InvalidOptions,
-    InvalidSize,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -72,10 +66,7 @@ from control_plane.metrics import ControlPlaneView, metrics_registry
 from control_plane.schemas import (
     RuleError,
     check_upstream_name,
-    decode_form,
-    has_lone_surrogate,
     is_uuid,
-    parse_host,
 )
 from control_plane.store import EntityStore
 
@@ -208,246 +199,9 @@ _LIMITS: web.AppKey[_Limits] = web.AppKey("ferry_admin_limits", _Limits)
 MetricsSource = Callable[[Mapping[int, int]], Awaitable[ControlPlaneView]]
 
 
-# ------------------------------------------------------------------- helpers
-
-
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-def _no_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON (RFC 8259): refused like any unparsable body.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _decode_json(raw: bytes) -> Any:
-    """``raw`` as JSON; :class:`InvalidBody` (Kong's message) for anything unparsable.
-
-    Nesting deeper than Python's recursion limit is unparsable too (a
-    ``RecursionError`` from the decoder), as it is for Kong's cjson beyond its
-    depth limit. So is a ``\\uD800``-``\\uDFFF`` escape that is not half of a
-    surrogate pair: cjson refuses it ("invalid unicode escape code"), Python
-    would decode it to a string no UTF-8 can hold (a 500 further on).
-    """
-    try:
-        data = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise InvalidBody() from None
-    if b"\\u" in raw and has_lone_surrogate(data):
-        raise InvalidBody()
-    return data
-
-
-async def _read_form(request: web.Request) -> list[tuple[str, object]]:
-    """The fields of a form body (url-encoded or multipart), in order.
-
-    Anything the parser cannot read (a multipart body without a boundary or
-    cut short, a control character in a part header, bytes that are not
-    UTF-8, an unknown charset) is a 400 ``{"message": "Cannot parse form
-    body: ..."}``, never a 500. (Kong ignores an unreadable form and validates
-    an empty body instead; Ferry says what is wrong.)
-    """
-    try:
-        if request.content_type == "application/x-www-form-urlencoded":
-            raw = await request.read()
-            charset = request.charset or "utf-8"
-            text = raw.decode(charset)
-            # errors="strict": a percent-encoded byte that is not UTF-8 is refused
-            # too, never turned into U+FFFD and stored.
-            return list(parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict"))
-        form = await request.post()
-        return list(form.items())
-    except web.HTTPException:
-        raise  # 413 and the like keep their status
-    except UnicodeError:
-        raise InvalidBody("Cannot parse form body: not valid UTF-8 text") from None
-    except LookupError:
-        raise InvalidBody("Cannot parse form body: unknown charset") from None
-    except HttpProcessingError:
-        raise InvalidBody("Cannot parse form body: invalid multipart part header") from None
-    except (ValueError, AssertionError, asyncio.IncompleteReadError) as exc:
-        reason = "no multipart boundary" if "boundary" in str(exc) else "malformed or truncated multipart body"
-        raise InvalidBody(f"Cannot parse form body: {reason}") from None
-
-
-async def _read_body(request: web.Request, kind: str) -> dict[str, Any]:
-    """The request body as a dict: JSON, or a form decoded by the schema of ``kind``."""
-    if request.content_type in _FORM_TYPES:
-        fields = await _read_form(request)
-        return decode_form(kind, [(k, v) for k, v in fields if isinstance(v, str)])
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    data = _decode_json(raw)
-    if not isinstance(data, dict):
-        raise InvalidBody()
-    return data
-
-
-async def _read_config_document(request: web.Request) -> dict[str, Any]:
-    """The declarative document of a ``POST /config`` request, parsed (not validated).
-
-    As Kong: a JSON body (``application/json``), a YAML body (any other type:
-    ``application/yaml``, ``text/yaml`` ...), or a form whose ``config`` field
-    (text or uploaded file) holds YAML or JSON. Unparsable → 400
-    ``{"message": "failed parsing declarative configuration: ..."}``.
-    """
-    try:
-        if request.content_type in _FORM_TYPES:
-            fields = await _read_form(request)
-            value = next((item for name, item in fields if name == "config"), None)
-            if isinstance(value, web.FileField):
-                return await asyncio.to_thread(_parse_config_text, value.file.read())
-            if not isinstance(value, str):
-                raise DocumentParseError("expected the configuration in the 'config' field")
-            return await asyncio.to_thread(_parse_config_text, value)
-        raw = await request.read()
-        json_only = request.content_type == "application/json" or request.content_type.endswith("+json")
-        # In a thread: a large YAML document takes seconds to parse, and this
-        # loop also serves the data planes' streams.
-        return await asyncio.to_thread(_parse_config_text, raw, json_only=json_only)
-    except DocumentParseError as exc:
-        raise InvalidBody(f"failed parsing declarative configuration: {exc}") from None
-
-
-def _parse_config_text(text: str | bytes, *, json_only: bool = False) -> dict[str, Any]:
-    """:func:`parse_document`, refusing a string that is not Unicode text.
-
-    JSON can escape half a surrogate pair (``"\\ud800"``), and a form in UTF-7 can
-    spell one; the resolver would hash such a name into an id (a 500). Kong's cjson
-    refuses the escape too. (libyaml refuses it in YAML by itself.)
-    """
-    document = parse_document(text, json_only=json_only)
-    if has_lone_surrogate(document):
-        raise DocumentParseError("invalid unicode escape code (a lone surrogate)")
-    return document
-
-
-def _expected_version(request: web.Request) -> int | None:
-    """``?expected_version=N`` (Ferry): apply only if the configuration is at version N."""
-    text = request.query.get("expected_version")
-    if text is None or text == "":
-        return None
-    if not _DECIMAL.fullmatch(text):
-        raise InvalidOptions("expected_version", "expected a non-negative integer")
-    return int(text)
-
-
-#: A non-negative integer as a query option: ASCII digits only (``str.isdigit``
-#: also accepts ``²``, which ``int`` refuses), at most 18 of them.
-_DECIMAL = re.compile(r"[0-9]{1,18}")
-_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?")
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    """A boolean query option: ``1``/``true`` on; ``0``/``false``/empty/absent off; else 400."""
-    text = request.query.get(name)
-    if text is None or text in ("", "0", "false"):
-        return False
-    if text in ("1", "true"):
-        return True
-    raise InvalidOptions(name, "expected one of: 1, true, 0, false")
-
-
-def _encode_offset(entity_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([entity_id]).encode()).decode()
-
-
-def _decode_offset(offset: str) -> str:
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(offset.encode()))
-    except (binascii.Error, ValueError, RecursionError):
-        raise InvalidOffset(offset, "bad base64 encoding") from None
-    if not (isinstance(decoded, list) and len(decoded) == 1 and isinstance(decoded[0], str)):
-        raise InvalidOffset(offset, "bad offset") from None
-    return decoded[0]
-
-
-#: One tag in a ``tags`` filter: what a tag may hold (printable ASCII but ``,``
-#: and ``/``, or any non-ASCII character), as Kong's filter regexes.
-_TAG_CHARS = r"[ -+\-.0-~\u0080-\U0010ffff]"
-_TAGS_ALL = re.compile(rf"(?:{_TAG_CHARS}+(?:,|$))+")
-_TAGS_ANY = re.compile(rf"(?:{_TAG_CHARS}+(?:/|$))+")
-
-
-def _tag_filter(raw: str) -> Callable[[dict[str, Any]], bool]:
-    """Kong's ``tags`` query: ``a,b`` needs all tags, ``a/b`` any of them; else 400."""
-    if _TAGS_ALL.fullmatch(raw):
-        wanted = [tag for tag in raw.split(",") if tag]
-        return lambda e: all(tag in (e.get("tags") or []) for tag in wanted)
-    if _TAGS_ANY.fullmatch(raw):
-        wanted = [tag for tag in raw.split("/") if tag]
-        return lambda e: any(tag in (e.get("tags") or []) for tag in wanted)
-    raise InvalidOptions("tags", "invalid filter syntax")
-
-
 def _page(request: web.Request, items: list[dict[str, Any]], base: str) -> web.Response:
-    """:func:`_page_body` as a response."""
-    return _json(_page_body(request, items, base))
-
-
-def _page_body(
-    request: web.Request, items: list[dict[str, Any]], base: str, *, by_id: bool = True
-) -> dict[str, Any]:
-    """One page of ``items`` as ``{"data", "next"[, "offset"]}``.
-
-    ``size`` (1..1000, default 100) and ``offset`` (an opaque token naming the
-    last id of the previous page) select the page; ``tags`` filters first, so
-    pages are always full until the last. ``by_id``: ``items`` are sorted by id, so
-    a page starts after the offset's id even when that entity is gone; otherwise
-    (another order, e.g. ``/health``'s newest first) it starts after that entity,
-    and an offset naming none of them is invalid.
-    """
-    query = request.query
-    size = DEFAULT_PAGE_SIZE
-    if "size" in query:
-        # Kong: tonumber(size), then an integer in range.
-        if not _NUMBER.fullmatch(query["size"]):
-            raise InvalidSize("size must be a number")
-        number = float(query["size"])
-        if not (number.is_integer() and 1 <= number <= MAX_PAGE_SIZE):
-            raise InvalidSize(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
-        size = int(number)
-    tags_suffix = ""
-    if query.get("tags") == "":
-        raise InvalidOptions("tags", "cannot be null")
-    if query.get("tags"):
-        keep = _tag_filter(query["tags"])
-        items = [item for item in items if keep(item)]
-        tags_suffix = "&tags=" + quote(query["tags"], safe=",/")
-    start = 0
-    if query.get("offset"):
-        after = _decode_offset(query["offset"])
-        if by_id:
-            start = bisect.bisect_right([item["id"] for item in items], after)
-        else:
-            ids = [item["id"] for item in items]
-            if after not in ids:
-                raise InvalidOffset(query["offset"], "no such entity in this list")
-            start = ids.index(after) + 1
-    page = items[start : start + size]
-    body: dict[str, Any] = {"data": page, "next": None}
-    if start + size < len(items):
-        offset = _encode_offset(page[-1]["id"])
-        body["next"] = f"{base}?offset={quote(offset)}{tags_suffix}"
-        body["offset"] = offset
-    return body
-
-
-def _override_address(text: str, target: str) -> str:
-    """An override's ``ip[:port]`` in the canonical form health reports use.
-
-    The port defaults to the target's (Kong uses 8000); IPv6 is written fully
-    expanded and bracketed, as targets are stored. A name is accepted (lower-cased)
-    only for a target that is a name: an SRV record pointing to a name is listed under
-    that name, as in Kong. Otherwise a name is refused: 400.
-    """
-    try:
-        parsed = parse_host(text.lower())
-    except RuleError:
-        parsed = None
-    if parsed is None or (parsed.kind == "name" and parse_host(target).kind != "name"):
-        raise BadRequest(f"invalid address '{text}': expected an IP address with an optional port")
-    return parsed.format(parse_host(target).port)
+    """:func:`~control_plane.admin_requests.page_body` as a response."""
+    return _json(page_body(request, items, base))
 
 
 # ------------------------------------------------------------------ the API
@@ -477,7 +231,7 @@ class _AdminAPI:
             return _page(request, await self.entities.list_all(kind.name), f"/{kind.name}")
 
         async def post(request: web.Request) -> web.StreamResponse:
-            return _json(await self.entities.create(kind.name, await _read_body(request, kind.name)), 201)
+            return _json(await self.entities.create(kind.name, await read_body(request, kind.name)), 201)
 
         return {"GET": get, "POST": post}
 
@@ -490,11 +244,11 @@ class _AdminAPI:
             return _json(await self.entities.require(kind.name, request.match_info[kind.param]))
 
         async def patch(request: web.Request) -> web.StreamResponse:
-            body = await _read_body(request, kind.name)
+            body = await read_body(request, kind.name)
             return _json(await self.entities.update(kind.name, finder(request), body))
 
         async def put(request: web.Request) -> web.StreamResponse:
-            body = await _read_body(request, kind.name)
+            body = await read_body(request, kind.name)
             key = request.match_info[kind.param]
             if kind is _UPSTREAMS and not is_uuid(key):
                 # Kong checks the name in the path first, and answers with the bare
@@ -520,7 +274,7 @@ class _AdminAPI:
 
         async def post(request: web.Request) -> web.StreamResponse:
             service = await self.entities.require("services", request.match_info["service"])
-            body = await _read_body(request, "routes")
+            body = await read_body(request, "routes")
             body["service"] = {"id": service["id"]}
             return _json(await self.entities.create("routes", body), 201)
 
@@ -536,7 +290,7 @@ class _AdminAPI:
 
         async def post(request: web.Request) -> web.StreamResponse:
             upstream = await self.entities.require("upstreams", request.match_info["upstream"])
-            body = await _read_body(request, "targets")
+            body = await read_body(request, "targets")
             body["upstream"] = {"id": upstream["id"]}
             return _json(await self.entities.create("targets", body), 201)
 
@@ -559,14 +313,14 @@ class _AdminAPI:
 
         async def patch(request: web.Request) -> web.StreamResponse:
             _, _, find = await context(request)
-            return _json(await self.entities.update("targets", find, await _read_body(request, "targets")))
+            return _json(await self.entities.update("targets", find, await read_body(request, "targets")))
 
         async def put(request: web.Request) -> web.StreamResponse:
             """Kong 3.x: a PUT of an existing target is an update (fields not given
             are kept; a ``target`` in the body renames it); otherwise it creates the
             target, named by the body's ``target`` or else by the path."""
             upstream, key, _ = await context(request)
-            body = await _read_body(request, "targets")
+            body = await read_body(request, "targets")
             return _json(await self.entities.put_target(upstream, key, body))
 
         async def delete(request: web.Request) -> web.StreamResponse:
@@ -584,11 +338,11 @@ class _AdminAPI:
         upstream = await self.entities.require("upstreams", key)
         targets = await self.entities.list_children("targets", "upstream", upstream["id"])
         reports = await self.health.reports(upstream["id"])
-        if _flag(request, "balancer_health"):
+        if flag(request, "balancer_health"):
             data = balancer_health(upstream, targets, reports)
             return _json({"data": data, "next": None, "node_id": self.node_id})
         items = targets_with_health(upstream, targets, reports)
-        body = _page_body(request, items, f"/upstreams/{quote(key, safe='')}/health", by_id=False)
+        body = page_body(request, items, f"/upstreams/{quote(key, safe='')}/health", by_id=False)
         body["node_id"] = self.node_id
         return _json(body)
 
@@ -607,7 +361,7 @@ class _AdminAPI:
             target = found[0]["target"]
             address = ""
             if "address" in request.match_info:
-                address = _override_address(request.match_info["address"], target)
+                address = override_address(request.match_info["address"], target)
             override = ManualOverride(upstream["id"], target, address, healthy, time.time())
             await self.health.publish_override(override, origin=self.node_id)
             return web.Response(status=204)
@@ -633,9 +387,9 @@ class _AdminAPI:
         with ``?expected_version=N`` it answers 409 instead. With
         ``?check_hash=1`` an unchanged configuration answers 304 (Kong).
         """
-        document = await _read_config_document(request)
-        expected = _expected_version(request)
-        check_hash = _flag(request, "check_hash")
+        document = await read_config_document(request)
+        expected = expected_version(request)
+        check_hash = flag(request, "check_hash")
         imported = await self.entities.import_config(
             document, expected=expected, check_hash=check_hash
         )
