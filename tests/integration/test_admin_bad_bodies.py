@@ -223,16 +223,16 @@ async def test_a_yaml_alias_bomb_is_refused_before_any_object_is_built(
     admin: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Billion laughs (10^9 values from 1 KiB): composed, measured, refused; never constructed."""
-    from control_plane import declarative
+    from control_plane import declarative_parsing
 
     constructed: list[object] = []
-    original = declarative._DocumentLoader.construct_document
+    original = declarative_parsing._DocumentLoader.construct_document
 
     def spy(self: Any, node: Any) -> Any:
         constructed.append(node)
         return original(self, node)
 
-    monkeypatch.setattr(declarative._DocumentLoader, "construct_document", spy)
+    monkeypatch.setattr(declarative_parsing._DocumentLoader, "construct_document", spy)
     status, answer, _ = await send(
         admin, "POST", "/config", _laughs(9, 10), content_type="application/yaml"
     )

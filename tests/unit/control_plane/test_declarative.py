@@ -343,7 +343,7 @@ def test_unparsable_documents_say_why(text: str, reason: str) -> None:
 
 
 def test_an_alias_bomb_is_refused_before_it_is_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("control_plane.declarative.MAX_DOCUMENT_VALUES", 1000)
+    monkeypatch.setattr("control_plane.declarative_parsing.MAX_DOCUMENT_VALUES", 1000)
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]
     with pytest.raises(DocumentParseError, match="more than 1000 values"):
