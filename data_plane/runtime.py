@@ -15,7 +15,7 @@ a request is served entirely by the old or entirely by the new config.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -316,7 +316,7 @@ def compile_config(
 def compile_config_with_routes(
     version: int,
     config_hash: str,
-    entities: Mapping[str, list[dict[str, Any]]],
+    entities: Mapping[str, Sequence[Mapping[str, Any]]],
     previous: RuntimeConfig | None = None,
     *,
     clock: Callable[[], float] | None = None,
