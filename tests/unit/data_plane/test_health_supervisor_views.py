@@ -23,11 +23,23 @@ def entities(upstream_id: str, name: str, targets: list[str], **upstream: Any) -
 
 
 def full_view(supervisor: HealthSupervisor) -> list[Any]:
-    last = None
+    """The view the control plane holds after the queued reports: the last full view
+    with the rows queued after it merged in, as ``DataPlaneHealthSession`` merges them."""
+    view: dict[str, Any] | None = None
     while not supervisor.reports.empty():
-        last = supervisor.reports.get_nowait()
-    assert last is not None and last[0]
-    return last[1]
+        full, rows = supervisor.reports.get_nowait()
+        if full:
+            view = {}
+        assert view is not None, "rows before any full view"
+        for row in rows:
+            prefix = f"{row.upstream_id}|{row.target}|"
+            if row.state == "DNS_ERROR":
+                view = {k: v for k, v in view.items() if not k.startswith(prefix)}
+            else:
+                view.pop(prefix, None)
+            view[prefix + row.address] = row
+    assert view is not None
+    return list(view.values())
 
 
 def config(version: int, data: dict[str, list[dict[str, Any]]], previous: RuntimeConfig | None = None) -> RuntimeConfig:
