@@ -115,6 +115,11 @@ class ClusterClient:
         """
         return await self._installer.load_cache()
 
+    async def flush(self) -> None:
+        """Wait until the disk cache holds the last config applied (see
+        :meth:`ConfigInstaller.flush`: the ACK does not wait for it)."""
+        await self._installer.flush()
+
     async def run(self) -> None:
         """Connect, stream, reconnect; returns only when cancelled."""
         while True:

@@ -27,8 +27,18 @@ disk cache at start) or a proxy worker (snapshots from its node) — hands it to
 6. **publish**: ``on_installed(held)`` (a node with workers sends the whole config
    to them);
 7. **disk cache**: ``ConfigCache.save_encoded`` in a thread (temp file, fsync,
-   rename), awaited: when an install from the wire returns (and the cluster
-   client ACKs), the config is on disk.
+   rename, fsync of the directory), started when the install returns and not
+   awaited by it.
+
+Durability: the cache file is always whole (the old one or the new one). An
+install returns (and the cluster client ACKs) once the config *serves*; the cache
+follows within milliseconds, one save at a time, the newest config next (a config
+replaced before its turn is skipped). A process that dies in between restarts on
+the previous cached config and says so in its ``Hello``: the control plane sends it
+what it lacks, as after any restart. Waiting for the fsync before the ACK would
+tell the control plane nothing it relies on, and made every install as slow as
+the disk. :meth:`ConfigInstaller.flush` waits for the pending save (shutdown,
+tests).
 
 Single event loop; one install at a time (the callers install in turn).
 """
@@ -267,6 +277,9 @@ class ConfigInstaller:
         self._held: HeldConfig | None = None
         #: Its compiled form and indexes (the base of the next incremental compile).
         self._state: CompiledState | None = None
+        #: The config the disk cache is to hold next, and the task writing it.
+        self._unsaved: HeldConfig | None = None
+        self._saving: asyncio.Task[None] | None = None
 
     async def load_cache(self) -> bool:
         """Serve the disk cache's config; False when there is none usable (reported)."""
@@ -364,16 +377,31 @@ class ConfigInstaller:
             self.on_installed(held)
         if not save or self.cache is None:
             return
-        try:
-            await asyncio.to_thread(_save, self.cache, held)
-        except OSError as exc:
-            # Serving the new config matters more than caching it; say so loudly.
-            log.error("could not write the config cache %s: %s", self.cache.path, exc)
         log.info("applied config version %d (%s)", held.version, held.hash[:12])
+        self._unsaved = held
+        if self._saving is None or self._saving.done():
+            self._saving = asyncio.create_task(self._save_pending(self.cache), name="ferry-config-cache")
+
+    async def _save_pending(self, cache: ConfigCache) -> None:
+        while self._unsaved is not None:
+            held, self._unsaved = self._unsaved, None
+            try:
+                await asyncio.to_thread(_save, cache, held)
+            except OSError as exc:
+                # Serving the new config matters more than caching it; say so loudly.
+                log.error("could not write the config cache %s: %s", cache.path, exc)
+
+    async def flush(self) -> None:
+        """Wait until the disk cache holds the last config installed from the wire
+        (or its write failed, which is logged). Cancelling the caller leaves the
+        write running."""
+        while self._saving is not None and not self._saving.done():
+            await asyncio.shield(self._saving)
 
 
 def _save(cache: ConfigCache, held: HeldConfig) -> None:
     """Write ``held`` to the disk cache, then encode what the next delta's save joins
-    (in the cache's thread: off the event loop, and before the ACK as the save is)."""
+    (in the cache's thread: off the event loop. Should a delta need them first, the
+    loop encodes them too; the results are equal and either may be kept)."""
     cache.save_encoded(held.encoded())
     held.prepare()

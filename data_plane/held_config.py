@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Mapping
 
 from data_plane.runtime import ConfigError
 from ferry.snapshot_format import config_hash
@@ -79,17 +78,18 @@ class HeldConfig:
         digest: str,
         bodies: dict[Key, bytes],
         keys: list[Key],
-        records: dict[Key, bytes],
-        wire: dict[Key, bytes] | None,
+        records: list[bytes],
+        wire: list[bytes] | None,
         snapshot: cluster_pb2.Snapshot | None = None,
     ) -> None:
-        """Use :meth:`from_snapshot` or :meth:`merge`. ``keys`` are ``bodies``' keys, sorted."""
+        """Use :meth:`from_snapshot` or :meth:`merge`. ``keys`` are ``bodies``' keys,
+        sorted; ``records`` and ``wire`` are in the same order."""
         self.version = version
         self.hash = digest
         self._bodies = bodies
         self._keys = keys
         self._records = records
-        #: Wire records by key; ``None`` until first needed (a held snapshot).
+        #: Wire records in key order; ``None`` until first needed (a held snapshot).
         self._wire = wire
         #: The snapshot this config came as, when it came whole (then cached as sent).
         self._snapshot = snapshot
@@ -101,16 +101,11 @@ class HeldConfig:
         A snapshot listing a key twice is held with the last body (as merges
         always did) and its hash checked over what it listed.
         """
-        bodies: dict[Key, bytes] = {}
-        records: dict[Key, bytes] = {}
-        for resource in snapshot.resources:
-            key = (resource.kind, resource.id)
-            body = resource.body
-            bodies[key] = body
-            records[key] = _hash_record(key[0], key[1], body)
+        bodies = {(r.kind, r.id): r.body for r in snapshot.resources}
         keys = sorted(bodies)
+        records = [_hash_record(kind, entity_id, bodies[(kind, entity_id)]) for kind, entity_id in keys]
         if len(keys) == len(snapshot.resources):
-            digest = hashlib.sha256(b"".join([records[k] for k in keys])).hexdigest()
+            digest = hashlib.sha256(b"".join(records)).hexdigest()
         else:
             digest = config_hash((r.kind, r.id, r.body) for r in snapshot.resources)
         held = cls(snapshot.version, snapshot.hash, bodies, keys, records, None, snapshot)
@@ -156,46 +151,51 @@ class HeldConfig:
             final[(removed.kind, removed.id)] = None
         for resource in delta.upserts:
             final[(resource.kind, resource.id)] = resource.body
-        bodies, records, keys = self._bodies, self._records, self._keys
+        bodies, keys, records = self._bodies, self._keys, self._records
         changes = {
             key: body
             for key, body in final.items()
             if (body is None and key in bodies) or (body is not None and bodies.get(key) != body)
         }
+        wire = self._wire
         if changes:
-            bodies, records, keys = dict(bodies), dict(records), list(keys)
+            if wire is None:
+                wire = self.wire_records()
+            bodies, keys, records, wire = dict(bodies), list(keys), list(records), list(wire)
             for key, body in changes.items():
+                at = bisect.bisect_left(keys, key)
+                present = at < len(keys) and keys[at] == key
                 if body is None:
-                    del bodies[key], records[key]
-                    del keys[bisect.bisect_left(keys, key)]
+                    del bodies[key], keys[at], records[at], wire[at]
+                    continue
+                bodies[key] = body
+                record = _hash_record(key[0], key[1], body)
+                wired = _wire_record(key[0], key[1], body)
+                if present:
+                    records[at], wire[at] = record, wired
                 else:
-                    if key not in bodies:
-                        bisect.insort(keys, key)
-                    bodies[key] = body
-                    records[key] = _hash_record(key[0], key[1], body)
-        digest = hashlib.sha256(b"".join([records[k] for k in keys])).hexdigest()
+                    keys.insert(at, key)
+                    records.insert(at, record)
+                    wire.insert(at, wired)
+        digest = hashlib.sha256(b"".join(records)).hexdigest()
         if digest != delta.hash:
             raise DeltaDoesNotFit(
                 f"config after the delta to version {delta.version} hashes to {digest[:12]}, "
                 f"expected {delta.hash[:12]}"
             )
-        wire: dict[Key, bytes] | None = None
-        if self._wire is not None or changes:
-            wire = dict(self.wire_records())
-            for key, body in changes.items():
-                if body is None:
-                    del wire[key]
-                else:
-                    wire[key] = _wire_record(key[0], key[1], body)
-        else:
-            wire = self._wire
-        merged = HeldConfig(delta.version, delta.hash, bodies, keys, records, wire)
-        return merged, changes
+        return HeldConfig(delta.version, delta.hash, bodies, keys, records, wire), changes
 
-    def wire_records(self) -> Mapping[Key, bytes]:
-        """Each resource as a ``Snapshot.resources`` field (computed once)."""
+    def wire_records(self) -> list[bytes]:
+        """Each resource as a ``Snapshot.resources`` field, in key order (computed once)."""
         if self._wire is None:
-            self._wire = {key: _wire_record(key[0], key[1], self._bodies[key]) for key in self._keys}
+            snapshot = self._snapshot
+            if snapshot is not None and not self.listed_twice:
+                # protobuf's own encoder: faster than encoding each by hand.
+                fields = {(r.kind, r.id): _field(3, r.SerializeToString()) for r in snapshot.resources}
+                self._wire = [fields[key] for key in self._keys]
+            else:
+                bodies = self._bodies
+                self._wire = [_wire_record(kind, i, bodies[(kind, i)]) for kind, i in self._keys]
         return self._wire
 
     def prepare(self) -> None:
@@ -208,8 +208,7 @@ class HeldConfig:
         if self._snapshot is not None:
             return self._snapshot.SerializeToString()
         head = cluster_pb2.Snapshot(version=self.version, hash=self.hash).SerializeToString()
-        wire = self.wire_records()
-        return head + b"".join([wire[k] for k in self._keys])
+        return head + b"".join(self.wire_records())
 
     def snapshot(self) -> cluster_pb2.Snapshot:
         """The whole config as a ``Snapshot`` message (what workers and tests read)."""

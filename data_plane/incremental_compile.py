@@ -78,8 +78,9 @@ class CompiledState:
     services_on: Mapping[str, frozenset[str]]
     #: Service id -> ids of its routes.
     routes_of: Mapping[str, frozenset[str]]
-    #: Every body's ``id`` is its key and ids are sorted within each kind; else the
-    #: next change compiles the whole config.
+    #: Every body's ``id`` is its key and upstream and service ids are sorted (the
+    #: order a whole compile of the merged config gives); else the next change
+    #: compiles the whole config.
     incremental: bool
 
 
@@ -106,11 +107,11 @@ def _group(pairs: Any) -> dict[str, frozenset[str]]:
 
 
 def _sorted_and_keyed(entities: Entities) -> bool:
-    for of_kind in entities.values():
-        ids = list(of_kind)
+    for kind, of_kind in entities.items():
         if any(entity.get("id") != key for key, entity in of_kind.items()):
             return False
-        if any(a >= b for a, b in zip(ids, ids[1:], strict=False)):
+        ids = list(of_kind)
+        if kind in _ORDERED_KINDS and any(a >= b for a, b in zip(ids, ids[1:], strict=False)):
             return False
     return True
 
@@ -157,8 +158,13 @@ def compile_all(
     )
 
 
+#: Kinds whose id order is the compiled config's order (``upstreams``, ``services``
+#: mappings); targets and routes are ordered when compiled (by id, by creation).
+_ORDERED_KINDS = frozenset({"upstreams", "services"})
+
+
 def merge_entities(base: Entities, changes: Changes) -> dict[str, Mapping[str, Mapping[str, Any]]]:
-    """``base`` with ``changes`` applied; kinds whose ids changed are re-sorted by id."""
+    """``base`` with ``changes`` applied; upstreams and services stay sorted by id."""
     merged: dict[str, Mapping[str, Mapping[str, Any]]] = {
         kind: base.get(kind, {}) for kind in KINDS
     }
@@ -174,7 +180,7 @@ def merge_entities(base: Entities, changes: Changes) -> dict[str, Mapping[str, M
             else:
                 added = added or entity_id not in of_kind
                 of_kind[entity_id] = entity
-        if added:
+        if added and kind in _ORDERED_KINDS:
             of_kind = {entity_id: of_kind[entity_id] for entity_id in sorted(of_kind)}
         merged[kind] = of_kind
     return merged

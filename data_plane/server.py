@@ -255,6 +255,7 @@ class DataPlane:
             self._client_task.cancel()
             await asyncio.gather(self._client_task, return_exceptions=True)
             self._client_task = None
+        await self.installer.flush()  # the last config applied, on disk for the next start
         self.resolver.stop()
         if self._resolver_task is not None:
             self._resolver_task.cancel()
