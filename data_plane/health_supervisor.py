@@ -62,6 +62,22 @@ def _address_value(key: str) -> tuple[object, str]:
         return host.lower(), port
 
 
+def _row_state(row: HealthTransition) -> tuple[str, str, str, int]:
+    """What a report row says, apart from its address and time."""
+    return (row.target_id, row.state, row.reason, row.weight)
+
+
+def _changed_rows(checker: HealthChecker, replaced: HealthChecker | None) -> list[HealthTransition]:
+    """``checker``'s rows that say something ``replaced`` (the checker it took over
+    from, whose rows the control plane holds) did not: new addresses and changed
+    states. All its rows when it replaced none."""
+    rows = checker.report_rows()
+    if replaced is None:
+        return rows
+    before = {(r.target, r.address): _row_state(r) for r in replaced.report_rows()}
+    return [r for r in rows if before.get((r.target, r.address)) != _row_state(r)]
+
+
 class HealthSupervisor:
     """Owns the running checkers and the report queue. Create it on the event loop."""
 
@@ -103,7 +119,8 @@ class HealthSupervisor:
         Only checkers that changed are touched. What goes to the control plane is a
         full view when an upstream went away, or a replaced checker lost an address
         or a target (a report of rows cannot remove them), else just the rows of
-        the new checkers (nothing at all when none is new).
+        the new checkers that say something the control plane does not hold yet
+        (new addresses, changed states; nothing at all when no row changed).
         """
         previous, self._config = self._config, config
         attach_checkers(config, previous)  # a config not installed by the installer
@@ -145,9 +162,10 @@ class HealthSupervisor:
         elif started:
             rows: list[HealthTransition] = []
             for upstream_id in started:
-                rows.extend(self._running[upstream_id].report_rows())
+                rows.extend(_changed_rows(self._running[upstream_id], replaced.get(upstream_id)))
             rows.extend(self._dns_error_rows(started))
-            self._queue(False, rows)
+            if rows:
+                self._queue(False, rows)
 
     @staticmethod
     def _lost_rows(
