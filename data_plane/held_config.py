@@ -5,9 +5,11 @@ two encodings a change needs, so that a one-entity delta to a 10 000-entity conf
 costs a few milliseconds instead of a rebuild of everything:
 
 - its **hash record** (``kind \\0 id \\0 body \\n``, exactly what
-  :func:`ferry.snapshot_format.config_hash` feeds sha256 for it): a delta's result is
-  verified with one sha256 pass over the records joined in key order, without
-  re-encoding anything — the hash definition is unchanged;
+  :func:`ferry.snapshot_format.config_hash` feeds sha256 for it), in key order,
+  with the sha256 state after every :data:`HASH_BLOCK` records: a delta's result is
+  verified by resuming from the last state before its first change (on average
+  half a pass over 3.7 MB instead of re-encoding everything) — the hash
+  definition is unchanged;
 - its **wire record** (the resource as a ``Snapshot.resources`` field, protobuf
   bytes): the disk cache and the worker hub get the serialized whole config by
   joining them, byte for byte what ``Snapshot.SerializeToString`` gives for the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from typing import Any
 
 from data_plane.runtime import ConfigError
 from ferry.snapshot_format import config_hash
@@ -32,6 +35,25 @@ __all__ = ["DeltaDoesNotFit", "HeldConfig", "Key"]
 
 #: ``(kind, id)`` of a resource.
 Key = tuple[str, str]
+
+#: Hash records between two kept sha256 states (about 40 KB of a typical config).
+HASH_BLOCK = 128
+
+
+def _hash_states(records: list[bytes], kept: list[Any], first: int) -> list[Any]:
+    """The sha256 states after every :data:`HASH_BLOCK` records and after the last
+    (``states[k]``: after ``records[:k * HASH_BLOCK]``; the last: after all of them),
+    reusing ``kept[: first // HASH_BLOCK + 1]``, which must hash the same records
+    up to ``first``."""
+    block = first // HASH_BLOCK
+    states = kept[: block + 1]
+    state = states[block].copy()
+    for begin in range(block * HASH_BLOCK, len(records), HASH_BLOCK):
+        state.update(b"".join(records[begin : begin + HASH_BLOCK]))
+        states.append(state.copy())
+    if len(states) == 1:
+        states.append(state)  # no records: the empty hash is the last state too
+    return states
 
 
 class DeltaDoesNotFit(ConfigError):
@@ -70,7 +92,7 @@ def _wire_record(kind: str, entity_id: str, body: bytes) -> bytes:
 class HeldConfig:
     """One config version's resources by key, with their hash and wire records."""
 
-    __slots__ = ("version", "hash", "_bodies", "_keys", "_records", "_wire", "_snapshot")
+    __slots__ = ("version", "hash", "_bodies", "_keys", "_records", "_states", "_wire", "_snapshot")
 
     def __init__(
         self,
@@ -79,16 +101,19 @@ class HeldConfig:
         bodies: dict[Key, bytes],
         keys: list[Key],
         records: list[bytes],
+        states: list[Any],
         wire: list[bytes] | None,
         snapshot: cluster_pb2.Snapshot | None = None,
     ) -> None:
         """Use :meth:`from_snapshot` or :meth:`merge`. ``keys`` are ``bodies``' keys,
-        sorted; ``records`` and ``wire`` are in the same order."""
+        sorted; ``records`` and ``wire`` are in the same order; ``states`` as
+        :func:`_hash_states` gives them."""
         self.version = version
         self.hash = digest
         self._bodies = bodies
         self._keys = keys
         self._records = records
+        self._states = states
         #: Wire records in key order; ``None`` until first needed (a held snapshot).
         self._wire = wire
         #: The snapshot this config came as, when it came whole (then cached as sent).
@@ -104,11 +129,12 @@ class HeldConfig:
         bodies = {(r.kind, r.id): r.body for r in snapshot.resources}
         keys = sorted(bodies)
         records = [_hash_record(kind, entity_id, bodies[(kind, entity_id)]) for kind, entity_id in keys]
+        states = _hash_states(records, [hashlib.sha256()], 0)
         if len(keys) == len(snapshot.resources):
-            digest = hashlib.sha256(b"".join(records)).hexdigest()
+            digest = states[-1].hexdigest()
         else:
             digest = config_hash((r.kind, r.id, r.body) for r in snapshot.resources)
-        held = cls(snapshot.version, snapshot.hash, bodies, keys, records, None, snapshot)
+        held = cls(snapshot.version, snapshot.hash, bodies, keys, records, states, None, snapshot)
         return held, digest == snapshot.hash
 
     @property
@@ -151,7 +177,7 @@ class HeldConfig:
             final[(removed.kind, removed.id)] = None
         for resource in delta.upserts:
             final[(resource.kind, resource.id)] = resource.body
-        bodies, keys, records = self._bodies, self._keys, self._records
+        bodies, keys, records, states = self._bodies, self._keys, self._records, self._states
         changes = {
             key: body
             for key, body in final.items()
@@ -177,13 +203,17 @@ class HeldConfig:
                     keys.insert(at, key)
                     records.insert(at, record)
                     wire.insert(at, wired)
-        digest = hashlib.sha256(b"".join(records)).hexdigest()
+            # Records before the first changed key are as they were.
+            first = min(bisect.bisect_left(keys, key) for key in changes)
+            states = _hash_states(records, states, first)
+        digest = states[-1].hexdigest()
         if digest != delta.hash:
             raise DeltaDoesNotFit(
                 f"config after the delta to version {delta.version} hashes to {digest[:12]}, "
                 f"expected {delta.hash[:12]}"
             )
-        return HeldConfig(delta.version, delta.hash, bodies, keys, records, wire), changes
+        merged = HeldConfig(delta.version, delta.hash, bodies, keys, records, states, wire)
+        return merged, changes
 
     def wire_records(self) -> list[bytes]:
         """Each resource as a ``Snapshot.resources`` field, in key order (computed once)."""

@@ -6,6 +6,12 @@ everything the proxy needs per request (balancer or direct address, timeouts in
 seconds, retries, Host header), and the upstreams' balancers. Anything it cannot apply
 raises :class:`ConfigError`; the caller NACKs and keeps serving the previous config.
 
+Why this module is past 600 lines: the compiled types and the one-entity compile
+functions that build them (``compile_upstream``, ``compile_service``,
+``compile_route``, shared by the whole compile here and the incremental one in
+:mod:`data_plane.incremental_compile`) belong together; splitting them would
+separate each function from the type it fills.
+
 Swapping configs: the cluster client assigns a new :class:`RuntimeConfig` to
 :attr:`ConfigHolder.current` (one reference assignment, atomic under the GIL and on
 the single event-loop thread); the proxy reads ``holder.current`` once per request, so
