@@ -129,14 +129,17 @@ def _decode(kind: str, entity_id: str, body: bytes) -> dict[str, Any]:
 def compile_snapshot(
     snapshot: cluster_pb2.Snapshot,
     held: HeldConfig,
-    previous: CompiledState | None,
-    previous_held: HeldConfig | None,
+    serving: RuntimeConfig | None,
+    previous: CompiledState | None = None,
+    previous_held: HeldConfig | None = None,
 ) -> CompiledState:
     """Decode and compile the whole of ``snapshot`` (verified; ``held`` is its held form).
 
-    Bodies equal to ``previous_held``'s are not decoded again (``previous``'s
-    entities are shared: the compile only reads them). Entities compile in the
-    snapshot's order; a snapshot listing a key twice compiles what it listed.
+    ``serving`` is the config that serves now (balancers and budgets are reused or
+    seeded from its). Bodies equal to ``previous_held``'s are not decoded again
+    (``previous``'s entities are shared: the compile only reads them). Entities
+    compile in the snapshot's order; a snapshot listing a key twice compiles what
+    it listed.
     """
     entities: dict[str, dict[str, Mapping[str, Any]]] = {kind: {} for kind in KINDS}
     reuse = previous is not None and previous_held is not None
@@ -153,13 +156,7 @@ def compile_snapshot(
         entities[kind][entity_id] = entity
         if listed is not None:
             listed[kind].append(entity)
-    return compile_all(
-        held.version,
-        held.hash,
-        entities,
-        previous.config if previous is not None else None,
-        listed=listed,
-    )
+    return compile_all(held.version, held.hash, entities, serving, listed=listed)
 
 
 def compile_delta(
@@ -308,7 +305,7 @@ class ConfigInstaller:
             )
         state = self._state if self._state_serves() else None
         previous_held = self._held if state is not None else None
-        return held, compile_snapshot(snapshot, held, state, previous_held)
+        return held, compile_snapshot(snapshot, held, self.holder.current, state, previous_held)
 
     def _state_serves(self) -> bool:
         """Whether the held state is what serves (nothing else set ``holder.current``)."""
@@ -346,7 +343,7 @@ class ConfigInstaller:
             raise DeltaDoesNotFit("no compiled config to apply a delta to")
         if not self._state_serves():
             # Something else set what serves: compile the whole config against it.
-            state = compile_snapshot(merged.snapshot(), merged, None, None)
+            state = compile_snapshot(merged.snapshot(), merged, self.holder.current)
         else:
             state = compile_delta(state, merged, changes)
         await self._install(merged, state, served=served)

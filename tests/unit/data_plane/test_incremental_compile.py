@@ -444,3 +444,24 @@ def check_merge(initial: list[int], edits: list[Any]) -> None:
     assert merged.encoded() == cluster_pb2.Snapshot(version=2, hash=expected, resources=[
         cluster_pb2.Resource(kind=k, id=i, body=b) for (k, i), b in sorted(after.items())
     ]).SerializeToString()
+
+
+async def test_a_delta_compiles_against_what_serves_when_something_else_installed_it(
+    tmp_path: Path,
+) -> None:
+    holder = ConfigHolder()
+    installer = ConfigInstaller(holder, ConfigCache(tmp_path))
+    before = shop()
+    first = snapshot(1, before)
+    await installer.install_snapshot(first)
+    elsewhere = compile_config(1, first.hash, by_kind_lists(before))
+    holder.current = elsewhere  # not through the installer
+    route = {**before[("routes", "r1")], "paths": ["/moved"]}
+    after = {**before, ("routes", "r1"): route}
+    await installer.install_delta(delta(first, 2, after, {("routes", "r1"): route}, []))
+    new = holder.current
+    assert new is not None and new.version == 2
+    assert describe(new) == describe(compile_config(2, new.hash, by_kind_lists(after)))
+    assert new.upstreams["u0"].balancer is elsewhere.upstreams["u0"].balancer, (
+        "balancers carry on from the config that served")
+    await installer.flush()
