@@ -29,6 +29,7 @@ from data_plane.config_installer import (
     ConfigInstaller,
     DecodedBodies,
     DeltaDoesNotFit,
+    HeldConfig,
     apply_snapshot,
     merge_delta,
 )
@@ -113,6 +114,11 @@ class ClusterClient:
         Call once, before :meth:`run`.
         """
         return await self._installer.load_cache()
+
+    async def flush(self) -> None:
+        """Wait until the disk cache holds the last config applied (see
+        :meth:`ConfigInstaller.flush`: the ACK does not wait for it)."""
+        await self._installer.flush()
 
     async def run(self) -> None:
         """Connect, stream, reconnect; returns only when cancelled."""
@@ -306,23 +312,22 @@ class ClusterClient:
         self, call: grpc.aio.StreamStreamCall, snapshot: cluster_pb2.Snapshot
     ) -> None:
         try:
-            installed = await self._installer.install_snapshot(snapshot)
+            installed = await self._installer.install_snapshot(snapshot, served=self._installed)
         except ConfigError as exc:
             await self._nack(call, snapshot.version, snapshot.hash, exc)
             return
-        self._installed()
         await self._ack(call, installed)
 
     async def _handle_delta(self, call: grpc.aio.StreamStreamCall, delta: cluster_pb2.Delta) -> None:
         try:
-            installed = await self._installer.install_delta(delta)
+            installed = await self._installer.install_delta(delta, served=self._installed)
         except ConfigError as exc:
             await self._nack(call, delta.version, delta.hash, exc)
             return
-        self._installed()
         await self._ack(call, installed)
 
     def _installed(self) -> None:
+        """The new config serves (called at the swap, before the disk cache and the ACK)."""
         self.state.last_config_at = time.time()
         self.state.last_nack = None
 
@@ -345,7 +350,7 @@ class ClusterClient:
             ),
         )
 
-    async def _ack(self, call: grpc.aio.StreamStreamCall, snapshot: cluster_pb2.Snapshot) -> None:
+    async def _ack(self, call: grpc.aio.StreamStreamCall, snapshot: HeldConfig) -> None:
         await self._write(
             call,
             cluster_pb2.DataPlaneMessage(

@@ -63,9 +63,12 @@ class ConfigCache:
         self.problem: CacheProblem | None = None
 
     def save(self, snapshot: cluster_pb2.Snapshot) -> None:
+        self.save_encoded(snapshot.SerializeToString())
+
+    def save_encoded(self, data: bytes) -> None:
+        """Write ``data``, a serialized ``Snapshot``, as the cache (atomically, fsynced)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        data = snapshot.SerializeToString()
         with open(tmp, "wb") as handle:
             handle.write(MAGIC + _LENGTH.pack(len(data)) + data)
             handle.flush()

@@ -278,6 +278,8 @@ class TargetResolver:
         #: Called (no arguments, never awaited) after an expansion changed the
         #: addresses of any balancer; the health supervisor re-reports its view.
         self.on_change: Callable[[], None] | None = None
+        #: Upstream id -> the host names among its targets (upstreams with any only).
+        self._named: dict[str, frozenset[str]] = {}
         #: ``dns_errors()`` when ``on_change`` last ran (a new error is a change too).
         self._last_dns_errors: Mapping[str, str] = {}
 
@@ -291,9 +293,24 @@ class TargetResolver:
         expanded when their answer arrives). Cached names are reused as they are,
         even when expired (the refresh loop renews them). Names the previous config
         used and this one does not are forgotten. Never raises for DNS failures.
+
+        An upstream the previous config had as the very same object (a delta left
+        it alone) is not expanded again: its balancer is the one every lookup since
+        has kept expanded.
         """
-        targets = {u.id: self._targets_of(u) for u in config.upstreams.values()}
-        names = {t.host for ts in targets.values() for t in ts if not is_ip_literal(t.host)}
+        previous = self._config
+        kept = previous.upstreams if previous is not None else {}
+        changed = [u for u in config.upstreams.values() if kept.get(u.id) is not u]
+        named = {
+            upstream_id: names
+            for upstream_id, names in self._named.items()
+            if upstream_id in config.upstreams and kept.get(upstream_id) is config.upstreams[upstream_id]
+        }
+        for upstream in changed:
+            hosts = frozenset(t.host for t in self._targets_of(upstream) if not is_ip_literal(t.host))
+            if hosts:
+                named[upstream.id] = hosts
+        names: set[str] = set().union(*named.values())
         for name in names:
             entry = self._entries.get(name)
             if entry is None:
@@ -312,9 +329,10 @@ class TargetResolver:
             if dropped.task is not None:
                 dropped.task.cancel()
         self._config = config
-        for upstream in config.upstreams.values():
-            self._configured[upstream.balancer] = targets[upstream.id]
-        self._expand(config)
+        self._named = named
+        for upstream in changed:
+            self._configured[upstream.balancer] = self._targets_of(upstream)
+        self._expand(config, changed)
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -359,7 +377,10 @@ class TargetResolver:
             return {}
         now = self._clock()
         errors: dict[str, str] = {}
+        named = self._named
         for upstream in self._config.upstreams.values():
+            if upstream.id not in named:
+                continue  # IP targets only: never an error
             for target in self._targets_of(upstream):
                 entry = self._entries.get(target.host)
                 if entry is not None and entry.visible(now, self._stale_ttl) == ():
@@ -385,10 +406,11 @@ class TargetResolver:
         # A balancer this resolver has not expanded yet still lists configured targets.
         return known if known is not None else upstream.balancer.addresses
 
-    def _expand(self, config: RuntimeConfig) -> None:
+    def _expand(self, config: RuntimeConfig, only: Iterable[CompiledUpstream] | None = None) -> None:
+        """Expand the balancers of ``config``'s upstreams (of ``only`` those, when given)."""
         now = self._clock()
         changed = False
-        for upstream in config.upstreams.values():
+        for upstream in config.upstreams.values() if only is None else only:
             expanded = self.expand_targets(
                 self._targets_of(upstream), now, use_srv_name=getattr(upstream, "use_srv_name", False)
             )

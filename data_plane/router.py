@@ -89,6 +89,7 @@ class _Candidate(Generic[S]):
 
     __slots__ = (
         "route",
+        "source_path",
         "methods",
         "plain_hosts",
         "wildcard_suffixes",
@@ -105,6 +106,8 @@ class _Candidate(Generic[S]):
 
     def __init__(self, route: RouteSpec[S], path: str | None) -> None:
         self.route = route
+        #: The path of ``route`` this candidate stands for (``None``: it has none).
+        self.source_path = path
         self.methods: frozenset[bytes] | None = (
             frozenset(m.upper().encode("ascii") for m in route.methods) if route.methods else None
         )
@@ -213,15 +216,32 @@ class Router(Generic[S]):
 
     __slots__ = ("_candidates", "uses_headers", "_uses_hosts", "_cache")
 
-    def __init__(self, routes: Sequence[RouteSpec[S]]) -> None:
+    def __init__(self, routes: Sequence[RouteSpec[S]], previous: Router[S] | None = None) -> None:
+        """``previous`` (a router of an earlier config) lends the precompiled
+        candidates of every route spec it shares with ``routes`` (the same object),
+        so that a change recompiles only the routes it touched."""
+        reusable: dict[int, list[_Candidate[S]]] = {}
+        if previous is not None:
+            for old in previous._candidates:
+                reusable.setdefault(id(old.route), []).append(old)
         candidates: list[tuple[tuple[int, ...], int, _Candidate[S]]] = []
         order = 0
         for route in routes:
+            lent = reusable.get(id(route))
+            if lent is not None and lent[0].route is route:
+                # One candidate per path, in path order, as built below.
+                by_path = {c.source_path: c for c in lent}
+            else:
+                by_path = {}
             for path in route.paths or (None,):
-                try:
-                    candidate = _Candidate(route, path)
-                except RouteRegexError as exc:
-                    raise ValueError(f"route {route.name or route.id}: invalid regex path {path!r}: {exc}") from None
+                candidate = by_path.get(path)
+                if candidate is None:
+                    try:
+                        candidate = _Candidate(route, path)
+                    except RouteRegexError as exc:
+                        raise ValueError(
+                            f"route {route.name or route.id}: invalid regex path {path!r}: {exc}"
+                        ) from None
                 candidates.append((candidate.sort_key(), order, candidate))
                 order += 1
         # Most specific first; configuration order breaks ties (stable sort).

@@ -6,6 +6,12 @@ everything the proxy needs per request (balancer or direct address, timeouts in
 seconds, retries, Host header), and the upstreams' balancers. Anything it cannot apply
 raises :class:`ConfigError`; the caller NACKs and keeps serving the previous config.
 
+Why this module is past 600 lines: the compiled types and the one-entity compile
+functions that build them (``compile_upstream``, ``compile_service``,
+``compile_route``, shared by the whole compile here and the incremental one in
+:mod:`data_plane.incremental_compile`) belong together; splitting them would
+separate each function from the type it fills.
+
 Swapping configs: the cluster client assigns a new :class:`RuntimeConfig` to
 :attr:`ConfigHolder.current` (one reference assignment, atomic under the GIL and on
 the single event-loop thread); the proxy reads ``holder.current`` once per request, so
@@ -15,7 +21,7 @@ a request is served entirely by the old or entirely by the new config.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -287,7 +293,7 @@ def _entities(entities: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]
     return items
 
 
-def _created_order(entity: Mapping[str, Any]) -> tuple[float, str]:
+def created_order(entity: Mapping[str, Any]) -> tuple[float, str]:
     created = entity.get("created_at")
     if isinstance(created, bool) or not isinstance(created, int | float):
         created = 0
@@ -316,25 +322,78 @@ def compile_config(
     seconds) is for tests of slow start. Raises :class:`ConfigError`. Pure apart from
     that sharing; takes no locks and does no I/O.
     """
+    return compile_config_with_routes(version, config_hash, entities, previous, clock=clock)[0]
+
+
+def compile_config_with_routes(
+    version: int,
+    config_hash: str,
+    entities: Mapping[str, Sequence[Mapping[str, Any]]],
+    previous: RuntimeConfig | None = None,
+    *,
+    clock: Callable[[], float] | None = None,
+) -> tuple[RuntimeConfig, dict[str, RouteSpec[CompiledService] | None]]:
+    """:func:`compile_config`, plus each route's compiled spec by route id (``None``
+    for a route this HTTP proxy does not serve), which an incremental compile
+    (:mod:`data_plane.incremental_compile`) reuses for the routes a change leaves alone."""
     upstreams = _compile_upstreams(entities, previous, clock)
-    services = _compile_services(entities, _UpstreamNames(upstreams.values()))
-    specs: list[RouteSpec[CompiledService]] = []
+    services = _compile_services(entities, UpstreamNames(upstreams.values()))
+    routes: dict[str, RouteSpec[CompiledService] | None] = {}
     # Kong breaks ties between equally specific routes by creation time, oldest first.
-    for route in sorted(_entities(entities, "routes"), key=_created_order):
-        spec = _compile_route(route, services)
-        if spec is not None:
-            specs.append(spec)
+    for route in sorted(_entities(entities, "routes"), key=created_order):
+        routes[route["id"]] = compile_route(route, services)
+    return (
+        RuntimeConfig(
+            version=version,
+            hash=config_hash,
+            router=build_router(routes.values()),
+            services=types.MappingProxyType(services),
+            upstreams=types.MappingProxyType(upstreams),
+        ),
+        routes,
+    )
+
+
+def build_router(
+    specs: Iterable[RouteSpec[CompiledService] | None],
+    previous: Router[CompiledService] | None = None,
+) -> Router[CompiledService]:
+    """The router over ``specs`` (in creation order; ``None`` entries skipped);
+    ``previous`` lends the precompiled candidates of the specs it shares."""
     try:
-        router = Router(specs)
+        return Router([s for s in specs if s is not None], previous=previous)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return RuntimeConfig(
-        version=version,
-        hash=config_hash,
-        router=router,
-        services=types.MappingProxyType(services),
-        upstreams=types.MappingProxyType(upstreams),
-    )
+
+
+#: The targets of one upstream: ``(target entity, its parsed address)``, in snapshot order.
+UpstreamTargets = list[tuple[Mapping[str, Any], Address]]
+
+
+def add_target(
+    grouped: dict[str, UpstreamTargets], keys: dict[str, set[str]], target: Mapping[str, Any]
+) -> None:
+    """Validate ``target`` and append it to its upstream's list in ``grouped`` (which
+    holds a list for every existing upstream); ``keys`` holds each upstream's target
+    keys so far, for the duplicate check."""
+    label = f"target {target.get('target')!r} ({target['id']})"
+    upstream_id = _ref(target, "upstream", label)
+    if upstream_id is None:
+        raise ConfigError(f"{label}: 'upstream' is required")
+    if upstream_id not in grouped:
+        raise ConfigError(f"{label}: upstream {upstream_id} does not exist")
+    text = _str(target, "target", label)
+    assert text is not None
+    weight = target.get("weight", 100)
+    try:
+        address = parse_target(text, 100 if weight is None else weight)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    seen = keys.setdefault(upstream_id, set())
+    if address.key in seen:
+        raise ConfigError(f"{label}: duplicate target {address.key} in upstream {upstream_id}")
+    seen.add(address.key)
+    grouped[upstream_id].append((target, address))
 
 
 def _compile_upstreams(
@@ -343,111 +402,105 @@ def _compile_upstreams(
     clock: Callable[[], float] | None,
 ) -> dict[str, CompiledUpstream]:
     raw = _entities(entities, "upstreams")
-    targets_by_upstream: dict[str, list[Address]] = {u["id"]: [] for u in raw}
-    target_ids: dict[str, dict[str, str]] = {u["id"]: {} for u in raw}
-    target_entities: dict[str, list[Mapping[str, Any]]] = {u["id"]: [] for u in raw}
-    keys: dict[str, set[str]] = {u["id"]: set() for u in raw}
+    grouped: dict[str, UpstreamTargets] = {u["id"]: [] for u in raw}
+    keys: dict[str, set[str]] = {}
     for target in _entities(entities, "targets"):
-        label = f"target {target.get('target')!r} ({target['id']})"
-        upstream_id = _ref(target, "upstream", label)
-        if upstream_id is None:
-            raise ConfigError(f"{label}: 'upstream' is required")
-        if upstream_id not in targets_by_upstream:
-            raise ConfigError(f"{label}: upstream {upstream_id} does not exist")
-        text = _str(target, "target", label)
-        assert text is not None
-        weight = target.get("weight", 100)
-        try:
-            address = parse_target(text, 100 if weight is None else weight)
-        except ValueError as exc:
-            raise ConfigError(f"{label}: {exc}") from None
-        if address.key in keys[upstream_id]:
-            raise ConfigError(f"{label}: duplicate target {address.key} in upstream {upstream_id}")
-        keys[upstream_id].add(address.key)
-        targets_by_upstream[upstream_id].append(address)
-        target_ids[upstream_id][address.key] = str(target["id"])
-        target_entities[upstream_id].append(target)
-
+        add_target(grouped, keys, target)
     compiled: dict[str, CompiledUpstream] = {}
     names: set[str] = set()
     for upstream in raw:
         label = _label("upstream", upstream)
         name = _str(upstream, "name", label)
-        assert name is not None
         if name in names:
             raise ConfigError(f"{label}: duplicate upstream name {name!r}")
+        assert name is not None
         names.add(name)
-        algorithm = _str(upstream, "algorithm", label, required=False) or "round-robin"
-        host_header = _str(upstream, "host_header", label, required=False)
-        slots = _int(upstream, "slots", label, 10000, 10, 65536)
-        slow_start = _number(upstream, "slow_start", label, 0.0, 0.0, 3600.0)
-        assert slow_start is not None
-        budget_percent = _number(upstream, "retry_budget_percent", label, None, 0.0, 100.0)
-        try:
-            hash_spec = compile_hash_spec(upstream)
-        except ValueError as exc:
-            raise ConfigError(f"{label}: {exc}") from None
-        options = (
-            BalancerOptions(slots=slots, slow_start=slow_start)
-            if clock is None
-            else BalancerOptions(slots=slots, slow_start=slow_start, clock=clock)
-        )
-        # Sorted so that every data plane (and every config version) sees the same
-        # order whatever order the snapshot or a delta listed the targets in.
-        targets = tuple(sorted(targets_by_upstream[upstream["id"]], key=lambda a: a.key))
-        old = previous.upstreams.get(upstream["id"]) if previous is not None else None
-        if (
-            old is not None
-            and old.algorithm == algorithm
-            and old.balancer.options == options
-            and _identity(old.targets) == _identity(targets)
-        ):
-            balancer = old.balancer
-        else:
-            try:
-                balancer = create_balancer(
-                    algorithm, targets, options, previous=old.balancer if old else None
-                )
-            except ValueError as exc:
-                raise ConfigError(f"{label}: {exc}") from None
-        try:
-            settings = compile_health_settings(upstream.get("healthchecks"))
-        except ValueError as exc:
-            raise ConfigError(f"{label}: {exc}") from None
-        ids = types.MappingProxyType(target_ids[upstream["id"]])
-        retry_budget: RetryBudget | None = None
-        if budget_percent is not None:
-            if old is not None and old.retry_budget is not None and (
-                old.retry_budget.percent == budget_percent
-            ):
-                retry_budget = old.retry_budget  # keep the counts of requests in flight
-            else:
-                retry_budget = RetryBudget(budget_percent)
-        compiled[upstream["id"]] = CompiledUpstream(
-            id=upstream["id"],
-            name=name,
-            algorithm=algorithm,
-            host_header=host_header.encode("idna") if host_header else None,
-            balancer=balancer,
-            targets=targets,
-            hash_spec=hash_spec,
-            retry_budget=retry_budget,
-            slots=slots,
-            slow_start=slow_start,
-            health_settings=settings,
-            host_name=host_header,
-            target_ids=ids,
-            target_entities=tuple(target_entities[upstream["id"]]),
-            use_srv_name=_bool(upstream, "use_srv_name", label, False),
-        )
+        upstream_id = upstream["id"]
+        old = previous.upstreams.get(upstream_id) if previous is not None else None
+        compiled[upstream_id] = compile_upstream(upstream, grouped[upstream_id], old, clock)
     return compiled
+
+
+def compile_upstream(
+    upstream: Mapping[str, Any],
+    targets: UpstreamTargets,
+    old: CompiledUpstream | None,
+    clock: Callable[[], float] | None = None,
+) -> CompiledUpstream:
+    """Compile one upstream with its (validated) targets; ``old`` is the previous
+    version's upstream of the same id, whose balancer and retry budget are reused or
+    seeded from (see :func:`compile_config`). Does not check name uniqueness."""
+    label = _label("upstream", upstream)
+    name = _str(upstream, "name", label)
+    assert name is not None
+    algorithm = _str(upstream, "algorithm", label, required=False) or "round-robin"
+    host_header = _str(upstream, "host_header", label, required=False)
+    slots = _int(upstream, "slots", label, 10000, 10, 65536)
+    slow_start = _number(upstream, "slow_start", label, 0.0, 0.0, 3600.0)
+    assert slow_start is not None
+    budget_percent = _number(upstream, "retry_budget_percent", label, None, 0.0, 100.0)
+    try:
+        hash_spec = compile_hash_spec(upstream)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    options = (
+        BalancerOptions(slots=slots, slow_start=slow_start)
+        if clock is None
+        else BalancerOptions(slots=slots, slow_start=slow_start, clock=clock)
+    )
+    # Sorted so that every data plane (and every config version) sees the same
+    # order whatever order the snapshot or a delta listed the targets in.
+    addresses = tuple(sorted((a for _, a in targets), key=lambda a: a.key))
+    if (
+        old is not None
+        and old.algorithm == algorithm
+        and old.balancer.options == options
+        and _identity(old.targets) == _identity(addresses)
+    ):
+        balancer = old.balancer
+    else:
+        try:
+            balancer = create_balancer(
+                algorithm, addresses, options, previous=old.balancer if old else None
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+    try:
+        settings = compile_health_settings(upstream.get("healthchecks"))
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    retry_budget: RetryBudget | None = None
+    if budget_percent is not None:
+        if old is not None and old.retry_budget is not None and (
+            old.retry_budget.percent == budget_percent
+        ):
+            retry_budget = old.retry_budget  # keep the counts of requests in flight
+        else:
+            retry_budget = RetryBudget(budget_percent)
+    return CompiledUpstream(
+        id=upstream["id"],
+        name=name,
+        algorithm=algorithm,
+        host_header=host_header.encode("idna") if host_header else None,
+        balancer=balancer,
+        targets=addresses,
+        hash_spec=hash_spec,
+        retry_budget=retry_budget,
+        slots=slots,
+        slow_start=slow_start,
+        health_settings=settings,
+        host_name=host_header,
+        target_ids=types.MappingProxyType({a.key: str(t["id"]) for t, a in targets}),
+        target_entities=tuple(t for t, _ in targets),
+        use_srv_name=_bool(upstream, "use_srv_name", label, False),
+    )
 
 
 def _identity(addresses: tuple[Address, ...]) -> tuple[tuple[str, int], ...]:
     return tuple((a.key, a.weight) for a in addresses)
 
 
-class _UpstreamNames:
+class UpstreamNames:
     """Finds the upstream a service ``host`` names: the exact name first, else the one
     name equal ignoring case (host names are case-insensitive). Names the Admin API
     keeps apart only by case (``Shop`` and ``shop``) are matched exactly only, so the
@@ -467,63 +520,68 @@ class _UpstreamNames:
 
 
 def _compile_services(
-    entities: Mapping[str, Any], upstream_names: _UpstreamNames
+    entities: Mapping[str, Any], upstream_names: UpstreamNames
 ) -> dict[str, CompiledService]:
-    services: dict[str, CompiledService] = {}
-    for service in _entities(entities, "services"):
-        label = _label("service", service)
-        protocol = _str(service, "protocol", label, required=False) or "http"
-        if protocol not in _DEFAULT_PORTS:
-            raise ConfigError(f"{label}: protocol {protocol!r} is not supported (http, https)")
-        host = _str(service, "host", label)
-        assert host is not None
-        # Kong accepts port 0; it only matters (as a refused connection) for a plain host.
-        port = _int(service, "port", label, _DEFAULT_PORTS[protocol], 0, 65535)
-        path = _str(service, "path", label, required=False)
-        if path is not None and not path.startswith("/"):
-            raise ConfigError(f"{label}: 'path' must start with '/'")
-        timeouts = [
-            _int(service, key, label, 60000, 1, _MAX_TIMEOUT_MS) / 1000.0
-            for key in ("connect_timeout", "write_timeout", "read_timeout")
-        ]
-        upstream = upstream_names.find(host)
-        address: Address | None = None
-        if upstream is None:
-            # Port 0 is parsed as 1 and then set: connecting to it fails (502), as in Kong.
-            text_port = port or 1
-            try:
-                address = parse_target(
-                    # The Admin API accepts an IPv6 host bare (::1) or bracketed ([::1]).
-                    f"{host}:{text_port}" if host.startswith("[") or ":" not in host
-                    else f"[{host}]:{text_port}"
-                )
-            except ValueError as exc:
-                raise ConfigError(f"{label}: invalid host: {exc}") from None
-            if port == 0:
-                address = Address(address.host, 0)
-        services[service["id"]] = CompiledService(
-            id=service["id"],
-            name=service.get("name"),
-            protocol=protocol,
-            host=host,
-            port=port,
-            path=path,
-            retries=_int(service, "retries", label, 5, 0, _MAX_RETRIES),
-            connect_timeout=timeouts[0],
-            write_timeout=timeouts[1],
-            read_timeout=timeouts[2],
-            balancer=upstream.balancer if upstream is not None else None,
-            address=address,
-            host_header=upstream.host_header if upstream is not None else None,
-            upstream_id=upstream.id if upstream is not None else None,
-            default_port=_DEFAULT_PORTS[protocol],
-            enabled=_bool(service, "enabled", label, True),
-            upstream=upstream,
-        )
-    return services
+    return {
+        service["id"]: compile_service(service, upstream_names)
+        for service in _entities(entities, "services")
+    }
 
 
-def _compile_route(
+def compile_service(service: Mapping[str, Any], upstream_names: UpstreamNames) -> CompiledService:
+    """Compile one service; ``upstream_names`` finds the upstream its ``host`` names."""
+    label = _label("service", service)
+    protocol = _str(service, "protocol", label, required=False) or "http"
+    if protocol not in _DEFAULT_PORTS:
+        raise ConfigError(f"{label}: protocol {protocol!r} is not supported (http, https)")
+    host = _str(service, "host", label)
+    assert host is not None
+    # Kong accepts port 0; it only matters (as a refused connection) for a plain host.
+    port = _int(service, "port", label, _DEFAULT_PORTS[protocol], 0, 65535)
+    path = _str(service, "path", label, required=False)
+    if path is not None and not path.startswith("/"):
+        raise ConfigError(f"{label}: 'path' must start with '/'")
+    timeouts = [
+        _int(service, key, label, 60000, 1, _MAX_TIMEOUT_MS) / 1000.0
+        for key in ("connect_timeout", "write_timeout", "read_timeout")
+    ]
+    upstream = upstream_names.find(host)
+    address: Address | None = None
+    if upstream is None:
+        # Port 0 is parsed as 1 and then set: connecting to it fails (502), as in Kong.
+        text_port = port or 1
+        try:
+            address = parse_target(
+                # The Admin API accepts an IPv6 host bare (::1) or bracketed ([::1]).
+                f"{host}:{text_port}" if host.startswith("[") or ":" not in host
+                else f"[{host}]:{text_port}"
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{label}: invalid host: {exc}") from None
+        if port == 0:
+            address = Address(address.host, 0)
+    return CompiledService(
+        id=service["id"],
+        name=service.get("name"),
+        protocol=protocol,
+        host=host,
+        port=port,
+        path=path,
+        retries=_int(service, "retries", label, 5, 0, _MAX_RETRIES),
+        connect_timeout=timeouts[0],
+        write_timeout=timeouts[1],
+        read_timeout=timeouts[2],
+        balancer=upstream.balancer if upstream is not None else None,
+        address=address,
+        host_header=upstream.host_header if upstream is not None else None,
+        upstream_id=upstream.id if upstream is not None else None,
+        default_port=_DEFAULT_PORTS[protocol],
+        enabled=_bool(service, "enabled", label, True),
+        upstream=upstream,
+    )
+
+
+def compile_route(
     route: Mapping[str, Any], services: Mapping[str, CompiledService]
 ) -> RouteSpec[CompiledService] | None:
     """Compile one route; ``None`` when it is not served by this HTTP proxy."""

@@ -21,7 +21,7 @@ import ferry_shared
 from data_plane.access_log import AccessLog
 from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
-from data_plane.config_installer import ConfigInstaller
+from data_plane.config_installer import ConfigInstaller, HeldConfig
 from data_plane.dns_resolver import TargetResolver, parse_nameservers
 from data_plane.health.supervisor import HealthSupervisor
 from data_plane.metrics_export import DataPlaneCollector, metrics_registry
@@ -37,7 +37,6 @@ from ferry_shared.cluster_tls import ClusterTLS
 from ferry_shared.http_site import start_site
 from ferry_shared.listen import format_host_port, parse_host_port
 from ferry_shared.logging_setup import current_log_format
-from proto import cluster_pb2
 
 log = logging.getLogger("ferry.data_plane")
 
@@ -148,9 +147,9 @@ class DataPlane:
             return None
         return self._proxy.metrics.snapshot(self._proxy.connections)
 
-    def _installed(self, snapshot: cluster_pb2.Snapshot) -> None:
+    def _installed(self, held: HeldConfig) -> None:
         if self.hub is not None:
-            self.hub.publish(snapshot)
+            self.hub.publish(held.snapshot())
 
     async def _start(self) -> None:
         if self.settings.workers > 1:
@@ -256,6 +255,7 @@ class DataPlane:
             self._client_task.cancel()
             await asyncio.gather(self._client_task, return_exceptions=True)
             self._client_task = None
+        await self.installer.flush()  # the last config applied, on disk for the next start
         self.resolver.stop()
         if self._resolver_task is not None:
             self._resolver_task.cancel()

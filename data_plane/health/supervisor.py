@@ -62,6 +62,22 @@ def _address_value(key: str) -> tuple[object, str]:
         return host.lower(), port
 
 
+def _row_state(row: HealthTransition) -> tuple[str, str, str, int]:
+    """What a report row says, apart from its address and time."""
+    return (row.target_id, row.state, row.reason, row.weight)
+
+
+def _changed_rows(checker: HealthChecker, replaced: HealthChecker | None) -> list[HealthTransition]:
+    """``checker``'s rows that say something ``replaced`` (the checker it took over
+    from, whose rows the control plane holds) did not: new addresses and changed
+    states. All its rows when it replaced none."""
+    rows = checker.report_rows()
+    if replaced is None:
+        return rows
+    before = {(r.target, r.address): _row_state(r) for r in replaced.report_rows()}
+    return [r for r in rows if before.get((r.target, r.address)) != _row_state(r)]
+
+
 class HealthSupervisor:
     """Owns the running checkers and the report queue. Create it on the event loop."""
 
@@ -98,22 +114,37 @@ class HealthSupervisor:
         return self._session
 
     def apply(self, config: RuntimeConfig) -> None:
-        """Start the checkers of ``config`` and stop those it replaced; queue a full view."""
+        """Start the checkers of ``config`` and stop those it replaced; queue what changed.
+
+        Only checkers that changed are touched. What goes to the control plane is a
+        full view when an upstream went away, or a replaced checker lost an address
+        or a target (a report of rows cannot remove them), else just the rows of
+        the new checkers that say something the control plane does not hold yet
+        (new addresses, changed states; nothing at all when no row changed).
+        """
         previous, self._config = self._config, config
         attach_checkers(config, previous)  # a config not installed by the installer
         wanted = {
             u.id: u.health for u in config.upstreams.values() if u.health is not None
         }
         self._retire(previous, config)
+        full = previous is None
+        replaced: dict[str, HealthChecker] = {}
         for upstream_id, checker in list(self._running.items()):
             if wanted.get(upstream_id) is not checker:
                 del self._running[upstream_id]
+                if upstream_id in wanted:
+                    replaced[upstream_id] = checker
+                else:
+                    full = True  # its rows must go
                 task = asyncio.create_task(checker.stop())
                 self._stopping.add(task)
                 task.add_done_callback(self._stopping.discard)
+        started: list[str] = []
         for upstream_id, checker in wanted.items():
             if self._running.get(upstream_id) is checker:
                 continue
+            started.append(upstream_id)
             self._running[upstream_id] = checker
             checker.on_transition = self._transition
             self._revive(config, upstream_id, checker)
@@ -123,7 +154,35 @@ class HealthSupervisor:
                     checker.settings.active, self._probe_session(), user_agent=self._user_agent
                 )
             )
-        self.queue_full_view()
+        if full or any(
+            self._lost_rows(previous, config, upstream_id, old)
+            for upstream_id, old in replaced.items()
+        ):
+            self.queue_full_view()
+        elif started:
+            rows: list[HealthTransition] = []
+            for upstream_id in started:
+                rows.extend(_changed_rows(self._running[upstream_id], replaced.get(upstream_id)))
+            rows.extend(self._dns_error_rows(started))
+            if rows:
+                self._queue(False, rows)
+
+    @staticmethod
+    def _lost_rows(
+        previous: RuntimeConfig | None, config: RuntimeConfig, upstream_id: str, old: HealthChecker
+    ) -> bool:
+        """Whether the rows ``old`` (replaced) reported include one the new checker of
+        ``upstream_id`` will not report: an address or a configured target gone."""
+        new = config.upstreams[upstream_id]
+        before = previous.upstreams.get(upstream_id) if previous is not None else None
+        if before is None:
+            return True
+        if not {t.key for t in before.targets} <= {t.key for t in new.targets}:
+            return True
+        if new.health is None:
+            return True
+        shown = {(target_key_of(a), endpoint_of(a)) for a in new.health.balancer.addresses}
+        return any((target_key_of(a), endpoint_of(a)) not in shown for a in old.balancer.addresses)
 
     def _retire(self, previous: RuntimeConfig | None, config: RuntimeConfig) -> None:
         """Remember the unhealthy addresses of upstreams ``config`` deleted (by name)."""
@@ -157,15 +216,17 @@ class HealthSupervisor:
         if self._running:
             self.queue_full_view()
 
-    def _dns_error_rows(self) -> list[HealthTransition]:
-        """A ``DNS_ERROR`` row (no address) per target of a running upstream that DNS
-        left without any address."""
+    def _dns_error_rows(self, only: list[str] | None = None) -> list[HealthTransition]:
+        """A ``DNS_ERROR`` row (no address) per target of a running upstream (of those
+        in ``only``, when given) that DNS left without any address."""
         errors = self.dns_errors() if self.dns_errors is not None else {}
         if not errors or self._config is None:
             return []
         rows: list[HealthTransition] = []
         now = time.time()
-        for upstream_id, checker in self._running.items():
+        running = self._running
+        for upstream_id in running if only is None else only:
+            checker = running[upstream_id]
             upstream = self._config.upstreams.get(upstream_id)
             if upstream is None:
                 continue
@@ -193,10 +254,17 @@ class HealthSupervisor:
             # Upstreams without checks too: the control plane lists their addresses.
             rows.extend(checker.report_rows())
         rows.extend(self._dns_error_rows())
-        # A full view supersedes everything still queued.
-        while not self.reports.empty():
-            self.reports.get_nowait()
-        self.reports.put_nowait((True, rows))
+        self._queue(True, rows)
+
+    def _queue(self, full: bool, rows: list[HealthTransition]) -> None:
+        if full:
+            # A full view supersedes everything still queued.
+            while not self.reports.empty():
+                self.reports.get_nowait()
+        elif self.reports.qsize() >= _MAX_QUEUED:
+            self.queue_full_view()
+            return
+        self.reports.put_nowait((full, rows))
 
     def all_rows(self) -> list[HealthTransition]:
         """The state of every address of every running checker, as report rows."""

@@ -319,6 +319,7 @@ async def test_a_real_data_plane_applies_deltas_and_caches_the_whole_config(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            await client.flush()  # the disk cache follows the install
         return holder
 
     await settled(cp, 6)

@@ -63,6 +63,7 @@ async def test_a_write_through_one_control_plane_reaches_a_data_plane_of_the_oth
                             and snap.version >= 2)
 
             await wait_for(applied, message="the DP to apply the writer's change via the other CP")
+            await dp.client.flush()  # the cache follows the ACK
             assert dp.cache.load() is not None, "the applied snapshot is cached on disk"
             assert dp.cache.load().hash == dp.holder.current.hash  # type: ignore[union-attr]
 

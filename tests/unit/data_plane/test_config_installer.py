@@ -89,6 +89,7 @@ async def test_an_installed_config_serves_with_its_checkers_and_is_cached(tmp_pa
     assert holder.current is not None and holder.current.version == 4
     assert holder.current.upstreams["u1"].health is not None
     assert published == [4]
+    await installer.flush()  # the disk cache follows the install
     cached = ConfigCache(tmp_path).load()
     assert cached is not None and apply_snapshot(cached, None).hash == snapshot.hash
     # A worker's installer: no cache, the same path.

@@ -23,11 +23,23 @@ def entities(upstream_id: str, name: str, targets: list[str], **upstream: Any) -
 
 
 def full_view(supervisor: HealthSupervisor) -> list[Any]:
-    last = None
+    """The view the control plane holds after the queued reports: the last full view
+    with the rows queued after it merged in, as ``DataPlaneHealthSession`` merges them."""
+    view: dict[str, Any] | None = None
     while not supervisor.reports.empty():
-        last = supervisor.reports.get_nowait()
-    assert last is not None and last[0]
-    return last[1]
+        full, rows = supervisor.reports.get_nowait()
+        if full:
+            view = {}
+        assert view is not None, "rows before any full view"
+        for row in rows:
+            prefix = f"{row.upstream_id}|{row.target}|"
+            if row.state == "DNS_ERROR":
+                view = {k: v for k, v in view.items() if not k.startswith(prefix)}
+            else:
+                view.pop(prefix, None)
+            view[prefix + row.address] = row
+    assert view is not None
+    return list(view.values())
 
 
 def config(version: int, data: dict[str, list[dict[str, Any]]], previous: RuntimeConfig | None = None) -> RuntimeConfig:
@@ -78,5 +90,43 @@ async def test_an_upstream_deleted_and_added_again_keeps_its_unhealthy_addresses
         assert not again.upstreams["u2"].balancer.is_usable(
             next(a for a in again.upstreams["u2"].balancer.addresses if a.key == "10.0.0.2:80")
         )
+    finally:
+        await supervisor.stop()
+
+
+def two_upstreams(first: list[str], second: list[str]) -> dict[str, list[dict[str, Any]]]:
+    a, b = entities("u1", "shop", first), entities("u2", "cart", second)
+    return {kind: a[kind] + b[kind] for kind in a}
+
+
+def queued(supervisor: HealthSupervisor) -> list[tuple[bool, list[Any]]]:
+    out = []
+    while not supervisor.reports.empty():
+        out.append(supervisor.reports.get_nowait())
+    return out
+
+
+async def test_a_delta_reports_only_the_rows_it_changed_and_a_full_view_when_one_must_go() -> None:
+    supervisor = HealthSupervisor()
+    try:
+        first = config(1, two_upstreams(["10.0.0.1:80"], ["10.0.1.1:80"]))
+        supervisor.apply(first)
+        assert [full for full, _ in queued(supervisor)] == [True]
+        kept = supervisor.checker("u2")
+
+        added = config(2, two_upstreams(["10.0.0.1:80", "10.0.0.2:80"], ["10.0.1.1:80"]), first)
+        supervisor.apply(added)
+        [(full, rows)] = queued(supervisor)
+        assert not full and [(r.upstream_id, r.address) for r in rows] == [("u1", "10.0.0.2:80")]
+        assert supervisor.checker("u2") is kept, "an untouched upstream keeps its checker"
+
+        supervisor.apply(config(3, two_upstreams(["10.0.0.1:80", "10.0.0.2:80"], ["10.0.1.1:80"]), added))
+        assert queued(supervisor) == [], "nothing changed, nothing reported"
+
+        removed = config(4, two_upstreams(["10.0.0.2:80"], ["10.0.1.1:80"]), added)
+        supervisor.apply(removed)
+        [(full, rows)] = queued(supervisor)
+        assert full, "a row that must go takes a full view"
+        assert sorted(r.address for r in rows) == ["10.0.0.2:80", "10.0.1.1:80"]
     finally:
         await supervisor.stop()
