@@ -1,4 +1,5 @@
-"""Fixtures shared by the integration tests."""
+"""Fixtures shared by the integration tests (``store`` and ``admin``, the in-process
+Admin app: ``tests/support/admin.py``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import pytest
+
+from tests.support.admin import admin_app as admin_app
+from tests.support.admin import store as store
 
 
 @pytest.fixture

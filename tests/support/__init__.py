@@ -13,7 +13,9 @@ registered by ``tests/conftest.py`` (and by directory conftests that override th
 * :mod:`~tests.support.control_planes`: ``start_control_plane`` and the
   ``control_planes`` fixture (in-process control planes).
 * :mod:`~tests.support.admin`: ``AdminClient``, ``admin``/``admin_call`` by URL, and
-  the in-process Admin app helpers (``FixedDataPlanes``, ``call``, ``make``).
+  the in-process Admin app: ``serve_admin``, the ``store`` and ``admin`` fixtures
+  (registered by ``tests/integration/conftest.py``), ``FixedDataPlanes``, ``call``,
+  ``make``, ``change_stream``.
 * :mod:`~tests.support.fake_data_planes`: ``FakeDataPlane``, a cluster stream driven by hand.
 * :mod:`~tests.support.backends`: target servers (``Backend``, ``RawBackend``,
   ``ScriptedBackend``, ``FlipBackend``, ``TlsBackend``, the ``backends`` fixture).

@@ -3,20 +3,28 @@
 * :class:`AdminClient`: a running control plane's Admin API over a test's session.
 * :func:`admin_call` / :func:`admin`: one call by full URL (e2e and Kong spec tests,
   whose control planes are child processes).
-* :class:`FixedDataPlanes`, :func:`call`, :func:`make`: the Admin app served in-process
-  by :class:`aiohttp.test_utils.TestClient` over a real :class:`EntityStore`.
+* :func:`serve_admin`, :class:`FixedDataPlanes`, :func:`call`, :func:`make`: the Admin
+  app served in-process by :class:`aiohttp.test_utils.TestClient` over a real
+  :class:`EntityStore`; the fixtures ``store`` (that store over the test's Redis) and
+  ``admin`` (the app over it), registered by ``tests/integration/conftest.py``;
+  :func:`change_stream`, what the store appended to its change stream.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestClient
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
 
+from control_plane.admin_api import create_admin_app
 from control_plane.server import ControlPlane
+from control_plane.store import EntityStore
 
 # ------------------------------------------------------------------ over HTTP
 
@@ -105,6 +113,33 @@ class FixedDataPlanes:
 
     async def list_data_planes(self) -> list[dict[str, Any]]:
         return [dict(row) for row in DATA_PLANES]
+
+
+@asynccontextmanager
+async def serve_admin(store: EntityStore) -> AsyncIterator[AppClient]:
+    """The Admin app over ``store`` (data planes: :class:`FixedDataPlanes`), served
+    in-process while the context lasts."""
+    app = create_admin_app(store, FixedDataPlanes(), node_id="node-1", version="0.1.0")
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+@pytest.fixture
+async def store(redis_client: aioredis.Redis) -> EntityStore:
+    """An :class:`EntityStore` over the test's (emptied) Redis, key prefix ``ferry``."""
+    return EntityStore(redis_client, prefix="ferry")
+
+
+@pytest.fixture(name="admin")
+async def admin_app(store: EntityStore) -> AsyncIterator[AppClient]:
+    """The fixture ``admin``: :func:`serve_admin` over ``store``, for the test."""
+    async with serve_admin(store) as client:
+        yield client
+
+
+async def change_stream(redis_client: aioredis.Redis) -> list[dict[str, str]]:
+    """The entries of ``store``'s change stream (``ferry:changes``), oldest first."""
+    return [fields for _, fields in await redis_client.xrange("ferry:changes")]
 
 
 async def call(
