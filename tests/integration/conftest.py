@@ -1,5 +1,6 @@
-"""Fixtures shared by the integration tests (``store`` and ``admin``, the in-process
-Admin app: ``tests/support/admin.py``)."""
+"""Fixtures shared by the integration tests: ``stack``; ``store`` and ``admin``, the
+in-process Admin app (``tests/support/admin.py``); ``dps`` and ``data_plane_kind``, data
+planes played by hand (``tests/support/fake_data_planes.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from tests.support.admin import admin_app as admin_app
 from tests.support.admin import store as store
+from tests.support.fake_data_planes import data_plane_kind as data_plane_kind
+from tests.support.fake_data_planes import dps as dps
 
 
 @pytest.fixture

@@ -16,7 +16,10 @@ registered by ``tests/conftest.py`` (and by directory conftests that override th
   the in-process Admin app: ``serve_admin``, the ``store`` and ``admin`` fixtures
   (registered by ``tests/integration/conftest.py``), ``FixedDataPlanes``, ``call``,
   ``make``, ``change_stream``.
-* :mod:`~tests.support.fake_data_planes`: ``FakeDataPlane``, a cluster stream driven by hand.
+* :mod:`~tests.support.fake_data_planes`: ``FakeDataPlane``, a cluster stream driven by
+  hand, and the ``dps`` fixture that opens them (its class: the ``data_plane_kind``
+  fixture, overridden by a module for a subclass; both registered by
+  ``tests/integration/conftest.py``).
 * :mod:`~tests.support.backends`: target servers (``Backend``, ``RawBackend``,
   ``ScriptedBackend``, ``FlipBackend``, ``TlsBackend``, the ``backends`` fixture).
 * :mod:`~tests.support.proxy`: the proxy in-process and raw-socket HTTP/1.1 clients.
