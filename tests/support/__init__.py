@@ -25,5 +25,6 @@ registered by ``tests/conftest.py`` (and by directory conftests that override th
 * :mod:`~tests.support.proxy`: the proxy in-process and raw-socket HTTP/1.1 clients.
 * :mod:`~tests.support.metrics`: ``Scrape``, a parsed ``/metrics`` answer.
 * :mod:`~tests.support.ferry_cluster`: ``Cluster`` of ``ferry`` child processes.
-* :mod:`~tests.support.kong`: the Kong spec cluster, spec servers, DNS zone and helpers.
+* :mod:`~tests.support.kong`: the Kong spec cluster, spec servers, DNS zone and helpers
+  (Kong's ``balancer_utils``: ``add_upstream``, ``healthchecks_config``, …).
 """

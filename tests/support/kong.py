@@ -9,6 +9,7 @@ live in ``tests/kong_spec/conftest.py``.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import urllib.error
@@ -209,6 +210,45 @@ async def serving(kind: type[SpecServer]) -> AsyncIterator[Any]:
     finally:
         for server in started:
             await server.stop()
+
+
+#: ``bu.healthchecks_config``'s defaults (their status lists are the schema's defaults too).
+HEALTHCHECKS_DEFAULTS: dict[str, Any] = {
+    "active": {
+        "timeout": 1,
+        "concurrency": 10,
+        "http_path": "/",
+        "healthy": {"interval": 0, "http_statuses": [200, 302], "successes": 2},
+        "unhealthy": {
+            "interval": 0,
+            "http_statuses": [429, 404, 500, 501, 502, 503, 504, 505],
+            "tcp_failures": 2,
+            "timeouts": 3,
+            "http_failures": 5,
+        },
+    },
+    "passive": {
+        "healthy": {
+            "http_statuses": [200, 201, 202, 203, 204, 205, 206, 207, 208, 226,
+                              300, 301, 302, 303, 304, 305, 306, 307, 308],
+            "successes": 5,
+        },
+        "unhealthy": {"http_statuses": [429, 500, 503], "tcp_failures": 2, "timeouts": 7, "http_failures": 5},
+    },
+}
+
+
+def healthchecks_config(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Kong's ``bu.healthchecks_config``: ``overrides`` merged into
+    :data:`HEALTHCHECKS_DEFAULTS`, dict by dict (any other value replaces)."""
+
+    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(base)
+        for key, value in extra.items():
+            out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+        return out
+
+    return merge(HEALTHCHECKS_DEFAULTS, overrides)
 
 
 async def add_upstream(kong: KongCluster, http: aiohttp.ClientSession, **fields: Any) -> tuple[str, str]:
