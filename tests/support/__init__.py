@@ -22,7 +22,8 @@ registered by ``tests/conftest.py`` (and by directory conftests that override th
   ``tests/integration/conftest.py``).
 * :mod:`~tests.support.backends`: target servers (``Backend``, ``RawBackend``,
   ``ScriptedBackend``, ``FlipBackend``, ``TlsBackend``, the ``backends`` fixture).
-* :mod:`~tests.support.proxy`: the proxy in-process and raw-socket HTTP/1.1 clients.
+* :mod:`~tests.support.proxy`: the proxy in-process and raw-socket HTTP/1.1 clients
+  (``connect``, ``read_response``, ``read_to_eof``, ``assert_closed``, ``body_json``).
 * :mod:`~tests.support.metrics`: ``Scrape``, a parsed ``/metrics`` answer.
 * :mod:`~tests.support.ferry_cluster`: ``Cluster`` of ``ferry`` child processes.
 * :mod:`~tests.support.kong`: the Kong spec cluster, spec servers, DNS zone and helpers
