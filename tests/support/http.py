@@ -1,4 +1,5 @@
-"""HTTP clients of the tests: the ``http`` session fixture and small request helpers.
+"""HTTP clients of the tests: the ``http`` session fixture and small request helpers
+(``fresh_get``, ``get_json``, ``http_ok``, ``wait_http_ok``).
 
 ``http`` is one :class:`aiohttp.ClientSession` per test, closed at teardown. Its total
 request timeout is the ``http_timeout`` fixture: ``None`` (aiohttp's default) here, and
@@ -47,6 +48,29 @@ async def fresh_get(url: str, *, timeout: float | None = None) -> tuple[int, str
     async with aiohttp.ClientSession(**options) as session, session.get(url) as response:
         body = await response.json(content_type=None)
         return response.status, body.get("backend") if isinstance(body, dict) else None
+
+
+async def get_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    timeout: float | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> tuple[int, Any]:
+    """One GET: (status, its JSON body or None when empty). ``timeout`` bounds it (None:
+    the session's bound); ``kwargs`` go to :meth:`aiohttp.ClientSession.get`. ``quiet``:
+    a connection error, a timeout or a body that is not JSON gives ``(0, None)`` instead
+    of failing (for polling a server that may not be up yet)."""
+    if timeout is not None:
+        kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+    try:
+        async with session.get(url, **kwargs) as response:
+            return response.status, await response.json(content_type=None)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        if not quiet:
+            raise
+        return 0, None
 
 
 async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
