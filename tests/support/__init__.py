@@ -9,7 +9,8 @@ registered by ``tests/conftest.py`` (and by directory conftests that override th
 * :mod:`~tests.support.sentinel`: ``SentinelServer``, a real Redis Sentinel.
 * :mod:`~tests.support.tls`: X.509 material (CAs, leaves, self-signed) and ``FIXTURES``.
 * :mod:`~tests.support.http`: the ``http`` session fixture (``http_timeout``),
-  ``fresh_get``, ``get_json``, ``http_ok``, ``wait_http_ok``.
+  ``fresh_get``, ``get_json``, ``http_ok``, ``wait_http_ok`` (and ``wait_http_ok_sync``,
+  over urllib, for synchronous module fixtures).
 * :mod:`~tests.support.control_planes`: ``start_control_plane`` and the
   ``control_planes`` fixture (in-process control planes).
 * :mod:`~tests.support.admin`: ``AdminClient``, ``admin``/``admin_call`` by URL, and
