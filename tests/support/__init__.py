@@ -13,7 +13,8 @@ registered by ``tests/conftest.py`` (and by directory conftests that override th
   over urllib, for synchronous module fixtures).
 * :mod:`~tests.support.control_planes`: ``start_control_plane`` and the
   ``control_planes`` fixture (in-process control planes).
-* :mod:`~tests.support.admin`: ``AdminClient``, ``admin``/``admin_call`` by URL, and
+* :mod:`~tests.support.admin`: ``AdminClient`` (per-call ``headers`` and ``data``;
+  ``text_fallback`` for answers that may not be JSON), ``admin``/``admin_call`` by URL, and
   the in-process Admin app: ``serve_admin``, the ``store`` and ``admin`` fixtures
   (registered by ``tests/integration/conftest.py``), ``FixedDataPlanes``, ``call``,
   ``make``, ``change_stream``.

@@ -30,25 +30,47 @@ from control_plane.store import EntityStore
 
 
 class AdminClient:
-    """The Admin API of ``plane`` (a :class:`ControlPlane` or a base URL), through ``http``."""
+    """The Admin API of ``plane`` (a :class:`ControlPlane` or a base URL), through ``http``.
 
-    def __init__(self, http: aiohttp.ClientSession, plane: ControlPlane | str) -> None:
+    ``text_fallback``: an answer whose body is not JSON comes back as its text instead of
+    failing the call (for tests of answers that may not be the API's JSON)."""
+
+    def __init__(
+        self, http: aiohttp.ClientSession, plane: ControlPlane | str, *, text_fallback: bool = False
+    ) -> None:
         self.http = http
         self.base = plane if isinstance(plane, str) else f"http://127.0.0.1:{plane.admin_port}"
+        self.text_fallback = text_fallback
 
     async def call(
-        self, method: str, path: str, body: Any = None, raw: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        data: Any = None,
     ) -> tuple[int, Any]:
         """One request: (status, decoded JSON body or None when empty). ``raw`` sends
-        those exact bytes as a JSON body instead of encoding ``body``."""
-        options: dict[str, Any] = (
-            {"json": body}
-            if raw is None
-            else {"data": raw, "headers": {"Content-Type": "application/json"}}
-        )
+        those exact bytes as a JSON body instead of encoding ``body``; ``data`` sends a
+        body as aiohttp takes it (bytes, an async iterator of them), with no Content-Type
+        but what ``headers`` give; ``headers`` go with the request."""
+        options: dict[str, Any]
+        if raw is not None:
+            options = {"data": raw, "headers": {"Content-Type": "application/json", **(headers or {})}}
+        elif data is not None:
+            options = {"data": data, "headers": headers}
+        else:
+            options = {"json": body, "headers": headers}
         async with self.http.request(method, self.base + path, **options) as response:
             text = await response.text()
-            return response.status, (json.loads(text) if text else None)
+            try:
+                return response.status, (json.loads(text) if text else None)
+            except ValueError:
+                if not self.text_fallback:
+                    raise
+                return response.status, text
 
     async def ok(self, method: str, path: str, body: Any = None) -> Any:
         """:meth:`call` that must succeed (2xx); returns the body."""
