@@ -26,7 +26,7 @@ import redis
 
 from tests.support.admin import admin
 from tests.support.ferry_cluster import Cluster, wait_dp_synced
-from tests.support.http import wait_http_ok
+from tests.support.http import get_json, wait_http_ok
 from tests.support.polling import wait_for
 
 
@@ -94,11 +94,6 @@ def _hold(port: int) -> socket.socket | None:
     return sock
 
 
-async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
-        return response.status, await response.json(content_type=None)
-
-
 def _leftover_processes(text: str) -> Iterator[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and any(text in part for part in _cmdline(int(entry.name))):
@@ -114,7 +109,7 @@ async def test_a_killed_embedded_redis_is_reaped_restarted_and_loses_no_acknowle
     try:
         ready_url, status_url = f"{cluster.admin}/status/ready", f"{cluster.admin}/status"
         await wait_http_ok(http, ready_url, cp)
-        assert await _get(http, ready_url) == (200, {"message": "ready"})
+        assert await get_json(http, ready_url, timeout=5) == (200, {"message": "ready"})
         dp = cluster.start_data_plane("dp1")
         await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
 
@@ -140,12 +135,12 @@ async def test_a_killed_embedded_redis_is_reaped_restarted_and_loses_no_acknowle
         await wait_for(lambda: _state(redis_pid) is None, timeout=10, message="the CP to reap redis-server")
 
         async def not_ready() -> Any:
-            status, body = await _get(http, ready_url)
+            status, body = await get_json(http, ready_url, timeout=5)
             return body if status == 503 else None
 
         body = await wait_for(not_ready, timeout=10, message="/status/ready to answer 503")
         assert body["message"].startswith("failed to connect to database"), body
-        status, body = await _get(http, status_url)
+        status, body = await get_json(http, status_url, timeout=5)
         assert status == 200 and body["database"] == {"reachable": False}, body
         await wait_for(lambda: "restart attempt 2 failed" in cp.log(), timeout=15,
                        message="the CP to retry the restart with back-off")
@@ -155,10 +150,10 @@ async def test_a_killed_embedded_redis_is_reaped_restarted_and_loses_no_acknowle
         held = None
 
         async def ready() -> bool:
-            return await _get(http, ready_url) == (200, {"message": "ready"})
+            return await get_json(http, ready_url, timeout=5) == (200, {"message": "ready"})
 
         await wait_for(ready, timeout=30, message="/status/ready to answer 200 again")
-        status, body = await _get(http, status_url)
+        status, body = await get_json(http, status_url, timeout=5)
         assert status == 200 and body["database"] == {"reachable": True}, body
         new_pid = _redis_child(cp.process.pid)
         assert new_pid is not None and new_pid != redis_pid

@@ -11,8 +11,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -25,29 +23,11 @@ import ferry
 from control_plane.embedded_redis import EmbeddedRedis
 from ferry_shared.listen import free_port
 from tests.support.admin import admin
+from tests.support.http import wait_http_ok_sync
 from tests.support.polling import wait_for
 from tests.support.processes import FerryProcess
 
 _names = itertools.count(1)
-
-
-def _get_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def _wait_ok(url: str, process: subprocess.Popen[bytes] | FerryProcess, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = process.poll() if isinstance(process, subprocess.Popen) else process.returncode
-        assert code is None, f"process for {url} exited with {code}"
-        if _get_ok(url):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
 class Gateway:
@@ -90,10 +70,10 @@ def gateway(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactor
             tmp / "dp.log",
         )
         processes.append(dp)
-        _wait_ok(f"http://127.0.0.1:{admin_port}/status", cp)
+        wait_http_ok_sync(f"http://127.0.0.1:{admin_port}/status", cp)
         for name, backend in zip(ports, backends, strict=True):
-            _wait_ok(f"http://127.0.0.1:{ports[name]}/", backend)
-        _wait_ok(f"http://127.0.0.1:{status_port}/status/ready", dp)
+            wait_http_ok_sync(f"http://127.0.0.1:{ports[name]}/", backend)
+        wait_http_ok_sync(f"http://127.0.0.1:{status_port}/status/ready", dp)
         yield Gateway(f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{proxy_port}",
                       f"http://127.0.0.1:{status_port}", ports)
     finally:

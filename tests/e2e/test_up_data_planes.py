@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.http import get_json
 from tests.support.polling import wait_for
 from tests.support.processes import processes_mentioning
 
@@ -41,14 +42,6 @@ def _busy_ports() -> list[int]:
     return busy
 
 
-async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
-    try:
-        async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
-            return response.status, await response.json(content_type=None)
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-        return 0, None
-
-
 async def test_ferry_up_with_three_data_planes_on_the_default_ports(tmp_path: Path) -> None:
     await wait_for(lambda: not _busy_ports(), timeout=30,
                    message=f"ferry up's default ports {sorted(DEFAULT_PORTS.values())} to be free")
@@ -66,7 +59,9 @@ async def test_ferry_up_with_three_data_planes_on_the_default_ports(tmp_path: Pa
 
             async def all_synced() -> list[dict[str, Any]] | None:
                 assert process.poll() is None, log_path.read_text()
-                status, body = await _get(http, "http://127.0.0.1:8001/clustering/data-planes")
+                status, body = await get_json(
+                    http, "http://127.0.0.1:8001/clustering/data-planes", timeout=2, quiet=True
+                )
                 if status != 200:
                     return None
                 rows = sorted(body["data"], key=lambda row: row["hostname"])
@@ -78,7 +73,7 @@ async def test_ferry_up_with_three_data_planes_on_the_default_ports(tmp_path: Pa
             assert [row["hostname"] for row in rows] == ["ferry-dp-1", "ferry-dp-2", "ferry-dp-3"]
             assert len({row["config_hash"] for row in rows}) == 1
             for port in (8000, 8010, 8020):
-                status, body = await _get(http, f"http://127.0.0.1:{port}/demo/hello")
+                status, body = await get_json(http, f"http://127.0.0.1:{port}/demo/hello", timeout=2, quiet=True)
                 assert status == 200 and body["backend"] in {"backend-a", "backend-b"}, (port, body)
         await wait_for(lambda: "Press Ctrl-C" in log_path.read_text(), timeout=10, message="the banner")
         printed = log_path.read_text()

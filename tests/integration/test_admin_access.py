@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from control_plane.admin_tokens import add_token
 from control_plane.server import ControlPlane, ControlPlaneSettings
+from tests.support.admin import AdminClient
 from tests.support.control_planes import start_control_plane
 
 BODY_LIMIT = 64 * 1024
 
 
-@dataclass
-class Guarded:
-    cp: ControlPlane
-    http: aiohttp.ClientSession
-    admin_token: str
-    reader_token: str
+class Guarded(AdminClient):
+    """The Admin API of a control plane that asks for tokens (a body that is not JSON
+    comes back as its text), and the two tokens it knows."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.cp.admin_port}"
-
-    async def call(
-        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kw: Any
-    ) -> tuple[int, Any]:
-        async with self.http.request(method, self.url + path, headers=headers, **kw) as response:
-            text = await response.text()
-            try:
-                return response.status, json.loads(text) if text else None
-            except ValueError:
-                return response.status, text
+    def __init__(
+        self, http: aiohttp.ClientSession, cp: ControlPlane, admin_token: str, reader_token: str
+    ) -> None:
+        super().__init__(http, cp, text_fallback=True)
+        self.admin_token = admin_token
+        self.reader_token = reader_token
 
 
 @pytest.fixture
@@ -53,7 +41,7 @@ async def guarded(redis_url: str, tmp_path: Path) -> AsyncIterator[Guarded]:
         stack.push_async_callback(cp.stop, 0.5)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         stack.push_async_callback(http.close)
-        yield Guarded(cp, http, admin_token, reader_token)
+        yield Guarded(http, cp, admin_token, reader_token)
 
 
 UNAUTHORIZED = {"message": "Invalid credentials. Token or User credentials required"}
@@ -67,7 +55,7 @@ async def test_every_call_without_a_token_gets_401(guarded: Guarded, path: str) 
 async def test_a_wrong_token_gets_401_and_a_write_without_one_changes_nothing(guarded: Guarded) -> None:
     bad = {"Ferry-Admin-Token": guarded.admin_token + "x"}
     assert await guarded.call("GET", "/upstreams", headers=bad) == (401, UNAUTHORIZED)
-    assert await guarded.call("POST", "/upstreams", json={"name": "u1"}) == (401, UNAUTHORIZED)
+    assert await guarded.call("POST", "/upstreams", {"name": "u1"}) == (401, UNAUTHORIZED)
     ok = {"Ferry-Admin-Token": guarded.admin_token}
     status, body = await guarded.call("GET", "/upstreams", headers=ok)
     assert (status, body["data"]) == (200, [])
@@ -76,7 +64,7 @@ async def test_a_wrong_token_gets_401_and_a_write_without_one_changes_nothing(gu
 async def test_a_read_only_token_reads_but_every_write_gets_403(guarded: Guarded) -> None:
     admin = {"Ferry-Admin-Token": guarded.admin_token}
     reader = {"Ferry-Admin-Token": guarded.reader_token}
-    status, _ = await guarded.call("POST", "/upstreams", headers=admin, json={"name": "u1"})
+    status, _ = await guarded.call("POST", "/upstreams", {"name": "u1"}, headers=admin)
     assert status == 201
     status, body = await guarded.call("GET", "/upstreams/u1", headers=reader)
     assert (status, body["name"]) == (200, "u1")
@@ -87,7 +75,7 @@ async def test_a_read_only_token_reads_but_every_write_gets_403(guarded: Guarded
         ("DELETE", "/upstreams/u1", None, "delete"),
     ]
     for method, path, body, verb in cases:
-        status, answer = await guarded.call(method, path, headers=reader, json=body)
+        status, answer = await guarded.call(method, path, body, headers=reader)
         assert status == 403, (method, path, answer)
         assert answer == {"message": f"grafana, you do not have permissions to {verb} this resource"}
     status, body = await guarded.call("GET", "/upstreams", headers=admin)
@@ -107,7 +95,7 @@ async def test_kongs_header_and_a_bearer_token_are_accepted(guarded: Guarded) ->
 
 
 async def test_the_console_page_needs_no_token(guarded: Guarded) -> None:
-    async with guarded.http.get(guarded.url + "/console") as response:
+    async with guarded.http.get(guarded.base + "/console") as response:
         assert response.status == 200
         assert response.content_type == "text/html"
 
@@ -115,7 +103,7 @@ async def test_the_console_page_needs_no_token(guarded: Guarded) -> None:
 async def test_a_body_over_the_limit_gets_413_before_it_is_read(guarded: Guarded) -> None:
     admin = {"Ferry-Admin-Token": guarded.admin_token}
     big = {"name": "u1", "tags": ["x" * 1000] * (BODY_LIMIT // 1000 + 2)}
-    status, body = await guarded.call("POST", "/upstreams", headers=admin, json=big)
+    status, body = await guarded.call("POST", "/upstreams", big, headers=admin)
     assert status == 413
     assert body == {"message": f"Request body too large: the limit is {BODY_LIMIT} bytes"}
     # Even without a token: the size is checked first, so nobody can make the CP read it.

@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
-
-from control_plane.admin_api import create_admin_app
 from control_plane.redis_connection import create_redis_client
 from control_plane.store import EntityStore
-from tests.support.admin import DATA_PLANES, AppClient, FixedDataPlanes, call, make
-
-
-@pytest.fixture
-async def store(redis_client: aioredis.Redis) -> EntityStore:
-    return EntityStore(redis_client, prefix="ferry")
-
-
-@pytest.fixture
-async def admin(store: EntityStore) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_admin_app(store, FixedDataPlanes(), node_id="node-1", version="0.1.0")
-    async with TestClient(TestServer(app)) as client:
-        yield client
-
+from tests.support.admin import DATA_PLANES, AppClient, call, make, serve_admin
 
 Client = AppClient
 
@@ -842,8 +823,7 @@ async def test_openapi_document_covers_every_route_and_entity(admin: Client) -> 
 async def test_store_unreachable_is_503(unused_port: Any) -> None:
     # Ferry's client: bounded retries, so each call fails in well under a second.
     dead = create_redis_client(f"redis://127.0.0.1:{unused_port()}/0")
-    app = create_admin_app(EntityStore(dead), FixedDataPlanes(), node_id="n", version="0")
-    async with TestClient(TestServer(app)) as client:
+    async with serve_admin(EntityStore(dead)) as client:
         status, body = await call(client, "POST", "/upstreams", {"name": "a"})
         assert status == 503 and body["message"]
         status, body = await call(client, "GET", "/status")

@@ -6,14 +6,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
 
-from control_plane.admin_api import create_admin_app
 from control_plane.errors import (
     ForeignKeyViolation,
     PrimaryKeyViolation,
@@ -23,19 +20,7 @@ from control_plane.errors import (
 from control_plane.redis_connection import create_redis_client
 from control_plane.schemas import validate_entity
 from control_plane.store import EntityStore, WriteConflict
-from tests.support.admin import FixedDataPlanes, call, make
-
-
-@pytest.fixture
-async def store(redis_client: aioredis.Redis) -> EntityStore:
-    return EntityStore(redis_client, prefix="ferry")
-
-
-@pytest.fixture
-async def admin(store: EntityStore) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_admin_app(store, FixedDataPlanes(), node_id="node-1", version="0.1.0")
-    async with TestClient(TestServer(app)) as client:
-        yield client
+from tests.support.admin import call, change_stream, make
 
 
 def entity(kind: str, **fields: Any) -> dict[str, Any]:
@@ -43,10 +28,6 @@ def entity(kind: str, **fields: Any) -> dict[str, Any]:
     return validate_entity(
         kind, {"id": str(uuid.uuid4()), "created_at": now, "updated_at": now, **fields}
     )
-
-
-async def stream(redis_client: aioredis.Redis) -> list[dict[str, str]]:
-    return [fields for _, fields in await redis_client.xrange("ferry:changes")]
 
 
 async def test_current_version_is_zero_before_any_write(store: EntityStore) -> None:
@@ -75,7 +56,7 @@ async def test_every_write_bumps_the_version_by_one_and_appends_to_the_stream(
     assert await redis_client.get("ferry:version") == "3"
     await call(admin, "DELETE", "/upstreams/a")
     assert await redis_client.get("ferry:version") == "4"
-    assert await stream(redis_client) == [
+    assert await change_stream(redis_client) == [
         {"version": "1", "kind": "upstreams", "id": upstream["id"], "op": "upsert"},
         {"version": "2", "kind": "upstreams", "id": upstream["id"], "op": "upsert"},
         {"version": "3", "kind": "upstreams", "id": upstream["id"], "op": "upsert"},
@@ -92,7 +73,7 @@ async def test_a_refused_write_changes_nothing(admin: Any, redis_client: aioredi
     status, _ = await call(admin, "DELETE", "/upstreams/missing")
     assert status == 204
     assert await redis_client.get("ferry:version") == "1"
-    assert len(await stream(redis_client)) == 1
+    assert len(await change_stream(redis_client)) == 1
 
 
 async def test_cascade_delete_is_one_version_with_one_entry_per_entity(
@@ -103,7 +84,7 @@ async def test_cascade_delete_is_one_version_with_one_entry_per_entity(
     t2 = await make(admin, "/upstreams/a/targets", {"target": "h:2"})
     await call(admin, "DELETE", "/upstreams/a")
     assert await redis_client.get("ferry:version") == "4"
-    entries = (await stream(redis_client))[3:]
+    entries = (await change_stream(redis_client))[3:]
     assert {e["version"] for e in entries} == {"4"}
     assert sorted((e["kind"], e["id"], e["op"]) for e in entries) == sorted(
         [

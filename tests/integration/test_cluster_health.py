@@ -8,7 +8,7 @@ controls exactly what every DP reports.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +36,6 @@ HEALTH_SETTINGS: dict[str, Any] = {"merge_window": 0.0, "health_report_ttl": 60.
 async def cps(control_planes: ControlPlanes) -> list[ControlPlane]:
     """Two control planes over the test's Redis, stopped at teardown."""
     return [await control_planes.start(**HEALTH_SETTINGS), await control_planes.start(**HEALTH_SETTINGS)]
-
-
-@pytest.fixture
-async def dps() -> AsyncIterator[Callable[[ControlPlane, str], Awaitable[FakeDataPlane]]]:
-    opened: list[FakeDataPlane] = []
-
-    async def open_dp(cp: ControlPlane, hostname: str) -> FakeDataPlane:
-        dp = FakeDataPlane(cp, hostname)
-        opened.append(dp)
-        await dp.connect()
-        return dp
-
-    try:
-        yield open_dp
-    finally:
-        for dp in opened:
-            await dp.close()
 
 
 DPFactory = Callable[[ControlPlane, str], Awaitable[FakeDataPlane]]

@@ -5,37 +5,18 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
 
-from control_plane.admin_api import create_admin_app
 from control_plane.declarative import entities_hash
 from control_plane.snapshot import build_snapshot
 from control_plane.store import ConfigChanged, EntityStore
-from tests.support.admin import FixedDataPlanes, call, make
+from tests.support.admin import AppClient, call, change_stream, make, serve_admin
 
-Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def store(redis_client: aioredis.Redis) -> EntityStore:
-    return EntityStore(redis_client, prefix="ferry")
-
-
-@pytest.fixture
-async def admin(store: EntityStore) -> AsyncIterator[Client]:
-    app = create_admin_app(store, FixedDataPlanes(), node_id="node-1", version="0.1.0")
-    async with TestClient(TestServer(app)) as client:
-        yield client
-
-
-async def stream(redis_client: aioredis.Redis) -> list[dict[str, str]]:
-    return [fields for _, fields in await redis_client.xrange("ferry:changes")]
+Client = AppClient
 
 
 async def build_shop(admin: Client) -> None:
@@ -87,7 +68,7 @@ async def test_post_config_on_an_empty_store_is_one_version_with_one_entry_per_e
     assert body["_config_version"] == 1
     assert body["_config_hash"] == source["_config_hash"]
     assert await export(admin) == {**source, "_config_version": 1}
-    entries = await stream(redis_client)
+    entries = await change_stream(redis_client)
     assert {e["version"] for e in entries} == {"1"}
     assert sorted((e["kind"], e["id"], e["op"]) for e in entries) == sorted(
         (kind, entity["id"], "upsert")
@@ -125,7 +106,7 @@ async def test_posting_the_exported_config_again_writes_nothing(
     status, body = await call(admin, "POST", "/config", source)
     assert status == 201
     assert body["_config_version"] == 6 and body["_config_hash"] == source["_config_hash"]
-    assert len(await stream(redis_client)) == 6
+    assert len(await change_stream(redis_client)) == 6
     status, body = await call(admin, "POST", "/config?check_hash=1", source)
     assert (status, body) == (304, None)
 
@@ -147,7 +128,7 @@ async def test_a_document_without_some_entities_deletes_them_in_one_version(
     _, entities = await store.load_all()
     assert [r["name"] for r in entities["routes"]] == ["orphan"]
     assert entities["services"] == entities["upstreams"] == entities["targets"] == []
-    entries = (await stream(redis_client))[6:]
+    entries = (await change_stream(redis_client))[6:]
     assert {e["version"] for e in entries} == {"7"}
     assert sorted((e["kind"], e["op"]) for e in entries) == [
         ("routes", "delete"), ("services", "delete"), ("targets", "delete"),
@@ -194,7 +175,7 @@ async def test_an_invalid_document_is_400_with_kongs_body_and_changes_nothing(
     assert by_name["broken"]["entity"] == {"name": "broken", "host": "bad host", "port": 99999}
     assert [e["field"] for e in by_name["broken"]["errors"]] == ["host", "port"]
     assert await store.load_all() == before
-    assert len(await stream(redis_client)) == 6
+    assert len(await change_stream(redis_client)) == 6
 
 
 async def test_yaml_bodies_and_kongs_config_form_field_are_accepted(admin: Client) -> None:
@@ -241,7 +222,7 @@ async def test_expected_version_refuses_a_config_that_moved_and_changes_nothing(
     status, body = await call(admin, "POST", "/config?expected_version=1", document)
     assert status == 409
     assert body["version"] == 2 and "not the expected 1" in body["message"]
-    assert len(await stream(redis_client)) == 2
+    assert len(await change_stream(redis_client)) == 2
     status, body = await call(admin, "POST", "/config?expected_version=x", document)
     assert status == 400 and body["name"] == "invalid options"
     status, body = await call(admin, "POST", "/config?expected_version=2", document)
@@ -306,15 +287,14 @@ async def test_a_write_racing_the_import_makes_it_recompute_against_the_new_conf
     redis_client: aioredis.Redis,
 ) -> None:
     store = RacedStore(redis_client, prefix="ferry")
-    app = create_admin_app(store, FixedDataPlanes(), node_id="node-1", version="0.1.0")
     document = {"_format_version": "3.0", "services": [{"name": "s", "host": "h"}]}
-    async with TestClient(TestServer(app)) as admin:
+    async with serve_admin(store) as admin:
         status, body = await call(admin, "POST", "/config", document)
         assert status == 201, body
         # The racer (version 1) is not in the document, so the import (version 2) deleted it.
         assert body["_config_version"] == 2
         assert [s["name"] for s in body["services"]] == ["s"]
-        assert [(e["version"], e["op"]) for e in await stream(redis_client)] == [
+        assert [(e["version"], e["op"]) for e in await change_stream(redis_client)] == [
             ("1", "upsert"), ("2", "delete"), ("2", "upsert")
         ]
         store.raced = False

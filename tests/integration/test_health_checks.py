@@ -22,13 +22,10 @@ from data_plane.node_identity import NodeIdentity
 from data_plane.status_api import create_status_app
 from tests.support.backends import FlipBackend, TlsBackend, refused_port
 from tests.support.polling import wait_for
-from tests.support.proxy import HealthGateway, upstream_config
+from tests.support.proxy import HealthGateway, client, upstream_config
 
-
-async def session(stack: AsyncExitStack) -> aiohttp.ClientSession:
-    s = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-    stack.push_async_callback(s.close)
-    return s
+#: Each request of a test's client session is bounded to 10 s.
+TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 async def backends_seen(http: aiohttp.ClientSession, url: str, n: int) -> Counter[str]:
@@ -58,7 +55,7 @@ async def test_a_target_failing_its_probe_is_taken_out_after_the_threshold_and_r
     await b.start(stack)
     gw = HealthGateway()
     await gw.start(stack, upstream_config([a.key, b.key], ACTIVE))
-    http = await session(stack)
+    http = await client(stack, timeout=TIMEOUT)
     await wait_for(lambda: len(b.probes) >= 2, message="b probed")
     assert await backends_seen(http, gw.url, 10) == {"a": 5, "b": 5}
 
@@ -106,11 +103,11 @@ async def test_a_killed_target_costs_clients_no_failed_idempotent_request(stack:
     passive = {"passive": {"unhealthy": {"tcp_failures": 1, "timeouts": 1}}}
     gw = HealthGateway()
     await gw.start(stack, upstream_config([b.key for b in backends], passive))
-    http = await session(stack)
+    http = await client(stack, timeout=TIMEOUT)
     statuses: Counter[int] = Counter()
     killed = asyncio.Event()
 
-    async def client() -> None:
+    async def one_client() -> None:
         for i in range(60):
             if i == 20 and not killed.is_set():
                 killed.set()
@@ -119,7 +116,7 @@ async def test_a_killed_target_costs_clients_no_failed_idempotent_request(stack:
                 statuses[resp.status] += 1
                 await resp.read()
 
-    await asyncio.gather(*(client() for _ in range(5)))
+    await asyncio.gather(*(one_client() for _ in range(5)))
     assert statuses == {200: 300}
     # The killed target was ejected after its first refused connection.
     assert gw.state(backends[1].key) == "UNHEALTHY"
@@ -135,7 +132,7 @@ async def test_the_half_open_breaker_recovers_a_passive_only_target(stack: Async
     }
     gw = HealthGateway()
     await gw.start(stack, upstream_config([a.key, b.key], passive))
-    http = await session(stack)
+    http = await client(stack, timeout=TIMEOUT)
     b.status = 500
     for _ in range(20):
         await backends_seen(http, gw.url, 1)
@@ -174,7 +171,7 @@ async def test_the_threshold_answers_503_when_too_little_weight_is_healthy(stack
     checks = {"threshold": 75, "passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}
     gw = HealthGateway()
     await gw.start(stack, upstream_config([a.key, dead], checks))
-    http = await session(stack)
+    http = await client(stack, timeout=TIMEOUT)
     for _ in range(4):  # the dead target is tried (and retried on a) until it is ejected
         async with http.get(f"{gw.url}/x") as resp:
             if resp.status == 503:
@@ -198,7 +195,7 @@ async def test_health_survives_a_config_change_that_keeps_the_target(stack: Asyn
     await wait_for(lambda: gw.state(b.key) == "UNHEALTHY", message="b unhealthy")
     gw.apply(upstream_config([a.key, b.key, c.key], ACTIVE, version=2, previous=first))
     assert gw.state(b.key) == "UNHEALTHY"
-    http = await session(stack)
+    http = await client(stack, timeout=TIMEOUT)
     assert set(await backends_seen(http, gw.url, 12)) == {"a", "c"}
     # The new version's checker probes: b comes back when it recovers.
     b.health_status = 200
@@ -228,7 +225,7 @@ async def test_a_sharded_data_plane_probes_only_its_targets_and_takes_verdicts_f
     applied = gw.health.verdicts([("u1", b.key, b.key, "UNHEALTHY", "active (dp2): 2 http_failures")])
     assert applied == 1 and gw.state(b.key) == "UNHEALTHY"
     assert gw.reason(b.key) == "active (dp2): 2 http_failures"
-    http = await session(stack)
+    http = await client(stack, timeout=TIMEOUT)
     assert await backends_seen(http, gw.url, 6) == {"a": 6}
     # A verdict for a target this DP probes itself is ignored.
     assert gw.health.verdicts([("u1", a.key, a.key, "UNHEALTHY", "active (dp2): x")]) == 0
@@ -280,7 +277,7 @@ async def test_the_status_api_shows_this_data_planes_view_in_kongs_shape(stack: 
     stack.push_async_callback(runner.cleanup)
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     status = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    http = await session(stack)
+    http = await client(stack, timeout=TIMEOUT)
     gw.health.override("u1", dead, "", False)
 
     async with http.get(f"{status}/upstreams/backends/health") as resp:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
 from contextlib import AsyncExitStack
 
@@ -32,21 +31,13 @@ from tests.support.backends import (
 from tests.support.polling import wait_for
 from tests.support.proxy import (
     assert_closed,
+    body_json,
     connect,
     make_config,
     proxy_to,
     read_response,
     start_proxy,
 )
-
-# ------------------------------------------------------------------------ helpers
-
-
-def body_json(body: bytes) -> dict[str, object]:
-    data = json.loads(body)
-    assert isinstance(data, dict)
-    return data
-
 
 # ------------------------------------------------------------------ bodies / framing
 

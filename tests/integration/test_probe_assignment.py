@@ -8,7 +8,7 @@ by hand (``tests/support/fake_data_planes.py``), so each test sees exactly which
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -77,20 +77,10 @@ DPFactory = Callable[..., Awaitable[ShardedDataPlane]]
 
 
 @pytest.fixture
-async def dps() -> AsyncIterator[DPFactory]:
-    opened: list[ShardedDataPlane] = []
-
-    async def open_dp(cp: ControlPlane, hostname: str, node_id: str | None = None) -> ShardedDataPlane:
-        dp = ShardedDataPlane(cp, hostname, node_id)
-        opened.append(dp)
-        await dp.connect()
-        return dp
-
-    try:
-        yield open_dp
-    finally:
-        for dp in opened:
-            await dp.close()
+def data_plane_kind() -> type[ShardedDataPlane]:
+    """``dps`` (tests/support/fake_data_planes.py) opens :class:`ShardedDataPlane`s here:
+    ``await dps(cp, hostname)`` or ``await dps(cp, hostname, node_id)``."""
+    return ShardedDataPlane
 
 
 @pytest.fixture

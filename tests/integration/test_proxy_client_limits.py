@@ -19,7 +19,14 @@ from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.runtime import ConfigHolder
 from tests.support.backends import start_backend
 from tests.support.polling import wait_for
-from tests.support.proxy import HealthGateway, connect, make_config, read_response, upstream_config
+from tests.support.proxy import (
+    HealthGateway,
+    connect,
+    make_config,
+    read_response,
+    read_to_eof,
+    upstream_config,
+)
 
 ALL = [{"id": "r1", "paths": ["/"], "strip_path": False, "service": {"id": "s1"}}]
 
@@ -64,10 +71,6 @@ async def proxy_with(stack: AsyncExitStack, port: int, timeouts: ClientTimeouts)
     await proxy.start()
     stack.push_async_callback(proxy.stop, 2.0)
     return proxy
-
-
-async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
-    return await asyncio.wait_for(reader.read(), 10)
 
 
 SHORT = ClientTimeouts(header=0.5, body=0.5, send=0.5)

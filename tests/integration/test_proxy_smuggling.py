@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -32,7 +31,14 @@ from data_plane.proxy import ProxyServer
 from data_plane.runtime import compile_config
 from tests.support.backends import SeenRequest
 from tests.support.polling import wait_for
-from tests.support.proxy import assert_closed, connect, proxy_to, read_response, start_proxy
+from tests.support.proxy import (
+    assert_closed,
+    body_json,
+    connect,
+    proxy_to,
+    read_response,
+    start_proxy,
+)
 
 #: Upper bound for every read a test waits on (a hang fails the test, it does not stall it).
 READ_TIMEOUT = 5.0
@@ -309,8 +315,10 @@ async def client_read_within(reader: asyncio.StreamReader, seconds: float) -> by
     return data
 
 
-async def read_to_eof(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    """Everything until EOF (``True``) or :data:`READ_TIMEOUT` (``False``)."""
+async def read_until_eof_or_timeout(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """Everything until EOF (``True``) or :data:`READ_TIMEOUT` (``False``): unlike
+    ``tests.support.proxy.read_to_eof``, no timeout fails here, so that the test's own
+    assertion says what went on (a reset counts as EOF)."""
     data = b""
     try:
         async with asyncio.timeout(READ_TIMEOUT):
@@ -344,10 +352,6 @@ async def assert_clean_request_arrives_alone(
         f"the target read more than the clean request (before it was sent: {before!r})"
     )
     assert before == b""
-
-
-def body_json(body: bytes) -> object:
-    return json.loads(body)
 
 
 # --------------------------------------------------------------- upgrades (item 1)
@@ -582,7 +586,7 @@ async def test_response_with_a_final_coding_other_than_chunked_is_relayed_until_
     proxy = await proxy_to(stack, backend.port)
     reader, writer = await connect(stack, proxy.port)
     writer.write(b"GET /g HTTP/1.1\r\nHost: t\r\n\r\n")
-    data, eof = await read_to_eof(reader)
+    data, eof = await read_until_eof_or_timeout(reader)
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     headers = {
@@ -751,7 +755,7 @@ async def test_malformed_request_is_refused_and_nothing_of_it_or_after_it_reache
     reader, writer = await connect(stack, proxy.port)
     writer.write(bad.request + SMUGGLED)
     answer = await next_response(reader)
-    rest, eof = await read_to_eof(reader)
+    rest, eof = await read_until_eof_or_timeout(reader)
     assert not isinstance(answer, str), f"no answer: {answer}; target read {backend.received!r}"
     status, headers, _ = answer
     assert status in bad.statuses, f"answered {status}; target read {backend.received!r}"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -12,6 +10,7 @@ import pytest
 from control_plane.admin_tokens import add_token
 from control_plane.embedded_redis import EmbeddedRedis
 from tests.support.control_planes import start_control_plane
+from tests.support.http import get_json
 from tests.support.polling import wait_for
 
 
@@ -19,11 +18,6 @@ from tests.support.polling import wait_for
 def http_timeout() -> float:
     """Each request of this module's ``http`` session is bounded to 10 s."""
     return 10.0
-
-
-async def _get(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:
-    async with http.get(url, **kw) as response:
-        return response.status, json.loads(await response.text())
 
 
 async def test_readiness_needs_no_token_and_is_in_the_openapi_document(
@@ -34,9 +28,9 @@ async def test_readiness_needs_no_token_and_is_in_the_openapi_document(
     cp = await start_control_plane(redis_url, tmp_path / "cp", admin_tokens=tokens)
     try:
         url = f"http://127.0.0.1:{cp.admin_port}"
-        assert await _get(http, f"{url}/status/ready") == (200, {"message": "ready"})
-        assert (await _get(http, f"{url}/status"))[0] == 401, "only readiness is open"
-        status, document = await _get(http, f"{url}/openapi.json", headers={"Ferry-Admin-Token": token})
+        assert await get_json(http, f"{url}/status/ready") == (200, {"message": "ready"})
+        assert (await get_json(http, f"{url}/status"))[0] == 401, "only readiness is open"
+        status, document = await get_json(http, f"{url}/openapi.json", headers={"Ferry-Admin-Token": token})
         assert status == 200
         operation = document["paths"]["/status/ready"]["get"]
         assert {"200", "503"} <= set(operation["responses"])
@@ -53,18 +47,18 @@ async def test_readiness_follows_an_external_redis_down_and_up(tmp_path: Path, h
     try:
         cp = await start_control_plane(redis.url, tmp_path / "cp")
         url = f"http://127.0.0.1:{cp.admin_port}"
-        assert await _get(http, f"{url}/status/ready") == (200, {"message": "ready"})
+        assert await get_json(http, f"{url}/status/ready") == (200, {"message": "ready"})
 
         redis.kill()
-        assert await _get(http, f"{url}/status/ready") == (503, {"message": "failed to connect to database"})
-        status, body = await _get(http, f"{url}/status")
+        assert await get_json(http, f"{url}/status/ready") == (503, {"message": "failed to connect to database"})
+        status, body = await get_json(http, f"{url}/status")
         assert status == 200 and body["database"] == {"reachable": False}
 
         redis = EmbeddedRedis(tmp_path / "redis", port=redis.port)
         redis.start()
 
         async def ready() -> bool:
-            return await _get(http, f"{url}/status/ready") == (200, {"message": "ready"})
+            return await get_json(http, f"{url}/status/ready") == (200, {"message": "ready"})
 
         await wait_for(ready, timeout=15, message="/status/ready to answer 200 again")
     finally:

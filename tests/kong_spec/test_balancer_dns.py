@@ -17,7 +17,6 @@ free ports nothing listens on; Kong's ``HEALTHCHECK_INTERVAL`` probes run every 
 
 from __future__ import annotations
 
-import copy
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,48 +28,12 @@ import pytest
 from aiohttp import web
 
 from ferry_shared.listen import free_port
-from tests.support.kong import DnsZone, KongCluster, unique
+from tests.support.kong import DnsZone, KongCluster, healthchecks_config, unique
 from tests.support.tls import self_signed
 
 SPEC = "spec/02-integration/05-proxy/10-balancer/01-healthchecks_spec.lua"
 SLOTS = 10
 HEALTHCHECK_INTERVAL = 0.1
-
-#: ``bu.healthchecks_config``'s defaults in Kong's balancer specs.
-HEALTHCHECKS_DEFAULTS: dict[str, Any] = {
-    "active": {
-        "timeout": 1,
-        "concurrency": 10,
-        "http_path": "/",
-        "healthy": {"interval": 0, "http_statuses": [200, 302], "successes": 2},
-        "unhealthy": {
-            "interval": 0,
-            "http_statuses": [429, 404, 500, 501, 502, 503, 504, 505],
-            "tcp_failures": 2,
-            "timeouts": 3,
-            "http_failures": 5,
-        },
-    },
-    "passive": {
-        "healthy": {
-            "http_statuses": [200, 201, 202, 203, 204, 205, 206, 207, 208, 226,
-                              300, 301, 302, 303, 304, 305, 306, 307, 308],
-            "successes": 5,
-        },
-        "unhealthy": {"http_statuses": [429, 500, 503], "tcp_failures": 2, "timeouts": 7, "http_failures": 5},
-    },
-}
-
-
-def healthchecks_config(overrides: dict[str, Any]) -> dict[str, Any]:
-    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        out = copy.deepcopy(base)
-        for key, value in extra.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    return merge(HEALTHCHECKS_DEFAULTS, overrides)
-
 
 PASSIVE_TCP_1 = {"passive": {"unhealthy": {"tcp_failures": 1}}}
 

@@ -5,13 +5,12 @@ SRV names, which ``test_balancer_dns.py`` translates.
 Kong runs the "Ring-balancer" cases for ipv4, ipv6 and ``localhost`` targets and, where
 marked, on two Kong nodes; the spec servers here listen on 127.0.0.1, so the ipv4 mode
 runs, on the module's one data plane (the control plane shows the cluster's view).
-``bu.SLOTS`` is 10; ``bu.healthchecks_config`` merges a case's settings into the
-defaults below (Kong's ``balancer_utils``).
+``bu.SLOTS`` is 10; ``bu.healthchecks_config`` (``tests/support/kong.py``) merges a
+case's settings into the defaults of Kong's ``balancer_utils``.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import aiohttp
@@ -24,6 +23,7 @@ from tests.support.kong import (
     add_target,
     add_upstream,
     client_requests,
+    healthchecks_config,
     poll_wait_health,
     upstream_health,
 )
@@ -32,29 +32,6 @@ from tests.support.polling import wait_for
 SPEC = "01-healthchecks_spec.lua"
 SLOTS = 10
 INTERVAL = 0.05  # bu.HEALTHCHECK_INTERVAL (Kong: 0.01 s)
-
-DEFAULTS: dict[str, Any] = {
-    "active": {
-        "timeout": 1, "concurrency": 10, "http_path": "/",
-        "healthy": {"interval": 0, "successes": 2},
-        "unhealthy": {"interval": 0, "tcp_failures": 2, "timeouts": 3, "http_failures": 5},
-    },
-    "passive": {
-        "healthy": {"successes": 5},
-        "unhealthy": {"tcp_failures": 2, "timeouts": 7, "http_failures": 5},
-    },
-}
-
-
-def healthchecks_config(overrides: dict[str, Any]) -> dict[str, Any]:
-    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        out = copy.deepcopy(base)
-        for key, value in extra.items():
-            out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-        return out
-
-    return merge(DEFAULTS, overrides)
-
 
 def active(successes: int = 1, http_failures: int = 1, **extra: Any) -> dict[str, Any]:
     return healthchecks_config({"active": {

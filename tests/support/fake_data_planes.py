@@ -1,15 +1,23 @@
 """Data planes played by hand on ``Cluster.Connect``: real gRPC clients that send what a
 test says (Hello, ACK, HealthReport, Ping), so a test controls exactly what every data
-plane reports and sees exactly what the control plane sends it."""
+plane reports and sees exactly what the control plane sends it.
+
+The ``dps`` fixture (registered by ``tests/integration/conftest.py``) opens them:
+``await dps(cp, hostname, *args)`` is a connected ``data_plane_kind(cp, hostname, *args)``,
+closed at teardown; ``data_plane_kind`` is :class:`FakeDataPlane` unless a module
+overrides that fixture with a subclass.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import pytest
 
 from control_plane.server import ControlPlane
 from proto import cluster_pb2, cluster_pb2_grpc
@@ -86,3 +94,28 @@ def health(
         time=time.time(),
         weight=target["weight"],
     )
+
+
+@pytest.fixture
+def data_plane_kind() -> type[FakeDataPlane]:
+    """The class ``dps`` opens; a module overrides this fixture to open a subclass."""
+    return FakeDataPlane
+
+
+@pytest.fixture
+async def dps(data_plane_kind: type[FakeDataPlane]) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await dps(cp, hostname, *args)``: a connected ``data_plane_kind(cp, hostname,
+    *args)``; every one opened is closed at teardown."""
+    opened: list[FakeDataPlane] = []
+
+    async def open_dp(cp: ControlPlane, hostname: str, *args: Any) -> FakeDataPlane:
+        dp = data_plane_kind(cp, hostname, *args)
+        opened.append(dp)
+        await dp.connect()
+        return dp
+
+    try:
+        yield open_dp
+    finally:
+        for dp in opened:
+            await dp.close()

@@ -1,4 +1,6 @@
-"""HTTP clients of the tests: the ``http`` session fixture and small request helpers.
+"""HTTP clients of the tests: the ``http`` session fixture and small request helpers
+(``fresh_get``, ``get_json``, ``http_ok``, ``wait_http_ok``; ``wait_http_ok_sync`` for
+synchronous fixtures).
 
 ``http`` is one :class:`aiohttp.ClientSession` per test, closed at teardown. Its total
 request timeout is the ``http_timeout`` fixture: ``None`` (aiohttp's default) here, and
@@ -8,7 +10,11 @@ Kong specs: 15 s).
 
 from __future__ import annotations
 
+import subprocess
+import time
+import urllib.request
 from collections.abc import AsyncIterator
+from http.client import HTTPException
 from typing import Any
 
 import aiohttp
@@ -49,6 +55,29 @@ async def fresh_get(url: str, *, timeout: float | None = None) -> tuple[int, str
         return response.status, body.get("backend") if isinstance(body, dict) else None
 
 
+async def get_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    timeout: float | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> tuple[int, Any]:
+    """One GET: (status, its JSON body or None when empty). ``timeout`` bounds it (None:
+    the session's bound); ``kwargs`` go to :meth:`aiohttp.ClientSession.get`. ``quiet``:
+    a connection error, a timeout or a body that is not JSON gives ``(0, None)`` instead
+    of failing (for polling a server that may not be up yet)."""
+    if timeout is not None:
+        kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+    try:
+        async with session.get(url, **kwargs) as response:
+            return response.status, await response.json(content_type=None)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        if not quiet:
+            raise
+        return 0, None
+
+
 async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
     """Whether ``url`` answers 200 within a second (any error: False)."""
     try:
@@ -68,3 +97,27 @@ async def wait_http_ok(
         return await http_ok(session, url)
 
     await wait_for(ready, timeout=timeout, message=f"{url} to answer 200")
+
+
+def wait_http_ok_sync(
+    url: str, process: FerryProcess | subprocess.Popen[bytes], timeout: float = 30.0
+) -> None:
+    """:func:`wait_http_ok` for synchronous (module) fixtures, over urllib: poll ``url``
+    until it answers 200; fail at once if ``process`` exits (with its log, if it has one)."""
+
+    def log() -> str:
+        return process.log() if isinstance(process, FerryProcess) else "(no log)"
+
+    deadline = time.monotonic() + timeout
+    while True:
+        code = process.poll() if isinstance(process, subprocess.Popen) else process.returncode
+        assert code is None, f"process for {url} exited {code}:\n{log()}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return
+        except (OSError, HTTPException):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer 200 in {timeout}s:\n{log()}")
+        time.sleep(0.05)

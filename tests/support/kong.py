@@ -9,10 +9,8 @@ live in ``tests/kong_spec/conftest.py``.
 
 from __future__ import annotations
 
-import json
+import copy
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +19,7 @@ import aiohttp
 
 from tests.support.admin import admin_call
 from tests.support.ferry_cluster import Cluster, DataPlaneProc
+from tests.support.http import wait_http_ok_sync
 from tests.support.polling import wait_for
 from tests.support.processes import FerryProcess
 from tests.support.tls import FIXTURES
@@ -29,24 +28,6 @@ from tests.support.tls import FIXTURES
 def unique(prefix: str = "k") -> str:
     """A name no other case in the module uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-        return json.loads(response.read() or b"null")
-
-
-def _wait_ok(url: str, process: FerryProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.returncode is None, f"exited {process.returncode}:\n{process.log()}"
-        try:
-            _get_json(url)
-            return
-        except (urllib.error.URLError, OSError, ValueError):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} did not answer 200 in {timeout}s:\n{process.log()}") from None
-            time.sleep(0.05)
 
 
 class KongCluster:
@@ -64,7 +45,7 @@ class KongCluster:
 
     def start(self, *cp_args: str) -> KongCluster:
         self.cp = self.cluster.start_control_plane(*cp_args)
-        _wait_ok(f"{self.admin}/status", self.cp)
+        wait_http_ok_sync(f"{self.admin}/status", self.cp)
         return self
 
     async def data_plane(self, *dp_args: str) -> DataPlaneProc:
@@ -72,7 +53,7 @@ class KongCluster:
         current configuration."""
         if self.dp is None:
             self.dp = self.cluster.start_data_plane("dp1", *dp_args)
-            _wait_ok(f"{self.dp.status}/status/ready", self.dp.process)  # holds a config
+            wait_http_ok_sync(f"{self.dp.status}/status/ready", self.dp.process)  # holds a config
         await self.synced()
         return self.dp
 
@@ -209,6 +190,45 @@ async def serving(kind: type[SpecServer]) -> AsyncIterator[Any]:
     finally:
         for server in started:
             await server.stop()
+
+
+#: ``bu.healthchecks_config``'s defaults (their status lists are the schema's defaults too).
+HEALTHCHECKS_DEFAULTS: dict[str, Any] = {
+    "active": {
+        "timeout": 1,
+        "concurrency": 10,
+        "http_path": "/",
+        "healthy": {"interval": 0, "http_statuses": [200, 302], "successes": 2},
+        "unhealthy": {
+            "interval": 0,
+            "http_statuses": [429, 404, 500, 501, 502, 503, 504, 505],
+            "tcp_failures": 2,
+            "timeouts": 3,
+            "http_failures": 5,
+        },
+    },
+    "passive": {
+        "healthy": {
+            "http_statuses": [200, 201, 202, 203, 204, 205, 206, 207, 208, 226,
+                              300, 301, 302, 303, 304, 305, 306, 307, 308],
+            "successes": 5,
+        },
+        "unhealthy": {"http_statuses": [429, 500, 503], "tcp_failures": 2, "timeouts": 7, "http_failures": 5},
+    },
+}
+
+
+def healthchecks_config(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Kong's ``bu.healthchecks_config``: ``overrides`` merged into
+    :data:`HEALTHCHECKS_DEFAULTS`, dict by dict (any other value replaces)."""
+
+    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(base)
+        for key, value in extra.items():
+            out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+        return out
+
+    return merge(HEALTHCHECKS_DEFAULTS, overrides)
 
 
 async def add_upstream(kong: KongCluster, http: aiohttp.ClientSession, **fields: Any) -> tuple[str, str]:

@@ -4,8 +4,9 @@
   :func:`upstream_config`: one health-checked upstream behind a catch-all route.
 * :func:`start_proxy` / :func:`proxy_to`: a started :class:`ProxyServer` on a free port.
 * :class:`HealthGateway`: the proxy plus a health supervisor, as a data plane runs them.
-* :func:`client`, :func:`connect`, :func:`read_response`, :func:`assert_closed`: an
-  aiohttp session, or a raw TCP connection and an exact HTTP/1.1 response parser.
+* :func:`client`, :func:`connect`, :func:`read_response`, :func:`read_to_eof`,
+  :func:`assert_closed`, :func:`body_json`: an aiohttp session, or a raw TCP connection,
+  an exact HTTP/1.1 response parser and what a test reads from it.
 
 Everything started registers its teardown on the test's :class:`AsyncExitStack`.
 """
@@ -13,6 +14,7 @@ Everything started registers its teardown on the test's :class:`AsyncExitStack`.
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -118,12 +120,24 @@ async def connect(stack: AsyncExitStack, port: int) -> tuple[asyncio.StreamReade
     return reader, writer
 
 
+async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    """Everything until EOF, which must come within 10 s (a reset fails too)."""
+    return await asyncio.wait_for(reader.read(), 10)
+
+
 async def assert_closed(reader: asyncio.StreamReader) -> bytes:
-    """Read to EOF (which must come, within 10 s) and return what was left."""
+    """:func:`read_to_eof`, a reset counting as EOF with nothing left: what was left."""
     try:
-        return await asyncio.wait_for(reader.read(), 10)
+        return await read_to_eof(reader)
     except ConnectionResetError:
         return b""
+
+
+def body_json(body: bytes) -> dict[str, Any]:
+    """A response body that must be a JSON object, decoded."""
+    data = json.loads(body)
+    assert isinstance(data, dict)
+    return data
 
 
 def upstream_config(
