@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 
 def parse_host_port(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -35,13 +37,47 @@ def format_host_port(host: str, port: int) -> str:
 
 _handed_out: set[int] = set()
 
+#: Where :func:`free_port` looks first: below the kernel's ephemeral range, so that no
+#: outgoing connection of any process on the machine can take the port as its local
+#: port between the pick and the bind (``bind(0)`` hands out ports from that range).
+_QUIET_PORTS_FROM = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the caller binds it soon after).
+    """A TCP port that was free a moment ago (the caller, often a child process, binds it
+    soon after).
 
-    Never the same port twice in one process: the kernel may offer a port again as
-    soon as the probe socket closes, before the first caller has bound it.
+    Chosen at random below the kernel's ephemeral port range when there is room there
+    (any outgoing connection takes its local port from that range, and one landing on
+    the port between this pick and the caller's bind would make the bind fail), else
+    the kernel's choice. Never the same port twice in one process: the kernel may
+    offer a port again as soon as the probe socket closes, before the first caller
+    has bound it.
     """
+    start = _ephemeral_start()
+    if start - _QUIET_PORTS_FROM >= 1000:
+        for _ in range(100):
+            port = random.randrange(_QUIET_PORTS_FROM, start)
+            if port not in _handed_out and _bindable(host, port):
+                _handed_out.add(port)
+                return port
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
