@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -30,6 +29,7 @@ import pytest
 from aiohttp import web
 
 from ferry.demo_backend import start_demo_backend
+from ferry_shared.listen import free_port
 from tests.support.tls import FIXTURES
 
 
@@ -179,10 +179,13 @@ class RawBackend:
 
 
 def refused_port() -> int:
-    """A port nothing listens on (bound then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on.
+
+    From :func:`free_port`: below the kernel's ephemeral range, so a server started
+    after this call on port 0 (a proxy, a backend) cannot be handed the same port, and
+    never handed out twice in this process.
+    """
+    return free_port()
 
 
 async def start_backend(stack: AsyncExitStack, name: str) -> Backend:

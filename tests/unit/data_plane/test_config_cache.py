@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from data_plane.config_cache import CACHE_FILE, KEEP_QUARANTINED, MAGIC, ConfigC
 from data_plane.node_identity import NodeIdentity
 from data_plane.runtime import ConfigHolder
 from data_plane.server import DataPlane, DataPlaneSettings
+from ferry_shared.listen import free_port
 from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
 from tests.support.polling import wait_for
@@ -196,12 +196,6 @@ async def test_a_cached_config_this_data_plane_cannot_compile_is_reported_too(
     assert len(_errors(caplog)) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_a_real_data_plane_shows_its_corrupt_cache_in_status(tmp_path: Path) -> None:
     """A DataPlane whose control plane is down starts without its damaged cache, says
     why in GET /status, and keeps waiting for the control plane."""
@@ -210,7 +204,7 @@ async def test_a_real_data_plane_shows_its_corrupt_cache_in_status(tmp_path: Pat
     (data_dir / CACHE_FILE).write_bytes(os.urandom(1000))
     dp = DataPlane(
         DataPlaneSettings(
-            control_plane=f"127.0.0.1:{_free_port()}",  # nothing listens: the CP is down
+            control_plane=f"127.0.0.1:{free_port()}",  # nothing listens: the CP is down
             proxy_listen="127.0.0.1:0",
             status_listen="127.0.0.1:0",
             data_dir=data_dir,
