@@ -192,12 +192,7 @@ def compile_resources(
             raise ConfigError(f"unknown entity kind {kind!r} (id {entity_id})")
         entity = known.get(body)
         if entity is None:
-            try:
-                entity = json.loads(body)
-            except ValueError as exc:
-                raise ConfigError(f"{kind} {entity_id}: body is not JSON: {exc}") from None
-            if not isinstance(entity, dict):
-                raise ConfigError(f"{kind} {entity_id}: body is not a JSON object")
+            entity = _decode(kind, entity_id, body)
         fresh[body] = entity
         entities[kind].append(entity)
     config = compile_config(version, digest, entities, previous=previous)
