@@ -7,7 +7,7 @@ is measured from the moment the 201 was received to the moment the *last* data
 plane applied the new version, as that data plane recorded it
 (``cluster.last_config_at`` on its status API, epoch seconds on the same clock):
 polling the status APIs only tells when to stop waiting, so its granularity does
-not count. Goal: p99 ≤ 50 ms to 10 data planes.
+not count. Goal: p99 ≤ 10 ms to 10 data planes (issue 14; issue 6 asked for 50 ms).
 
 **scale** — one control plane serving 1000 simulated data-plane streams
 (:mod:`bench.sim_data_planes`, a separate process so the control plane is measured
@@ -57,7 +57,7 @@ from bench.cluster_support import (
 )
 from bench.options import BenchOptions
 
-PROPAGATION_GOAL_MS = 50.0
+PROPAGATION_GOAL_MS = 10.0  # issue 14 (issue 6 asked for 50 ms)
 SCALE_GOAL_MS = 1000.0
 
 
