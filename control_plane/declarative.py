@@ -37,6 +37,10 @@ and the clock:
   missing ``created_at`` is the stored entity's, or now; a missing
   ``updated_at`` is the stored one's — and ``updated_at`` becomes now when the
   entity changes and the document left it out or still carries the stored value.
+
+Why past ~600 lines: resolving a whole document is one class (``_Resolver``) whose
+passes share the document's index, the stored index and the error list; reading the
+text is :mod:`control_plane.declarative_parsing`.
 """
 
 from __future__ import annotations

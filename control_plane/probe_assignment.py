@@ -53,6 +53,11 @@ probe verdicts, or HEALTHY when their probes have not found the target failing
 (a passive ejection on the prober is not handed over; see :func:`_best`).
 
 All classes are for one event loop; none is thread-safe.
+
+Why past ~600 lines: the pure assignment (rendezvous hashing, hand-over ranking) and
+the Redis-backed parts (live membership, per-stream probe state, the coordinator that
+re-assigns) are one protocol whose invariants this docstring states once; the pure
+half (~300 lines) could become its own module if it grows.
 """
 
 from __future__ import annotations
