@@ -135,6 +135,10 @@ class SyncRecorder(Protocol):
         """Store ``row``; False (logged, never raised) when storage failed."""
         ...
 
+    def save_soon(self, row: DataPlaneRow) -> None:
+        """Store ``row`` shortly, without waiting (a failure is not reported)."""
+        ...
+
 
 class HealthSession(Protocol):
     """Where one DP stream's health goes; implementations never raise on storage errors."""
@@ -358,7 +362,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                 cluster_pb2.ControlPlaneMessage(pong=cluster_pb2.Pong(config_version=current.version))
             )
             first_queued.set()
-        await self._registry.save_quietly(row)
+        self._registry.save_soon(row)
         while True:
             snapshot = await self._next_change(state)
             delta = None
@@ -376,7 +380,7 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
             if (row.config_version, row.config_hash) != (snapshot.version, snapshot.hash):
                 row.sync_status = "STALE"
                 row.sync_error = None
-            await self._registry.save_quietly(row)
+            self._registry.save_soon(row)
 
     async def _next_change(self, state: _StreamState) -> Snapshot:
         """The snapshot to send next: a version the DP does not hold, or a resync's."""
@@ -512,4 +516,4 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                 continue
             else:
                 continue
-            await self._registry.save_quietly(row)
+            self._registry.save_soon(row)

@@ -9,6 +9,7 @@ port is bound or any child process started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -147,6 +148,7 @@ class ControlPlane:
         self.redis_supervisor: RedisSupervisor | None = None
         self._redis: aioredis.Redis | None = None
         self._follower: ConfigFollower | None = None
+        self._registry: DataPlaneRegistry | None = None
         self._override_follower: OverrideFollower | None = None
         #: Hands manual overrides from Redis to this CP's DP streams.
         self.overrides = OverrideBroadcaster()
@@ -188,7 +190,7 @@ class ControlPlane:
             log.info("using %s", describe_redis_url(redis_url))
         self._redis = create_redis_client(redis_url)
         store = EntityStore(self._redis, prefix=settings.redis_prefix)
-        registry = DataPlaneRegistry(
+        registry = self._registry = DataPlaneRegistry(
             self._redis, settings.redis_prefix, purge_delay=settings.data_plane_purge_delay
         )
         self._follower = ConfigFollower(
@@ -311,6 +313,11 @@ class ControlPlane:
             # After the gRPC server: the closed streams' DPs leave the live set first.
             await self.probes.stop()
             self.probes = None
+        if self._registry is not None:
+            # The sync rows of the streams that just closed.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._registry.flush(), grace)
+            self._registry = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -32,13 +32,16 @@ disk cache at start) or a proxy worker (snapshots from its node) — hands it to
 
 Durability: the cache file is always whole (the old one or the new one). An
 install returns (and the cluster client ACKs) once the config *serves*; the cache
-follows within milliseconds, one save at a time, the newest config next (a config
-replaced before its turn is skipped). A process that dies in between restarts on
-the previous cached config and says so in its ``Hello``: the control plane sends it
-what it lacks, as after any restart. Waiting for the fsync before the ACK would
-tell the control plane nothing it relies on, and made every install as slow as
-the disk. :meth:`ConfigInstaller.flush` waits for the pending save (shutdown,
-tests).
+follows :data:`CACHE_SAVE_DELAY` later, one save at a time, the newest config then
+(a burst of changes is written once: the configs replaced before their turn are
+skipped). A process that dies in between restarts on the previous cached config
+and says so in its ``Hello``: the control plane sends it what it lacks, as after
+any restart. Waiting for the fsync before the ACK would tell the control plane
+nothing it relies on, and made every install as slow as the disk; saving each
+config at once cost every data plane about 0.7 ms of CPU per change (encoding,
+write, fsync), while ten data planes on two cores were still applying it.
+:meth:`ConfigInstaller.flush` writes the pending save at once and waits for it
+(shutdown, tests).
 
 Single event loop; one install at a time (the callers install in turn).
 """
@@ -46,6 +49,7 @@ Single event loop; one install at a time (the callers install in turn).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -74,6 +78,9 @@ __all__ = [
 ]
 
 #: The cluster link's logger: what an install logs reads as it did before the move.
+#: Seconds the disk-cache save waits after an install (see Durability above).
+CACHE_SAVE_DELAY = 1.0
+
 log = logging.getLogger("ferry.data_plane.cluster")
 
 
@@ -258,7 +265,11 @@ class ConfigInstaller:
         dns_timeout: float = 2.0,
         health: HealthSupervisor | None = None,
         on_installed: Callable[[HeldConfig], None] | None = None,
+        cache_save_delay: float = CACHE_SAVE_DELAY,
     ) -> None:
+        """``cache_save_delay``: seconds a disk-cache save waits after an install
+        before it writes (the newest config then), so a burst of changes is written
+        once (see the module's Durability note)."""
         self.holder = holder
         self.cache = cache
         self.resolver = resolver
@@ -272,6 +283,9 @@ class ConfigInstaller:
         #: The config the disk cache is to hold next, and the task writing it.
         self._unsaved: HeldConfig | None = None
         self._saving: asyncio.Task[None] | None = None
+        self._cache_save_delay = cache_save_delay
+        #: Set by :meth:`flush`: the pending save writes without waiting out the delay.
+        self._save_now = asyncio.Event()
 
     async def load_cache(self) -> bool:
         """Serve the disk cache's config; False when there is none usable (reported)."""
@@ -376,6 +390,9 @@ class ConfigInstaller:
 
     async def _save_pending(self, cache: ConfigCache) -> None:
         while self._unsaved is not None:
+            if self._cache_save_delay > 0 and not self._save_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._save_now.wait(), self._cache_save_delay)
             held, self._unsaved = self._unsaved, None
             try:
                 await asyncio.to_thread(_save, cache, held)
@@ -387,8 +404,12 @@ class ConfigInstaller:
         """Wait until the disk cache holds the last config installed from the wire
         (or its write failed, which is logged). Cancelling the caller leaves the
         write running."""
-        while self._saving is not None and not self._saving.done():
-            await asyncio.shield(self._saving)
+        self._save_now.set()
+        try:
+            while self._saving is not None and not self._saving.done():
+                await asyncio.shield(self._saving)
+        finally:
+            self._save_now.clear()
 
 
 def _save(cache: ConfigCache, held: HeldConfig) -> None:

@@ -17,6 +17,7 @@ ignores it, as Envoy's ring hash does: a key's target must not depend on time.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from abc import ABC, abstractmethod
@@ -70,6 +71,16 @@ def parse_target(target: str, weight: int = 100) -> Address:
         raise ValueError(f"invalid target {target!r}")
     if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 65535:
         raise ValueError(f"invalid weight {weight!r} for target {target!r} (0..65535)")
+    # ``weight`` is a plain int here (bools were refused), so ``(target, 1)`` and
+    # ``(target, True)`` cannot share a cache entry.
+    return _parse_target(target, weight)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_target(target: str, weight: int) -> Address:
+    """:func:`parse_target` once its arguments' types are checked. Cached: a config
+    change recompiles every target of the upstreams it touches, and an
+    :class:`Address` is immutable, so the same text and weight share one."""
     try:
         parsed = parse_host(target, expand_ipv6=False)
     except HostPortError as exc:
@@ -125,7 +136,9 @@ class BalancerOptions:
 DEFAULT_OPTIONS = BalancerOptions()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP literal (cached: every balancer build asks for each address)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -96,6 +96,11 @@ class HealthTransition:
     weight: int
 
 
+#: What a report row says apart from its address and time:
+#: ``(target_id, state, reason, weight)``.
+RowSummary = tuple[str, str, str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class AddressView:
     """What the status API shows for one address."""
@@ -366,21 +371,54 @@ class HealthChecker:
             )
         return out
 
-    def report_rows(self) -> list[HealthTransition]:
-        """This checker's full view as report rows (``time`` = when each state began)."""
+    def row_summaries(self) -> dict[tuple[str, str], RowSummary]:
+        """``(target, address)`` → what its report row says apart from its time:
+        the cheap half of :meth:`report_rows`, to find the rows that changed."""
+        ids, states = self.target_ids, self._states
+        out: dict[tuple[str, str], RowSummary] = {}
+        for address in self.balancer.addresses:
+            target = target_key_of(address)
+            state = states.get(address.key)
+            out[(target, endpoint_of(address))] = (
+                ids.get(target, ""),
+                self.state_of(address),
+                state.reason if state is not None else "",
+                address.weight,
+            )
+        return out
+
+    def report_rows(
+        self, unless: Mapping[tuple[str, str], RowSummary] | None = None
+    ) -> list[HealthTransition]:
+        """This checker's full view as report rows (``time`` = when each state began),
+        leaving out the rows whose summary ``unless`` holds as it is (what the
+        control plane already has from the checker this one replaced)."""
         now_wall, now = self._wall(), self._clock()
+        ids, states = self.target_ids, self._states
         rows = []
-        for v in self.view():
+        for address in self.balancer.addresses:
+            target = target_key_of(address)
+            endpoint = endpoint_of(address)
+            state = states.get(address.key)
+            summary = (
+                ids.get(target, ""),
+                self.state_of(address),
+                state.reason if state is not None else "",
+                address.weight,
+            )
+            if unless is not None and unless.get((target, endpoint)) == summary:
+                continue
+            since = state.since if state is not None else 0.0
             rows.append(
                 HealthTransition(
                     upstream_id=self.upstream_id,
-                    target_id=self.target_ids.get(v.target, ""),
-                    target=v.target,
-                    address=endpoint_of(v.address),
-                    state=v.state,
-                    reason=v.reason,
-                    time=now_wall - (now - v.since) if v.since else now_wall,
-                    weight=v.address.weight,
+                    target_id=summary[0],
+                    target=target,
+                    address=endpoint,
+                    state=summary[1],
+                    reason=summary[2],
+                    time=now_wall - (now - since) if since else now_wall,
+                    weight=summary[3],
                 )
             )
         return rows

@@ -62,20 +62,11 @@ def _address_value(key: str) -> tuple[object, str]:
         return host.lower(), port
 
 
-def _row_state(row: HealthTransition) -> tuple[str, str, str, int]:
-    """What a report row says, apart from its address and time."""
-    return (row.target_id, row.state, row.reason, row.weight)
-
-
 def _changed_rows(checker: HealthChecker, replaced: HealthChecker | None) -> list[HealthTransition]:
     """``checker``'s rows that say something ``replaced`` (the checker it took over
     from, whose rows the control plane holds) did not: new addresses and changed
     states. All its rows when it replaced none."""
-    rows = checker.report_rows()
-    if replaced is None:
-        return rows
-    before = {(r.target, r.address): _row_state(r) for r in replaced.report_rows()}
-    return [r for r in rows if before.get((r.target, r.address)) != _row_state(r)]
+    return checker.report_rows(unless=replaced.row_summaries() if replaced is not None else None)
 
 
 class HealthSupervisor:
