@@ -96,3 +96,25 @@ async def test_an_installed_config_serves_with_its_checkers_and_is_cached(tmp_pa
     worker = ConfigInstaller(ConfigHolder())
     await worker.install_snapshot(snapshot)
     assert worker.holder.current is not None and worker.holder.current.hash == snapshot.hash
+
+
+async def test_a_burst_of_installs_is_cached_once_with_the_newest_config(tmp_path: Path) -> None:
+    saves: list[int] = []
+
+    class CountingCache(ConfigCache):
+        def save_encoded(self, data: bytes) -> None:
+            saves.append(len(data))
+            super().save_encoded(data)
+
+    installer = ConfigInstaller(ConfigHolder(), CountingCache(tmp_path), cache_save_delay=30.0)
+    snapshots = [
+        _snapshot(version, [("upstreams", {"id": "u1", "name": f"up{version}"})])
+        for version in (1, 2, 3)
+    ]
+    for snapshot in snapshots:
+        await installer.install_snapshot(snapshot)
+    assert saves == []  # waiting out the delay (30 s): flush writes at once
+    await installer.flush()
+    assert len(saves) == 1
+    cached = ConfigCache(tmp_path).load()
+    assert cached is not None and cached.version == 3 and cached.hash == snapshots[-1].hash

@@ -119,3 +119,15 @@ def test_smoothness_bound(weights: list[int]) -> None:
         served[picks(b, 1)[0]] += 1
         for i, w in enumerate(weights):
             assert abs(served[f"10.0.0.{i + 1}"] - n * w / total) < len(weights)
+
+
+def test_parse_target_results_are_shared_but_a_bool_weight_is_still_refused() -> None:
+    first = parse_target("10.0.0.9:81", 1)
+    assert parse_target("10.0.0.9:81", 1) is first  # cached: configs recompile targets
+    assert parse_target("10.0.0.9:81", 2).weight == 2
+    with pytest.raises(ValueError, match="invalid weight"):
+        parse_target("10.0.0.9:81", True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="invalid target"):
+        parse_target("10.0.0.9:99999", 1)
+    with pytest.raises(ValueError, match="invalid target"):
+        parse_target("10.0.0.9:99999", 1)  # a failure is not cached as a result
