@@ -1,6 +1,11 @@
 """Proxy throughput and latency: Ferry's data plane next to nginx and HAProxy.
 
-Four targets, measured in one run with the same backends and the same load
+(Past ~600 lines on purpose: one scenario whose parts, the rig, the configs of the
+three proxies, the measurement with its disturbance checks, the calibration and
+the rendering, are read together; the pure functions are unit-tested in
+tests/unit/bench.)
+
+Five targets, measured in one run with the same backends and the same load
 generator, in interleaved rounds (the order rotates every round):
 
 - ``direct``: wrk straight to one backend (the floor: no proxy at all);
@@ -8,7 +13,11 @@ generator, in interleaved rounds (the order rotates every round):
 - ``haproxy``: HAProxy, 1 thread, http mode, ``http-reuse always``;
 - ``ferry``: one Ferry data-plane process, configured by a control plane through
   the Admin API (route → service → upstream of two targets, round-robin, passive
-  health checks on).
+  health checks on), running the default build: the mypyc-compiled hot path
+  (:mod:`data_plane.hot_path`);
+- ``ferry-python``: a second data plane of the same control plane, started with
+  ``FERRY_NO_EXTENSIONS=1``: the same modules as pure Python. Each data plane's
+  ``GET /status`` ``hot_path`` block says which path it runs, and is checked.
 
 Each proxy balances over the same two keep-alive backends: one nginx process
 (1 worker) listening on two ports and answering a fixed 16 KiB body. Every proxy
@@ -24,9 +33,10 @@ efficiency ratios are based on it.
 
 Latency at half load: Debian's wrk has no fixed-rate mode (``-R`` is wrk2), so the
 same 50 connections send with a random think time between a response and the next
-request (a wrk Lua ``delay()``, see :mod:`bench.wrk`), calibrated against Ferry until
-the rate is half of Ferry's peak. Every target gets that same think time. wrk's
-latency clock starts when a request is written, so think time is not counted.
+request (a wrk Lua ``delay()``, see :mod:`bench.wrk`), calibrated against Ferry (the
+default, compiled data plane) until the rate is half of its peak. Every target gets
+that same think time. wrk's latency clock starts when a request is written, so think
+time is not counted.
 This is a closed loop with think time, not a true open loop: a stalled proxy holds
 its connections back instead of letting a queue grow, so it understates
 latency under stalls (wrk2's "coordinated omission"). At half load, with the
@@ -44,8 +54,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +81,23 @@ from bench.procstat import (
 from bench.wrk import mean_think_time_ms, parse_wrk_output, think_time_script, wrk_command
 from ferry_shared.listen import free_port
 
-SCENARIOS = ("direct", "nginx", "haproxy", "ferry")
+SCENARIOS = ("direct", "nginx", "haproxy", "ferry", "ferry-python")
 LABELS = {
     "direct": "direct to backend",
     "nginx": "nginx (1 worker)",
     "haproxy": "HAProxy (1 thread)",
-    "ferry": "Ferry DP (1 process)",
+    "ferry": "Ferry DP, compiled",
+    "ferry-python": "Ferry DP, pure Python",
 }
 PROXIES = ("nginx", "haproxy")
+#: Ferry's data planes, all of one control plane: scenario → hostname, the environment
+#: it adds, and the ``/status`` ``hot_path.mode`` it should report. The variable is
+#: data_plane.hot_path.NO_EXTENSIONS_ENV, spelled out: importing data_plane here would
+#: choose a hot path for the harness's own process too.
+FERRY_DATA_PLANES: dict[str, tuple[str, dict[str, str], str]] = {
+    "ferry": ("bench-dp", {}, "compiled"),
+    "ferry-python": ("bench-dp-python", {"FERRY_NO_EXTENSIONS": "1"}, "python"),
+}
 BODY_BYTES = 16 * 1024
 URL_PATH = "/bench/item"
 READY_TIMEOUT = 60.0
@@ -360,13 +380,16 @@ def configure_ferry(admin: str, backends: Sequence[int]) -> None:
 
 def start_ferry(
     procs: ProcessSet, options: BenchOptions, base: Path, backends: Sequence[int], cores: Cores
-) -> tuple[ManagedProcess, str, dict[str, Any]]:
-    """A control plane (with its embedded Redis; on the load core) and one data plane
-    (on the proxy core), configured through the Admin API; returns the DP, its proxy URL
-    and what is switched on."""
-    admin_port, cluster_port, proxy_port, status_port = (free_port() for _ in range(4))
+) -> tuple[dict[str, Target], dict[str, Any], dict[str, dict[str, Any] | None]]:
+    """A control plane (with its embedded Redis; on the load core) and its data planes
+    (:data:`FERRY_DATA_PLANES`, each on the proxy core), configured through the Admin API.
+
+    Returns a target per data plane (once it is SYNCED and proxies the bench route),
+    what is switched on (read from the default ``ferry`` one), and each one's
+    ``/status`` ``hot_path`` block (None when its ``/status`` has none).
+    """
+    admin_port, cluster_port = free_port(), free_port()
     admin = f"http://127.0.0.1:{admin_port}"
-    status = f"http://127.0.0.1:{status_port}"
     ferry = str(options.ferry_bin)
     env = _child_env()
     control_plane = procs.start(
@@ -378,31 +401,43 @@ def start_ferry(
     )
     wait_until(lambda: _http_ok(f"{admin}/status"), "the control plane's Admin API", [control_plane])
     configure_ferry(admin, backends)
-    data_plane = procs.start(
-        "ferry-data-plane",
-        [ferry, "data-plane", "--control-plane", f"127.0.0.1:{cluster_port}",
-         "--proxy-listen", f"127.0.0.1:{proxy_port}", "--status-listen", f"127.0.0.1:{status_port}",
-         "--data-dir", str(base / "data-plane"), "--hostname", "bench-dp",
-         "--cluster-insecure", "--log-level", "warning"],
-        log_path=base / "data-plane.log", cpu=cores.proxy, env=env,
-    )
-    both = [control_plane, data_plane]
+    started: dict[str, tuple[ManagedProcess, str, str]] = {}  # name → process, proxy URL, status URL
+    for name, (hostname, extra_env, _) in FERRY_DATA_PLANES.items():
+        proxy_port, status_port = free_port(), free_port()
+        suffix = name.removeprefix("ferry")  # the default DP keeps its paths: data-plane, data-plane.log
+        process = procs.start(
+            f"ferry-data-plane{suffix}",
+            [ferry, "data-plane", "--control-plane", f"127.0.0.1:{cluster_port}",
+             "--proxy-listen", f"127.0.0.1:{proxy_port}", "--status-listen", f"127.0.0.1:{status_port}",
+             "--data-dir", str(base / f"data-plane{suffix}"), "--hostname", hostname,
+             "--cluster-insecure", "--log-level", "warning"],
+            log_path=base / f"data-plane{suffix}.log", cpu=cores.proxy, env={**env, **extra_env},
+        )
+        started[name] = (process, f"http://127.0.0.1:{proxy_port}{URL_PATH}", f"http://127.0.0.1:{status_port}")
+    everyone = [control_plane, *(process for process, _, _ in started.values())]
 
-    def synced() -> bool:
+    def synced(hostname: str, status: str) -> bool:
         try:
             dp_hash = _json(f"{status}/status")["configuration_hash"]
             rows = _json(f"{admin}/clustering/data-planes")["data"]
         except (OSError, RuntimeError, ValueError):
             return False
         return bool(dp_hash) and any(
-            row["hostname"] == "bench-dp" and row["sync_status"] == "SYNCED" and row["config_hash"] == dp_hash
+            row["hostname"] == hostname and row["sync_status"] == "SYNCED" and row["config_hash"] == dp_hash
             for row in rows
         )
 
-    wait_until(synced, "the data plane to apply the configuration (SYNCED)", both)
-    url = f"http://127.0.0.1:{proxy_port}{URL_PATH}"
-    wait_until(lambda: _http_ok(url), "the data plane to proxy the bench route", both)
+    targets: dict[str, Target] = {}
+    hot_paths: dict[str, dict[str, Any] | None] = {}
+    for name, (process, url, status) in started.items():
+        hostname = FERRY_DATA_PLANES[name][0]
+        wait_until(partial(synced, hostname, status),
+                   f"data plane {hostname} to apply the configuration (SYNCED)", everyone)
+        wait_until(partial(_http_ok, url), f"data plane {hostname} to proxy the bench route", everyone)
+        targets[name] = Target(name, url, process)
+        hot_paths[name] = _json(f"{status}/status").get("hot_path")
 
+    status = started["ferry"][2]
     health = _json(f"{status}/upstreams/bench/health?balancer_health=1")["data"]
     try:
         metrics_status = http_get(f"{status}/metrics")[0]
@@ -424,7 +459,37 @@ def start_ferry(
         "cluster_link": "plaintext (--cluster-insecure), loopback",
         "log_level": "warning",
     }
-    return data_plane, url, features
+    return targets, features, hot_paths
+
+
+def check_hot_paths(hot_paths: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """Compare each data plane's ``/status`` ``hot_path.mode`` with the one
+    :data:`FERRY_DATA_PLANES` expects; returns warnings.
+
+    The default DP on the pure-Python path (compiled build missing or stale) is only a
+    warning: its figures are still Ferry's, just not the compiled path's. The
+    ``FERRY_NO_EXTENSIONS=1`` DP not on the Python path raises RuntimeError: its row
+    would be mislabelled.
+    """
+    warnings = []
+    for name, (hostname, _, expected) in FERRY_DATA_PLANES.items():
+        block = hot_paths.get(name)
+        mode = block.get("mode") if block else None
+        if mode == expected:
+            continue
+        if block is None:
+            warnings.append(f"{LABELS[name]} ({hostname}): GET /status has no hot_path block (a build from "
+                            f"before the compiled hot path?); cannot check that it runs the {expected} path")
+        elif expected == "python":
+            raise RuntimeError(f"{LABELS[name]} ({hostname}) was started with FERRY_NO_EXTENSIONS=1 but "
+                               f"reports hot_path.mode {mode!r}")
+        else:
+            warnings.append(
+                f"{LABELS[name]} ({hostname}) runs the {mode} hot path, not the {expected} one "
+                f"({block.get('reason')}): the compiled build is missing or stale (make venv rebuilds it); "
+                "its figures and the compiled-vs-pure-Python ratios are NOT the compiled path's"
+            )
+    return warnings
 
 
 def check_target(target: Target) -> dict[str, Any]:
@@ -646,22 +711,42 @@ def added_p99(runs: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     return added
 
 
+def _versus(
+    peak: dict[str, dict[str, Any]], half_added: dict[str, float | None], ours: str, other: str
+) -> dict[str, float | None]:
+    """``ours`` against ``other``: CPU (and whole-core) efficiency = their µs/req ÷ ours,
+    throughput = our req/s ÷ theirs, and our added p99 at half load − theirs (ms)."""
+    mine, theirs = peak.get(ours, {}), peak.get(other, {})
+    my_added, their_added = half_added.get(ours), half_added.get(other)
+    return {
+        "cpu_efficiency": ratio(theirs.get("proxy_cpu_us_per_request"), mine.get("proxy_cpu_us_per_request")),
+        "core_efficiency": ratio(theirs.get("proxy_core_us_per_request"), mine.get("proxy_core_us_per_request")),
+        "throughput": ratio(mine.get("requests_per_s"), theirs.get("requests_per_s")),
+        "added_p99_ms_difference": (
+            my_added - their_added if my_added is not None and their_added is not None else None
+        ),
+    }
+
+
 def compute_ratios(peak: dict[str, dict[str, Any]], half_added: dict[str, float | None]) -> dict[str, Any]:
-    """Ferry against nginx and HAProxy: CPU efficiency (their µs/req ÷ Ferry's) and req/s."""
-    ferry = peak.get("ferry", {})
+    """Each Ferry path against nginx and HAProxy, and the two paths against each other.
+
+    Keys ``ferry_vs_<proxy>`` (the default, compiled DP) and ``ferry_python_vs_<proxy>``
+    hold :func:`_versus`'s figures; ``ferry_vs_ferry_python`` too, so its
+    ``cpu_efficiency`` (pure Python's µs/req ÷ compiled's) is the compiled path's
+    speed-up, plus ``compiled_over_python_cpu_per_request``, its inverse (the share of
+    pure Python's CPU per request the compiled path needs). None where a figure is missing.
+    """
     ratios: dict[str, Any] = {}
-    ferry_added = half_added.get("ferry")
-    for other in PROXIES:
-        theirs = peak.get(other, {})
-        other_added = half_added.get(other)
-        ratios[f"ferry_vs_{other}"] = {
-            "cpu_efficiency": ratio(theirs.get("proxy_cpu_us_per_request"), ferry.get("proxy_cpu_us_per_request")),
-            "core_efficiency": ratio(theirs.get("proxy_core_us_per_request"), ferry.get("proxy_core_us_per_request")),
-            "throughput": ratio(ferry.get("requests_per_s"), theirs.get("requests_per_s")),
-            "added_p99_ms_difference": (
-                ferry_added - other_added if ferry_added is not None and other_added is not None else None
-            ),
-        }
+    for ours in ("ferry", "ferry-python"):
+        for other in PROXIES:
+            ratios[f"{ours.replace('-', '_')}_vs_{other}"] = _versus(peak, half_added, ours, other)
+    paths = _versus(peak, half_added, "ferry", "ferry-python")
+    paths["compiled_over_python_cpu_per_request"] = ratio(
+        peak.get("ferry", {}).get("proxy_cpu_us_per_request"),
+        peak.get("ferry-python", {}).get("proxy_cpu_us_per_request"),
+    )
+    ratios["ferry_vs_ferry_python"] = paths
     return ratios
 
 
@@ -695,8 +780,33 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.0f}%"
 
 
+def describe_hot_paths(hot_paths: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """One line: each data plane's ``/status`` ``hot_path`` mode (compiler and module
+    count when compiled, the reason when not)."""
+    parts = []
+    for name, block in hot_paths.items():
+        if not block:
+            parts.append(f"{name} unknown (no hot_path in /status)")
+        elif block.get("mode") == "compiled":
+            parts.append(f"{name} compiled ({block.get('compiler')}, {len(block.get('modules') or [])} modules)")
+        else:
+            parts.append(f"{name} {block.get('mode')} ({block.get('reason')})")
+    return "; ".join(parts)
+
+
+def _off_path(hot_paths: Mapping[str, Mapping[str, Any] | None]) -> set[str]:
+    """The data planes that reported another hot path than their label names."""
+    return {name for name, (_, _, expected) in FERRY_DATA_PLANES.items()
+            if (hot_paths.get(name) or {}).get("mode") not in (None, expected)}
+
+
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
+    off_path = _off_path(result.get("hot_paths") or {})
+
+    def label(name: str, row: dict[str, Any]) -> str:
+        return f"{row['label']} (!)" if name in off_path else row["label"]
+
     lines = [
         "",
         f"Proxy throughput and latency: {s['rounds']} interleaved round(s) × {s['duration_s']:g} s, "
@@ -713,9 +823,9 @@ def render(result: dict[str, Any]) -> str:
         row = peak.get(name)
         if row is None:
             continue
-        eff = ratio(row["proxy_cpu_us_per_request"], ferry_us) if name in PROXIES else None
+        eff = ratio(row["proxy_cpu_us_per_request"], ferry_us) if name not in ("direct", "ferry") else None
         lines.append(
-            f"{row['label']:<22}{_num(row['requests_per_s'], ',.0f'):>10}{_num(row['p50_ms'], '.3f'):>9}"
+            f"{label(name, row):<22}{_num(row['requests_per_s'], ',.0f'):>10}{_num(row['p50_ms'], '.3f'):>9}"
             f"{_num(row['p99_ms'], '.3f'):>9}{_num(row['proxy_cpu_us_per_request'], '.1f'):>12}"
             f"{_num(row['proxy_core_us_per_request'] if name != 'direct' else None, '.1f'):>13}"
             f"{_pct(row['proxy_cpu_fraction']):>11}{_num(eff, '.2f'):>12}{row['errors']:>8}"
@@ -724,13 +834,16 @@ def render(result: dict[str, Any]) -> str:
         "  CPU µs/req: the proxy's processes' user+system CPU time per request (/proc/<pid>/stat).",
         "  core µs/req: everything its core did per request (adds softirq: loopback networking).",
         "  proxy CPU: share of its core the proxy used; below ~100% something else limited it (warnings say what).",
-        "  Ferry eff.: that proxy's CPU µs/req ÷ Ferry's (1.00 = as efficient as that proxy).",
+        "  Ferry eff.: that row's CPU µs/req ÷ compiled Ferry's (1.00 = as efficient as that proxy); on the",
+        "    pure-Python row: the compiled hot path's speed-up. Both Ferry rows: one DP process, one control plane.",
     ]
+    if off_path:
+        lines.append("  (!): that data plane runs another hot path than its label says (see the warnings).")
     half = result.get("half_load")
     if half:
         lines += [
             "",
-            f"At half of Ferry's peak: {half['target_rps']:,.0f} req/s offered "
+            f"At half of compiled Ferry's peak: {half['target_rps']:,.0f} req/s offered "
             f"(same {s['connections']} connections, random think time with mean {half['think_time_ms']:.2f} ms)",
             f"{'scenario':<22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'added p99':>11}{'CPU µs/req':>12}{'errors':>8}",
         ]
@@ -741,24 +854,34 @@ def render(result: dict[str, Any]) -> str:
                 continue
             added = half["added_p99_ms"].get(name)
             lines.append(
-                f"{row['label']:<22}{_num(row['requests_per_s'], ',.0f'):>10}{_num(row['p50_ms'], '.3f'):>9}"
+                f"{label(name, row):<22}{_num(row['requests_per_s'], ',.0f'):>10}{_num(row['p50_ms'], '.3f'):>9}"
                 f"{_num(row['p99_ms'], '.3f'):>9}{_num(added, '+.3f'):>11}"
                 f"{_num(row['proxy_cpu_us_per_request'], '.1f'):>12}{row['errors']:>8}"
             )
         lines.append("  added p99: median over rounds of (its p99 − direct's p99 in the same round), ms.")
-    lines += ["", "Ratios (Ferry against each, from the peak medians)"]
-    for other in PROXIES:
-        r = result["ratios"].get(f"ferry_vs_{other}", {})
-        lines.append(
-            f"  Ferry/{LABELS[other].split(' ')[0]:<8} CPU efficiency {_num(r.get('cpu_efficiency'), '.2f')} "
-            f"(core {_num(r.get('core_efficiency'), '.2f')}), throughput {_num(r.get('throughput'), '.2f')}×"
-        )
+    lines += ["", "Ratios (each Ferry path against each, from the peak medians)"]
+    for key, ours in (("ferry", "Ferry"), ("ferry_python", "Ferry-py")):
+        for other in PROXIES:
+            r = result["ratios"].get(f"{key}_vs_{other}", {})
+            lines.append(
+                f"  {ours + '/' + LABELS[other].split(' ')[0]:<17} CPU efficiency "
+                f"{_num(r.get('cpu_efficiency'), '.2f')} (core {_num(r.get('core_efficiency'), '.2f')}), "
+                f"throughput {_num(r.get('throughput'), '.2f')}×"
+            )
+    paths = result["ratios"].get("ferry_vs_ferry_python", {})
+    lines.append(
+        f"  compiled/pure Python: CPU µs/req ratio {_num(paths.get('compiled_over_python_cpu_per_request'), '.2f')}"
+        f" (speed-up {_num(paths.get('cpu_efficiency'), '.2f')}×, core {_num(paths.get('core_efficiency'), '.2f')}×),"
+        f" throughput {_num(paths.get('throughput'), '.2f')}×"
+    )
     lines += ["", "Goals (where we stand; not assertions)"]
     for goal in result["goals"]:
         mark = "PASS" if goal["met"] else "below goal"
         lines.append(f"  {goal['goal']} {goal['target']}: {_num(goal['value'], '.2f')}  {mark}")
     lines.append(f"  Ferry DP: routing, round-robin balancing; passive health checks "
                  f"{result['features']['passive_health_checks']}; metrics {result['features']['metrics']}")
+    if result.get("hot_paths"):
+        lines.append(f"  Hot paths (GET /status): {describe_hot_paths(result['hot_paths'])}")
     for warning in result["warnings"]:
         lines.append(f"  WARNING: {warning}")
     return "\n".join(lines)
@@ -849,14 +972,18 @@ def run(options: BenchOptions) -> dict[str, Any]:
                             nginx_proxy_conf(base / "nginx", nginx_port, backend_ports), cores.proxy)
         haproxy = start_haproxy(procs, base / "haproxy", haproxy_conf(haproxy_port, backend_ports), cores.proxy)
         _log("starting Ferry: control plane (+ embedded Redis) on core "
-             f"{cores.load}, one data plane on core {cores.proxy}")
-        ferry_dp, ferry_url, features = start_ferry(procs, options, base / "ferry", backend_ports, cores)
+             f"{cores.load}, data planes {', '.join(FERRY_DATA_PLANES)} on core {cores.proxy}")
+        ferry_targets, features, hot_paths = start_ferry(procs, options, base / "ferry", backend_ports, cores)
+        _log("hot paths (GET /status): " + describe_hot_paths(hot_paths))
+        for warning in check_hot_paths(hot_paths):
+            warnings.append(warning)
+            _log(f"WARNING: {warning}")
 
         targets = {
             "direct": Target("direct", direct_url, None),
             "nginx": Target("nginx", f"http://127.0.0.1:{nginx_port}{URL_PATH}", nginx),
             "haproxy": Target("haproxy", f"http://127.0.0.1:{haproxy_port}{URL_PATH}", haproxy),
-            "ferry": Target("ferry", ferry_url, ferry_dp),
+            **ferry_targets,
         }
         wait_until(lambda: _http_ok(targets["nginx"].url) and _http_ok(targets["haproxy"].url),
                    "nginx and HAProxy", [nginx, haproxy])
@@ -901,7 +1028,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                                            connections=connections)
                 run_.update(phase="peak", round=round_index + 1, position=position)
                 peak_runs.append(run_)
-                _log(f"  {name:<8} {run_['requests_per_s']:>10,.0f} req/s  p99 {run_['p99_ms']:.3f} ms  "
+                _log(f"  {name:<12} {run_['requests_per_s']:>10,.0f} req/s  p99 {run_['p99_ms']:.3f} ms  "
                      f"CPU {_num(run_['proxy_cpu_us_per_request'], '.1f')} µs/req  errors {run_['errors']}"
                      f"{_disturbed(run_)}")
                 time.sleep(SETTLE_S)
@@ -909,7 +1036,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
         ferry_peak = peak["ferry"]["requests_per_s"]
         if not ferry_peak:
-            raise RuntimeError(f"Ferry completed no requests at peak; see {ferry_dp.log_path}")
+            raise RuntimeError(f"Ferry completed no requests at peak; see {base / 'ferry' / 'data-plane.log'}")
         target_rps = ferry_peak / 2
         _log(f"half load: calibrating think time for {target_rps:,.0f} req/s through Ferry")
         script = base / "think-time.lua"
@@ -927,14 +1054,14 @@ def run(options: BenchOptions) -> dict[str, Any]:
                                            connections=connections, script=script)
                 run_.update(phase="half_load", round=round_index + 1, position=position)
                 half_runs.append(run_)
-                _log(f"  {name:<8} {run_['requests_per_s']:>10,.0f} req/s  p50 {run_['p50_ms']:.3f} ms  "
+                _log(f"  {name:<12} {run_['requests_per_s']:>10,.0f} req/s  p50 {run_['p50_ms']:.3f} ms  "
                      f"p99 {run_['p99_ms']:.3f} ms  errors {run_['errors']}{_disturbed(run_)}")
                 time.sleep(SETTLE_S)
         half_summary = summarize(half_runs)
         half_added = added_p99(half_runs)
-        for name, process in (("nginx", nginx), ("haproxy", haproxy), ("ferry", ferry_dp)):
-            if not process.alive():
-                warnings.append(f"{name} exited during the runs; see {process.log_path}")
+        for name, target in targets.items():
+            if target.process is not None and not target.process.alive():
+                warnings.append(f"{name} exited during the runs; see {target.process.log_path}")
 
     for name, row in peak.items():
         if row["errors"]:
@@ -954,6 +1081,15 @@ def run(options: BenchOptions) -> dict[str, Any]:
     if ferry_half and abs(ferry_half / target_rps - 1) > 0.1:
         warnings.append(f"at half load Ferry served {ferry_half:,.0f} req/s, not the {target_rps:,.0f} "
                         "aimed at: the think-time calibration missed (a disturbed machine?)")
+    # The think time is calibrated on compiled Ferry, so the slower path may fall short.
+    python_half = half_summary.get("ferry-python", {}).get("requests_per_s")
+    python_peak = peak.get("ferry-python", {}).get("requests_per_s")
+    if python_half and python_half < 0.9 * target_rps:
+        why = ("that is near or past its peak, so its half-load latency is a saturated core's"
+               if python_peak and python_peak < 1.2 * target_rps
+               else "its longer latency lengthens each connection's cycle (a closed loop), or the run was disturbed")
+        warnings.append(f"at half load the pure-Python DP served {python_half:,.0f} of the {target_rps:,.0f} "
+                        f"req/s offered (its peak: {_num(python_peak, ',.0f')}): {why}")
     for name, row in half_summary.items():
         if row["errors"]:
             warnings.append(f"{LABELS[name]}: {row['errors']} errors at half load")
@@ -996,7 +1132,9 @@ def run(options: BenchOptions) -> dict[str, Any]:
                            "observe layer7 error-limit 5 (passive; needs a TCP check every 10 s)",
                 "ferry": "one data-plane process (uvloop, asyncio protocols, httptools) configured by a "
                          "control plane over the cluster link; route, round-robin upstream of two targets, "
-                         "passive health checks",
+                         "passive health checks; the default build's hot path (mypyc-compiled)",
+                "ferry-python": "the same, a second data plane of the same control plane started with "
+                                "FERRY_NO_EXTENSIONS=1: the hot path's modules run as pure Python",
             },
             "pinning": "taskset: every process and thread of each proxy on the proxy core; wrk, the backends, "
                        "Ferry's control plane and Redis on the load core",
@@ -1007,10 +1145,12 @@ def run(options: BenchOptions) -> dict[str, Any]:
                            "measured again after a pause (up to the retries), keeping the least "
                            "disturbed attempt",
             "half_load": "wrk with the same connections and a Lua delay(): exponential think time, "
-                         "calibrated against Ferry to half of its peak req/s, then the same for every "
+                         "calibrated against Ferry (compiled) to half of its peak req/s, then the same "
+                         "for every "
                          "target; a closed loop with think time (Debian's wrk has no -R)",
         },
         "features": features,
+        "hot_paths": hot_paths,
         "checks": checks,
         "pinning": pinning,
         "background": background,

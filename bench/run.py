@@ -3,6 +3,8 @@
 Scenarios (``--only``, comma-separated; all by default):
 
 - ``proxy``: proxy throughput and latency next to nginx and HAProxy (bench/proxy_bench.py);
+- ``python-path``: the proxy's own CPU per request without sockets, compiled and
+  pure Python (bench/python_path.py);
 - ``workers``: ``ferry data-plane --workers 1`` against ``--workers 2``, unpinned (bench/workers_bench.py);
 - ``propagation``, ``scale``: config propagation and control-plane scale (bench/cluster_bench.py);
 - ``failover``: failover scenarios (bench/failover_bench.py).
@@ -37,10 +39,11 @@ from bench.options import BenchOptions
 from bench.procs import sigterm_as_interrupt
 from bench.results import RESULTS_DIR, write_results
 
-SCENARIOS = ("proxy", "workers", "propagation", "scale", "failover")
+SCENARIOS = ("proxy", "python-path", "workers", "propagation", "scale", "failover")
 #: module → the scenarios its ``run(options)`` produces.
 MODULES: dict[str, tuple[str, ...]] = {
     "bench.proxy_bench": ("proxy",),
+    "bench.python_path": ("python-path",),
     "bench.workers_bench": ("workers",),
     "bench.cluster_bench": ("propagation", "scale"),
     "bench.failover_bench": ("failover",),

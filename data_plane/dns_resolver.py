@@ -65,7 +65,6 @@ import itertools
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +76,7 @@ import dns.rdatatype
 import dns.resolver
 
 from data_plane.balancers import Address, Balancer
+from data_plane.balancers.base import ResolvedAddress
 from data_plane.runtime import CompiledUpstream, RuntimeConfig
 
 __all__ = [
@@ -146,42 +146,6 @@ def parse_nameservers(text: str) -> list[tuple[str, int]]:
     return servers
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedAddress(Address):
-    """One address a DNS-named target resolved to.
-
-    ``host`` is the IP connected to. ``hostname`` is the name sent as Host header (and
-    SNI): the target's name, as in Kong, or with ``use_srv_name`` the SRV record's
-    target. ``target`` is the configured target (``host:port``) the address belongs to
-    and ``endpoint`` the address as the health view shows it: ``ip:port``, or for an SRV
-    record pointing to a name ``name:port`` (Kong lists that name as the address).
-
-    Identity (``key``, used by balancers, connection pools and health state) is per
-    target **and** address: two targets resolving to the same IP are two addresses, each
-    with its own weight and health (Kong's balancer keeps them apart too). The key is
-    ``ip:port/target`` (``ip:port/target/endpoint`` for an SRV record naming a host).
-    ``host_bytes``/``key_bytes`` (used only to build the Host header) carry ``hostname``
-    and ``hostname:port``.
-    """
-
-    hostname: str = ""
-    target: str = ""
-    endpoint: str = ""
-
-    def __post_init__(self) -> None:
-        Address.__post_init__(self)
-        ip_key = self.key
-        if not self.endpoint:
-            object.__setattr__(self, "endpoint", ip_key)
-        if not self.target:
-            object.__setattr__(self, "target", Address(self.hostname or self.host, self.port).key)
-        key = f"{ip_key}/{self.target}"
-        if self.endpoint != ip_key:
-            key += f"/{self.endpoint}"
-        object.__setattr__(self, "key", key)
-        name = self.hostname.encode("ascii") if self.hostname.isascii() else self.hostname.encode("idna")
-        object.__setattr__(self, "host_bytes", name)
-        object.__setattr__(self, "key_bytes", name + b":%d" % self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,10 +237,11 @@ class TargetResolver:
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._config: RuntimeConfig | None = None
-        #: configured (unexpanded) targets of the balancers this resolver expanded
-        self._configured: weakref.WeakKeyDictionary[Balancer, tuple[Address, ...]] = (
-            weakref.WeakKeyDictionary()
-        )
+        #: id(balancer) -> (that balancer, its configured (unexpanded) targets), for the
+        #: balancers of the current config this resolver expanded. Not a
+        #: WeakKeyDictionary: the compiled balancers (mypyc native classes) take no
+        #: weak references; :meth:`apply` drops the entries of replaced balancers.
+        self._configured: dict[int, tuple[Balancer, tuple[Address, ...]]] = {}
         self._wakeup = asyncio.Event()
         self._stopped = False
         #: Called (no arguments, never awaited) after an expansion changed the
@@ -335,7 +300,10 @@ class TargetResolver:
         self._config = config
         self._named = named
         for upstream in changed:
-            self._configured[upstream.balancer] = self._targets_of(upstream)
+            self._configured[id(upstream.balancer)] = (upstream.balancer, self._targets_of(upstream))
+        if changed or len(self._configured) > len(config.upstreams):
+            live = {id(u.balancer) for u in config.upstreams.values()}
+            self._configured = {k: v for k, v in self._configured.items() if k in live}
         self._expand(config, changed)
         self._wakeup.set()
 
@@ -406,9 +374,9 @@ class TargetResolver:
         configured: tuple[Address, ...] | None = getattr(upstream, "targets", None)
         if configured is not None:
             return configured
-        known = self._configured.get(upstream.balancer)
+        known = self._configured.get(id(upstream.balancer))
         # A balancer this resolver has not expanded yet still lists configured targets.
-        return known if known is not None else upstream.balancer.addresses
+        return known[1] if known is not None else upstream.balancer.addresses
 
     def _expand(self, config: RuntimeConfig, only: Iterable[CompiledUpstream] | None = None) -> None:
         """Expand the balancers of ``config``'s upstreams (of ``only`` those, when given)."""

@@ -36,9 +36,14 @@ class RetryBudget:
     __slots__ = ("active_requests", "active_retries", "min_retry_concurrency", "percent", "_ratio")
 
     def __init__(
-        self, percent: float, min_retry_concurrency: int = DEFAULT_MIN_RETRY_CONCURRENCY
+        self, percent: object, min_retry_concurrency: int = DEFAULT_MIN_RETRY_CONCURRENCY
     ) -> None:
-        if isinstance(percent, bool) or not 0 <= percent <= 100:
+        # ``object``: checked here, so that compiled code does not coerce a bool first.
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, (int, float))
+            or not 0 <= percent <= 100
+        ):
             raise ValueError(f"retry budget percent must be between 0 and 100, got {percent!r}")
         if min_retry_concurrency < 0:
             raise ValueError("min_retry_concurrency must be >= 0")

@@ -29,6 +29,7 @@ from data_plane import upstream_try
 from data_plane.balancers import (
     Address,
     Balancer,
+    BalancerHandle,
     BalancerOptions,
     create_balancer,
     parse_target,
@@ -104,10 +105,13 @@ class CompiledUpstream:
     #: request as a plain slot. ``None`` until then.
     health: HealthChecker | None = field(init=False, default=None, compare=False)
 
-    #: The proxy's door into the upstream (:mod:`data_plane.upstream_try`): a try's
-    #: pick, trial, passive outcome and retry slot; plain functions bound as methods.
-    begin_try = upstream_try.begin_try
-    allow_retry = upstream_try.allow_retry
+    def begin_try(self, handle: BalancerHandle) -> upstream_try.Try | None:
+        """The proxy's door into the upstream (:func:`data_plane.upstream_try.begin_try`)."""
+        return upstream_try.begin_try(self, handle)
+
+    def allow_retry(self, handle: BalancerHandle) -> bool:
+        """See :func:`data_plane.upstream_try.allow_retry`."""
+        return upstream_try.allow_retry(self, handle)
 
     def attach_health(self, checker: HealthChecker) -> None:
         """Set :attr:`health` (the installer, once, before this config serves)."""

@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import ferry_shared
+from data_plane import hot_path
 from data_plane.access_log import AccessLog
 from data_plane.cluster_client import ClusterClient
 from data_plane.config_cache import ConfigCache
@@ -152,6 +153,11 @@ class DataPlane:
             self.hub.publish(held.snapshot())
 
     async def _start(self) -> None:
+        path = hot_path.current()
+        if path.mode == "python" and not hot_path.extensions_disabled():
+            log.warning("running the %s", path.describe())
+        else:
+            log.info("running the %s", path.describe())
         if self.settings.workers > 1:
             # Before the cache is loaded, so the workers get the cached config too.
             # Worker counts continue across a worker's restart, not across the node's.

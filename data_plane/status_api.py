@@ -32,6 +32,7 @@ from urllib.parse import quote
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from data_plane import hot_path
 from data_plane.balancers import parse_target
 from data_plane.cluster_client import ClusterLinkState
 from data_plane.config_cache import ConfigCache
@@ -285,6 +286,7 @@ def create_status_app(
                 "last_nack": link.last_nack,
             },
         }
+        body["hot_path"] = hot_path.current().as_json()
         if cache is not None:
             body["config_cache"] = cache.status()
         if workers is not None:

@@ -46,8 +46,6 @@ class Try:
 
     __slots__ = ("address", "t_start", "_balancer", "_health", "_retry_budget")
 
-    # No __init__: :func:`begin_try` fills the slots of a bare instance, which costs a
-    # third of a Python-level __init__ call (once per try, on the proxy's hot path).
     address: Address
     t_start: int
     #: Owed one ``on_request_end`` (only when the algorithm tracks requests).
@@ -56,6 +54,14 @@ class Try:
     _health: HealthChecker | None
     #: Owed one ``retry_ended`` (only when this try is a retry counted in a budget).
     _retry_budget: RetryBudget | None
+
+    def __init__(self, address: Address, t_start: int, balancer: Balancer | None,
+                 health: HealthChecker | None, retry_budget: RetryBudget | None) -> None:
+        self.address = address
+        self.t_start = t_start
+        self._balancer = balancer
+        self._health = health
+        self._retry_budget = retry_budget
 
     def end(
         self,
@@ -93,9 +99,6 @@ class Try:
                 health.report_passive(self.address, failed, timed_out, status)
 
 
-_new_try: Final = object.__new__
-
-
 def begin_try(upstream: CompiledUpstream, handle: BalancerHandle) -> Try | None:
     """Pick the address of the next try of ``handle``'s request, or ``None`` (no peer:
     the upstream is below its health threshold, or no address is usable).
@@ -130,13 +133,7 @@ def begin_try(upstream: CompiledUpstream, handle: BalancerHandle) -> Try | None:
     if budget is not None and handle.budget is None:
         budget.request_started()
         handle.budget = budget
-    opened = _new_try(Try)
-    opened.address = address
-    opened.t_start = _now_ns()
-    opened._balancer = tracking
-    opened._health = health
-    opened._retry_budget = retry_budget
-    return opened
+    return Try(address, _now_ns(), tracking, health, retry_budget)
 
 
 def allow_retry(upstream: CompiledUpstream, handle: BalancerHandle) -> bool:

@@ -58,7 +58,46 @@ class Address:
         object.__setattr__(self, "key_bytes", host_bytes + b":%d" % self.port)
 
 
-def parse_target(target: str, weight: int = 100) -> Address:
+@dataclass(frozen=True, slots=True)
+class ResolvedAddress(Address):
+    """One address a DNS-named target resolved to (made by ``data_plane.dns_resolver``;
+    here because the hot path compiles it with :class:`Address`).
+
+    ``host`` is the IP connected to. ``hostname`` is the name sent as Host header (and
+    SNI): the target's name, as in Kong, or with ``use_srv_name`` the SRV record's
+    target. ``target`` is the configured target (``host:port``) the address belongs to
+    and ``endpoint`` the address as the health view shows it: ``ip:port``, or for an SRV
+    record pointing to a name ``name:port`` (Kong lists that name as the address).
+
+    Identity (``key``, used by balancers, connection pools and health state) is per
+    target **and** address: two targets resolving to the same IP are two addresses, each
+    with its own weight and health (Kong's balancer keeps them apart too). The key is
+    ``ip:port/target`` (``ip:port/target/endpoint`` for an SRV record naming a host).
+    ``host_bytes``/``key_bytes`` (used only to build the Host header) carry ``hostname``
+    and ``hostname:port``.
+    """
+
+    hostname: str = ""
+    target: str = ""
+    endpoint: str = ""
+
+    def __post_init__(self) -> None:
+        Address.__post_init__(self)
+        ip_key = self.key
+        if not self.endpoint:
+            object.__setattr__(self, "endpoint", ip_key)
+        if not self.target:
+            object.__setattr__(self, "target", Address(self.hostname or self.host, self.port).key)
+        key = f"{ip_key}/{self.target}"
+        if self.endpoint != ip_key:
+            key += f"/{self.endpoint}"
+        object.__setattr__(self, "key", key)
+        name = self.hostname.encode("ascii") if self.hostname.isascii() else self.hostname.encode("idna")
+        object.__setattr__(self, "host_bytes", name)
+        object.__setattr__(self, "key_bytes", name + b":%d" % self.port)
+
+
+def parse_target(target: str, weight: object = 100) -> Address:
     """Parse Kong's ``host[:port]`` target string (IPv6 as ``[::1]:8000`` or bare).
 
     The grammar is the control plane's (:func:`ferry_shared.target_address.parse_host`);
@@ -69,6 +108,7 @@ def parse_target(target: str, weight: int = 100) -> Address:
     """
     if not isinstance(target, str) or not target:
         raise ValueError(f"invalid target {target!r}")
+    # ``weight: object``: checked here, so that compiled code does not coerce a bool first.
     if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 65535:
         raise ValueError(f"invalid weight {weight!r} for target {target!r} (0..65535)")
     # ``weight`` is a plain int here (bools were refused), so ``(target, 1)`` and

@@ -59,7 +59,7 @@ from data_plane.proxy.headers import _CONTINUE, _CRLF, _IDEMPOTENT
 from data_plane.proxy.upstream import _UpstreamConnection
 from data_plane.request_metrics import RouteSeries
 from data_plane.runtime import ConfigHolder
-from data_plane.upstream_try import end_request
+from data_plane.upstream_try import allow_retry, begin_try, end_request
 
 if TYPE_CHECKING:
     from data_plane.proxy.seam import UpstreamSide
@@ -72,9 +72,11 @@ _PAUSE_PIPELINE: Final = 4  # a pipelined request waits behind the active one
 _PAUSE_UPGRADE: Final = 8  # an Upgrade request waits for the target's answer
 
 
-class _Dispatch(asyncio.Protocol):
+class _Dispatch:
     """Exchange flow and seam methods of :class:`_ClientConnection` (see the module
-    docstring); never instantiated on its own."""
+    docstring); never instantiated on its own. Not an ``asyncio.Protocol`` subclass:
+    the compiled hot path (mypyc) makes a class native only when its bases are; the
+    event loop needs only the protocol methods, which ``_ClientConnection`` has."""
 
     # The connection state used here (set and documented in _ClientConnection.__init__).
     _server: ProxyServer
@@ -105,12 +107,16 @@ class _Dispatch(asyncio.Protocol):
     _eof_sent: bool
     _head_since: float
 
-    if TYPE_CHECKING:
-        # Defined in _ClientConnection.
+    # Defined in _ClientConnection (real methods rather than TYPE_CHECKING stubs:
+    # mypyc compiles no conditional class bodies).
+    def _close(self) -> None:
+        raise NotImplementedError
 
-        def _close(self) -> None: ...
+    def _abort(self) -> None:
+        raise NotImplementedError
 
-        def _abort(self) -> None: ...
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
 
     # --------------------------------------------------------------- exchange flow
 
@@ -241,7 +247,7 @@ class _Dispatch(asyncio.Protocol):
             if handle is None:
                 handle = ex.handle = BalancerHandle()
             handle.retries = ex.retries
-            current = upstream.begin_try(handle)
+            current = begin_try(upstream, handle)
             if current is None:
                 self._respond_error(ex, E_NO_PEER)
                 return
@@ -278,7 +284,7 @@ class _Dispatch(asyncio.Protocol):
         conn: _UpstreamConnection | None = None
         try:
             async with asyncio.timeout(service.connect_timeout):
-                _, conn = await self._loop.create_connection(
+                _, conn = await self._loop.create_connection(  # type: ignore[type-var]  # a protocol by its methods (see _UpstreamConnection)
                     lambda: _UpstreamConnection(server, key),
                     address.host,
                     address.port,
@@ -325,7 +331,7 @@ class _Dispatch(asyncio.Protocol):
         if ex.retries >= service.retries or self._closed:
             return False
         upstream = service.upstream
-        if upstream is not None and ex.handle is not None and not upstream.allow_retry(ex.handle):
+        if upstream is not None and ex.handle is not None and not allow_retry(upstream, ex.handle):
             return False
         ex.retries += 1
         return True

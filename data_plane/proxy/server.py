@@ -142,7 +142,7 @@ class ProxyServer:
         self._clients_empty.set()
 
         def factory() -> asyncio.Protocol:
-            return _ClientConnection(self)
+            return _ClientConnection(self)  # type: ignore[return-value]  # a protocol by its methods
 
         self._server = await self._loop.create_server(
             factory,

@@ -89,13 +89,21 @@ class _BodyRelay:
             self.keep_alive = self.parser.should_keep_alive()
 
 
-class _UpstreamConnection(asyncio.Protocol):
+def _same(a: object, b: object) -> bool:
+    return a is b
+
+
+class _UpstreamConnection:
     """Client side of one upstream TCP connection; pooled between requests.
 
     Bound to one :class:`_Exchange` while relaying its request and response; idle in
     the :class:`UpstreamPool` otherwise. Enforces the service's ``read_timeout``
     (no byte from the upstream for that long while a response is awaited) and
     ``write_timeout`` (the upstream not draining the request body for that long).
+
+    An asyncio protocol by its methods, not by inheriting ``asyncio.Protocol``: the
+    compiled hot path (mypyc) makes a class native (attributes in a C struct, C
+    calls between methods) only when its bases are native too.
     """
 
     def __init__(self, server: ProxyServer, pool_key: str) -> None:
@@ -170,9 +178,19 @@ class _UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------- asyncio callbacks
 
+    def _ex_now(self) -> _Exchange | None:
+        """``self._ex`` as it is now (a callback of the parser may have changed it)."""
+        return self._ex
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop transports are not asyncio.Transport subclasses; duck typing suffices.
         self.transport = cast(asyncio.Transport, transport)
+
+    def eof_received(self) -> bool | None:
+        """The upstream closed its side: let the transport close (asyncio.Protocol's
+        default, written out: this class does not inherit it, see the class docstring);
+        ``connection_lost`` follows."""
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -222,11 +240,11 @@ class _UpstreamConnection(asyncio.Protocol):
                         self._remaining = 0
                 self._parser.feed_data(data)
             else:
-                ex = self._ex
+                before: _Exchange | None = self._ex
                 held = self._held
                 self._buf = held + data if held else data
                 self._parser.feed_data(data)
-                if self._ex is ex and not self._head_done and self._relay is None:
+                if _same(self._ex_now(), before) and not self._head_done and self._relay is None:
                     # The head goes on in the next read: keep its bytes so far.
                     held = self._buf[self._scan :]
                     self._scan = 0

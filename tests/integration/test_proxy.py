@@ -31,6 +31,7 @@ from data_plane.proxy import ProxyServer
 from data_plane.router import Router, RouteSpec
 from data_plane.runtime import ConfigHolder, RuntimeConfig
 from tests.support.backends import RawBackend, refused_port, start_backend
+from tests.support.hot_path import needs_interpreted_subclass
 from tests.support.polling import wait_for
 from tests.support.proxy import client, make_config, read_response, start_proxy
 
@@ -378,6 +379,7 @@ def config_with_balancer(balancer: RecordingBalancer, **service: Any) -> Runtime
     )
 
 
+@needs_interpreted_subclass
 async def test_balancer_callbacks_pair_up_for_successes_failures_and_retries(
     stack: AsyncExitStack,
 ) -> None:
@@ -414,6 +416,7 @@ def reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+@needs_interpreted_subclass
 async def test_balancer_callbacks_end_when_the_client_goes_away(stack: AsyncExitStack) -> None:
     a = await start_backend(stack, "a")
     balancer = RecordingBalancer([Address("127.0.0.1", a.port)])

@@ -24,6 +24,7 @@ from data_plane.balancers.round_robin import RoundRobinBalancer
 from data_plane.router import Router, RouteSpec
 from data_plane.runtime import RuntimeConfig, compile_config
 from tests.support.backends import RawBackend, refused_port, start_backend
+from tests.support.hot_path import needs_interpreted_subclass
 from tests.support.polling import wait_for
 from tests.support.proxy import client, make_config, start_proxy
 
@@ -191,6 +192,7 @@ def budget_config(gated: GatedBackend, budget_percent: float | None) -> RuntimeC
     )
 
 
+@needs_interpreted_subclass
 @pytest.mark.parametrize(("budget_percent", "retried"), [(None, 6), (0.0, 3), (100.0, 6)])
 async def test_the_retry_budget_caps_retries_in_progress(
     stack: AsyncExitStack, budget_percent: float | None, retried: int

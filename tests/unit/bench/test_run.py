@@ -19,7 +19,7 @@ def options(tmp_path: Path) -> BenchOptions:
 
 
 def test_parse_only() -> None:
-    assert runner.parse_only(None) == ["proxy", "workers", "propagation", "scale", "failover"]
+    assert runner.parse_only(None) == ["proxy", "python-path", "workers", "propagation", "scale", "failover"]
     assert runner.parse_only("failover, proxy") == ["proxy", "failover"]
     assert runner.parse_only("failover,workers,proxy") == ["proxy", "workers", "failover"]
     with pytest.raises(argparse.ArgumentTypeError, match="nope"):
@@ -99,3 +99,15 @@ def test_results_and_failures_are_written(tmp_path: Path, monkeypatch: pytest.Mo
     assert latest["machine"]["cpu_model"] == "test"
     assert latest["options"]["quick"] is True
     assert len(list(tmp_path.glob("2*.json"))) == 1
+
+
+def test_the_python_path_scenario_reports_both_paths_and_their_ratio() -> None:
+    from bench.python_path import render
+
+    row = {"us_per_request": 10.0, "runs_us": [10.0], "hot_path": {"mode": "compiled", "reason": None}}
+    pure = {"us_per_request": 15.0, "runs_us": [15.0], "hot_path": {"mode": "python", "reason": "set"}}
+    text = render({"compiled": row, "python": pure, "compiled_vs_python": 0.667})
+    assert "compiled   10.00 µs" in text and "python     15.00 µs" in text
+    assert "compiled ÷ python: 0.667" in text and "ran " not in text
+    stale = {**row, "hot_path": {"mode": "python", "reason": "base.py is newer"}}
+    assert "(ran python: base.py is newer)" in render({"compiled": stale, "python": pure, "compiled_vs_python": 1.0})

@@ -897,7 +897,7 @@ def test_dockerfile_copies_every_package_the_wheel_includes() -> None:
         if keyword == "COPY" and not rest.startswith("--from")
     }
     assert packages <= copied, f"not copied into the build stage: {packages - copied}"
-    assert {"pyproject.toml", "README.md"} <= {
+    assert {"pyproject.toml", "setup.py", "constraints.txt", "README.md"} <= {
         part for keyword, rest in _dockerfile_instructions() if keyword == "COPY"
         for part in rest.split()
     }
@@ -908,4 +908,4 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
         line.strip() for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".git", ".venv", "ferry-data", "bench/results", "**/__pycache__"} <= entries
+    assert {".git", ".venv", "ferry-data", "bench/results", "**/__pycache__", "**/*.so"} <= entries
