@@ -102,9 +102,9 @@ BODY_BYTES = 16 * 1024
 URL_PATH = "/bench/item"
 READY_TIMEOUT = 60.0
 SETTLE_S = 0.5
-#: Goals of issue 6 (reported, never asserted).
+#: Goals of issue 15 (issue 6 asked for 1.0 ms added p99); reported, never asserted.
 GOAL_EFFICIENCY = 0.75
-GOAL_ADDED_P99_MS = 1.0
+GOAL_ADDED_P99_MS = 0.5
 REQUIRED_TOOLS = ("nginx", "haproxy", "wrk", "taskset")
 #: Cores' worth of CPU not ours during a run above which the run counts as disturbed.
 FOREIGN_CPU_LIMIT = 0.05

@@ -27,9 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from bench.options import BenchOptions
+if TYPE_CHECKING:
+    from bench.options import BenchOptions
 
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 BODY = b"ferry bench: a fixed 16 KiB body from the nginx backends.\n" * 280
@@ -149,8 +150,10 @@ def _run_child(python: str, requests: int, pure: bool) -> dict[str, Any]:
     env.pop("FERRY_NO_EXTENSIONS", None)
     if pure:
         env["FERRY_NO_EXTENSIONS"] = "1"
+    # The script by path with -P (nothing prepended to sys.path): the child imports
+    # data_plane from that Python's install, not from whatever tree the cwd is.
     out = subprocess.run(
-        [python, "-m", "bench.python_path", "--child", str(requests)],
+        [python, "-P", __file__, "--child", str(requests)],
         env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     if out.returncode != 0:

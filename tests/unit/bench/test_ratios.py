@@ -149,7 +149,7 @@ def test_render_shows_figures_ratios_and_goals() -> None:
     assert "Hot paths (GET /status): ferry compiled (mypyc, 2 modules); " \
            "ferry-python python (FERRY_NO_EXTENSIONS is set)" in text
     assert "≥ 0.75: 0.48  below goal" in text
-    assert "+0.400" in text and "≤ 1.0: 0.40  PASS" in text
+    assert "+0.400" in text and "≤ 0.5: 0.40  PASS" in text
     assert "WARNING: something to know" in text
 
 
