@@ -8,7 +8,6 @@ seconds are dropped when listed (Kong's ``cluster_data_plane_purge_delay``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from redis.exceptions import RedisError
 
 from control_plane.store import redis_reachable
 from control_plane.sync_state import DataPlaneRow
+from ferry_shared.linger import Linger
 
 #: Kong's default purge delay: 14 days.
 DEFAULT_PURGE_DELAY = 14 * 24 * 3600
@@ -52,9 +52,7 @@ class DataPlaneRegistry:
         self._key = f"{prefix}:data_planes"
         self._purge_delay = purge_delay
         self._max_rows = max_rows_per_write
-        self._linger = linger
-        #: Set by :meth:`flush`: the writer stops lingering.
-        self._write_now = asyncio.Event()
+        self._linger = Linger(linger)
         #: Rows waiting for the next write (DP id -> its newest row), and the future
         #: that write resolves (True: written).
         self._pending: dict[str, DataPlaneRow] = {}
@@ -88,12 +86,7 @@ class DataPlaneRegistry:
 
     async def flush(self) -> None:
         """Write what is pending now and wait for it (shutdown)."""
-        self._write_now.set()
-        try:
-            while self._writer is not None and not self._writer.done():
-                await asyncio.shield(self._writer)
-        finally:
-            self._write_now.clear()
+        await self._linger.flush(lambda: self._writer)
 
     def _hand_over(self, row: DataPlaneRow) -> asyncio.Future[bool]:
         self._pending[row.id] = row
@@ -108,9 +101,7 @@ class DataPlaneRegistry:
         done: asyncio.Future[bool] | None = None
         try:
             while self._pending:
-                if self._linger > 0 and not self._write_now.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._write_now.wait(), self._linger)
+                await self._linger.wait()
                 rows, self._pending = list(self._pending.values()), {}
                 done, self._pending_done = self._pending_done, None
                 ok = True

@@ -49,7 +49,6 @@ Single event loop; one install at a time (the callers install in turn).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -61,6 +60,7 @@ from data_plane.health.checker import HealthChecker
 from data_plane.held_config import DeltaDoesNotFit, HeldConfig, Key
 from data_plane.incremental_compile import CompiledState, compile_all, compile_change
 from data_plane.runtime import ConfigError, ConfigHolder, RuntimeConfig, compile_config
+from ferry_shared.linger import Linger
 from ferry_shared.snapshot_format import KINDS, config_hash
 from proto import cluster_pb2
 
@@ -283,9 +283,7 @@ class ConfigInstaller:
         #: The config the disk cache is to hold next, and the task writing it.
         self._unsaved: HeldConfig | None = None
         self._saving: asyncio.Task[None] | None = None
-        self._cache_save_delay = cache_save_delay
-        #: Set by :meth:`flush`: the pending save writes without waiting out the delay.
-        self._save_now = asyncio.Event()
+        self._cache_linger = Linger(cache_save_delay)
 
     async def load_cache(self) -> bool:
         """Serve the disk cache's config; False when there is none usable (reported)."""
@@ -390,9 +388,7 @@ class ConfigInstaller:
 
     async def _save_pending(self, cache: ConfigCache) -> None:
         while self._unsaved is not None:
-            if self._cache_save_delay > 0 and not self._save_now.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._save_now.wait(), self._cache_save_delay)
+            await self._cache_linger.wait()
             held, self._unsaved = self._unsaved, None
             try:
                 await asyncio.to_thread(_save, cache, held)
@@ -404,12 +400,7 @@ class ConfigInstaller:
         """Wait until the disk cache holds the last config installed from the wire
         (or its write failed, which is logged). Cancelling the caller leaves the
         write running."""
-        self._save_now.set()
-        try:
-            while self._saving is not None and not self._saving.done():
-                await asyncio.shield(self._saving)
-        finally:
-            self._save_now.clear()
+        await self._cache_linger.flush(lambda: self._saving)
 
 
 def _save(cache: ConfigCache, held: HeldConfig) -> None:
