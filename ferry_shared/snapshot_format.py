@@ -14,8 +14,12 @@ from collections.abc import Iterable
 from typing import Any
 
 #: Entity kinds carried in a snapshot, in dependency order (a route refers to a
-#: service, a target to an upstream).
-KINDS: tuple[str, ...] = ("upstreams", "targets", "services", "routes")
+#: service, a target to an upstream, an SNI to a certificate, an upstream or a service
+#: to its client certificate and a service to its CA certificates). Certificates carry
+#: private keys: they travel only over the cluster link and are never logged.
+KINDS: tuple[str, ...] = (
+    "certificates", "ca_certificates", "snis", "upstreams", "targets", "services", "routes",
+)
 
 
 def canonical_json(entity: dict[str, Any]) -> bytes:
