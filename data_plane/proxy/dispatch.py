@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -52,13 +53,13 @@ from data_plane.proxy.exchange import (
     _Exchange,
     _hash_key,
     _now_ns,
-    _sni,
     _upstream_host,
 )
 from data_plane.proxy.headers import _CONTINUE, _CRLF, _IDEMPOTENT
 from data_plane.proxy.upstream import _UpstreamConnection
 from data_plane.request_metrics import RouteSeries
 from data_plane.runtime import ConfigHolder
+from data_plane.upstream_tls import chain_error, failure_reason, log_tls_failure, server_name
 from data_plane.upstream_try import allow_retry, begin_try, end_request
 
 if TYPE_CHECKING:
@@ -267,37 +268,68 @@ class _Dispatch:
     def _connect(self, ex: _Exchange, address: Address, *, pooled: bool) -> None:
         service = ex.service
         assert service is not None
-        key = address.key if not service.tls else "tls/" + address.key
+        tls = service.upstream_tls
+        if tls is None:
+            key = address.key
+            name = ""
+        else:
+            # The server name follows the Host sent (preserve_host, host_header), so it
+            # is part of the key, with the TLS identity (trust, depth, client
+            # certificate): a connection is reused only where it would be made alike.
+            name = server_name(_upstream_host(ex, service, address).decode("ascii", "replace"))
+            key = tls.pool_prefix + name + "/" + address.key
         conn = self._server.pool.acquire(key) if pooled else None
         if conn is not None:
             ex.reused = True
             self._attach(ex, conn)
         else:
             ex.reused = False
-            ex.connect_task = self._loop.create_task(self._open(ex, address, key))
+            ex.connect_task = self._loop.create_task(self._open(ex, address, key, name))
 
-    async def _open(self, ex: _Exchange, address: Address, key: str) -> None:
+    async def _open(self, ex: _Exchange, address: Address, key: str, name: str) -> None:
+        """Open a connection to ``address`` for ``ex`` (TLS with server ``name`` for an
+        ``https`` service). A TLS failure (the handshake, or a verified chain longer
+        than ``tls_verify_depth`` allows) fails the try as a refused connect would,
+        and is logged with its reason."""
         service = ex.service
         assert service is not None
         server = self._server
+        tls = service.upstream_tls
         timed_out = False
         conn: _UpstreamConnection | None = None
+        tls_failure: str | None = None
         try:
             async with asyncio.timeout(service.connect_timeout):
-                _, conn = await self._loop.create_connection(  # type: ignore[type-var]  # a protocol by its methods (see _UpstreamConnection)
-                    lambda: _UpstreamConnection(server, key),
-                    address.host,
-                    address.port,
-                    ssl=server._ssl_context if service.tls else None,
-                    server_hostname=_sni(_upstream_host(ex, service, address))
-                    if service.tls
-                    else None,
-                )
+                if tls is None:
+                    _, conn = await self._loop.create_connection(  # type: ignore[type-var]  # a protocol by its methods (see _UpstreamConnection)
+                        lambda: _UpstreamConnection(server, key), address.host, address.port
+                    )
+                else:
+                    transport, conn = await self._loop.create_connection(  # type: ignore[type-var]  # as above
+                        lambda: _UpstreamConnection(server, key),
+                        address.host,
+                        address.port,
+                        ssl=tls.context,
+                        server_hostname=name,
+                    )
+                    if tls.max_chain:
+                        tls_failure = chain_error(transport, tls)
+                        if tls_failure is not None:
+                            transport.abort()
+                            conn = None
         except TimeoutError:
             timed_out = True
+        except ssl.SSLError as exc:
+            tls_failure = failure_reason(exc)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 server.note_fd_exhaustion()
+        if tls_failure is not None:
+            log_tls_failure(
+                f"{service.name!r} ({service.id})" if service.name else service.id,
+                f"{address.key} (server name {name!r})",
+                tls_failure,
+            )
         if ex.connect_task is not asyncio.current_task():
             # The client went away (or the exchange was answered) meanwhile; keep a new
             # connection for someone else.
