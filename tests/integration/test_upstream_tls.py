@@ -133,6 +133,26 @@ async def test_an_untrusted_certificate_is_a_502_after_retries_with_a_log_line_s
     assert record.exc_info is None  # a reason, never a traceback
 
 
+async def test_a_failed_verification_counts_as_a_tcp_failure_for_passive_health(
+    stack: AsyncExitStack, tmp_path: Path, root: Authority
+) -> None:
+    backend = await tls_target(stack, make_authority(tmp_path, "stranger").issue(tmp_path, NAME))
+    checks = {"passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}
+    gw = HealthGateway()
+    config = tls_config(
+        backend.port,
+        service={"tls_verify": True, "ca_certificates": [CA_ID], "retries": 0},
+        upstream={"healthchecks": checks},
+        ca_certificates=[ca_entity(root)],
+    )
+    await gw.start(stack, config)
+    session = await client(stack)
+    async with session.get(gw.url + "/api/x") as resp:
+        assert resp.status == 502
+    assert gw.state(backend.key) == "UNHEALTHY"
+    assert gw.reason(backend.key) == "passive: 1 tcp_failures"
+
+
 async def test_verification_without_ca_certificates_uses_the_system_store(
     stack: AsyncExitStack, tmp_path: Path, root: Authority
 ) -> None:
