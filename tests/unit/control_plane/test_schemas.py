@@ -168,9 +168,10 @@ def test_upstream_header_and_cookie_names_are_tokens() -> None:
     assert valid("upstreams", name="a", hash_on="cookie", hash_on_cookie="c.d!~")["hash_on_cookie"] == "c.d!~"
 
 
-def test_upstream_client_certificate_is_null_only() -> None:
-    assert errors("upstreams", name="a", client_certificate={"id": ID}) == {
-        "client_certificate": "value must be null"
+def test_upstream_client_certificate_is_a_foreign_key() -> None:
+    assert valid("upstreams", name="a", client_certificate={"id": ID})["client_certificate"] == {"id": ID}
+    assert errors("upstreams", name="a", client_certificate={"id": "x"}) == {
+        "client_certificate": {"id": "expected a valid UUID"}
     }
 
 
