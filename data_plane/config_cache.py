@@ -66,10 +66,15 @@ class ConfigCache:
         self.save_encoded(snapshot.SerializeToString())
 
     def save_encoded(self, data: bytes) -> None:
-        """Write ``data``, a serialized ``Snapshot``, as the cache (atomically, fsynced)."""
+        """Write ``data``, a serialized ``Snapshot``, as the cache (atomically, fsynced).
+
+        The file is readable by its owner only (0600): the config holds the private keys
+        of the ``certificates`` entities."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode through O_CREAT
+        with os.fdopen(fd, "wb") as handle:
             handle.write(MAGIC + _LENGTH.pack(len(data)) + data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -34,11 +34,11 @@ only, so the PEMs are written to anonymous memory files (``os.memfd_create``, Li
 read through ``/proc/self/fd/N`` and closed right after loading. Error messages name
 entity ids and OpenSSL's reason, never PEM text.
 
-Note: the control plane's shared PEM module (``ferry_shared/certificates.py``, being
-built beside this one) validates certificates when they are written; this module
-only loads what the snapshot carries and turns a failure into
-:class:`TlsMaterialError` (the compile's ``ConfigError``). When that module lands,
-its parsing can replace the minimal checks here.
+The control plane validates certificates when they are written
+(``ferry_shared/certificates.py``); this module only loads what the snapshot carries
+with OpenSSL and turns a failure into :class:`TlsMaterialError` (the compile's
+``ConfigError``), so a certificate the control plane let through but OpenSSL cannot
+load is still refused with the config.
 
 Single event-loop thread; building a context does blocking CPU work (PEM parsing,
 the system store) once per distinct material, at config compile time.
@@ -46,15 +46,18 @@ the system store) once per distinct material, at config compile time.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import ssl
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from data_plane.balancers import Address
 
 __all__ = [
     "MAX_VERIFY_DEPTH",
@@ -64,6 +67,7 @@ __all__ = [
     "chain_error",
     "failure_reason",
     "log_tls_failure",
+    "open_tls",
     "server_name",
 ]
 
@@ -331,6 +335,49 @@ def chain_error(transport: Any, tls: UpstreamTls) -> str | None:
             f"certificate chain too long ({length} certificates, tls_verify_depth "
             f"{tls.max_chain - 2} allows {tls.max_chain})"
         )
+    return None
+
+
+class _Service(Protocol):
+    """What the failure log names of a service (a ``CompiledService``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+
+async def open_tls(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], Any],
+    address: Address,
+    tls: UpstreamTls,
+    name: str,
+    service: _Service,
+) -> Any:
+    """Connect to ``address`` with ``tls`` for server ``name``: the protocol
+    ``factory`` made, or ``None`` when TLS failed (the handshake, or a verified chain
+    longer than ``tls_verify_depth`` allows), which is logged with its reason
+    (:func:`log_tls_failure`). Other errors (refused, timeout) propagate as
+    ``loop.create_connection`` raises them."""
+    try:
+        transport, protocol = await loop.create_connection(
+            factory, address.host, address.port, ssl=tls.context, server_hostname=name
+        )
+    except ssl.SSLError as exc:
+        reason = failure_reason(exc)
+    else:
+        failure = chain_error(transport, tls)
+        if failure is None:
+            return protocol
+        transport.abort()
+        reason = failure
+    log_tls_failure(
+        f"{service.name!r} ({service.id})" if service.name else service.id,
+        f"{address.key} (server name {name!r})",
+        reason,
+    )
     return None
 
 

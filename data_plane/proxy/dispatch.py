@@ -23,13 +23,16 @@ completely (or the WebSocket tunnel closed), the try failed, or the client went 
 ``failed`` is ``True`` exactly when no response head came (connect error, timeout, close
 before the head, client gone before it). What that settles (balancer, health checker,
 retry budget) is :mod:`data_plane.upstream_try`'s business, not the proxy's.
+
+Why this module is past 600 lines: it is one half of one class (see above), and the
+exchange flow it holds (routing, tries, retries, local answers, tunnels) is one state
+machine whose steps call each other; TLS details live in :mod:`data_plane.upstream_tls`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -47,7 +50,9 @@ from data_plane.proxy.errors import (
     E_NO_ROUTE,
     E_NO_SERVICE,
     E_TIMEOUT,
+    REDIRECTS,
     _ErrorKey,
+    redirect_answer,
 )
 from data_plane.proxy.exchange import (
     _Exchange,
@@ -59,7 +64,7 @@ from data_plane.proxy.headers import _CONTINUE, _CRLF, _IDEMPOTENT
 from data_plane.proxy.upstream import _UpstreamConnection
 from data_plane.request_metrics import RouteSeries
 from data_plane.runtime import ConfigHolder
-from data_plane.upstream_tls import chain_error, failure_reason, log_tls_failure, server_name
+from data_plane.upstream_tls import open_tls, server_name
 from data_plane.upstream_try import allow_retry, begin_try, end_request
 
 if TYPE_CHECKING:
@@ -71,6 +76,16 @@ _PAUSE_UPSTREAM: Final = 1  # the upstream transport's write buffer is full
 _PAUSE_BUFFER: Final = 2  # body buffered while not connected yet is over the limit
 _PAUSE_PIPELINE: Final = 4  # a pipelined request waits behind the active one
 _PAUSE_UPGRADE: Final = 8  # an Upgrade request waits for the target's answer
+
+
+def _https_location(host: bytes | None, target: bytes) -> bytes:
+    """Kong's redirect to TLS: ``https://`` + the Host without its port + the request
+    target (the client's Host was validated, so it carries no CR or LF)."""
+    bare = host or b""
+    colon = bare.rfind(b":")
+    if colon > bare.rfind(b"]"):
+        bare = bare[:colon]
+    return b"https://" + bare + target
 
 
 class _Dispatch:
@@ -95,6 +110,7 @@ class _Dispatch:
     _shutting_down: bool
     last_active: float
     _peer_ip: bytes
+    _sni: bytes | None
     _fwd_fixed: bytes
     _fwd_own: bytes
     _fwd_host_for: bytes | None
@@ -184,7 +200,7 @@ class _Dispatch:
                         seen.append(v)
                     else:
                         route_headers[n] = [seen, v]
-            match = router.match(ex.method, host, self._url, route_headers)
+            match = router.match(ex.method, host, self._url, route_headers, self._sni)
             if match is not None:
                 route = match.route
                 if route is not self._series_route:
@@ -196,8 +212,12 @@ class _Dispatch:
                 ex.error = E_NO_ROUTE
             elif match.service is None:
                 ex.error = E_NO_SERVICE
-            elif match.route.https_only:
-                ex.error = E_HTTPS_ONLY
+            elif match.route.https_only and self._sni is None:
+                if match.route.https_redirect_status_code == 426:
+                    ex.error = E_HTTPS_ONLY
+                else:
+                    ex.error = REDIRECTS[match.route.https_redirect_status_code]
+                    ex.redirect = _https_location(host, self._url)
             else:
                 ex.service = match.service
                 ex.preserve_host = match.route.preserve_host
@@ -269,13 +289,8 @@ class _Dispatch:
         service = ex.service
         assert service is not None
         tls = service.upstream_tls
-        if tls is None:
-            key = address.key
-            name = ""
-        else:
-            # The server name follows the Host sent (preserve_host, host_header), so it
-            # is part of the key, with the TLS identity (trust, depth, client
-            # certificate): a connection is reused only where it would be made alike.
+        key, name = address.key, ""
+        if tls is not None:  # reused only where made alike: same TLS identity and server name
             name = server_name(_upstream_host(ex, service, address).decode("ascii", "replace"))
             key = tls.pool_prefix + name + "/" + address.key
         conn = self._server.pool.acquire(key) if pooled else None
@@ -287,17 +302,14 @@ class _Dispatch:
             ex.connect_task = self._loop.create_task(self._open(ex, address, key, name))
 
     async def _open(self, ex: _Exchange, address: Address, key: str, name: str) -> None:
-        """Open a connection to ``address`` for ``ex`` (TLS with server ``name`` for an
-        ``https`` service). A TLS failure (the handshake, or a verified chain longer
-        than ``tls_verify_depth`` allows) fails the try as a refused connect would,
-        and is logged with its reason."""
+        """Connect ``ex`` to ``address`` (TLS with server ``name`` for ``https``: a TLS
+        failure, logged by ``open_tls``, fails the try as a refused connect does)."""
         service = ex.service
         assert service is not None
         server = self._server
         tls = service.upstream_tls
         timed_out = False
         conn: _UpstreamConnection | None = None
-        tls_failure: str | None = None
         try:
             async with asyncio.timeout(service.connect_timeout):
                 if tls is None:
@@ -305,31 +317,14 @@ class _Dispatch:
                         lambda: _UpstreamConnection(server, key), address.host, address.port
                     )
                 else:
-                    transport, conn = await self._loop.create_connection(  # type: ignore[type-var]  # as above
-                        lambda: _UpstreamConnection(server, key),
-                        address.host,
-                        address.port,
-                        ssl=tls.context,
-                        server_hostname=name,
+                    conn = await open_tls(
+                        self._loop, lambda: _UpstreamConnection(server, key), address, tls, name, service
                     )
-                    if tls.max_chain:
-                        tls_failure = chain_error(transport, tls)
-                        if tls_failure is not None:
-                            transport.abort()
-                            conn = None
         except TimeoutError:
             timed_out = True
-        except ssl.SSLError as exc:
-            tls_failure = failure_reason(exc)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 server.note_fd_exhaustion()
-        if tls_failure is not None:
-            log_tls_failure(
-                f"{service.name!r} ({service.id})" if service.name else service.id,
-                f"{address.key} (server name {name!r})",
-                tls_failure,
-            )
         if ex.connect_task is not asyncio.current_task():
             # The client went away (or the exchange was answered) meanwhile; keep a new
             # connection for someone else.
@@ -553,7 +548,6 @@ class _Dispatch:
             self._abort()
             return
         ex.abandon()
-        responses = self._server._errors[error]
         now = _now_ns()
         (ex.series or self._server.metrics.unmatched).observe_local(
             error[0], (now - (ex.t_begin or now)) // 1_000_000
@@ -564,10 +558,14 @@ class _Dispatch:
         if close:
             ex.close_after = True
             self._no_more = True
-        if ex.is_head:
-            data = responses.head_close if close else responses.head_keep
+        if ex.redirect is not None:
+            data = redirect_answer(error, ex.redirect, self._server._server_header, close)
         else:
-            data = responses.close if close else responses.keep
+            responses = self._server._errors[error]
+            if ex.is_head:
+                data = responses.head_close if close else responses.head_keep
+            else:
+                data = responses.close if close else responses.keep
         if self._transport is not None and not self._closed:
             self._transport.write(data)
         ex.response_started = True

@@ -115,6 +115,15 @@ def test_a_saved_config_loads_back_verified(tmp_path: Path, caplog: pytest.LogCa
     assert _errors(caplog) == []
 
 
+def test_the_cache_file_is_readable_by_its_owner_only_as_it_holds_private_keys(tmp_path: Path) -> None:
+    (tmp_path / "config-cache.tmp").write_bytes(b"left over")
+    (tmp_path / "config-cache.tmp").chmod(0o644)
+    cache = ConfigCache(tmp_path)
+    cache.save(GOOD)
+    assert (cache.path.stat().st_mode & 0o777) == 0o600
+    assert cache.load() == GOOD
+
+
 def test_a_cache_written_before_the_header_existed_still_loads(tmp_path: Path) -> None:
     (tmp_path / CACHE_FILE).write_bytes(GOOD.SerializeToString())
     assert ConfigCache(tmp_path).load() == GOOD
