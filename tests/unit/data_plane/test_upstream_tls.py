@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from data_plane.incremental_compile import compile_all, compile_change
 from data_plane.runtime import ConfigError, RuntimeConfig, compile_config
-from data_plane.upstream_tls import server_name
+from data_plane.upstream_tls import TlsEntities, TlsMaterialError, server_name
 from tests.support.tls import Authority, entity_pems, make_authority
 
 CERT_ID = "22222222-0000-4000-8000-000000000001"
@@ -61,25 +61,47 @@ def refused(**kwargs: Any) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize(
+GARBAGE_CERT = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+BAD_CERTIFICATES = pytest.mark.parametrize(
     ("certificate", "says"),
     [
-        ({"cert": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"}, "cannot be loaded"),
+        ({"cert": GARBAGE_CERT}, "cannot be loaded"),
         ({"key": None}, "needs both 'cert' and 'key'"),
         ("other key", "cannot be loaded"),
     ],
     ids=["garbage-cert", "no-key", "key-of-another-certificate"],
 )
+
+
+def _bad(tmp_path: Path, root: Authority, pems: dict[str, str], certificate: Any) -> dict[str, Any]:
+    if certificate == "other key":
+        certificate = {"key": entity_pems(root.issue(tmp_path, "someone-else"))["key"]}
+    return {"id": CERT_ID, **pems, **certificate}
+
+
+@BAD_CERTIFICATES
 def test_a_client_certificate_that_cannot_be_loaded_is_a_config_error_naming_it_not_its_key(
     tmp_path: Path, root: Authority, client_pems: dict[str, str], certificate: Any, says: str
 ) -> None:
-    if certificate == "other key":
-        certificate = {"key": entity_pems(root.issue(tmp_path, "someone-else"))["key"]}
-    entity = {"id": CERT_ID, **client_pems, **certificate}
+    # The whole config is refused (the proxy port's certificate compile may be the
+    # first to say so: every certificate entity is loaded for SNI as well).
     message = refused(
-        service={"client_certificate": {"id": CERT_ID}}, certificates=[entity]
+        service={"client_certificate": {"id": CERT_ID}},
+        certificates=[_bad(tmp_path, root, client_pems, certificate)],
     )
-    assert message.startswith("service s1: certificate " + CERT_ID) and says in message
+    assert CERT_ID in message
+    assert "PRIVATE KEY" not in message and "BEGIN" not in message
+
+
+@BAD_CERTIFICATES
+def test_the_client_certificate_loader_names_the_entity_and_the_reason_not_the_key(
+    tmp_path: Path, root: Authority, client_pems: dict[str, str], certificate: Any, says: str
+) -> None:
+    tls = TlsEntities([_bad(tmp_path, root, client_pems, certificate)])
+    with pytest.raises(TlsMaterialError) as caught:
+        tls.for_service(verify=False, depth=None, ca_ids=(), client_certificate_id=CERT_ID)
+    message = str(caught.value)
+    assert message.startswith("certificate " + CERT_ID) and says in message
     assert "PRIVATE KEY" not in message and "BEGIN" not in message
 
 
@@ -104,20 +126,17 @@ def test_an_unparsable_ca_certificate_is_a_config_error() -> None:
     assert message.startswith("service s1: a ca_certificate cannot be loaded")
 
 
-def test_an_encrypted_key_is_refused_instead_of_prompting(
-    root: Authority, client_pems: dict[str, str]
-) -> None:
+def test_an_encrypted_key_is_refused_instead_of_prompting(client_pems: dict[str, str]) -> None:
     key = serialization.load_pem_private_key(client_pems["key"].encode(), None)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret"),
     ).decode()
-    message = refused(
-        service={"client_certificate": {"id": CERT_ID}},
-        certificates=[{"id": CERT_ID, "cert": client_pems["cert"], "key": encrypted}],
-    )
-    assert message == f"service s1: certificate {CERT_ID} cannot be loaded: the private key is encrypted"
+    tls = TlsEntities([{"id": CERT_ID, "cert": client_pems["cert"], "key": encrypted}])
+    with pytest.raises(TlsMaterialError) as caught:
+        tls.for_service(verify=False, depth=None, ca_ids=(), client_certificate_id=CERT_ID)
+    assert str(caught.value) == f"certificate {CERT_ID} cannot be loaded: the private key is encrypted"
 
 
 @pytest.mark.parametrize("depth", [-1, 65, "2", True])
