@@ -338,6 +338,9 @@ def _compile_touched(
                 if upstreams is not previous.upstreams
                 else upstreams
             ),
+            # A change to a certificate or an SNI compiles the config whole (its kind is
+            # not one this function handles), so the previous ones still hold.
+            server_certificates=previous.server_certificates,
         ),
         entities=entities,
         routes=routes,

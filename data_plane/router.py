@@ -65,6 +65,11 @@ class RouteSpec(Generic[S]):
     preserve_host: bool = False
     regex_priority: int = 0
     https_only: bool = False
+    #: Kong's ``https_redirect_status_code``: what an ``https_only`` route answers a
+    #: plaintext request (426, or a redirect 301/302/307/308 to ``https://``).
+    https_redirect_status_code: int = 426
+    #: TLS server names the route matches on; a plaintext request ignores them (Kong).
+    snis: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,7 @@ class _Candidate(Generic[S]):
         "base",
         "base_ends_slash",
         "strip",
+        "snis",
     )
 
     def __init__(self, route: RouteSpec[S], path: str | None) -> None:
@@ -148,11 +154,17 @@ class _Candidate(Generic[S]):
         self.base = (route.service_path or "/").encode()
         self.base_ends_slash = self.base.endswith(b"/")
         self.strip = route.strip_path
+        self.snis: frozenset[bytes] | None = (
+            frozenset(name.lower().encode("idna" if not name.isascii() else "ascii") for name in route.snis)
+            if route.snis
+            else None
+        )
 
     def sort_key(self) -> tuple[int, ...]:
         route = self.route
         match_weight = sum(
-            1 for present in (route.methods, route.hosts, route.headers, self.prefix or self.regex)
+            1
+            for present in (route.methods, route.hosts, route.headers, self.prefix or self.regex, route.snis)
             if present
         )
         plain_host_only = int(bool(route.hosts) and not self.wildcard_suffixes and not self.wildcard_prefixes)
@@ -207,14 +219,15 @@ class Router(Generic[S]):
     """An immutable, precompiled set of routes. Safe to share within one thread.
 
     Raises ``ValueError`` from the constructor for a route it cannot compile (bad regex).
-    ``match`` remembers its results per (method, Host, request target) when no route
+    ``match`` remembers its results per (method, Host, request target, and TLS server
+    name when a route matches on one) when no route
     matches on headers, as Kong's router cache does: a repeated request costs one dict
     look-up. The cache is emptied when it reaches :data:`MATCH_CACHE_SIZE` entries, which
     bounds its memory whatever the traffic; it is the only state that changes, and the
     results are a pure function of the routes, so it never needs invalidating.
     """
 
-    __slots__ = ("_candidates", "uses_headers", "_uses_hosts", "_cache")
+    __slots__ = ("_candidates", "uses_headers", "_uses_hosts", "_uses_snis", "_cache")
 
     def __init__(self, routes: Sequence[RouteSpec[S]], previous: Router[S] | None = None) -> None:
         """``previous`` (a router of an earlier config) lends the precompiled
@@ -250,7 +263,8 @@ class Router(Generic[S]):
         #: Whether any route matches on headers (so callers know to pass them).
         self.uses_headers = any(c.headers for c in self._candidates)
         self._uses_hosts = any(c.has_hosts for c in self._candidates)
-        self._cache: dict[tuple[bytes, bytes | None, bytes], RouteMatch[S] | None] = {}
+        self._uses_snis = any(c.snis is not None for c in self._candidates)
+        self._cache: dict[tuple[bytes, bytes | None, bytes, bytes | None], RouteMatch[S] | None] = {}
 
     def __len__(self) -> int:
         return len(self._candidates)
@@ -261,9 +275,14 @@ class Router(Generic[S]):
         host: bytes | None,
         target: bytes,
         headers: Mapping[bytes, bytes | list[bytes]] | None = None,
+        sni: bytes | None = None,
     ) -> RouteMatch[S] | None:
         """Find the route for a request, or ``None``.
 
+        ``sni`` is the TLS server name the client sent (lower case; ``b""`` for a TLS
+        connection without one), ``None`` for a plaintext request: a route's ``snis``
+        must hold it on TLS and are ignored on plaintext, as Kong's router does
+        (``net.protocol != "https" || tls.sni == ...``).
         ``method`` is upper-case; ``host`` the raw Host header (any case, optional port);
         ``target`` the request target (path plus optional ``?query``); ``headers`` maps
         lower-case header names to a value (a list of values for a repeated header;
@@ -271,14 +290,14 @@ class Router(Generic[S]):
         ``headers`` (see :attr:`uses_headers`).
         """
         if self.uses_headers:
-            return self._match(method, host, target, headers)
-        key = (method, host, target)
+            return self._match(method, host, target, headers, sni)
+        key = (method, host, target, sni if self._uses_snis else None)
         cache = self._cache
         try:
             return cache[key]
         except KeyError:
             pass
-        found = self._match(method, host, target, None)
+        found = self._match(method, host, target, None, sni)
         if len(cache) >= MATCH_CACHE_SIZE:
             cache.clear()
         cache[key] = found
@@ -290,6 +309,7 @@ class Router(Generic[S]):
         host: bytes | None,
         target: bytes,
         headers: Mapping[bytes, bytes | list[bytes]] | None,
+        sni: bytes | None,
     ) -> RouteMatch[S] | None:
         q = target.find(b"?")
         if q >= 0:
@@ -310,6 +330,8 @@ class Router(Generic[S]):
             if c.has_hosts and not _host_matches(c, host_full, host_bare):
                 continue
             if c.headers and not _headers_match(c, headers):
+                continue
+            if c.snis is not None and sni is not None and sni not in c.snis:
                 continue
             if c.prefix is not None:
                 if not path.startswith(c.prefix):

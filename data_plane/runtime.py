@@ -38,6 +38,12 @@ from data_plane.hash_key import HashSpec, compile_hash_spec
 from data_plane.health.settings import HealthSettings, compile_health_settings
 from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch, Router, RouteSpec
+from data_plane.tls_termination import (
+    NO_SERVER_CERTIFICATES,
+    CertificateError,
+    ServerCertificates,
+    compile_server_certificates,
+)
 
 if TYPE_CHECKING:
     from data_plane.health.checker import HealthChecker
@@ -173,6 +179,8 @@ class RuntimeConfig:
     router: Router[CompiledService]
     services: Mapping[str, CompiledService]
     upstreams: Mapping[str, CompiledUpstream]
+    #: The ``certificates`` and ``snis`` served on the proxy's TLS listeners.
+    server_certificates: ServerCertificates = NO_SERVER_CERTIFICATES
 
     @property
     def uses_headers(self) -> bool:
@@ -185,9 +193,10 @@ class RuntimeConfig:
         host: bytes | None,
         path: bytes,
         headers: Mapping[bytes, bytes | list[bytes]] | None = None,
+        sni: bytes | None = None,
     ) -> RouteMatch[CompiledService] | None:
         """Route a request; see :meth:`data_plane.router.Router.match`."""
-        return self.router.match(method, host, path, headers)
+        return self.router.match(method, host, path, headers, sni)
 
     def upstream_by_name(self, name: str) -> CompiledUpstream | None:
         for upstream in self.upstreams.values():
@@ -340,6 +349,14 @@ def compile_config_with_routes(
     """:func:`compile_config`, plus each route's compiled spec by route id (``None``
     for a route this HTTP proxy does not serve), which an incremental compile
     (:mod:`data_plane.incremental_compile`) reuses for the routes a change leaves alone."""
+    try:
+        server_certificates = compile_server_certificates(
+            _entities(entities, "certificates"),
+            _entities(entities, "snis"),
+            previous.server_certificates if previous is not None else None,
+        )
+    except CertificateError as exc:
+        raise ConfigError(str(exc)) from None
     upstreams = _compile_upstreams(entities, previous, clock)
     services = _compile_services(entities, UpstreamNames(upstreams.values()))
     routes: dict[str, RouteSpec[CompiledService] | None] = {}
@@ -353,6 +370,7 @@ def compile_config_with_routes(
             router=build_router(routes.values()),
             services=types.MappingProxyType(services),
             upstreams=types.MappingProxyType(upstreams),
+            server_certificates=server_certificates,
         ),
         routes,
     )
@@ -585,6 +603,10 @@ def compile_service(service: Mapping[str, Any], upstream_names: UpstreamNames) -
     )
 
 
+#: Kong's choices for ``https_redirect_status_code``.
+_HTTPS_REDIRECT_CODES = frozenset({426, 301, 302, 307, 308})
+
+
 def compile_route(
     route: Mapping[str, Any], services: Mapping[str, CompiledService]
 ) -> RouteSpec[CompiledService] | None:
@@ -621,10 +643,18 @@ def compile_route(
         if name.lower() == "host":
             raise ConfigError(f"{label}: use 'hosts' to match on Host, not 'headers'")
         headers.append((name, tuple(values)))
-    if not (paths or hosts or methods or headers):
-        if _str_list(route, "snis", label):
-            return None  # matches on TLS SNI only: this proxy does not terminate TLS
-        raise ConfigError(f"{label}: must set at least one of 'paths', 'hosts', 'methods', 'headers'")
+    snis = tuple(name.lower() for name in _str_list(route, "snis", label))
+    if not (paths or hosts or methods or headers or snis):
+        raise ConfigError(
+            f"{label}: must set at least one of 'paths', 'hosts', 'methods', 'headers', 'snis'"
+        )
+    redirect = route.get("https_redirect_status_code", 426)
+    if redirect is None:
+        redirect = 426
+    if redirect not in _HTTPS_REDIRECT_CODES or isinstance(redirect, bool):
+        raise ConfigError(
+            f"{label}: 'https_redirect_status_code' must be one of 426, 301, 302, 307, 308"
+        )
     # Any integer: the Admin API bounds none, and a bound only DPs had (int64) made every
     # DP NACK the config (issue 12).
     regex_priority = route.get("regex_priority")
@@ -645,4 +675,6 @@ def compile_route(
         preserve_host=_bool(route, "preserve_host", label, False),
         regex_priority=regex_priority,
         https_only="http" not in protocols,
+        https_redirect_status_code=redirect,
+        snis=snis,
     )

@@ -12,6 +12,8 @@ import logging
 import shutil
 import socket
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -31,12 +33,17 @@ from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.request_metrics import Snapshot
 from data_plane.runtime import ConfigHolder
 from data_plane.status_api import create_status_app
+from data_plane.tls_termination import (
+    ServerCertificates,
+    TlsTermination,
+    load_or_create_default_certificate,
+)
 from data_plane.workers.hub import WorkerHub, WorkerProcesses
 from data_plane.workers.metrics import read_node_snapshot
 from ferry_shared.cluster_link import require_secured_link
 from ferry_shared.cluster_tls import ClusterTLS
 from ferry_shared.http_site import start_site
-from ferry_shared.listen import format_host_port, parse_host_port
+from ferry_shared.listen import ListenAddress, parse_host_port, parse_listen_list
 from ferry_shared.logging_setup import current_log_format
 
 log = logging.getLogger("ferry.data_plane")
@@ -48,7 +55,8 @@ class DataPlaneSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     control_plane: str = "127.0.0.1:8005"
-    proxy_listen: str = "0.0.0.0:8000"
+    #: Kong's listen list: plaintext on 8000 and TLS on 8443 by default, as Kong's.
+    proxy_listen: str = "0.0.0.0:8000, 0.0.0.0:8443 ssl"
     status_listen: str = "127.0.0.1:8100"
     data_dir: Path = Path("./ferry-data")
     cluster_insecure: bool = False
@@ -74,10 +82,16 @@ class DataPlaneSettings(BaseModel):
     def client_timeouts(self) -> ClientTimeouts:
         return ClientTimeouts(self.client_header_timeout, self.client_body_timeout, self.send_timeout)
 
-    @field_validator("control_plane", "proxy_listen", "status_listen")
+    @field_validator("control_plane", "status_listen")
     @classmethod
     def _valid_address(cls, value: str) -> str:
         parse_host_port(value)
+        return value
+
+    @field_validator("proxy_listen")
+    @classmethod
+    def _valid_listen_list(cls, value: str) -> str:
+        parse_listen_list(value)
         return value
 
     @field_validator("dns_resolver")
@@ -126,11 +140,15 @@ class DataPlane:
         #: With ``workers`` > 1: the hub the worker processes follow, and the processes.
         self.hub: WorkerHub | None = None
         self.worker_processes: WorkerProcesses | None = None
-        self._port_reservation: socket.socket | None = None
+        self._port_reservations: list[socket.socket] = []
         self._runner: web.AppRunner | None = None
         self._client_task: asyncio.Task[None] | None = None
         self._resolver_task: asyncio.Task[None] | None = None
+        #: The first plaintext and the first TLS proxy port (0: none), once started.
         self.proxy_port = 0
+        self.proxy_tls_port = 0
+        #: Every proxy listener with its bound port (``127.0.0.1:8443 ssl``), once started.
+        self.proxy_listeners: list[str] = []
         self.status_port = 0
 
     async def start(self) -> None:
@@ -193,44 +211,62 @@ class DataPlane:
         self.status_port = await start_site(self._runner, host, port)
         log.info("status API listening on %s:%d", host, self.status_port)
 
-        host, port = parse_host_port(self.settings.proxy_listen, default_host="0.0.0.0")
+        listen = parse_listen_list(self.settings.proxy_listen)
+        tls = None
+        if any(entry.ssl for entry in listen):
+            default_pem = await asyncio.to_thread(load_or_create_default_certificate, self.settings.data_dir)
+            tls = TlsTermination(self._server_certificates, default_pem)
         if self.hub is not None:
-            self._start_workers(host, port)
+            self._start_workers(listen)
         else:
             self._proxy = ProxyServer(
-                self.holder, host, port, via=f"ferry/{ferry_shared.__version__}",
+                self.holder, listen[0].host, listen[0].port, via=f"ferry/{ferry_shared.__version__}",
                 client_timeouts=self.settings.client_timeouts,
                 access_log=AccessLog(current_log_format(), component="data-plane")
                 if self.settings.access_log else None,
+                listen=listen,
+                tls=tls,
             )
             await self._proxy.start()
-            self.proxy_port = self._proxy.port
-            log.info("proxy listening on %s:%d", host, self.proxy_port)
+            self._note_listeners([replace(entry, port=port) for entry, port in self._proxy.bound()])
+            log.info("proxy listening on %s", ", ".join(self.proxy_listeners))
 
         self._client_task = asyncio.create_task(self.client.run(), name="ferry-cluster-client")
 
-    def _start_workers(self, host: str, port: int) -> None:
-        if port == 0:
-            # Every worker must bind the same port: pick it here and hold it (bound,
-            # never listening, so the kernel hands it no connection).
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            reservation = socket.socket(family, socket.SOCK_STREAM)
-            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            reservation.bind((host, 0))
-            self._port_reservation = reservation
-            port = reservation.getsockname()[1]
-        self.proxy_port = port
+    def _server_certificates(self) -> ServerCertificates | None:
+        config = self.holder.current
+        return config.server_certificates if config is not None else None
+
+    def _note_listeners(self, bound: Sequence[ListenAddress]) -> None:
+        self.proxy_listeners = [str(entry) for entry in bound]
+        self.proxy_port = next((entry.port for entry in bound if not entry.ssl), 0)
+        self.proxy_tls_port = next((entry.port for entry in bound if entry.ssl), 0)
+
+    def _start_workers(self, requested: Sequence[ListenAddress]) -> None:
+        listen: list[ListenAddress] = []
+        for entry in requested:
+            if entry.port == 0:
+                # Every worker must bind the same port: pick it here and hold it (bound,
+                # never listening, so the kernel hands it no connection).
+                family = socket.AF_INET6 if ":" in entry.host else socket.AF_INET
+                reservation = socket.socket(family, socket.SOCK_STREAM)
+                reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                reservation.bind((entry.host, 0))
+                self._port_reservations.append(reservation)
+                entry = replace(entry, port=reservation.getsockname()[1])
+            listen.append(entry)
+        self._note_listeners(listen)
         assert self.hub is not None
         hub_path = str(self.hub.path)
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-        listen = format_host_port(host, port)
+        listen_text = ", ".join(str(entry) for entry in listen)
 
         def command(index: int) -> list[str]:
             return [
                 sys.executable, "-m", "ferry", "data-plane-worker",
                 "--hub", hub_path,
-                "--proxy-listen", listen,
+                "--proxy-listen", listen_text,
                 "--index", str(index),
                 "--dns-resolver", self.settings.dns_resolver,
                 "--hostname", self.node.hostname,
@@ -244,8 +280,8 @@ class DataPlane:
 
         self.worker_processes = WorkerProcesses(self.settings.workers, command)
         self.worker_processes.start()
-        log.info("proxy listening on %s:%d with %d worker processes",
-                 host, port, self.settings.workers)
+        log.info("proxy listening on %s with %d worker processes",
+                 listen_text, self.settings.workers)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.worker_processes is not None:
@@ -254,9 +290,9 @@ class DataPlane:
         if self.hub is not None:
             await self.hub.stop()
             self.hub = None
-        if self._port_reservation is not None:
-            self._port_reservation.close()
-            self._port_reservation = None
+        for reservation in self._port_reservations:
+            reservation.close()
+        self._port_reservations = []
         if self._client_task is not None:
             self._client_task.cancel()
             await asyncio.gather(self._client_task, return_exceptions=True)

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("data-plane", help="run a data plane (the proxy)",
                         description="Run a data plane: the HTTP proxy, configured by a control plane.")
     _flag(dp, "--control-plane", default="127.0.0.1:8005", help="control plane cluster address HOST:PORT")
-    _flag(dp, "--proxy-listen", default="0.0.0.0:8000", help="proxy address HOST:PORT")
+    _flag(dp, "--proxy-listen", default="0.0.0.0:8000, 0.0.0.0:8443 ssl",
+          help="proxy listeners, Kong's list: 'HOST:PORT[ ssl], ...' (ssl: TLS, certificate by SNI)")
     _flag(dp, "--status-listen", default="127.0.0.1:8100", help="status API address HOST:PORT")
     _flag(dp, "--data-dir", default="./ferry-data", help="state directory (config cache, node id)")
     _flag(dp, "--hostname", default="", help="hostname reported to the control plane (default: this host's)")
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Internal: one proxy worker of `data-plane --workers N` (started by the node).
     worker = sub.add_parser("data-plane-worker")
     worker.add_argument("--hub", required=True, help="the node's worker socket")
-    worker.add_argument("--proxy-listen", required=True, help="proxy address HOST:PORT")
+    worker.add_argument("--proxy-listen", required=True, help="proxy listeners, as for data-plane")
     worker.add_argument("--index", type=int, default=0, help="this worker's number")
     worker.add_argument("--dns-resolver", default="", help="as for data-plane")
     worker.add_argument("--hostname", default="", help="the node's hostname")
@@ -299,18 +300,18 @@ def _run_data_plane_worker(args: argparse.Namespace) -> int:
     import ferry
     from data_plane.proxy import ClientTimeouts
     from data_plane.workers.worker import ProxyWorker, run_worker
-    from ferry_shared.listen import parse_host_port
+    from ferry_shared.listen import parse_listen_list
 
     configure_logging(args.log_level, component=f"data-plane-worker-{args.index}",
                       log_format=args.log_format)
-    host, port = parse_host_port(args.proxy_listen, default_host="0.0.0.0")
+    listen = parse_listen_list(args.proxy_listen)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
-        worker = ProxyWorker(Path(args.hub), host, port, args.index, via=f"ferry/{ferry.__version__}",
+        worker = ProxyWorker(Path(args.hub), listen, args.index, via=f"ferry/{ferry.__version__}",
                              dns_resolver=args.dns_resolver, hostname=args.hostname,
                              access_log=args.access_log,
                              client_timeouts=ClientTimeouts(args.client_header_timeout,

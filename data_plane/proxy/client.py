@@ -61,6 +61,7 @@ from data_plane.proxy.headers import (
     _tokens,
 )
 from data_plane.request_metrics import RouteSeries
+from data_plane.tls_termination import server_name_of
 
 if TYPE_CHECKING:
     from data_plane.proxy.seam import UpstreamSide
@@ -113,6 +114,9 @@ class _ClientConnection(_Dispatch):
         self._shutting_down = False
         self.last_active = self._loop.time()
         self._peer_ip = b""
+        #: The TLS server name the client sent (``b""``: none), or ``None`` on a
+        #: plaintext connection: what the router's ``snis`` and ``https_only`` look at.
+        self._sni: bytes | None = None
         self._fwd_fixed = b""
         #: ``_fwd_fixed`` plus ``X-Forwarded-For`` for a request that sent none.
         self._fwd_own = b""
@@ -156,9 +160,15 @@ class _ClientConnection(_Dispatch):
         sock = transport.get_extra_info("sockname")
         self._peer_ip = str(peer[0]).encode() if peer else b""
         local_port = str(sock[1]).encode() if sock and len(sock) > 1 else b""
+        # The event loop calls this after a TLS handshake, when the SNI callback has
+        # recorded the name on the connection's SSLObject.
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._sni = server_name_of(ssl_object)
         # Per-connection constant part of the X-Forwarded-* set.
         self._fwd_fixed = (
-            b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: "
+            (b"X-Forwarded-Proto: https" if ssl_object is not None else b"X-Forwarded-Proto: http")
+            + b"\r\nX-Forwarded-Port: "
             + local_port
             + b"\r\nX-Real-IP: "
             + self._peer_ip

@@ -46,7 +46,9 @@ from data_plane.proxy.errors import (
     E_NO_ROUTE,
     E_NO_SERVICE,
     E_TIMEOUT,
+    REDIRECTS,
     _ErrorKey,
+    redirect_answer,
 )
 from data_plane.proxy.exchange import (
     _Exchange,
@@ -72,6 +74,16 @@ _PAUSE_PIPELINE: Final = 4  # a pipelined request waits behind the active one
 _PAUSE_UPGRADE: Final = 8  # an Upgrade request waits for the target's answer
 
 
+def _https_location(host: bytes | None, target: bytes) -> bytes:
+    """Kong's redirect to TLS: ``https://`` + the Host without its port + the request
+    target (the client's Host was validated, so it carries no CR or LF)."""
+    bare = host or b""
+    colon = bare.rfind(b":")
+    if colon > bare.rfind(b"]"):
+        bare = bare[:colon]
+    return b"https://" + bare + target
+
+
 class _Dispatch:
     """Exchange flow and seam methods of :class:`_ClientConnection` (see the module
     docstring); never instantiated on its own. Not an ``asyncio.Protocol`` subclass:
@@ -94,6 +106,7 @@ class _Dispatch:
     _shutting_down: bool
     last_active: float
     _peer_ip: bytes
+    _sni: bytes | None
     _fwd_fixed: bytes
     _fwd_own: bytes
     _fwd_host_for: bytes | None
@@ -183,7 +196,7 @@ class _Dispatch:
                         seen.append(v)
                     else:
                         route_headers[n] = [seen, v]
-            match = router.match(ex.method, host, self._url, route_headers)
+            match = router.match(ex.method, host, self._url, route_headers, self._sni)
             if match is not None:
                 route = match.route
                 if route is not self._series_route:
@@ -195,8 +208,12 @@ class _Dispatch:
                 ex.error = E_NO_ROUTE
             elif match.service is None:
                 ex.error = E_NO_SERVICE
-            elif match.route.https_only:
-                ex.error = E_HTTPS_ONLY
+            elif match.route.https_only and self._sni is None:
+                if match.route.https_redirect_status_code == 426:
+                    ex.error = E_HTTPS_ONLY
+                else:
+                    ex.error = REDIRECTS[match.route.https_redirect_status_code]
+                    ex.redirect = _https_location(host, self._url)
             else:
                 ex.service = match.service
                 ex.preserve_host = match.route.preserve_host
@@ -521,7 +538,6 @@ class _Dispatch:
             self._abort()
             return
         ex.abandon()
-        responses = self._server._errors[error]
         now = _now_ns()
         (ex.series or self._server.metrics.unmatched).observe_local(
             error[0], (now - (ex.t_begin or now)) // 1_000_000
@@ -532,10 +548,14 @@ class _Dispatch:
         if close:
             ex.close_after = True
             self._no_more = True
-        if ex.is_head:
-            data = responses.head_close if close else responses.head_keep
+        if ex.redirect is not None:
+            data = redirect_answer(error, ex.redirect, self._server._server_header, close)
         else:
-            data = responses.close if close else responses.keep
+            responses = self._server._errors[error]
+            if ex.is_head:
+                data = responses.head_close if close else responses.head_keep
+            else:
+                data = responses.close if close else responses.keep
         if self._transport is not None and not self._closed:
             self._transport.write(data)
         ex.response_started = True

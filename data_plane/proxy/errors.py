@@ -29,6 +29,31 @@ E_NO_SERVICE: Final = (503, "Service Unavailable", "no Service found with those 
 E_TIMEOUT: Final = (504, "Gateway Timeout", "The upstream server is timing out")
 _ErrorKey = tuple[int, str, str]
 
+#: Redirects to ``https://`` (a route's ``https_redirect_status_code``): no body; the
+#: ``Location`` is the request's, so these are formatted per request (:func:`redirect_answer`).
+REDIRECTS: Final = {
+    301: (301, "Moved Permanently", ""),
+    302: (302, "Found", ""),
+    307: (307, "Temporary Redirect", ""),
+    308: (308, "Permanent Redirect", ""),
+}
+
+#: Headers an error answer carries beyond the usual ones (Kong's 426 names the upgrade).
+_EXTRA_HEADERS: Final = {
+    E_HTTPS_ONLY: b"Upgrade: TLS/1.2, HTTP/1.1\r\n",
+}
+
+
+def redirect_answer(key: _ErrorKey, location: bytes, server_header: bytes, close: bool) -> bytes:
+    """The whole answer of a redirect (head only: it has no body)."""
+    status, reason, _ = key
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n".encode()
+        + b"Location: " + location + b"\r\nContent-Length: 0\r\n"
+        + server_header
+        + (b"Connection: close\r\n\r\n" if close else _CRLF)
+    )
+
 _ALL_ERRORS: Final = (
     E_BAD_REQUEST,
     E_REQUEST_TIMEOUT,
@@ -57,7 +82,7 @@ class _ErrorResponse:
             f"HTTP/1.1 {status} {reason}\r\n"
             "Content-Type: application/json; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\n"
-        ).encode() + server_header
+        ).encode() + server_header + _EXTRA_HEADERS.get(key, b"")
         self.head_keep = head + _CRLF
         self.head_close = head + b"Connection: close\r\n\r\n"
         self.keep = self.head_keep + body

@@ -51,6 +51,7 @@ class _Exchange:
         "service",
         "preserve_host",
         "error",
+        "redirect",
         "has_body",
         "chunked",
         "expect_continue",
@@ -96,6 +97,8 @@ class _Exchange:
         self.service: CompiledService | None = None
         self.preserve_host = False
         self.error: _ErrorKey | None = None
+        #: The ``Location`` of a redirect answer (``error`` is one of ``REDIRECTS``).
+        self.redirect: bytes | None = None
         self.has_body = False
         self.chunked = False
         self.expect_continue = False

@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -25,7 +26,9 @@ from data_plane.proxy.errors import _ALL_ERRORS, _ErrorResponse
 from data_plane.proxy.headers import _CRLF
 from data_plane.request_metrics import RequestMetrics
 from data_plane.runtime import ConfigHolder
+from data_plane.tls_termination import TlsTermination
 from data_plane.upstream_pool import UpstreamPool
+from ferry_shared.listen import ListenAddress
 
 if TYPE_CHECKING:
     from data_plane.proxy.upstream import _UpstreamConnection
@@ -85,18 +88,21 @@ class ProxyServer:
         client_timeouts: ClientTimeouts | None = None,
         reuse_port: bool = False,
         access_log: AccessLog | None = None,
+        listen: Sequence[ListenAddress] | None = None,
+        tls: TlsTermination | None = None,
     ) -> None:
         """``reuse_port``: bind with ``SO_REUSEPORT``, so that several processes (the
         workers of one node) accept on one port and the kernel spreads connections.
         ``client_timeouts``: nginx's header/body/send timeouts (60 s each by default).
-        ``access_log``: log every request there (off by default)."""
+        ``access_log``: log every request there (off by default).
+        ``listen``: Kong's listen list (:func:`ferry_shared.listen.parse_listen_list`),
+        instead of the one plaintext ``host``/``port``; its ``ssl`` entries need ``tls``
+        (the certificates they serve)."""
         self.holder = holder
-        self._host = host
-        self._requested_port = port
         self._reuse_port = reuse_port
         self._via_header = b"Via: 1.1 " + via.encode("ascii") + _CRLF
-        server_header = b"Server: " + via.encode("ascii") + _CRLF
-        self._errors = {key: _ErrorResponse(key, server_header) for key in _ALL_ERRORS}
+        self._server_header = b"Server: " + via.encode("ascii") + _CRLF
+        self._errors = {key: _ErrorResponse(key, self._server_header) for key in _ALL_ERRORS}
         #: What this proxy counted (requests by route and status, latencies, connections).
         self.metrics = RequestMetrics()
         #: One record per request when set (``--access-log``); ``None`` costs one check.
@@ -106,7 +112,12 @@ class ProxyServer:
         self._client_keepalive_timeout = client_keepalive_timeout
         self.client_timeouts = client_timeouts or ClientTimeouts()
         self._fd_warned_at = -FD_WARNING_INTERVAL
-        self._server: asyncio.Server | None = None
+        self.listen: tuple[ListenAddress, ...] = tuple(listen) if listen else (ListenAddress(host, port),)
+        if tls is None and any(entry.ssl for entry in self.listen):
+            raise ValueError("an 'ssl' listener needs the TLS certificates (tls=...)")
+        self.tls = tls
+        #: One server per entry of :attr:`listen`, in its order, while started.
+        self._servers: list[asyncio.Server] = []
         self._clients: set[_ClientConnection] = set()
         self._clients_empty: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -121,9 +132,28 @@ class ProxyServer:
     @property
     def port(self) -> int:
         """The bound port (the real one when started with port 0)."""
-        if self._server is None or not self._server.sockets:
+        for entry, port in self.bound():
+            if not entry.ssl:
+                return port
+        raise RuntimeError("proxy has no plaintext listener")
+
+    @property
+    def tls_port(self) -> int:
+        """The bound port of the first ``ssl`` listener."""
+        for entry, port in self.bound():
+            if entry.ssl:
+                return port
+        raise RuntimeError("proxy has no TLS listener")
+
+    def bound(self) -> list[tuple[ListenAddress, int]]:
+        """Each listener and the port it is bound to (the real one for port 0)."""
+        if not self._servers:
             raise RuntimeError("proxy is not listening")
-        return int(self._server.sockets[0].getsockname()[1])
+        return [
+            (entry, int(server.sockets[0].getsockname()[1]))
+            for entry, server in zip(self.listen, self._servers, strict=True)
+            if server.sockets
+        ]
 
     @property
     def connections(self) -> int:
@@ -144,22 +174,34 @@ class ProxyServer:
         def factory() -> asyncio.Protocol:
             return _ClientConnection(self)  # type: ignore[return-value]  # a protocol by its methods
 
-        self._server = await self._loop.create_server(
-            factory,
-            self._host,
-            self._requested_port,
-            reuse_address=True,
-            reuse_port=self._reuse_port or None,
-            backlog=1024,
-        )
+        try:
+            for entry in self.listen:
+                tls = self.tls.context if entry.ssl and self.tls is not None else None
+                self._servers.append(await self._loop.create_server(
+                    factory,
+                    entry.host,
+                    entry.port,
+                    reuse_address=True,
+                    reuse_port=self._reuse_port or None,
+                    backlog=1024,
+                    ssl=tls,
+                    # A handshake is a client wait like any other: bounded.
+                    ssl_handshake_timeout=self.client_timeouts.header if tls is not None else None,
+                ))
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers = []
+            raise
         self._sweeper = self._loop.call_later(self._sweep_interval(), self._sweep_idle_clients)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Graceful stop: stop accepting, let in-flight exchanges finish (up to
         ``timeout`` seconds), close idle connections, then abort what is left."""
-        if self._server is None:
+        if not self._servers:
             return
-        self._server.close()
+        for server in self._servers:
+            server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -175,10 +217,11 @@ class ProxyServer:
         self.pool.close()
         try:
             async with asyncio.timeout(1.0):
-                await self._server.wait_closed()
+                for server in self._servers:
+                    await server.wait_closed()
         except TimeoutError:
             pass
-        self._server = None
+        self._servers = []
         if self.access_log is not None:
             self.access_log.flush()
 

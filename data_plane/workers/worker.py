@@ -14,6 +14,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from data_plane.access_log import AccessLog
@@ -24,8 +26,14 @@ from data_plane.health.messages import address_health, verdict_rows
 from data_plane.health.supervisor import HealthSupervisor
 from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.runtime import ConfigError, ConfigHolder
+from data_plane.tls_termination import (
+    ServerCertificates,
+    TlsTermination,
+    load_or_create_default_certificate,
+)
 from data_plane.workers.link import FrameError, encode_frame, read_frame
 from data_plane.workers.metrics import publish_periodically, read_snapshot, snapshot_path
+from ferry_shared.listen import ListenAddress
 from ferry_shared.logging_setup import current_log_format
 from proto import cluster_pb2
 
@@ -43,8 +51,7 @@ class ProxyWorker:
     def __init__(
         self,
         hub: Path,
-        host: str,
-        port: int,
+        listen: Sequence[ListenAddress],
         index: int,
         *,
         via: str,
@@ -66,8 +73,14 @@ class ProxyWorker:
         self._resolver.on_change = self._health.addresses_changed
         # No disk cache: the node keeps it.
         self._installer = ConfigInstaller(self.holder, resolver=self._resolver, health=self._health)
+        tls = None
+        if any(entry.ssl for entry in listen):
+            # The node made the default certificate in its data directory (the hub
+            # socket's) before it started this worker.
+            tls = TlsTermination(self._server_certificates, load_or_create_default_certificate(hub.parent))
         self._proxy = ProxyServer(
-            self.holder, host, port, via=via, reuse_port=True, client_timeouts=client_timeouts,
+            self.holder, listen[0].host, listen[0].port, via=via, reuse_port=True,
+            client_timeouts=client_timeouts, listen=listen, tls=tls,
             access_log=AccessLog(current_log_format(), component=f"data-plane-worker-{index}")
             if access_log else None,
         )
@@ -113,7 +126,12 @@ class ProxyWorker:
         except TimeoutError:
             log.warning("proxy worker %d: no config from the node yet; listening anyway", self._index)
         await self._proxy.start()
-        log.info("proxy worker %d serving on port %d", self._index, self._proxy.port)
+        log.info("proxy worker %d serving on %s", self._index,
+                 ", ".join(str(replace(entry, port=port)) for entry, port in self._proxy.bound()))
+
+    def _server_certificates(self) -> ServerCertificates | None:
+        config = self.holder.current
+        return config.server_certificates if config is not None else None
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         deadline = time.monotonic() + CONNECT_TIMEOUT

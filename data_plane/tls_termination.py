@@ -1,0 +1,327 @@
+"""TLS on the proxy's ``ssl`` listeners: one server context per certificate entity, the
+certificate chosen by the client's SNI (exact name, then wildcard, as Kong), a default
+certificate otherwise.
+
+- :func:`compile_server_certificates` turns a config's ``certificates`` and ``snis``
+  entities into :class:`ServerCertificates` (immutable; part of
+  :class:`~data_plane.runtime.RuntimeConfig`). A certificate whose PEM text did not
+  change keeps the context the previous config built, so a delta that touches no
+  certificate builds none.
+- :class:`TlsTermination` owns the listener context. Its SNI callback reads the
+  *current* config on every handshake, so certificates change without a restart, and
+  records the name the client sent on the connection's ``SSLObject`` (see
+  :func:`server_name_of`) for the router's ``snis``.
+- :func:`load_or_create_default_certificate`: the certificate served when no SNI
+  matches, generated at first start and kept in the data directory (Kong keeps
+  ``kong_default_cert`` in its prefix).
+
+Private keys never touch the disk except the default one (mode 0600): contexts load
+PEM text through an anonymous memory file (``memfd_create``), as ``ssl`` loads keys
+only from paths. Nothing here logs key material.
+
+Concurrency: one event loop per process; contexts are shared by every connection of
+the process and never changed after they are built.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import ssl
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+log = logging.getLogger(__name__)
+
+#: What the proxy offers in ALPN on its TLS listeners (HTTP/2 is not built yet).
+ALPN_PROTOCOLS: tuple[str, ...] = ("http/1.1",)
+
+#: Where the default certificate lives, under the data directory.
+DEFAULT_CERTIFICATE_DIR = "tls"
+DEFAULT_CERT_FILE = "default.crt"
+DEFAULT_KEY_FILE = "default.key"
+#: How long a generated default certificate is valid (Kong's is valid for years too).
+DEFAULT_CERTIFICATE_DAYS = 3650
+
+#: Attribute set on a server-side ``ssl.SSLObject`` by the SNI callback.
+_SNI_ATTRIBUTE = "ferry_server_name"
+
+
+class CertificateError(ValueError):
+    """A certificate or key that cannot be loaded; the message names the entity, never the key."""
+
+
+@contextmanager
+def _memory_file(name: str, text: str) -> Iterator[str]:
+    """A path that reads ``text`` for as long as the block runs; nothing is written to disk."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def load_pem_pair(context: ssl.SSLContext, cert_pem: str, key_pem: str, label: str) -> None:
+    """Load a certificate chain and its key into ``context`` from PEM text.
+
+    Raises :class:`CertificateError` naming ``label`` (the entity) when OpenSSL refuses
+    either (unparsable, or a key that does not match).
+    """
+    try:
+        with _memory_file("ferry-cert", cert_pem) as cert_path, _memory_file("ferry-key", key_pem) as key_path:
+            context.load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise CertificateError(f"{label}: certificate or key cannot be loaded ({reason})") from None
+
+
+def not_after(cert_pem: str) -> float:
+    """The end of the validity of the first certificate in ``cert_pem`` (Unix seconds)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError as exc:
+        raise CertificateError(f"certificate cannot be parsed: {exc}") from None
+    return cert.not_valid_after_utc.timestamp()
+
+
+def new_server_context() -> ssl.SSLContext:
+    """A server context with the listener policy: TLS 1.2+, ALPN ``http/1.1``, no
+    compression, OpenSSL's default ciphers; session resumption (tickets and the session
+    cache) stays on, as OpenSSL has it by default."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCertificate:
+    """One ``certificates`` entity, loaded: its context and what the status API shows."""
+
+    id: str
+    #: The PEM text it was built from (``cert``, ``key``, ``cert_alt``, ``key_alt``), to
+    #: reuse the context when a new config carries the same material.
+    material: tuple[str, str, str | None, str | None]
+    context: ssl.SSLContext
+    #: ``not_valid_after`` of ``cert`` (and of ``cert_alt`` when set), Unix seconds.
+    expires_at: float
+    alt_expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCertificates:
+    """A config's certificates and the SNI index over them (immutable)."""
+
+    by_id: Mapping[str, ServerCertificate]
+    #: Exact names (lower case) → certificate.
+    exact: Mapping[str, ServerCertificate]
+    #: ``*.example.com`` entries by ``example.com``; ``example.*`` by ``example``.
+    left_wildcards: Mapping[str, ServerCertificate]
+    right_wildcards: Mapping[str, ServerCertificate]
+    #: Certificate id → its SNI names, sorted (for the status API).
+    names: Mapping[str, tuple[str, ...]]
+
+    def for_server_name(self, name: str) -> ServerCertificate | None:
+        """Kong's order: the exact name, then ``*.`` on its parent, then ``.*`` on its
+        prefix (``a.b.example.com`` → ``*.b.example.com`` → ``a.b.example.*``)."""
+        found = self.exact.get(name)
+        if found is not None:
+            return found
+        dot = name.find(".")
+        if dot > 0:
+            found = self.left_wildcards.get(name[dot + 1:])
+            if found is not None:
+                return found
+        dot = name.rfind(".")
+        if dot > 0:
+            return self.right_wildcards.get(name[:dot])
+        return None
+
+
+NO_SERVER_CERTIFICATES = ServerCertificates({}, {}, {}, {}, {})
+
+
+def _text(entity: Mapping[str, Any], field: str, label: str, required: bool) -> str | None:
+    value = entity.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise CertificateError(f"{label}: '{field}' must be a PEM string")
+    return value
+
+
+def _compile_certificate(
+    entity: Mapping[str, Any], previous: ServerCertificates
+) -> ServerCertificate:
+    cert_id = entity.get("id")
+    if not isinstance(cert_id, str):
+        raise CertificateError("a certificate without an id")
+    label = f"certificate {cert_id}"
+    cert = _text(entity, "cert", label, True)
+    key = _text(entity, "key", label, True)
+    cert_alt = _text(entity, "cert_alt", label, False)
+    key_alt = _text(entity, "key_alt", label, False)
+    assert cert is not None and key is not None
+    if (cert_alt is None) != (key_alt is None):
+        raise CertificateError(f"{label}: 'cert_alt' and 'key_alt' go together")
+    material = (cert, key, cert_alt, key_alt)
+    old = previous.by_id.get(cert_id)
+    if old is not None and old.material == material:
+        return old
+    context = new_server_context()
+    load_pem_pair(context, cert, key, label)
+    alt_expires_at = None
+    if cert_alt is not None and key_alt is not None:
+        # OpenSSL keeps one certificate per key type: an ECDSA and an RSA one side by side.
+        load_pem_pair(context, cert_alt, key_alt, f"{label} (alt)")
+        alt_expires_at = not_after(cert_alt)
+    return ServerCertificate(cert_id, material, context, not_after(cert), alt_expires_at)
+
+
+def compile_server_certificates(
+    certificates: Sequence[Mapping[str, Any]],
+    snis: Sequence[Mapping[str, Any]],
+    previous: ServerCertificates | None = None,
+) -> ServerCertificates:
+    """Load every certificate and index the SNIs; raises :class:`CertificateError`.
+
+    ``previous`` lends the contexts of certificates whose PEM text is unchanged.
+    """
+    before = previous or NO_SERVER_CERTIFICATES
+    by_id = {cert.id: cert for cert in (_compile_certificate(e, before) for e in certificates)}
+    exact: dict[str, ServerCertificate] = {}
+    left: dict[str, ServerCertificate] = {}
+    right: dict[str, ServerCertificate] = {}
+    names: dict[str, list[str]] = {}
+    for sni in snis:
+        name = sni.get("name")
+        ref = sni.get("certificate")
+        cert_id = ref.get("id") if isinstance(ref, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise CertificateError(f"sni {sni.get('id')}: 'name' must be a string")
+        owner = by_id.get(cert_id) if isinstance(cert_id, str) else None
+        if owner is None:
+            raise CertificateError(f"sni {name}: certificate {cert_id} does not exist")
+        name = name.lower()
+        if name.startswith("*."):
+            index, key = left, name[2:]
+        elif name.endswith(".*"):
+            index, key = right, name[:-2]
+        else:
+            index, key = exact, name
+        if key in index:
+            raise CertificateError(f"sni {name}: listed twice")
+        index[key] = owner
+        names.setdefault(owner.id, []).append(name)
+    return ServerCertificates(
+        by_id, exact, left, right, {cert_id: tuple(sorted(n)) for cert_id, n in names.items()}
+    )
+
+
+def server_name_of(ssl_object: object) -> bytes:
+    """The SNI a TLS client sent on the connection of ``ssl_object`` (lower case, ``b""``
+    without one), as recorded by :class:`TlsTermination`'s callback."""
+    name = getattr(ssl_object, _SNI_ATTRIBUTE, None)
+    return name.encode("idna") if isinstance(name, str) and name else b""
+
+
+class TlsTermination:
+    """The context of the proxy's ``ssl`` listeners.
+
+    ``certificates`` returns the current config's :class:`ServerCertificates` (or
+    ``None`` before the first config); it is called once per handshake. The default
+    certificate (``default_pem``: cert and key PEM) answers names no SNI covers.
+    """
+
+    def __init__(
+        self,
+        certificates: Callable[[], ServerCertificates | None],
+        default_pem: tuple[str, str],
+    ) -> None:
+        self._certificates = certificates
+        self.context = new_server_context()
+        load_pem_pair(self.context, default_pem[0], default_pem[1], "the default certificate")
+        self.default_expires_at = not_after(default_pem[0])
+        self.context.sni_callback = self._on_server_name
+
+    def _on_server_name(self, ssl_object: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
+        # Runs inside the handshake: no exception may escape (OpenSSL would abort it
+        # with an internal error), and a missing config serves the default certificate.
+        if not server_name:
+            return None
+        name = server_name.lower()
+        try:
+            setattr(ssl_object, _SNI_ATTRIBUTE, name)
+            certificates = self._certificates()
+            found = certificates.for_server_name(name) if certificates is not None else None
+            if found is not None:
+                ssl_object.context = found.context
+        except Exception:  # noqa: BLE001 - the default certificate is the safe answer
+            log.exception("choosing a certificate for SNI %r failed; serving the default one", name)
+        return None
+
+
+def _generate_default_certificate() -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ferry default certificate"),
+    ])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=DEFAULT_CERTIFICATE_DAYS))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return cert_pem, key_pem
+
+
+def load_or_create_default_certificate(data_dir: Path) -> tuple[str, str]:
+    """The default certificate's PEM text (cert, key), from ``data_dir/tls/`` or made
+    there (key mode 0600) when missing, unreadable or expired. One process per data
+    directory creates it (the node; its workers read it after it started them)."""
+    directory = data_dir / DEFAULT_CERTIFICATE_DIR
+    cert_path, key_path = directory / DEFAULT_CERT_FILE, directory / DEFAULT_KEY_FILE
+    try:
+        cert_pem, key_pem = cert_path.read_text(), key_path.read_text()
+        if not_after(cert_pem) > datetime.datetime.now(datetime.UTC).timestamp() + 86400:
+            return cert_pem, key_pem
+        log.warning("the default TLS certificate in %s expires within a day: making a new one", directory)
+    except (OSError, CertificateError, UnicodeDecodeError):
+        pass
+    cert_pem, key_pem = _generate_default_certificate()
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, text, mode in ((key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)):
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    log.info("made a default TLS certificate (CN=localhost) in %s", directory)
+    return cert_pem, key_pem
