@@ -74,16 +74,29 @@ class DataPlaneCollector(Collector):
         link: ClusterLinkState,
         requests: Callable[[], Snapshot | None],
         dns_errors: Callable[[], Mapping[str, str]] | None = None,
+        certificates: Callable[[], list[tuple[str, str, float]]] | None = None,
     ) -> None:
+        """``certificates``: ``(id, slot, not_after)`` of every certificate the TLS
+        listeners serve (see :func:`data_plane.tls_termination.expiry_series`)."""
         self._holder = holder
         self._link = link
         self._requests = requests
         self._dns_errors = dns_errors
+        self._certificates = certificates
 
     def collect(self) -> Iterator[Metric]:
         yield from self._request_families()
         yield from self._health_family()
         yield from self._config_families()
+        if self._certificates is not None:
+            expiry = GaugeMetricFamily(
+                "ferry_certificate_not_after_seconds",
+                "End of validity (Unix seconds) of each certificate the TLS listeners serve",
+                labels=["certificate", "slot"],
+            )
+            for cert_id, slot, not_after in self._certificates():
+                expiry.add_metric([cert_id, slot], not_after)
+            yield expiry
 
     def _request_families(self) -> Iterator[Metric]:
         snap = self._requests()

@@ -12,9 +12,11 @@ import logging
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,6 +38,8 @@ from data_plane.status_api import create_status_app
 from data_plane.tls_termination import (
     ServerCertificates,
     TlsTermination,
+    certificate_expiry,
+    expiry_series,
     load_or_create_default_certificate,
 )
 from data_plane.workers.hub import WorkerHub, WorkerProcesses
@@ -137,6 +141,8 @@ class DataPlane:
             tls=settings.cluster_tls,
         )
         self._proxy: ProxyServer | None = None
+        #: The TLS listeners' certificates (with an ``ssl`` entry in ``--proxy-listen``).
+        self._tls: TlsTermination | None = None
         #: With ``workers`` > 1: the hub the worker processes follow, and the processes.
         self.hub: WorkerHub | None = None
         self.worker_processes: WorkerProcesses | None = None
@@ -199,11 +205,15 @@ class DataPlane:
             ),
             metrics=metrics_registry(
                 DataPlaneCollector(
-                    self.holder, self.client.state, self._request_counts, self.resolver.dns_errors
+                    self.holder, self.client.state, self._request_counts, self.resolver.dns_errors,
+                    certificates=lambda: expiry_series(
+                        self._server_certificates(), self._tls.default_expires_at if self._tls else None
+                    ),
                 )
             ),
             cache=self._cache,
             requests=self._request_counts,
+            tls=self._tls_status,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -215,7 +225,7 @@ class DataPlane:
         tls = None
         if any(entry.ssl for entry in listen):
             default_pem = await asyncio.to_thread(load_or_create_default_certificate, self.settings.data_dir)
-            tls = TlsTermination(self._server_certificates, default_pem)
+            tls = self._tls = TlsTermination(self._server_certificates, default_pem)
         if self.hub is not None:
             self._start_workers(listen)
         else:
@@ -236,6 +246,16 @@ class DataPlane:
     def _server_certificates(self) -> ServerCertificates | None:
         config = self.holder.current
         return config.server_certificates if config is not None else None
+
+    def _tls_status(self) -> dict[str, Any]:
+        return {
+            "listeners": self.proxy_listeners,
+            "certificates": certificate_expiry(
+                self._server_certificates(),
+                self._tls.default_expires_at if self._tls is not None else None,
+                time.time(),
+            ) if self._tls is not None else [],
+        }
 
     def _note_listeners(self, bound: Sequence[ListenAddress]) -> None:
         self.proxy_listeners = [str(entry) for entry in bound]

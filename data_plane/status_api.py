@@ -255,13 +255,15 @@ def create_status_app(
     metrics: CollectorRegistry | None = None,
     cache: ConfigCache | None = None,
     requests: Callable[[], Snapshot | None] | None = None,
+    tls: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     """``workers`` lists the node's proxy workers (``--workers N``) for ``/status``;
     ``workers_ready`` says whether each serves the config (``/status/ready`` waits);
     ``metrics`` is served as ``GET /metrics`` in Prometheus' text format; ``cache``
     is shown as ``config_cache`` (its path, and why it was not used, if it was not);
     ``requests`` returns the proxy's counts (the workers' sum) for ``/status``'s
-    ``server`` block."""
+    ``server`` block; ``tls`` the ``tls`` block (the proxy's listeners and the expiry of
+    every certificate it serves)."""
     started = time.time()
 
     async def status(_: web.Request) -> web.Response:
@@ -291,6 +293,8 @@ def create_status_app(
             body["config_cache"] = cache.status()
         if workers is not None:
             body["workers"] = workers()
+        if tls is not None:
+            body["tls"] = tls()
         return _json(body)
 
     async def ready(_: web.Request) -> web.Response:

@@ -325,3 +325,43 @@ def load_or_create_default_certificate(data_dir: Path) -> tuple[str, str]:
         os.replace(temporary, path)
     log.info("made a default TLS certificate (CN=localhost) in %s", directory)
     return cert_pem, key_pem
+
+
+def _expiry(expires_at: float, now: float) -> dict[str, Any]:
+    return {
+        "not_after": datetime.datetime.fromtimestamp(expires_at, datetime.UTC).isoformat(),
+        "expires_in_seconds": round(expires_at - now),
+    }
+
+
+def certificate_expiry(
+    certificates: ServerCertificates | None, default_expires_at: float | None, now: float
+) -> list[dict[str, Any]]:
+    """What ``GET /status`` shows under ``tls.certificates``: each served certificate
+    (``id``, its ``snis``, ``not_after`` and ``expires_in_seconds``, and the same for
+    ``cert_alt``), the default one first as ``id: "default"``. ``now`` is Unix seconds."""
+    rows: list[dict[str, Any]] = []
+    if default_expires_at is not None:
+        rows.append({"id": "default", "snis": [], **_expiry(default_expires_at, now)})
+    for cert in (certificates or NO_SERVER_CERTIFICATES).by_id.values():
+        row = {"id": cert.id, "snis": list((certificates or NO_SERVER_CERTIFICATES).names.get(cert.id, ())),
+               **_expiry(cert.expires_at, now)}
+        if cert.alt_expires_at is not None:
+            row["alt"] = _expiry(cert.alt_expires_at, now)
+        rows.append(row)
+    return rows
+
+
+def expiry_series(
+    certificates: ServerCertificates | None, default_expires_at: float | None
+) -> list[tuple[str, str, float]]:
+    """``(certificate id, slot, not_after)`` for Prometheus: slot ``cert`` or ``cert_alt``;
+    the default certificate is id ``default``."""
+    series: list[tuple[str, str, float]] = []
+    if default_expires_at is not None:
+        series.append(("default", "cert", default_expires_at))
+    for cert in (certificates or NO_SERVER_CERTIFICATES).by_id.values():
+        series.append((cert.id, "cert", cert.expires_at))
+        if cert.alt_expires_at is not None:
+            series.append((cert.id, "cert_alt", cert.alt_expires_at))
+    return series

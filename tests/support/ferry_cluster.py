@@ -55,14 +55,17 @@ class Cluster:
         return process
 
     def start_data_plane(
-        self, name: str = "dp1", *extra: str, cluster_port: int | None = None
+        self, name: str = "dp1", *extra: str, cluster_port: int | None = None, tls: bool = False
     ) -> DataPlaneProc:
+        """A data plane on free ports; with ``tls``, a second proxy listener with ``ssl``."""
         proxy_port, status_port = free_port(), free_port()
+        tls_port = free_port() if tls else 0
+        listen = f"127.0.0.1:{proxy_port}" + (f", 127.0.0.1:{tls_port} ssl" if tls else "")
         process = FerryProcess(
             [
                 "data-plane",
                 "--control-plane", f"127.0.0.1:{cluster_port or self.cluster_port}",
-                "--proxy-listen", f"127.0.0.1:{proxy_port}",
+                "--proxy-listen", listen,
                 "--status-listen", f"127.0.0.1:{status_port}",
                 "--data-dir", str(self.tmp_path / name),
                 "--hostname", name,
@@ -72,7 +75,7 @@ class Cluster:
             self.tmp_path / f"{name}.log",
         )
         self.processes.append(process)
-        return DataPlaneProc(process, proxy_port, status_port)
+        return DataPlaneProc(process, proxy_port, status_port, tls_port)
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):
@@ -80,10 +83,12 @@ class Cluster:
 
 
 class DataPlaneProc:
-    def __init__(self, process: FerryProcess, proxy_port: int, status_port: int) -> None:
+    def __init__(self, process: FerryProcess, proxy_port: int, status_port: int, tls_port: int = 0) -> None:
         self.process = process
         self.proxy = f"http://127.0.0.1:{proxy_port}"
         self.status = f"http://127.0.0.1:{status_port}"
+        #: The ``ssl`` proxy listener's port (0: none).
+        self.tls_port = tls_port
 
 
 async def backend_of(http: aiohttp.ClientSession, url: str) -> str:
