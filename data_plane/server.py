@@ -222,6 +222,9 @@ class DataPlane:
         log.info("status API listening on %s:%d", host, self.status_port)
 
         listen = parse_listen_list(self.settings.proxy_listen)
+        if any(entry.http2 for entry in listen):
+            log.warning("--proxy-listen: 'http2' is accepted but HTTP/2 is not built yet: "
+                        "those listeners offer HTTP/1.1 only (ALPN http/1.1)")
         tls = None
         if any(entry.ssl for entry in listen):
             default_pem = await asyncio.to_thread(load_or_create_default_certificate, self.settings.data_dir)

@@ -11,7 +11,9 @@ from typing import Literal
 
 #: The flags a listen entry may carry after its address, as Kong's ``proxy_listen`` and
 #: ``admin_listen``: ``ssl`` (TLS on that port), ``http2`` (HTTP/2 on it), ``reuseport``
-#: (accepted: every Ferry proxy listener already uses ``SO_REUSEPORT`` with workers).
+#: (accepted: every Ferry proxy listener already uses ``SO_REUSEPORT`` with workers), and
+#: ``backlog=N`` (the listen queue). Kong's others (``deferred``, ``bind``,
+#: ``proxy_protocol``, ``so_keepalive``) are refused by name rather than ignored.
 ListenFlag = Literal["ssl", "http2", "reuseport"]
 _FLAGS: frozenset[str] = frozenset({"ssl", "http2", "reuseport"})
 
@@ -24,9 +26,13 @@ class ListenAddress:
     port: int
     ssl: bool = False
     http2: bool = False
+    #: ``backlog=N``: the listen queue length (``None``: the server's default).
+    backlog: int | None = None
 
     def __str__(self) -> str:
         flags = "".join(f" {name}" for name, on in (("ssl", self.ssl), ("http2", self.http2)) if on)
+        if self.backlog is not None:
+            flags += f" backlog={self.backlog}"
         return format_host_port(self.host, self.port) + flags
 
 
@@ -43,13 +49,22 @@ def parse_listen_list(value: str, *, default_host: str = "0.0.0.0") -> tuple[Lis
             raise ValueError(f"invalid listen list {value!r}: an entry is empty")
         host, port = parse_host_port(words[0], default_host=default_host)
         flags = words[1:]
+        backlog: int | None = None
+        for flag in [f for f in flags if f.startswith("backlog=")]:
+            try:
+                backlog = int(flag.removeprefix("backlog="))
+            except ValueError:
+                backlog = -1
+            if not 1 <= backlog <= 65535:
+                raise ValueError(f"invalid listen entry {raw.strip()!r}: backlog must be 1-65535")
+            flags.remove(flag)
         unknown = [flag for flag in flags if flag not in _FLAGS]
         if unknown:
             raise ValueError(
                 f"invalid listen entry {raw.strip()!r}: unknown flag {unknown[0]!r} "
-                f"(known: {', '.join(sorted(_FLAGS))})"
+                f"(known: {', '.join(sorted(_FLAGS))}, backlog=N)"
             )
-        entry = ListenAddress(host, port, ssl="ssl" in flags, http2="http2" in flags)
+        entry = ListenAddress(host, port, ssl="ssl" in flags, http2="http2" in flags, backlog=backlog)
         if port != 0 and any((e.host, e.port) == (host, port) for e in entries):
             raise ValueError(f"invalid listen list {value!r}: {words[0]} is listed twice")
         entries.append(entry)

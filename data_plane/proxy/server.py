@@ -183,7 +183,7 @@ class ProxyServer:
                     entry.port,
                     reuse_address=True,
                     reuse_port=self._reuse_port or None,
-                    backlog=1024,
+                    backlog=entry.backlog or 1024,
                     ssl=tls,
                     # A handshake is a client wait like any other: bounded.
                     ssl_handshake_timeout=self.client_timeouts.header if tls is not None else None,

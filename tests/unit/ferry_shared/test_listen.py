@@ -68,5 +68,19 @@ def test_listen_list_rejects_bad_entries_naming_them(text: str, says: str) -> No
         parse_listen_list(text)
 
 
+def test_listen_list_takes_kongs_default_with_backlog() -> None:
+    entries = parse_listen_list(
+        "0.0.0.0:8000 reuseport backlog=16384, 0.0.0.0:8443 http2 ssl reuseport backlog=16384"
+    )
+    assert [(e.port, e.ssl, e.http2, e.backlog) for e in entries] == [
+        (8000, False, False, 16384), (8443, True, True, 16384),
+    ]
+    assert str(entries[1]) == "0.0.0.0:8443 ssl http2 backlog=16384"
+    with pytest.raises(ValueError, match="backlog must be"):
+        parse_listen_list(":8000 backlog=zero")
+    with pytest.raises(ValueError, match="unknown flag 'proxy_protocol'"):
+        parse_listen_list(":8000 proxy_protocol")
+
+
 def test_listen_list_allows_several_ephemeral_ports() -> None:
     assert len(parse_listen_list("127.0.0.1:0, 127.0.0.1:0 ssl")) == 2
