@@ -136,14 +136,16 @@ def admin_ssl_context(certificate: AdminCertificate) -> ssl.SSLContext:
 
 
 async def start_admin_site(
-    runner: web.AppRunner, host: str, port: int, context: ssl.SSLContext | None
+    runner: web.AppRunner, host: str, port: int, context: ssl.SSLContext | None, backlog: int | None = None
 ) -> int:
-    """Serve ``runner``'s app on ``host:port`` (over TLS with ``context``); the bound port.
+    """Serve ``runner``'s app on ``host:port`` (over TLS with ``context``; listen queue
+    ``backlog``, aiohttp's 128 when None); the bound port.
 
     Port 0 binds an ephemeral port (tests). ``ferry_shared.http_site.start_site`` does the
     same without TLS; this one exists so the shared helper keeps one shape for every plane.
     """
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context,
+                       backlog=128 if backlog is None else backlog)
     await site.start()
     server = site._server  # aiohttp exposes the bound sockets only through the server
     sockets = list(getattr(server, "sockets", None) or [])

@@ -342,7 +342,7 @@ class ControlPlane:
         shown: list[str] = []
         for listener in listeners:
             port = await start_admin_site(runner, listener.host, listener.port,
-                                          context if listener.ssl else None)
+                                          context if listener.ssl else None, listener.backlog)
             ports.append(port)
             bound = format_host_port(listener.host, port)
             shown.append(f"https://{bound} (TLS 1.2+)" if listener.ssl else f"http://{bound}")

@@ -9,6 +9,7 @@ the start log and a refused key.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -21,7 +22,6 @@ from cryptography import x509
 from control_plane.admin_tls import DEFAULT_CERT_DIR, DEFAULT_CERT_NAME, DEFAULT_KEY_NAME
 from control_plane.admin_tokens import add_token
 from control_plane.server import ControlPlane
-from ferry_shared.listen import free_port
 from tests.support.control_planes import start_control_plane
 from tests.support.polling import wait_for
 from tests.support.processes import FerryProcess
@@ -206,27 +206,33 @@ async def test_a_plaintext_only_admin_listen_writes_no_certificate(
 
 
 def _control_plane_args(redis_url: str, data_dir: Path, admin_listen: str) -> list[str]:
-    return ["control-plane", "--admin-listen", admin_listen, "--cluster-listen", f"127.0.0.1:{free_port()}",
+    # Port 0 everywhere: the process binds and logs its ports, so no other test on the
+    # machine can take one between a pick and the bind.
+    return ["control-plane", "--admin-listen", admin_listen, "--cluster-listen", "127.0.0.1:0",
             "--redis-url", redis_url, "--cluster-insecure", "--data-dir", str(data_dir)]
+
+
+LISTENING = re.compile(r"admin API listening on http://127\.0\.0\.1:(\d+), https://127\.0\.0\.1:(\d+) \(TLS 1\.2\+\)")
 
 
 async def test_the_start_log_names_every_listener_and_the_certificate_from_the_env_variables(
     redis_url: str, tmp_path: Path, authority: Authority
 ) -> None:
     pair = authority.issue(tmp_path / "pki", ADMIN_NAME)
-    plain, secured = free_port(), free_port()
     process = FerryProcess(
-        _control_plane_args(redis_url, tmp_path / "cp", f"127.0.0.1:{plain}, 127.0.0.1:{secured} ssl"),
+        _control_plane_args(redis_url, tmp_path / "cp", "127.0.0.1:0, 127.0.0.1:0 ssl"),
         tmp_path / "cp.log",
         env={"FERRY_ADMIN_SSL_CERT": str(pair.cert), "FERRY_ADMIN_SSL_CERT_KEY": str(pair.key)},
     )
     try:
-        expected = f"admin API listening on http://127.0.0.1:{plain}, https://127.0.0.1:{secured} (TLS 1.2+)"
-        await wait_for(lambda: expected in process.log() or process.returncode is not None, timeout=30)
-        assert expected in process.log(), process.log()
+        await wait_for(lambda: LISTENING.search(process.log()) or process.returncode is not None, timeout=30)
+        listening = LISTENING.search(process.log())
+        assert listening is not None, process.log()
+        plain, secured = int(listening[1]), int(listening[2])
         assert f"admin API TLS: certificate {pair.cert} (CN={ADMIN_NAME}" in process.log()
         status, _, _ = await https_get(secured, "/status", client_context(authority.pair.cert), ADMIN_NAME)
         assert status == 200
+        assert await http_get(plain, "/status") == 200
         assert "PRIVATE KEY" not in process.log()
     finally:
         process.stop()
@@ -256,7 +262,7 @@ async def test_a_bad_certificate_or_key_stops_the_start_with_a_message_naming_th
         cert = tmp_path / "nowhere.crt"
         expected = f"--admin-ssl-cert: no such file at {cert}"
     process = FerryProcess(
-        [*_control_plane_args(redis_url, tmp_path / "cp", f"127.0.0.1:{free_port()} ssl"),
+        [*_control_plane_args(redis_url, tmp_path / "cp", "127.0.0.1:0 ssl"),
          "--admin-ssl-cert", str(cert), "--admin-ssl-cert-key", str(key)],
         tmp_path / "cp.log",
     )

@@ -43,6 +43,9 @@ def test_admin_listen_takes_kongs_list_and_keeps_a_bare_port_on_loopback() -> No
     parsed = settings(admin_listen=":8001, 0.0.0.0:8444 ssl").admin_listeners
     assert parsed == (ListenAddress("127.0.0.1", 8001), ListenAddress("0.0.0.0", 8444, ssl=True))
     assert settings().admin_listeners == (ListenAddress("127.0.0.1", 8001),)
+    kongs = settings(admin_listen="127.0.0.1:8001 reuseport backlog=16384, 127.0.0.1:8444 http2 ssl reuseport")
+    assert kongs.admin_listeners == (ListenAddress("127.0.0.1", 8001, backlog=16384),
+                                     ListenAddress("127.0.0.1", 8444, ssl=True, http2=True))
 
 
 @pytest.mark.parametrize("value", ["127.0.0.1:8444 tls", "127.0.0.1:8001, 127.0.0.1:8001 ssl", "", "8001"])
