@@ -2,7 +2,9 @@
 
 :func:`create_admin_app` builds the application. Paths, field names, defaults,
 status codes and error bodies follow Kong 3.x's Admin API for ``services``,
-``routes``, ``upstreams`` and ``targets``; ``docs/admin-api.md`` documents it.
+``routes``, ``upstreams``, ``targets`` and the TLS entities (``certificates``,
+``snis``, ``ca_certificates``: :mod:`control_plane.admin_certificates`);
+``docs/admin-api.md`` documents it.
 
 Errors are raised as :class:`~control_plane.errors.FerryError` anywhere below
 and turned into responses only by :func:`_error_middleware`; an unexpected
@@ -24,6 +26,7 @@ from urllib.parse import quote
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from control_plane.admin_certificates import certificate_routes
 from control_plane.admin_openapi import (
     DECLARATIVE_CONFIG_QUERY,
     DECLARATIVE_CONFIG_REQUEST,
@@ -45,6 +48,7 @@ from control_plane.admin_requests import (
     read_config_document,
 )
 from control_plane.admin_tokens import READ_METHODS, TOKEN_HEADER, AdminTokens
+from control_plane.certificate_service import CertificateService
 from control_plane.console_site import add_console_routes
 from control_plane.declarative import (
     export_document,
@@ -111,7 +115,6 @@ _SERVICES = _Kind("services", "service")
 _ROUTES = _Kind("routes", "route")
 _UPSTREAMS = _Kind("upstreams", "upstream")
 _TARGETS = _Kind("targets", "target")
-_SCHEMA_NAMES = {"services": "Service", "routes": "Route", "upstreams": "Upstream", "targets": "Target"}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -441,6 +444,12 @@ class _AdminAPI:
 
 def _routes(api: _AdminAPI) -> list[_Route]:
     # Order matters: ".../targets/all" must be matched before ".../targets/{target}".
+    tls = certificate_routes(
+        CertificateService(api.entities),
+        lambda name, param: api.collection(_Kind(name, param)),
+        lambda name, param: api.entity(_Kind(name, param)),
+        _json,
+    )
     return [
         _Route("/", {"GET": api.root}, "Node information"),
         _Route("/status", {"GET": api.status}, "Node and database status"),
@@ -511,6 +520,7 @@ def _routes(api: _AdminAPI) -> list[_Route]:
                 ("unhealthy", api.health_override(False)),
             )
         ),
+        *tls,
     ]
 
 

@@ -85,7 +85,7 @@ TAGS_QUERY: dict[str, Any] = {
 
 #: Input-only fields: given by the server (``id``, timestamps) or by the path (a target's upstream).
 _SERVER_FIELDS = frozenset({"id", "created_at", "updated_at", "upstream"})
-_ENTITY_SCHEMAS = ("Service", "Route", "Upstream", "Target")
+_ENTITY_SCHEMAS = ("Service", "Route", "Upstream", "Target", "Certificate", "Sni", "CaCertificate")
 
 
 def _request_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +102,13 @@ def _request_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
             properties["url"] = {
                 "type": ["string", "null"],
                 "description": "shorthand for protocol, host, port and path",
+            }
+        if name == "Certificate":
+            properties["snis"] = {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "shorthand: the SNI names of this certificate (null: none); "
+                "absent, a write leaves them as they are",
             }
         create = {**base, "properties": properties,
                   "required": [f for f in base.get("required", []) if f not in _SERVER_FIELDS]}
@@ -380,6 +387,9 @@ def _declarative_config_schema() -> dict[str, Any]:
                                 "description": "the configuration version (ignored on input)"},
             "_config_hash": {"type": "string", "readOnly": True,
                              "description": "the configuration hash data planes get (ignored on input)"},
+            "certificates": entities("Certificate", "snis"),
+            "ca_certificates": entities("CaCertificate"),
+            "snis": entities("Sni"),
             "upstreams": entities("Upstream", "targets"),
             "targets": entities("Target"),
             "services": entities("Service", "routes"),

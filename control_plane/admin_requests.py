@@ -101,11 +101,24 @@ async def read_form(request: web.Request) -> list[tuple[str, object]]:
         raise InvalidBody(f"Cannot parse form body: {reason}") from None
 
 
+def _form_text(value: object) -> str | None:
+    """A form field's text: an uploaded file (``curl -F cert=@server.crt``, as Kong
+    takes PEM files) is its content; other values not text are dropped."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, web.FileField):
+        try:
+            return value.file.read().decode()
+        except UnicodeError:
+            raise InvalidBody("Cannot parse form body: not valid UTF-8 text") from None
+    return None
+
+
 async def read_body(request: web.Request, kind: str) -> dict[str, Any]:
     """The request body as a dict: JSON, or a form decoded by the schema of ``kind``."""
     if request.content_type in _FORM_TYPES:
         fields = await read_form(request)
-        return decode_form(kind, [(k, v) for k, v in fields if isinstance(v, str)])
+        return decode_form(kind, [(k, text) for k, v in fields if (text := _form_text(v)) is not None])
     raw = await request.read()
     if not raw.strip():
         return {}

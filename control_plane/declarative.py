@@ -5,6 +5,8 @@ as ``kong config db_export`` writes it)::
 
     _format_version: "3.0"
     _transform: false
+    certificates: [...]     # snis nested: [{name: ...}] (or plain names)
+    ca_certificates: [...]
     upstreams: [...]   # entities in the Admin API's shape
     targets: [...]     # target.upstream: {id: ...}
     services: [...]
@@ -78,13 +80,37 @@ META_KEYS = frozenset(
 GENERATED_ID_NAMESPACE = uuid.UUID("5b6f2a8e-3c1d-5e7f-9a0b-1c2d3e4f5a6b")
 
 #: Children that may be nested in a parent entity: parent kind -> (key, foreign key field).
-_NESTED: dict[str, tuple[str, str]] = {"services": ("routes", "service"), "upstreams": ("targets", "upstream")}
+_NESTED: dict[str, tuple[str, str]] = {
+    "services": ("routes", "service"),
+    "upstreams": ("targets", "upstream"),
+    "certificates": ("snis", "certificate"),
+}
 #: Foreign keys: child kind -> (field, parent kind).
-_FOREIGN: dict[str, tuple[str, str]] = {"routes": ("service", "services"), "targets": ("upstream", "upstreams")}
+_FOREIGN: dict[str, tuple[str, str]] = {
+    "routes": ("service", "services"),
+    "targets": ("upstream", "upstreams"),
+    "snis": ("certificate", "certificates"),
+}
+#: Optional references to TLS entities: kind -> (field, referenced kind); an array
+#: field (a service's ``ca_certificates``) lists ids.
+_TLS_REFERENCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "services": (("client_certificate", "certificates"), ("ca_certificates", "ca_certificates")),
+    "upstreams": (("client_certificate", "certificates"),),
+}
 #: Kinds whose entities are matched by ``name`` when the document gives no id.
-_NAMED_KINDS = ("upstreams", "services", "routes")
+_NAMED_KINDS = ("snis", "upstreams", "services", "routes")
+#: Kinds without a name, matched by their certificate when the document gives no id.
+_CERTIFICATE_KINDS = ("certificates", "ca_certificates")
 #: Each kind's singular, as Kong's ``flattened_errors`` name it (``entity_type``).
-SINGULAR_NAMES = {"upstreams": "upstream", "targets": "target", "services": "service", "routes": "route"}
+SINGULAR_NAMES = {
+    "certificates": "certificate",
+    "ca_certificates": "ca_certificate",
+    "snis": "sni",
+    "upstreams": "upstream",
+    "targets": "target",
+    "services": "service",
+    "routes": "route",
+}
 
 Entities = Mapping[str, Sequence[Mapping[str, Any]]]
 
@@ -100,10 +126,13 @@ def entities_hash(entities: Entities) -> str:
 def export_document(version: int, entities: Entities) -> dict[str, Any]:
     """The document for ``entities`` at ``version``: what ``GET /config`` answers.
 
-    Entity lists in dependency order (``upstreams``, ``targets``, ``services``,
-    ``routes``), each sorted by id, entities exactly as stored, plus the
-    version and hash of the configuration (ignored when the document is read).
-    The lists are new; the entity dicts are copied one level deep only.
+    Entity lists in dependency order (``certificates``, ``ca_certificates``,
+    ``upstreams``, ``targets``, ``services``, ``routes``), each sorted by id,
+    entities exactly as stored, plus the version and hash of the configuration
+    (ignored when the document is read). SNIs are nested in their certificate
+    (``snis: [{id, name, ...}]``, sorted by name, without their ``certificate``),
+    as Kong's declarative format has them. The lists are new; the entity dicts
+    are copied one level deep only.
     """
     document: dict[str, Any] = {
         "_format_version": FORMAT_VERSION,
@@ -113,12 +142,23 @@ def export_document(version: int, entities: Entities) -> dict[str, Any]:
     }
     for kind in KINDS:
         document[kind] = sorted((dict(e) for e in entities.get(kind, ())), key=lambda e: str(e["id"]))
+    nested: dict[str, list[dict[str, Any]]] = {}
+    for sni in sorted(document.pop("snis"), key=lambda e: str(e["name"])):
+        child = {k: v for k, v in sni.items() if k != "certificate"}
+        nested.setdefault(str(sni["certificate"]["id"]), []).append(child)
+    for certificate in document["certificates"]:
+        certificate["snis"] = nested.get(str(certificate["id"]), [])
     return document
 
 
 def entities_of(document: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The entity lists of an exported document (:func:`export_document`'s output)."""
-    return {kind: [dict(e) for e in document.get(kind) or ()] for kind in KINDS}
+    entities = {kind: [dict(e) for e in document.get(kind) or ()] for kind in KINDS}
+    for certificate in entities["certificates"]:
+        for sni in certificate.pop("snis", None) or ():
+            entities["snis"].append({**sni, "certificate": {"id": certificate["id"]}})
+    entities["snis"].sort(key=lambda e: str(e["id"]))
+    return entities
 
 
 # ---------------------------------------------------------------- resolution
@@ -285,6 +325,8 @@ class _Resolver:
                 self._add(kind, raw, (kind, index), None)
 
     def _add(self, kind: str, raw: Any, where: tuple[str | int, ...], parent: _Item | None) -> None:
+        if kind == "snis" and isinstance(raw, str) and parent is not None:
+            raw = {"name": raw}  # a certificate's "snis: [a.example.com]", Kong's shorthand
         if not isinstance(raw, dict):
             self.element_errors.append((where, "expected a record"))
             return
@@ -312,6 +354,8 @@ class _Resolver:
         """Ids of upstreams, services and routes; then the document's id and name indexes."""
         for item in self._by_kind(*_NAMED_KINDS):
             given, name = item.raw.get("id"), item.raw.get("name")
+            if item.kind == "snis" and isinstance(name, str):
+                name = name.lower()  # as the schema stores it
             if given is not None:
                 item.id = _given_id(given)
             elif isinstance(name, str) and name:
@@ -365,8 +409,43 @@ class _Resolver:
                     )
             elif value is not None:
                 item.parent_id = self._reference(item, value, parent_kind)
-            elif item.kind == "targets":
+            elif item.kind in ("targets", "snis"):
                 item.field_error(fk_field, "required field missing")
+
+    def identify_certificates(self) -> None:
+        """Ids of certificates and CA certificates: given, else the stored one with the
+        same certificate, else a UUIDv5 of the certificate text."""
+        stored_ids: dict[tuple[str, str], str] = {}
+        for kind in _CERTIFICATE_KINDS:
+            for entity_id, entity in self.stored.by_id[kind].items():
+                if isinstance(entity.get("cert"), str):
+                    stored_ids.setdefault((kind, entity["cert"].strip()), entity_id)
+        for item in self._by_kind(*_CERTIFICATE_KINDS):
+            given, cert = item.raw.get("id"), item.raw.get("cert")
+            if given is not None:
+                item.id = _given_id(given)
+            elif isinstance(cert, str) and cert.strip():
+                key = (item.kind, cert.strip())
+                item.id = stored_ids.get(key) or generated_id(item.kind, cert.strip())
+            else:
+                item.id = generated_id(item.kind, "@" + item.location)
+            self.doc_ids[item.kind].add(item.id)
+
+    def check_tls_references(self) -> None:
+        """Client certificates and CA certificates must be entities of the document."""
+        for item in self._by_kind(*_TLS_REFERENCES):
+            if item.entity is None:
+                continue
+            for fk_field, parent_kind in _TLS_REFERENCES[item.kind]:
+                value = item.entity.get(fk_field)
+                ids = [value["id"]] if isinstance(value, dict) else list(value or ())
+                for ref in ids:
+                    if ref not in self.doc_ids[parent_kind]:
+                        item.field_error(
+                            fk_field,
+                            f"the foreign key '{{id=\"{ref}\"}}' does not reference "
+                            f"an existing '{parent_kind}' entity of this configuration",
+                        )
 
     def identify_targets(self) -> None:
         for item in self._by_kind("targets"):
@@ -439,6 +518,9 @@ class _Resolver:
             elif entity.get("name") is not None:
                 key = (kind, "name", entity["name"])
                 field_text = f"name set to '{entity['name']}'"
+            elif entity.get("cert_digest") is not None:
+                key = (kind, "cert_digest", entity["cert_digest"])
+                field_text = f"cert_digest set to '{entity['cert_digest']}'"
             if key is not None and key in seen:
                 # Entities without ids that share a name also share a generated id:
                 # the name is the problem to report.
@@ -519,7 +601,7 @@ class _Resolver:
 
 def _item_label(item: _Item) -> str:
     """``services.2 (service 'orders')``: where an entity is, and what it is called."""
-    name = item.raw.get("name") if item.kind != "targets" else item.raw.get("target")
+    name = item.raw.get("target") if item.kind == "targets" else item.raw.get("name")
     if isinstance(name, str) and name:
         return f"{item.location} ({SINGULAR_NAMES[item.kind]} '{name}')"
     if isinstance(item.raw.get("id"), str):
@@ -543,10 +625,12 @@ def resolve_document(
     resolver = _Resolver(document, current, now)
     resolver.check_metadata()
     resolver.collect()
+    resolver.identify_certificates()
     resolver.identify_named()
     resolver.resolve_parents()
     resolver.identify_targets()
     resolver.validate()
+    resolver.check_tls_references()
     resolver.check_uniqueness()
     resolver.raise_errors()
     return resolver.result()

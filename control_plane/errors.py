@@ -23,6 +23,7 @@ CODE_INVALID_SIZE = 9
 CODE_INVALID_OPTIONS = 11
 CODE_FOREIGN_KEYS_UNRESOLVED = 13
 CODE_DECLARATIVE_CONFIG = 14
+CODE_REFERENCED_BY_OTHERS = 19
 
 
 def lua_pretty(value: Any) -> str:
@@ -171,6 +172,15 @@ class ForeignKeyViolation(_CodedError):
             f"an existing '{child}' entity references this '{parent}' entity",
             {"@referenced_by": child},
         )
+
+
+class ReferencedByOthers(_CodedError):
+    """400: an entity other entities still use outside foreign keys (a CA certificate
+    in a service's ``ca_certificates``), Kong's ``referenced by others``."""
+
+    status = 400
+    code = CODE_REFERENCED_BY_OTHERS
+    name = "referenced by others"
 
 
 class ForeignKeysUnresolved(_CodedError):

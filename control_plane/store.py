@@ -7,7 +7,10 @@ Layout under ``prefix`` (default ``ferry``):
 ``{p}:unique:{kind}:{field}``          hash value -> id (``name``; targets use
                                        ``{upstream_id}|{target}`` under ``target``)
 ``{p}:refs:{kind}:{field}:{parent}``   set of child ids (routes of a service,
-                                       targets of an upstream)
+                                       targets of an upstream, SNIs of a
+                                       certificate, services and upstreams using a
+                                       client certificate, services trusting a CA
+                                       certificate: one entry per id of the array)
 ``{p}:version``                        integer, +1 per successful write
 ``{p}:changes``                        stream: ``version kind id op`` per changed entity
 =====================================  ==============================================
@@ -36,6 +39,7 @@ from control_plane.errors import (
     FerryError,
     ForeignKeyViolation,
     PrimaryKeyViolation,
+    ReferencedByOthers,
     StoreUnavailable,
     UniqueViolation,
 )
@@ -54,8 +58,18 @@ local req = cjson.decode(ARGV[2])
 local maxlen = ARGV[3]
 local null = cjson.null
 
-local UNIQUE = { services = {"name"}, routes = {"name"}, upstreams = {"name"} }
-local FOREIGN = { routes = {{"service", "services"}}, targets = {{"upstream", "upstreams"}} }
+local UNIQUE = {
+  services = {"name"}, routes = {"name"}, upstreams = {"name"},
+  snis = {"name"}, ca_certificates = {"cert_digest"},
+}
+local FOREIGN = {
+  routes = {{"service", "services"}}, targets = {{"upstream", "upstreams"}},
+  snis = {{"certificate", "certificates"}},
+  services = {{"client_certificate", "certificates"}},
+  upstreams = {{"client_certificate", "certificates"}},
+}
+-- arrays of ids referencing other entities (a service's CA certificates)
+local ARRAY_REFS = { services = {{"ca_certificates", "ca_certificates"}} }
 
 local function ekey(kind) return p .. ":entities:" .. kind end
 local function ukey(kind, field) return p .. ":unique:" .. kind .. ":" .. field end
@@ -84,8 +98,29 @@ local function parents(kind, e)
       table.insert(out, {rkey(kind, fk[1], ref.id), fk[2], ref.id, fk[1]})
     end
   end
+  for _, ar in ipairs(ARRAY_REFS[kind] or {}) do
+    local ids = e[ar[1]]
+    if present(ids) then
+      for _, rid in ipairs(ids) do
+        table.insert(out, {rkey(kind, ar[1], rid), ar[2], rid, ar[1]})
+      end
+    end
+  end
   return out
 end
+
+-- the children of a parent that point at it through fields of other kinds:
+-- returns {kind, field} of the first kind with any, or nil
+local function referenced(id, refs)
+  for _, r in ipairs(refs) do
+    local set = rkey(r[1], r[2], id)
+    if redis.call("SCARD", set) > 0 then
+      return r[1], redis.call("SRANDMEMBER", set)
+    end
+  end
+  return nil
+end
+
 
 local function unlink(kind, id, e)
   for _, c in ipairs(claims(kind, e)) do
@@ -100,6 +135,19 @@ local function link(kind, id, text)
   redis.call("HSET", ekey(kind), id, text)
   for _, c in ipairs(claims(kind, e)) do redis.call("HSET", c[1], c[2], id) end
   for _, r in ipairs(parents(kind, e)) do redis.call("SADD", r[1], id) end
+end
+
+-- delete every child of kind pointing at parent id through field (a cascade)
+local function cascade(kind, field, id, changes)
+  local set = rkey(kind, field, id)
+  for _, cid in ipairs(redis.call("SMEMBERS", set)) do
+    local cjson_text = redis.call("HGET", ekey(kind), cid)
+    if cjson_text then
+      unlink(kind, cid, cjson.decode(cjson_text))
+      table.insert(changes, {kind, cid, "delete"})
+    end
+  end
+  redis.call("DEL", set)
 end
 
 local function bump(changes)
@@ -134,15 +182,20 @@ if req.op == "delete" then
     end
   elseif kind == "upstreams" then
     -- targets.upstream cascades: the upstream's targets go with it
-    local set = rkey("targets", "upstream", id)
-    for _, tid in ipairs(redis.call("SMEMBERS", set)) do
-      local tjson = redis.call("HGET", ekey("targets"), tid)
-      if tjson then
-        unlink("targets", tid, cjson.decode(tjson))
-        table.insert(changes, {"targets", tid, "delete"})
-      end
+    cascade("targets", "upstream", id, changes)
+  elseif kind == "certificates" then
+    -- client_certificate has no cascade in Kong: refuse while one points here
+    local child = referenced(id, {{"services", "client_certificate"}, {"upstreams", "client_certificate"}})
+    if child then
+      return cjson.encode({err = "restrict", parent = "certificates", child = child})
     end
-    redis.call("DEL", set)
+    -- snis.certificate cascades (Kong's certificates DAO deletes them)
+    cascade("snis", "certificate", id, changes)
+  elseif kind == "ca_certificates" then
+    local child, child_id = referenced(id, {{"services", "ca_certificates"}})
+    if child then
+      return cjson.encode({err = "referenced", parent = "ca_certificates", child = child, child_id = child_id})
+    end
   end
   unlink(kind, id, old)
   table.insert(changes, {kind, id, "delete"})
@@ -414,6 +467,11 @@ class EntityStore:
             )
         if error == "restrict":
             raise ForeignKeyViolation.restricted(result["parent"], result["child"])
+        if error == "referenced":
+            raise ReferencedByOthers(
+                f"ca certificate {request['id']} is still referenced by "
+                f"{result['child']} (id = {result['child_id']})"
+            )
         return result
 
     async def insert(self, kind: str, entity: dict[str, Any]) -> int:
@@ -446,10 +504,13 @@ class EntityStore:
         return int(result["version"])
 
     async def delete(self, kind: str, entity_id: str) -> int | None:
-        """Delete one entity (an upstream with its targets); returns the version.
+        """Delete one entity (an upstream with its targets, a certificate with its
+        SNIs); returns the version.
 
         None when there was nothing to delete (no version bump). Raises
-        :class:`ForeignKeyViolation` when deleting a service that routes use.
+        :class:`ForeignKeyViolation` when deleting a service that routes use or a
+        certificate a service or upstream presents (``client_certificate``), and
+        :class:`ReferencedByOthers` for a CA certificate a service trusts.
         """
         result = await self._run({"op": "delete", "kind": kind, "id": entity_id})
         version = result.get("version")

@@ -7,8 +7,9 @@ in ``extra={"fields": {...}}``, e.g. the access log's request fields).
 
 Secrets never reach a line: every rendered record goes through
 :func:`redact`, which masks the password of any ``scheme://user:password@``
-URL (a ``--redis-url`` in an error) and the value of token headers
-(``Ferry-Admin-Token``, ``Authorization``). Call sites must still not log
+URL (a ``--redis-url`` in an error), the value of token headers
+(``Ferry-Admin-Token``, ``Authorization``) and the body of any PEM private key
+(a certificate entity's ``key``/``key_alt`` quoted by mistake). Call sites must still not log
 secrets on purpose; this is the safety net.
 """
 
@@ -34,11 +35,21 @@ _TOKEN_VALUE = re.compile(
     re.IGNORECASE,
 )
 
+#: A PEM private key (``-----BEGIN [RSA |EC |ENCRYPTED ]PRIVATE KEY-----`` … END), also
+#: JSON-escaped (``\n`` written as two characters).
+_PRIVATE_KEY = re.compile(
+    r"(?P<head>-----BEGIN [A-Z ]*PRIVATE KEY-----).*?(?P<tail>-----END [A-Z ]*PRIVATE KEY-----)",
+    re.DOTALL,
+)
+
 _format: LogFormat = "text"
 
 
 def redact(text: str) -> str:
-    """``text`` with URL passwords and token header values replaced by ``***``."""
+    """``text`` with URL passwords, token header values and PEM private key bodies
+    replaced by ``***``."""
+    if "PRIVATE KEY-----" in text:
+        text = _PRIVATE_KEY.sub(r"\g<head>***\g<tail>", text)
     if "@" in text:
         text = _URL_PASSWORD.sub(r"\g<head>***", text)
     lowered = text.lower()

@@ -14,12 +14,24 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic.json_schema import JsonSchemaValue
 
 from control_plane.errors import SchemaViolation
-from control_plane.schemas import routes, services, targets, upstreams
+from control_plane.schemas import (
+    ca_certificates,
+    certificates,
+    routes,
+    services,
+    snis,
+    targets,
+    upstreams,
+)
 from control_plane.schemas.messages import translate, unicode_violations
 from control_plane.schemas.typedefs import EntitySchema, ForeignKey, Record, unwrap_annotation
 
-#: Every entity, in dependency order (a target needs its upstream, a route its service).
+#: Every entity, in dependency order (a target needs its upstream, a route its service,
+#: an SNI its certificate, an upstream or a service its client certificate).
 ENTITIES: tuple[EntitySchema, ...] = (
+    certificates.SCHEMA,
+    ca_certificates.SCHEMA,
+    snis.SCHEMA,
     upstreams.SCHEMA,
     targets.SCHEMA,
     services.SCHEMA,

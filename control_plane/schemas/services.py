@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from control_plane.errors import SchemaViolation
 from control_plane.schemas.typedefs import (
     EntitySchema,
+    ForeignKey,
     Name,
-    NullOnly,
     PathStr,
     Port,
     Record,
@@ -54,10 +55,12 @@ class Service(Record):
     write_timeout: Timeout = 60000
     read_timeout: Timeout = 60000
     tags: Tags = None
-    client_certificate: NullOnly = None
+    # TLS to the upstream (https only, as Kong): the certificate presented to it, and
+    # how its certificate is verified (CA certificates by id; null: the system store).
+    client_certificate: ForeignKey | None = None
     tls_verify: bool | None = None
     tls_verify_depth: Annotated[int, between(0, 64)] | None = None
-    ca_certificates: NullOnly = None
+    ca_certificates: list[UUIDStr] | None = None
     enabled: bool = True
 
 
@@ -88,4 +91,20 @@ def _url_shorthand(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-SCHEMA = EntitySchema("services", Service, shorthands=_url_shorthand)
+#: Fields Kong allows only when the service speaks TLS to its upstream.
+TLS_FIELDS = ("client_certificate", "tls_verify", "tls_verify_depth", "ca_certificates")
+
+
+def _service_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> list[str]:
+    """Kong's conditionals: the TLS fields must be null unless ``protocol`` is ``https``."""
+    messages: list[str] = []
+    if entity.get("protocol") == "https" or "protocol" in fields:
+        return messages
+    for name in TLS_FIELDS:
+        if entity.get(name) is not None:
+            fields.setdefault(name, "value must be null")
+            messages.append("failed conditional validation given value of field 'protocol'")
+    return messages
+
+
+SCHEMA = EntitySchema("services", Service, checks=_service_checks, shorthands=_url_shorthand)

@@ -13,10 +13,10 @@ from control_plane.schemas.typedefs import (
     INT32_MAX,
     Counter,
     EntitySchema,
+    ForeignKey,
     HeaderName,
     HeaderValue,
     HttpStatus,
-    NullOnly,
     PathStr,
     Record,
     Rule,
@@ -206,8 +206,8 @@ class Upstream(Record):
     healthchecks: Healthchecks = Field(default_factory=Healthchecks)
     tags: Tags = None
     host_header: Annotated[str, Rule(_check_host_with_optional_port)] | None = None
-    # Ferry has no certificates entity: only null is accepted (kept for Kong-shaped dumps).
-    client_certificate: NullOnly = None
+    # The certificate presented to targets over TLS (https services, https probes).
+    client_certificate: ForeignKey | None = None
     use_srv_name: bool = False
     # Ferry extensions (Envoy's ideas, opt-in; see docs/load-balancing.md):
     # seconds over which a new or recovered target ramps its weight from 10% to 100%.

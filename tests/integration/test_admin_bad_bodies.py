@@ -285,7 +285,8 @@ async def test_a_405_lists_the_allowed_methods(admin: str) -> None:
 async def test_head_answers_wherever_get_does_with_gets_status_and_no_body(admin: str) -> None:
     await seed(admin)
     _, document, _ = await send(admin, "GET", "/openapi.json")
-    names = {"service": "s1", "route": "r1", "upstream": "u1.internal", "target": "10.0.0.1:80"}
+    names = {"service": "s1", "route": "r1", "upstream": "u1.internal", "target": "10.0.0.1:80",
+             "certificate": "cert.example", "sni": "cert.example", "ca_certificate": str(uuid.uuid4())}
     paths = [path for path, operations in document["paths"].items() if "get" in operations]
     assert len(paths) > 10
     async with aiohttp.ClientSession() as http:

@@ -105,6 +105,9 @@ async def test_load_all_returns_version_and_every_entity(admin: Any, store: Enti
     version, entities = await store.load_all()
     assert version == 4
     assert entities == {
+        "certificates": [],
+        "ca_certificates": [],
+        "snis": [],
         "upstreams": [upstream],
         "targets": [target],
         "services": [service],
@@ -115,7 +118,7 @@ async def test_load_all_returns_version_and_every_entity(admin: Any, store: Enti
 async def test_load_all_on_an_empty_store(store: EntityStore) -> None:
     assert await store.load_all() == (
         0,
-        {"upstreams": [], "targets": [], "services": [], "routes": []},
+        {"certificates": [], "ca_certificates": [], "snis": [], "upstreams": [], "targets": [], "services": [], "routes": []},
     )
 
 
@@ -185,7 +188,7 @@ async def test_store_works_without_decoded_responses(redis_url: str) -> None:
         assert await store_.insert("upstreams", upstream) == 1
         assert await store_.load_all() == (
             1,
-            {"upstreams": [upstream], "targets": [], "services": [], "routes": []},
+            {"certificates": [], "ca_certificates": [], "snis": [], "upstreams": [upstream], "targets": [], "services": [], "routes": []},
         )
         assert await store_.id_by_unique("upstreams", "name", "a") == upstream["id"]
     finally:

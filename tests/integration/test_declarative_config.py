@@ -44,7 +44,9 @@ async def test_get_config_exports_every_entity_with_the_version_and_published_ha
     assert document["_format_version"] == "3.0" and document["_transform"] is False
     assert document["_config_version"] == version == 6
     assert document["_config_hash"] == build_snapshot(version, entities).hash
-    assert list(document)[4:] == ["upstreams", "targets", "services", "routes"]
+    assert list(document)[4:] == [
+        "certificates", "ca_certificates", "upstreams", "targets", "services", "routes",
+    ]
     for kind in ("upstreams", "targets", "services", "routes"):
         assert document[kind] == entities[kind]
 

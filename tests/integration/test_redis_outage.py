@@ -31,6 +31,7 @@ from data_plane.server import DataPlane, DataPlaneSettings
 from ferry_shared.http_site import start_site
 from tests.support.control_planes import start_control_plane
 from tests.support.polling import wait_for
+from tests.support.tls import pem_pair
 
 #: Routes that never touch Redis.
 _REDIS_FREE = {"/", "/status", "/openapi.json"}
@@ -41,7 +42,12 @@ _PATH_VALUES = {
     "upstream": "shop",
     "target": "10.0.0.1:80",
     "address": "10.0.0.1:80",
+    "certificate": "shop.example.com",
+    "sni": "shop.example.com",
+    "ca_certificate": "0b9c1c55-5a4c-4d55-9a3e-0c4f1b0e7a11",
 }
+_PAIR = pem_pair("shop.example.com")
+_CA = pem_pair("Shop CA", is_ca=True)
 
 
 def _body_for(path: str) -> dict[str, Any]:
@@ -53,6 +59,9 @@ def _body_for(path: str) -> dict[str, Any]:
         "routes": {"paths": ["/x"]},
         "upstreams": {"name": "shop"},
         "targets": {"target": "10.0.0.1:80"},
+        "certificates": {"cert": _PAIR.cert, "key": _PAIR.key, "snis": ["shop.example.com"]},
+        "snis": {"name": "shop.example.com", "certificate": {"id": _PATH_VALUES["ca_certificate"]}},
+        "ca_certificates": {"cert": _CA.cert},
     }
     return bodies.get(last, {})
 

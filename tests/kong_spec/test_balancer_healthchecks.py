@@ -65,7 +65,8 @@ def test_create_active_health_checks_global_certificate() -> None:
 
 
 @pytest.mark.skip(reason=f'Kong case "#db create active health checks -- upstream certificate" ({SPEC}): '
-                  "Ferry has no certificates entity yet (upstream client_certificate only accepts null)")
+                  "the control plane stores the upstream client_certificate; probes presenting it "
+                  "are the data plane part of issue 16")
 def test_db_create_active_health_checks_upstream_certificate() -> None:
     """Kong: it("#db create active health checks -- upstream certificate") — 01-healthchecks_spec.lua."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ferry_shared.cluster_tls import SHARED_SERVER_NAME
@@ -108,3 +108,57 @@ def self_signed(
     """A self-signed leaf (what a foreign ``ferry cert generate`` would make)."""
     cert, key = _build(common_name, [common_name], not_before=not_before, not_after=not_after)
     return _write(directory, name, cert, key)
+
+
+@dataclass(frozen=True)
+class PemPair:
+    """A certificate and its private key as PEM text (what the Admin API takes)."""
+
+    cert: str
+    key: str
+
+
+def pem_pair(
+    common_name: str = "example.com",
+    *,
+    key_type: str = "ec",
+    is_ca: bool = False,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> PemPair:
+    """A self-signed certificate for ``common_name`` (DNS SAN the same) with an EC P-256
+    or an RSA 2048 key (``key_type``), as PEM text; expired with a past ``not_after``."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if key_type == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    start = not_before or _now() - datetime.timedelta(minutes=5)
+    end = not_after or _now() + datetime.timedelta(days=30)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(min(start, end - datetime.timedelta(seconds=1)))
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return PemPair(
+        certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    )
+
+
+def expired_pem_pair(common_name: str = "expired.example.com", *, is_ca: bool = False) -> PemPair:
+    """A certificate whose "Not After" was a day ago."""
+    past = _now() - datetime.timedelta(days=1)
+    return pem_pair(
+        common_name, is_ca=is_ca, not_before=past - datetime.timedelta(days=30), not_after=past
+    )

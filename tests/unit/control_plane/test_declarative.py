@@ -60,7 +60,9 @@ def shop() -> dict[str, Any]:
 
 def test_a_hand_written_document_resolves_to_complete_admin_api_entities() -> None:
     config = resolve_document(shop(), {}, T0)
-    assert sorted(config) == ["routes", "services", "targets", "upstreams"]
+    assert sorted(config) == [
+        "ca_certificates", "certificates", "routes", "services", "snis", "targets", "upstreams",
+    ]
     (upstream,) = config["upstreams"]
     assert upstream["slots"] == 10000 and upstream["algorithm"] == "least-connections"
     assert upstream["healthchecks"]["active"]["healthy"]["interval"] == 5
@@ -259,7 +261,7 @@ def test_empty_lists_of_kinds_ferry_lacks_and_metadata_are_accepted() -> None:
         {},
         T0,
     )
-    assert config == {"upstreams": [], "targets": [], "services": [], "routes": []}
+    assert config == {"certificates": [], "ca_certificates": [], "snis": [], "upstreams": [], "targets": [], "services": [], "routes": []}
 
 
 def test_the_error_message_prints_the_tree_as_kong_does() -> None:

@@ -168,9 +168,10 @@ def test_upstream_header_and_cookie_names_are_tokens() -> None:
     assert valid("upstreams", name="a", hash_on="cookie", hash_on_cookie="c.d!~")["hash_on_cookie"] == "c.d!~"
 
 
-def test_upstream_client_certificate_is_null_only() -> None:
-    assert errors("upstreams", name="a", client_certificate={"id": ID}) == {
-        "client_certificate": "value must be null"
+def test_upstream_client_certificate_is_a_foreign_key() -> None:
+    assert valid("upstreams", name="a", client_certificate={"id": ID})["client_certificate"] == {"id": ID}
+    assert errors("upstreams", name="a", client_certificate={"id": "x"}) == {
+        "client_certificate": {"id": "expected a valid UUID"}
     }
 
 
@@ -659,3 +660,46 @@ def test_a_character_beyond_the_bmp_is_valid_text() -> None:
     assert valid("services", host="example.com", name="s\U0001f600", tags=["\U0001f600"])["tags"] == [
         "\U0001f600"
     ]
+
+
+# ------------------------------------------------------------- TLS entities
+
+
+def test_https_service_takes_tls_fields_and_http_refuses_each() -> None:
+    from control_plane.schemas.services import TLS_FIELDS
+
+    values: dict[str, Any] = {
+        "client_certificate": {"id": ID}, "tls_verify": True, "tls_verify_depth": 3, "ca_certificates": [ID],
+    }
+    service = valid("services", host="h", protocol="https", **values)
+    assert {name: service[name] for name in TLS_FIELDS} == values
+    for name in TLS_FIELDS:
+        assert errors("services", host="h", **{name: values[name]}) == {
+            name: "value must be null",
+            "@entity": ["failed conditional validation given value of field 'protocol'"],
+        }
+
+
+def test_service_ca_certificates_are_uuids() -> None:
+    assert errors("services", host="h", protocol="https", ca_certificates=[ID, "x"]) == {
+        "ca_certificates": [None, "expected a valid UUID"]
+    }
+
+
+def test_sni_names_are_stored_lower_case() -> None:
+    assert valid("snis", name="*.Example.COM", certificate={"id": ID})["name"] == "*.example.com"
+
+
+def test_certificate_keeps_no_snis_field() -> None:
+    from tests.support.tls import pem_pair
+
+    pair = pem_pair()
+    assert errors("certificates", cert=pair.cert, key=pair.key, snis=["a.com"]) == {"snis": "unknown field"}
+
+
+def test_ca_certificate_digest_follows_the_certificate_whatever_the_body_says() -> None:
+    from ferry_shared.certificates import cert_digest
+    from tests.support.tls import pem_pair
+
+    ca = pem_pair("CA", is_ca=True)
+    assert valid("ca_certificates", cert=ca.cert, cert_digest="forged")["cert_digest"] == cert_digest(ca.cert)
