@@ -34,7 +34,7 @@ from aiohttp import web
 
 from ferry.demo_backend import start_demo_backend
 from ferry_shared.cluster_tls import ClusterTLS
-from ferry_shared.listen import format_host_port, parse_host_port
+from ferry_shared.listen import format_host_port, parse_host_port, parse_listen_list
 
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
@@ -72,6 +72,15 @@ class Listener:
         return f"{self.owner} ({self.flag})"
 
 
+def admin_url(admin_listen: str) -> str:
+    """The URL ``ferry up`` polls, configures and prints for ``--admin-listen``: its first
+    plaintext entry, else its first entry (``https://``); a wildcard host becomes loopback."""
+    entries = parse_listen_list(admin_listen, default_host="127.0.0.1")
+    entry = next((e for e in entries if not e.ssl), entries[0])
+    host = "127.0.0.1" if entry.host in _WILDCARDS else entry.host
+    return f"{'https' if entry.ssl else 'http'}://{format_host_port(host, entry.port)}"
+
+
 def _data_plane_listen(args: argparse.Namespace, index: int) -> tuple[str, str]:
     """``(proxy_listen, status_listen)`` of data plane ``index + 1``."""
     return _shift(args.proxy_listen, PORT_STEP * index), _shift(args.status_listen, PORT_STEP * index)
@@ -88,7 +97,13 @@ def port_plan(args: argparse.Namespace) -> list[Listener]:
             raise PortPlanError(f"{owner} ({flag}): {exc}") from None
         plan.append(Listener(owner, flag, host, port))
 
-    add("the Admin API", "--admin-listen", args.admin_listen)
+    try:
+        admin_entries = parse_listen_list(args.admin_listen, default_host="127.0.0.1")
+    except ValueError as exc:
+        raise PortPlanError(f"the Admin API (--admin-listen): {exc}") from None
+    for entry in admin_entries:
+        owner = "the Admin API over TLS" if entry.ssl else "the Admin API"
+        add(owner, "--admin-listen", format_host_port(entry.host, entry.port))
     add("the cluster listener", "--cluster-listen", args.cluster_listen)
     for index in range(args.data_planes):
         shift = f" + {PORT_STEP * index}" if index else ""
@@ -270,10 +285,12 @@ async def _up(args: argparse.Namespace, cluster_cert: Path, cluster_key: Path) -
         "--log-format", args.log_format,
         "--cluster-mtls", "shared", "--cluster-cert", str(cluster_cert), "--cluster-cert-key", str(cluster_key),
     ]
-    admin_host, admin_port = parse_host_port(args.admin_listen)
-    admin = f"http://{format_host_port(admin_host, admin_port)}"
+    admin = admin_url(args.admin_listen)
+    # A TLS-only Admin API serves the control plane's generated self-signed certificate:
+    # this process talks to its own child on that address, so it does not verify it.
+    connector = aiohttp.TCPConnector(ssl=False) if admin.startswith("https:") else None
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=connector) as session:
             control_plane = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ferry", "control-plane",
                 "--admin-listen", args.admin_listen,
