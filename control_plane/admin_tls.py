@@ -20,23 +20,22 @@ message built here quotes it.
 from __future__ import annotations
 
 import datetime
-import fcntl
-import ipaddress
 import logging
-import os
 import ssl
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+
+from ferry_shared.default_certificate import (
+    DEFAULT_COMMON_NAME,
+    generate_self_signed,
+    locked,
+    write_atomically,
+)
 
 log = logging.getLogger("ferry.control_plane.admin_tls")
 
@@ -45,7 +44,6 @@ DEFAULT_CERT_DIR = "ssl"
 DEFAULT_CERT_NAME = "admin-ferry-default.crt"
 DEFAULT_KEY_NAME = "admin-ferry-default.key"
 #: The default certificate's name: what a client on the same host connects to.
-DEFAULT_COMMON_NAME = "localhost"
 #: Validity of a generated default certificate; an expired one is replaced at start.
 DEFAULT_VALIDITY_DAYS = 3 * 365
 
@@ -165,7 +163,7 @@ def ensure_default_certificate(data_dir: Path) -> AdminCertificate:
     directory = data_dir / DEFAULT_CERT_DIR
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert, key = directory / DEFAULT_CERT_NAME, directory / DEFAULT_KEY_NAME
-    with _locked(directory / ".admin-default.lock"):
+    with locked(directory / ".admin-default.lock"):
         if cert.exists() or key.exists():
             try:
                 kept = check_admin_certificate(cert, key, cert_flag="default certificate",
@@ -174,68 +172,9 @@ def ensure_default_certificate(data_dir: Path) -> AdminCertificate:
                 log.warning("replacing the default admin certificate: %s", exc)
             else:
                 return AdminCertificate(kept.cert, kept.key, kept.subject, kept.not_after, generated=True)
-        cert_pem, key_pem, not_after = _generate_default()
-        _write_atomically(key, key_pem, 0o600)
-        _write_atomically(cert, cert_pem, 0o644)
+        cert_pem, key_pem, not_after = generate_self_signed(DEFAULT_VALIDITY_DAYS)
+        write_atomically(key, key_pem, 0o600)
+        write_atomically(cert, cert_pem, 0o644)
         subject = f"CN={DEFAULT_COMMON_NAME}"
         log.info("generated a self-signed default admin certificate %s (key %s, mode 0600)", cert, key)
         return AdminCertificate(cert, key, subject, not_after, generated=True)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _generate_default() -> tuple[bytes, bytes, datetime.datetime]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ferry"),
-        x509.NameAttribute(NameOID.COMMON_NAME, DEFAULT_COMMON_NAME),
-    ])
-    now = datetime.datetime.now(datetime.UTC)
-    not_after = (now + datetime.timedelta(days=DEFAULT_VALIDITY_DAYS)).replace(microsecond=0)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))  # a little clock skew
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([
-                x509.DNSName(DEFAULT_COMMON_NAME),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
-            ]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem, not_after
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """``data`` into ``path`` through a temporary file created with ``mode``, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
