@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(up, "--admin-listen", default="127.0.0.1:8001",
           help="Admin API listen list (as control-plane's; printed and polled: the first plaintext entry)")
     _flag(up, "--cluster-listen", default="127.0.0.1:8005", help="cluster gRPC address")
-    _flag(up, "--proxy-listen", default="127.0.0.1:8000",
-          help="proxy address of the first data plane; data plane n uses its port + 10*(n-1)")
+    _flag(up, "--proxy-listen", default="127.0.0.1:8000, 127.0.0.1:8443 ssl",
+          help="proxy listeners of the first data plane (Kong's list); data plane n uses "
+          "each port + 10*(n-1)")
     _flag(up, "--status-listen", default="127.0.0.1:8100",
           help="status address of the first data plane; data plane n uses its port + 10*(n-1)")
     _switch(up, "--no-demo", help="do not start the demo backends or create the demo entities")
