@@ -7,7 +7,8 @@ Scenarios (``--only``, comma-separated; all by default):
   pure Python (bench/python_path.py);
 - ``workers``: ``ferry data-plane --workers 1`` against ``--workers 2``, unpinned (bench/workers_bench.py);
 - ``propagation``, ``scale``: config propagation and control-plane scale (bench/cluster_bench.py);
-- ``failover``: failover scenarios (bench/failover_bench.py).
+- ``failover``: failover scenarios (bench/failover_bench.py);
+- ``tls``: HTTPS on the proxy port next to nginx: keep-alive and new handshakes (bench/tls_bench.py).
 
 Each module exposes ``run(options: BenchOptions) -> dict``; for one scenario of a
 module that has several, the runner calls ``run_<scenario>(options)`` when the module
@@ -39,7 +40,7 @@ from bench.options import BenchOptions
 from bench.procs import sigterm_as_interrupt
 from bench.results import RESULTS_DIR, write_results
 
-SCENARIOS = ("proxy", "python-path", "workers", "propagation", "scale", "failover")
+SCENARIOS = ("proxy", "python-path", "workers", "propagation", "scale", "failover", "tls")
 #: module → the scenarios its ``run(options)`` produces.
 MODULES: dict[str, tuple[str, ...]] = {
     "bench.proxy_bench": ("proxy",),
@@ -47,6 +48,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "bench.workers_bench": ("workers",),
     "bench.cluster_bench": ("propagation", "scale"),
     "bench.failover_bench": ("failover",),
+    "bench.tls_bench": ("tls",),
 }
 
 

@@ -24,6 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 import ferry_shared
 from control_plane.admin_api import MAX_BODY_BYTES, create_admin_app
+from control_plane.admin_tls import (
+    AdminCertificate,
+    AdminTLSError,
+    admin_ssl_context,
+    check_admin_certificate,
+    ensure_default_certificate,
+    start_admin_site,
+)
 from control_plane.admin_tokens import load_admin_tokens
 from control_plane.cluster_server import ClusterServicer, add_cluster_servicer
 from control_plane.config_follower import ConfigFollower
@@ -49,8 +57,7 @@ from control_plane.snapshot import SnapshotStore
 from control_plane.store import EntityStore
 from ferry_shared.cluster_link import require_secured_link
 from ferry_shared.cluster_tls import ClusterTLS, add_cluster_port, server_interceptors
-from ferry_shared.http_site import start_site
-from ferry_shared.listen import format_host_port, parse_host_port
+from ferry_shared.listen import ListenAddress, format_host_port, parse_host_port, parse_listen_list
 
 log = logging.getLogger("ferry.control_plane")
 
@@ -65,7 +72,13 @@ class ControlPlaneSettings(BaseModel):
     # hide_input_in_errors: a bad --redis-url may carry a password.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
+    #: Kong's listen list: ``127.0.0.1:8001, 127.0.0.1:8444 ssl``; every entry serves the
+    #: same Admin API, an ``ssl`` one over TLS (a host left out means 127.0.0.1).
     admin_listen: str = "127.0.0.1:8001"
+    #: The ``ssl`` listeners' certificate and key (PEM files); both or neither. Neither:
+    #: a self-signed default generated under ``data_dir/ssl/`` at first start.
+    admin_ssl_cert: Path | None = None
+    admin_ssl_cert_key: Path | None = None
     cluster_listen: str = "127.0.0.1:8005"
     data_dir: Path = Path("./ferry-data")
     redis_url: str | None = None
@@ -92,11 +105,35 @@ class ControlPlaneSettings(BaseModel):
     #: Largest Admin API request body in bytes (413 above it).
     admin_body_limit: int = Field(default=MAX_BODY_BYTES, ge=1024, le=1024**3)
 
-    @field_validator("admin_listen", "cluster_listen")
+    @field_validator("cluster_listen")
     @classmethod
     def _valid_address(cls, value: str) -> str:
         parse_host_port(value)
         return value
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _valid_admin_listen(cls, value: str) -> str:
+        parse_listen_list(value, default_host="127.0.0.1")
+        return value
+
+    @property
+    def admin_listeners(self) -> tuple[ListenAddress, ...]:
+        """``admin_listen`` parsed, in the order given (the first is ``ControlPlane.admin_port``)."""
+        return parse_listen_list(self.admin_listen, default_host="127.0.0.1")
+
+    @model_validator(mode="after")
+    def _admin_certificate_loads(self) -> ControlPlaneSettings:
+        # Kong's conf_loader wording for the missing half; the files are checked whenever
+        # given (not only with an ssl listener), so a typo never waits for the day ssl is on.
+        cert, key = self.admin_ssl_cert, self.admin_ssl_cert_key
+        if cert is not None and key is None:
+            raise AdminTLSError("--admin-ssl-cert-key must be specified")
+        if key is not None and cert is None:
+            raise AdminTLSError("--admin-ssl-cert must be specified")
+        if cert is not None and key is not None:
+            check_admin_certificate(cert, key)
+        return self
 
     @field_validator("admin_tokens")
     @classmethod
@@ -158,7 +195,11 @@ class ControlPlane:
         self._health_grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
+        #: The bound port of the first ``admin_listen`` entry; ``admin_ports`` has every one.
         self.admin_port = 0
+        self.admin_ports: tuple[int, ...] = ()
+        #: What the ``ssl`` Admin API listeners serve (None without one).
+        self.admin_certificate: AdminCertificate | None = None
         self.cluster_port = 0
         self.health_port = 0
 
@@ -285,9 +326,46 @@ class ControlPlane:
             log.info("admin API access control on: %d token(s) from %s", len(tokens), settings.admin_tokens)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        host, port = parse_host_port(settings.admin_listen)
-        self.admin_port = await start_site(self._runner, host, port)
-        log.info("admin API listening on %s:%d", host, self.admin_port)
+        await self._start_admin_listeners(settings, self._runner)
+
+    async def _start_admin_listeners(self, settings: ControlPlaneSettings, runner: web.AppRunner) -> None:
+        """Every ``admin_listen`` entry serves ``runner``'s one app (tokens, console, OpenAPI
+        alike); the ``ssl`` ones with the operator's certificate or the generated default."""
+        listeners = settings.admin_listeners
+        context = None
+        if any(listener.ssl for listener in listeners):
+            self.admin_certificate = await asyncio.to_thread(self._load_admin_certificate, settings)
+            context = admin_ssl_context(self.admin_certificate)
+        elif settings.admin_ssl_cert is not None:
+            log.warning("--admin-ssl-cert is set but no --admin-listen entry has ssl: it is not used")
+        ports: list[int] = []
+        shown: list[str] = []
+        for listener in listeners:
+            port = await start_admin_site(runner, listener.host, listener.port,
+                                          context if listener.ssl else None, listener.backlog)
+            ports.append(port)
+            bound = format_host_port(listener.host, port)
+            shown.append(f"https://{bound} (TLS 1.2+)" if listener.ssl else f"http://{bound}")
+            if listener.http2:
+                log.warning("admin listener %s: http2 is ignored, the Admin API speaks HTTP/1.1", bound)
+        self.admin_ports = tuple(ports)
+        self.admin_port = ports[0]
+        log.info("admin API listening on %s", ", ".join(shown))
+        if self.admin_certificate is not None:
+            log.info("admin API TLS: %s", self.admin_certificate.describe())
+
+    @staticmethod
+    def _load_admin_certificate(settings: ControlPlaneSettings) -> AdminCertificate:
+        """The operator's pair (checked again: a file may have changed since the settings
+        were made), or the default one under ``data_dir``. Blocking (file I/O, key
+        generation): run in a thread."""
+        if settings.admin_ssl_cert is None or settings.admin_ssl_cert_key is None:
+            return ensure_default_certificate(settings.data_dir)
+        try:
+            return check_admin_certificate(settings.admin_ssl_cert, settings.admin_ssl_cert_key)
+        except AdminTLSError as exc:
+            # The CLI reports an OSError as a one-line start error, not a traceback.
+            raise OSError(str(exc)) from None
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

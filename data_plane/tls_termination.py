@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from ferry_shared.certificates import EXPIRED, certificate_pair_problems
+from ferry_shared.default_certificate import generate_self_signed, locked, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,15 @@ def _compile_certificate(
     old = previous.by_id.get(cert_id)
     if old is not None and old.material == material:
         return old
+    # The control plane's checks (ferry_shared.certificates), less expiry: a certificate
+    # that expired after the control plane accepted it is still served (and shown
+    # expiring in /status) rather than failing every config that carries it.
+    problems = [
+        problem for problem in certificate_pair_problems(cert, key, cert_alt, key_alt)
+        if not problem.endswith(EXPIRED)
+    ]
+    if problems:
+        raise CertificateError(f"{label}: {'; '.join(problems)}")
     context = new_server_context()
     load_pem_pair(context, cert, key, label)
     alt_expires_at = None
@@ -272,57 +281,25 @@ class TlsTermination:
         return None
 
 
-def _generate_default_certificate() -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ferry default certificate"),
-    ])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=DEFAULT_CERTIFICATE_DAYS))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return cert_pem, key_pem
-
-
 def load_or_create_default_certificate(data_dir: Path) -> tuple[str, str]:
     """The default certificate's PEM text (cert, key), from ``data_dir/tls/`` or made
     there (key mode 0600) when missing, unreadable or expired. One process per data
     directory creates it (the node; its workers read it after it started them)."""
     directory = data_dir / DEFAULT_CERTIFICATE_DIR
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path = directory / DEFAULT_CERT_FILE, directory / DEFAULT_KEY_FILE
-    try:
-        cert_pem, key_pem = cert_path.read_text(), key_path.read_text()
-        if not_after(cert_pem) > datetime.datetime.now(datetime.UTC).timestamp() + 86400:
-            return cert_pem, key_pem
-        log.warning("the default TLS certificate in %s expires within a day: making a new one", directory)
-    except (OSError, CertificateError, UnicodeDecodeError):
-        pass
-    cert_pem, key_pem = _generate_default_certificate()
-    directory.mkdir(parents=True, exist_ok=True)
-    for path, text, mode in ((key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)):
-        temporary = path.with_suffix(path.suffix + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+    with locked(directory / ".default.lock"):
+        try:
+            cert_pem, key_pem = cert_path.read_text(), key_path.read_text()
+            if not_after(cert_pem) > datetime.datetime.now(datetime.UTC).timestamp() + 86400:
+                return cert_pem, key_pem
+            log.warning("the default TLS certificate in %s expires within a day: making a new one", directory)
+        except (OSError, CertificateError, UnicodeDecodeError):
+            pass
+        cert_bytes, key_bytes, _ = generate_self_signed(DEFAULT_CERTIFICATE_DAYS)
+        write_atomically(key_path, key_bytes, 0o600)
+        write_atomically(cert_path, cert_bytes, 0o644)
+    cert_pem, key_pem = cert_bytes.decode(), key_bytes.decode()
     log.info("made a default TLS certificate (CN=localhost) in %s", directory)
     return cert_pem, key_pem
 

@@ -83,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("control-plane", help="run a control plane (Admin API + cluster gRPC)",
                         description="Run a control plane: the Kong-compatible Admin API, the cluster "
                         "gRPC service for data planes, and (without --redis-url) an embedded Redis.")
-    _flag(cp, "--admin-listen", default="127.0.0.1:8001", help="Admin API address HOST:PORT")
+    _flag(cp, "--admin-listen", default="127.0.0.1:8001",
+          help="Admin API listen list, Kong's form: HOST:PORT [ssl], comma-separated "
+          "(e.g. '127.0.0.1:8001, 127.0.0.1:8444 ssl'); an ssl entry serves the same API over TLS 1.2+")
+    _flag(cp, "--admin-ssl-cert", metavar="FILE", help="certificate (PEM, chain allowed) of the ssl "
+          "--admin-listen entries; default: a self-signed one generated under --data-dir/ssl")
+    _flag(cp, "--admin-ssl-cert-key", metavar="FILE", help="the private key of --admin-ssl-cert "
+          "(PEM, unencrypted)")
     _flag(cp, "--cluster-listen", default="127.0.0.1:8005", help="cluster gRPC address HOST:PORT")
     _flag(cp, "--data-dir", default="./ferry-data", help="state directory (embedded Redis data)")
     _flag(cp, "--redis-url", help="external Redis: redis://[:PASSWORD@]HOST:PORT/DB, rediss://, "
@@ -149,10 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "backends wired as an upstream, and print what to curl. Ctrl-C stops all of it.")
     _flag(up, "--data-dir", default="./ferry-data", help="state directory")
     _flag(up, "--data-planes", default=1, type=int, help="number of data-plane processes")
-    _flag(up, "--admin-listen", default="127.0.0.1:8001", help="Admin API address")
+    _flag(up, "--admin-listen", default="127.0.0.1:8001",
+          help="Admin API listen list (as control-plane's; printed and polled: the first plaintext entry)")
     _flag(up, "--cluster-listen", default="127.0.0.1:8005", help="cluster gRPC address")
-    _flag(up, "--proxy-listen", default="127.0.0.1:8000",
-          help="proxy address of the first data plane; data plane n uses its port + 10*(n-1)")
+    _flag(up, "--proxy-listen", default="127.0.0.1:8000, 127.0.0.1:8443 ssl",
+          help="proxy listeners of the first data plane (Kong's list); data plane n uses "
+          "each port + 10*(n-1)")
     _flag(up, "--status-listen", default="127.0.0.1:8100",
           help="status address of the first data plane; data plane n uses its port + 10*(n-1)")
     _switch(up, "--no-demo", help="do not start the demo backends or create the demo entities")
@@ -238,6 +246,8 @@ def _run_control_plane(args: argparse.Namespace) -> int:
     try:
         settings = ControlPlaneSettings(
             admin_listen=args.admin_listen,
+            admin_ssl_cert=Path(args.admin_ssl_cert) if args.admin_ssl_cert else None,
+            admin_ssl_cert_key=Path(args.admin_ssl_cert_key) if args.admin_ssl_cert_key else None,
             cluster_listen=args.cluster_listen,
             data_dir=Path(args.data_dir),
             redis_url=args.redis_url,

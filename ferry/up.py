@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from aiohttp import web
 
 from ferry.demo_backend import start_demo_backend
 from ferry_shared.cluster_tls import ClusterTLS
-from ferry_shared.listen import format_host_port, parse_host_port
+from ferry_shared.listen import ListenAddress, format_host_port, parse_host_port, parse_listen_list
 
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
@@ -72,9 +72,28 @@ class Listener:
         return f"{self.owner} ({self.flag})"
 
 
+def admin_url(admin_listen: str) -> str:
+    """The URL ``ferry up`` polls, configures and prints for ``--admin-listen``: its first
+    plaintext entry, else its first entry (``https://``); a wildcard host becomes loopback."""
+    entries = parse_listen_list(admin_listen, default_host="127.0.0.1")
+    entry = next((e for e in entries if not e.ssl), entries[0])
+    host = "127.0.0.1" if entry.host in _WILDCARDS else entry.host
+    return f"{'https' if entry.ssl else 'http'}://{format_host_port(host, entry.port)}"
+
+
+def _shift_list(listen: str, offset: int) -> tuple[ListenAddress, ...]:
+    """Every entry of a listen list moved by ``offset`` (port 0 stays 0)."""
+    return tuple(
+        replace(entry, port=entry.port + offset if entry.port else 0)
+        for entry in parse_listen_list(listen, default_host="127.0.0.1")
+    )
+
+
 def _data_plane_listen(args: argparse.Namespace, index: int) -> tuple[str, str]:
-    """``(proxy_listen, status_listen)`` of data plane ``index + 1``."""
-    return _shift(args.proxy_listen, PORT_STEP * index), _shift(args.status_listen, PORT_STEP * index)
+    """``(proxy_listen, status_listen)`` of data plane ``index + 1``: every proxy entry
+    (plaintext and ``ssl``) and the status address moved by ``PORT_STEP × index``."""
+    proxy = ", ".join(str(entry) for entry in _shift_list(args.proxy_listen, PORT_STEP * index))
+    return proxy, _shift(args.status_listen, PORT_STEP * index)
 
 
 def port_plan(args: argparse.Namespace) -> list[Listener]:
@@ -88,15 +107,26 @@ def port_plan(args: argparse.Namespace) -> list[Listener]:
             raise PortPlanError(f"{owner} ({flag}): {exc}") from None
         plan.append(Listener(owner, flag, host, port))
 
-    add("the Admin API", "--admin-listen", args.admin_listen)
+    try:
+        admin_entries = parse_listen_list(args.admin_listen, default_host="127.0.0.1")
+    except ValueError as exc:
+        raise PortPlanError(f"the Admin API (--admin-listen): {exc}") from None
+    for entry in admin_entries:
+        owner = "the Admin API over TLS" if entry.ssl else "the Admin API"
+        add(owner, "--admin-listen", format_host_port(entry.host, entry.port))
     add("the cluster listener", "--cluster-listen", args.cluster_listen)
+    try:
+        parse_listen_list(args.proxy_listen, default_host="127.0.0.1")
+    except ValueError as exc:
+        raise PortPlanError(f"the proxy (--proxy-listen): {exc}") from None
     for index in range(args.data_planes):
         shift = f" + {PORT_STEP * index}" if index else ""
-        for flag, what, address in (
-            ("--proxy-listen", "proxy", args.proxy_listen),
-            ("--status-listen", "status API", args.status_listen),
-        ):
-            add(f"data plane {index + 1}'s {what}", flag + shift, address, PORT_STEP * index)
+        for entry in parse_listen_list(args.proxy_listen, default_host="127.0.0.1"):
+            what = "TLS proxy" if entry.ssl else "proxy"
+            add(f"data plane {index + 1}'s {what}", "--proxy-listen" + shift,
+                format_host_port(entry.host, entry.port), PORT_STEP * index)
+        add(f"data plane {index + 1}'s status API", "--status-listen" + shift,
+            args.status_listen, PORT_STEP * index)
     return plan
 
 
@@ -270,10 +300,12 @@ async def _up(args: argparse.Namespace, cluster_cert: Path, cluster_key: Path) -
         "--log-format", args.log_format,
         "--cluster-mtls", "shared", "--cluster-cert", str(cluster_cert), "--cluster-cert-key", str(cluster_key),
     ]
-    admin_host, admin_port = parse_host_port(args.admin_listen)
-    admin = f"http://{format_host_port(admin_host, admin_port)}"
+    admin = admin_url(args.admin_listen)
+    # A TLS-only Admin API serves the control plane's generated self-signed certificate:
+    # this process talks to its own child on that address, so it does not verify it.
+    connector = aiohttp.TCPConnector(ssl=False) if admin.startswith("https:") else None
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=connector) as session:
             control_plane = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ferry", "control-plane",
                 "--admin-listen", args.admin_listen,
@@ -312,8 +344,11 @@ async def _up(args: argparse.Namespace, cluster_cert: Path, cluster_key: Path) -
                     f"data plane {index + 1}",
                 )
                 statuses.append(format_host_port(host, port))
-                host, port = parse_host_port(proxy_listen)
-                proxies.append(format_host_port("127.0.0.1" if host == "0.0.0.0" else host, port))
+                proxies.append(", ".join(
+                    f"{'https' if entry.ssl else 'http'}://"
+                    + format_host_port("127.0.0.1" if entry.host in _WILDCARDS else entry.host, entry.port)
+                    for entry in parse_listen_list(proxy_listen)
+                ))
 
             print(_banner(admin, proxies, ports, str(cluster_cert), statuses), flush=True)
             waiters = [asyncio.ensure_future(p.wait()) for p in processes]
@@ -341,13 +376,15 @@ def _banner(
     admin: str, proxies: list[str], backend_ports: list[int], cluster_cert: str, statuses: list[str] | None = None
 ) -> str:
     statuses = statuses or []
-    proxy = proxies[0] if proxies else "127.0.0.1:8000"
+    first = proxies[0].split(", ") if proxies else ["http://127.0.0.1:8000"]
+    proxy = next((url for url in first if url.startswith("http:")), first[0])
+    tls_proxy = next((url for url in first if url.startswith("https:")), None)
     lines = [
         "",
         "Ferry is up.",
         f"  Admin API:     {admin}",
         *(
-            f"  Data plane {i + 1}:  proxy http://{p}"
+            f"  Data plane {i + 1}:  proxy {p}"
             + (f", status http://{statuses[i]}/status" if i < len(statuses) else "")
             for i, p in enumerate(proxies)
         ),
@@ -359,12 +396,16 @@ def _banner(
             + " (upstream 'demo', service 'demo', route /demo)",
             "",
             "Try:",
-            f"  curl -s http://{proxy}/demo/hello          # run it twice: backend-a and backend-b take turns",
+            f"  curl -s {proxy}/demo/hello          # run it twice: backend-a and backend-b take turns",
+            *(
+                [f"  curl -sk {tls_proxy}/demo/hello        # TLS: the data plane's default certificate"]
+                if tls_proxy else []
+            ),
             f"  curl -s {admin}/upstreams/demo/targets",
             f"  curl -s {admin}/clustering/data-planes",
             f"  curl -s -X POST {admin}/services -d name=httpbin -d url=http://127.0.0.1:{backend_ports[0]}",
             f"  curl -s -X POST {admin}/services/httpbin/routes -d paths[]=/bin",
-            f"  curl -s http://{proxy}/bin/anything",
+            f"  curl -s {proxy}/bin/anything",
         ]
     lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)

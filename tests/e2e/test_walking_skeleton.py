@@ -201,13 +201,14 @@ async def test_embedded_redis_keeps_the_config_across_a_control_plane_restart_an
 
 async def test_ferry_up_serves_the_demo_and_ctrl_c_leaves_no_process(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     data_dir = tmp_path / "up"
-    admin_port, proxy_port, status_port = free_port(), free_port(), free_port()
+    admin_port, proxy_port, status_port, tls_port = free_port(), free_port(), free_port(), free_port()
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ferry", "up", "--data-dir", str(data_dir),
              "--admin-listen", f"127.0.0.1:{admin_port}", "--cluster-listen", f"127.0.0.1:{free_port()}",
-             "--proxy-listen", f"127.0.0.1:{proxy_port}", "--status-listen", f"127.0.0.1:{status_port}"],
+             "--proxy-listen", f"127.0.0.1:{proxy_port}, 127.0.0.1:{tls_port} ssl",
+             "--status-listen", f"127.0.0.1:{status_port}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     try:
@@ -226,6 +227,11 @@ async def test_ferry_up_serves_the_demo_and_ctrl_c_leaves_no_process(tmp_path: P
         await wait_for(lambda: "Press Ctrl-C" in log_path.read_text(), timeout=10,
                        message="ferry up to print what to curl")
         assert f"curl -s http://127.0.0.1:{proxy_port}/demo/hello" in log_path.read_text()
+        # The TLS listener, with the data plane's default certificate, as printed.
+        assert f"curl -sk https://127.0.0.1:{tls_port}/demo/hello" in log_path.read_text()
+        async with http.get(f"https://127.0.0.1:{tls_port}/demo/hello", ssl=False) as response:
+            assert response.status == 200
+            assert (await response.json())["backend"] in {"backend-a", "backend-b"}
         # The planes talk mTLS with a cluster certificate ferry up generated under its data dir.
         assert "(mTLS shared, cluster certificate" in log_path.read_text()
         assert (data_dir / "cluster" / "cluster.key").stat().st_mode & 0o777 == 0o600

@@ -104,7 +104,7 @@ def test_a_key_that_does_not_match_is_a_config_error_naming_the_certificate_not_
     authority: Authority, tmp_path: Path
 ) -> None:
     one, two = _pem(authority, tmp_path, "one"), _pem(authority, tmp_path, "two")
-    with pytest.raises(ConfigError, match="certificate c1: certificate or key cannot be loaded") as caught:
+    with pytest.raises(ConfigError, match="certificate c1: certificate does not match key") as caught:
         _compile([{"id": "c1", "cert": one["cert"], "key": two["key"]}])
     assert "PRIVATE KEY" not in str(caught.value)
 
@@ -122,6 +122,20 @@ def test_unloadable_certificates_are_config_errors(
 ) -> None:
     with pytest.raises(ConfigError, match=says):
         _compile([{"id": "c1", **_pem(authority, tmp_path, "one"), **change}])
+
+
+def test_a_certificate_that_expired_after_the_control_plane_took_it_is_still_served(tmp_path: Path) -> None:
+    from tests.support.tls import self_signed
+
+    pair = self_signed(
+        tmp_path, "old", "old.test",
+        not_before=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3),
+        not_after=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1),
+    )
+    compiled = compile_server_certificates(
+        [{"id": "c1", "cert": pair.cert.read_text(), "key": pair.key.read_text()}], []
+    )
+    assert compiled.by_id["c1"].expires_at < datetime.datetime.now(datetime.UTC).timestamp()
 
 
 def test_snis_must_name_an_existing_certificate_once(authority: Authority, tmp_path: Path) -> None:

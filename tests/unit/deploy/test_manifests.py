@@ -29,7 +29,7 @@ import yaml
 
 from control_plane.declarative import parse_document, resolve_document
 from ferry.cli import build_parser
-from ferry_shared.listen import parse_host_port
+from ferry_shared.listen import parse_host_port, parse_listen_list
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
@@ -172,13 +172,24 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
     raise AssertionError("ferry's parser has no subcommands")
 
 
+#: Flags that take Kong's listen list (several entries, flags such as ``ssl``).
+LIST_FLAGS = ("admin_listen", "proxy_listen")
+
+
 def _listens(args: argparse.Namespace) -> dict[str, tuple[str, int]]:
-    """dest -> (host, port) of every listen flag the parsed command has."""
-    return {
-        dest: parse_host_port(getattr(args, dest))
-        for dest in LISTEN_FLAGS
-        if getattr(args, dest, None)
-    }
+    """``dest`` (``dest#i`` for the i-th entry of a listen list past the first) ->
+    (host, port) of every listen flag the parsed command has."""
+    found: dict[str, tuple[str, int]] = {}
+    for dest in LISTEN_FLAGS:
+        value = getattr(args, dest, None)
+        if not value:
+            continue
+        if dest in LIST_FLAGS:
+            for i, entry in enumerate(parse_listen_list(value)):
+                found[dest if i == 0 else f"{dest}#{i}"] = (entry.host, entry.port)
+        else:
+            found[dest] = parse_host_port(value)
+    return found
 
 
 # --------------------------------------------------------------------------- Kubernetes: files
@@ -440,15 +451,15 @@ def test_admin_api_is_not_exposed_outside_the_cluster() -> None:
                 assert port.get("targetPort") not in {"admin", admin_port}
 
 
-def test_proxy_service_sends_port_80_to_the_data_plane_proxy_port() -> None:
+def test_proxy_service_sends_port_80_to_the_proxy_port_and_443_to_its_tls_port() -> None:
     data_plane, dp = _ferry_container("data-plane")
-    _, proxy_port = parse_host_port(parse_ferry(list(dp["args"])).proxy_listen)
+    entries = parse_listen_list(parse_ferry(list(dp["args"])).proxy_listen)
+    wanted = {443 if entry.ssl else 80: entry.port for entry in entries}
     proxies = [s for s in _of_kind("Service")
                if _selects(s["spec"]["selector"], _pod_labels(data_plane))]
     (service,) = proxies
-    (port,) = service["spec"]["ports"]
-    assert port["port"] == 80
-    assert _container_ports(data_plane)[port["targetPort"]] == proxy_port
+    assert {port["port"]: _container_ports(data_plane)[port["targetPort"]]
+            for port in service["spec"]["ports"]} == wanted == {80: 8000, 443: 8443}
 
 
 def test_control_planes_use_the_bundled_redis_through_its_headless_service() -> None:
@@ -874,7 +885,7 @@ def test_dockerfile_builds_in_one_stage_and_runs_ferry_as_a_non_root_user_in_ano
     (user,) = [rest for keyword, rest in instructions if keyword == "USER"]
     assert user.split(":")[0] == str(FERRY_UID)
     (expose,) = [rest for keyword, rest in instructions if keyword == "EXPOSE"]
-    assert {int(p) for p in expose.split()} == {8000, 8001, 8005, 8006, 8100}
+    assert {int(p) for p in expose.split()} == {8000, 8443, 8001, 8005, 8006, 8100}
 
 
 def test_dockerfile_copies_every_package_the_wheel_includes() -> None:

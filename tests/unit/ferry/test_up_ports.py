@@ -30,10 +30,13 @@ def test_the_default_layout_of_three_data_planes_steps_by_ten_past_the_control_p
         "the Admin API": "127.0.0.1:8001",
         "the cluster listener": "127.0.0.1:8005",
         "data plane 1's proxy": "127.0.0.1:8000",
+        "data plane 1's TLS proxy": "127.0.0.1:8443",
         "data plane 1's status API": "127.0.0.1:8100",
         "data plane 2's proxy": "127.0.0.1:8010",
+        "data plane 2's TLS proxy": "127.0.0.1:8453",
         "data plane 2's status API": "127.0.0.1:8110",
         "data plane 3's proxy": "127.0.0.1:8020",
+        "data plane 3's TLS proxy": "127.0.0.1:8463",
         "data plane 3's status API": "127.0.0.1:8120",
     }
     check_port_plan(plan, bind_test=False)  # no two want one port
