@@ -52,6 +52,7 @@ from data_plane.runtime import (
     compile_upstream,
     created_order,
 )
+from data_plane.upstream_tls import TlsEntities
 from ferry_shared.snapshot_format import KINDS
 
 __all__ = ["CompiledState", "Entities", "compile_all", "compile_change"]
@@ -265,6 +266,9 @@ def _compile_touched(
     if "routes" in edits:
         routes_of = _reindex(routes_of, edits["routes"])
 
+    # Certificates are never changed here (a change to one compiles the whole config):
+    # recompiled entities find theirs, and unchanged material keeps its context.
+    tls = TlsEntities.of(entities)
     fresh_upstreams: dict[str, CompiledUpstream] = {}
     affected_names: set[str] = set()
     for upstream_id in touched_upstreams:
@@ -280,7 +284,7 @@ def _compile_touched(
         keys: dict[str, set[str]] = {}
         for target_id in sorted(targets_of.get(upstream_id, _EMPTY)):
             add_target(grouped, keys, new_targets[target_id])
-        compiled = compile_upstream(entity, grouped[upstream_id], old_upstream)
+        compiled = compile_upstream(entity, grouped[upstream_id], old_upstream, tls=tls)
         fresh_upstreams[upstream_id] = compiled
         affected_names.add(compiled.name.lower())
     upstreams = (
@@ -300,7 +304,7 @@ def _compile_touched(
         for service_id in touched_services:
             entity = new_services.get(service_id)
             if entity is not None:
-                fresh_services[service_id] = compile_service(entity, names)
+                fresh_services[service_id] = compile_service(entity, names, tls=tls)
     services = (
         _ordered(new_services, previous.services, fresh_services)
         if touched_services

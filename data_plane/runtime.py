@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from data_plane import upstream_try
@@ -44,6 +44,7 @@ from data_plane.tls_termination import (
     ServerCertificates,
     compile_server_certificates,
 )
+from data_plane.upstream_tls import TlsEntities, TlsMaterialError, UpstreamTls
 
 if TYPE_CHECKING:
     from data_plane.health.checker import HealthChecker
@@ -104,6 +105,9 @@ class CompiledUpstream:
     use_srv_name: bool = False
     #: The target entities as the snapshot carries them (the status API serves them).
     target_entities: tuple[Mapping[str, Any], ...] = ()
+    #: Kong's ``client_certificate`` (its id): presented to targets by the services
+    #: that set none of their own, and by ``https`` probes.
+    client_certificate_id: str | None = None
     #: The upstream's live health checker (Kong's healthchecks; also when all checks
     #: are off, so that manual overrides work). Not compiled: the config installer
     #: creates it (or carries the previous version's over) and sets this slot once,
@@ -157,6 +161,9 @@ class CompiledService:
     enabled: bool = True
     #: The balanced upstream (its ``hash_spec`` and ``retry_budget``), or ``None``.
     upstream: CompiledUpstream | None = None
+    #: The TLS identity connections to targets use (``https`` only; see
+    #: :mod:`data_plane.upstream_tls`): context, verified-chain bound, pool key prefix.
+    upstream_tls: UpstreamTls | None = None
     #: ``protocol == "https"`` (derived; a field so the proxy reads it without a call).
     tls: bool = field(init=False, default=False)
     #: The upstream's consistent-hashing spec, if any (derived, as ``tls``).
@@ -164,6 +171,14 @@ class CompiledService:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tls", self.protocol == "https")
+        if self.tls and self.upstream_tls is None:  # built by hand: Kong's defaults
+            object.__setattr__(
+                self,
+                "upstream_tls",
+                TlsEntities().for_service(
+                    verify=False, depth=None, ca_ids=(), client_certificate_id=None
+                ),
+            )
         object.__setattr__(self, "hash_spec", self.upstream.hash_spec if self.upstream else None)
 
 
@@ -357,8 +372,11 @@ def compile_config_with_routes(
         )
     except CertificateError as exc:
         raise ConfigError(str(exc)) from None
-    upstreams = _compile_upstreams(entities, previous, clock)
-    services = _compile_services(entities, UpstreamNames(upstreams.values()))
+    tls = TlsEntities(
+        _entities(entities, "certificates"), _entities(entities, "ca_certificates")
+    )
+    upstreams = _compile_upstreams(entities, previous, clock, tls)
+    services = _compile_services(entities, UpstreamNames(upstreams.values()), tls)
     routes: dict[str, RouteSpec[CompiledService] | None] = {}
     # Kong breaks ties between equally specific routes by creation time, oldest first.
     for route in sorted(_entities(entities, "routes"), key=created_order):
@@ -422,6 +440,7 @@ def _compile_upstreams(
     entities: Mapping[str, Any],
     previous: RuntimeConfig | None,
     clock: Callable[[], float] | None,
+    tls: TlsEntities,
 ) -> dict[str, CompiledUpstream]:
     raw = _entities(entities, "upstreams")
     grouped: dict[str, UpstreamTargets] = {u["id"]: [] for u in raw}
@@ -439,7 +458,9 @@ def _compile_upstreams(
         names.add(name)
         upstream_id = upstream["id"]
         old = previous.upstreams.get(upstream_id) if previous is not None else None
-        compiled[upstream_id] = compile_upstream(upstream, grouped[upstream_id], old, clock)
+        compiled[upstream_id] = compile_upstream(
+            upstream, grouped[upstream_id], old, clock, tls=tls
+        )
     return compiled
 
 
@@ -448,10 +469,14 @@ def compile_upstream(
     targets: UpstreamTargets,
     old: CompiledUpstream | None,
     clock: Callable[[], float] | None = None,
+    *,
+    tls: TlsEntities | None = None,
 ) -> CompiledUpstream:
     """Compile one upstream with its (validated) targets; ``old`` is the previous
     version's upstream of the same id, whose balancer and retry budget are reused or
-    seeded from (see :func:`compile_config`). Does not check name uniqueness."""
+    seeded from (see :func:`compile_config`). ``tls`` holds the config's certificates
+    (its ``client_certificate`` and ``https`` probes; none when omitted). Does not
+    check name uniqueness."""
     label = _label("upstream", upstream)
     name = _str(upstream, "name", label)
     assert name is not None
@@ -491,6 +516,23 @@ def compile_upstream(
         settings = compile_health_settings(upstream.get("healthchecks"))
     except ValueError as exc:
         raise ConfigError(f"{label}: {exc}") from None
+    client_certificate_id = _ref(upstream, "client_certificate", label)
+    certificates = tls or TlsEntities()
+    try:
+        if settings.active.type == "https":
+            probe_tls = certificates.for_probes(
+                verify=settings.active.https_verify_certificate,
+                client_certificate_id=client_certificate_id,
+            )
+            settings = replace(settings, active=replace(settings.active, tls=probe_tls))
+        elif client_certificate_id is not None:
+            # Loaded now: a bad certificate is refused with the config, not when a
+            # service first connects with it.
+            certificates.for_service(
+                verify=False, depth=None, ca_ids=(), client_certificate_id=client_certificate_id
+            )
+    except TlsMaterialError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
     retry_budget: RetryBudget | None = None
     if budget_percent is not None:
         if old is not None and old.retry_budget is not None and (
@@ -515,6 +557,7 @@ def compile_upstream(
         target_ids=types.MappingProxyType({a.key: str(t["id"]) for t, a in targets}),
         target_entities=tuple(t for t, _ in targets),
         use_srv_name=_bool(upstream, "use_srv_name", label, False),
+        client_certificate_id=client_certificate_id,
     )
 
 
@@ -542,16 +585,22 @@ class UpstreamNames:
 
 
 def _compile_services(
-    entities: Mapping[str, Any], upstream_names: UpstreamNames
+    entities: Mapping[str, Any], upstream_names: UpstreamNames, tls: TlsEntities
 ) -> dict[str, CompiledService]:
     return {
-        service["id"]: compile_service(service, upstream_names)
+        service["id"]: compile_service(service, upstream_names, tls=tls)
         for service in _entities(entities, "services")
     }
 
 
-def compile_service(service: Mapping[str, Any], upstream_names: UpstreamNames) -> CompiledService:
-    """Compile one service; ``upstream_names`` finds the upstream its ``host`` names."""
+def compile_service(
+    service: Mapping[str, Any],
+    upstream_names: UpstreamNames,
+    *,
+    tls: TlsEntities | None = None,
+) -> CompiledService:
+    """Compile one service; ``upstream_names`` finds the upstream its ``host`` names,
+    ``tls`` holds the config's certificates (none when omitted)."""
     label = _label("service", service)
     protocol = _str(service, "protocol", label, required=False) or "http"
     if protocol not in _DEFAULT_PORTS:
@@ -582,6 +631,14 @@ def compile_service(service: Mapping[str, Any], upstream_names: UpstreamNames) -
             raise ConfigError(f"{label}: invalid host: {exc}") from None
         if port == 0:
             address = Address(address.host, 0)
+    upstream_tls: UpstreamTls | None = None
+    if protocol == "https":
+        try:
+            upstream_tls = (tls or TlsEntities()).for_service_entity(
+                service, upstream.client_certificate_id if upstream is not None else None
+            )
+        except TlsMaterialError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
     return CompiledService(
         id=service["id"],
         name=service.get("name"),
@@ -600,6 +657,7 @@ def compile_service(service: Mapping[str, Any], upstream_names: UpstreamNames) -
         default_port=_DEFAULT_PORTS[protocol],
         enabled=_bool(service, "enabled", label, True),
         upstream=upstream,
+        upstream_tls=upstream_tls,
     )
 
 

@@ -7,6 +7,13 @@ a timeout (connect, send or receive within ``timeout``) is a timeout; any other 
 or TLS error a TCP failure; a status in ``unhealthy.http_statuses`` an HTTP failure, in
 ``healthy.http_statuses`` a success, any other status is ignored. A ``tcp`` probe is a
 success when the connection opens.
+
+``https`` probes use the upstream's TLS identity compiled into the settings
+(``ActiveSettings.tls``, :mod:`data_plane.upstream_tls`): its ``client_certificate``
+is presented, and with ``https_verify_certificate`` the target's certificate is
+verified against the config's CA certificates and the system store, for the server
+name ``https_sni`` or else the probe's Host without port (an IP literal: no SNI, the
+certificate's IP addresses checked).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import aiohttp
 from data_plane.balancers import Address
 from data_plane.health.checker import ProbeOutcome
 from data_plane.health.settings import ActiveSettings
+from data_plane.upstream_tls import TlsEntities, server_name
 
 __all__ = ["ActiveProber"]
 
@@ -41,11 +49,12 @@ class ActiveProber:
         self._headers = [("User-Agent", user_agent), *settings.headers, ("Connection", "close")]
         self._ssl: ssl.SSLContext | None = None
         if settings.type == "https":
-            context = ssl.create_default_context()
-            if not settings.https_verify_certificate:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._ssl = context
+            tls = settings.tls
+            if tls is None:  # settings not compiled with an upstream: no certificates
+                tls = TlsEntities().for_probes(
+                    verify=settings.https_verify_certificate, client_certificate_id=None
+                )
+            self._ssl = tls.context
 
     async def probe(self, address: Address, host: str) -> tuple[ProbeOutcome, int]:
         settings = self._settings
@@ -69,7 +78,7 @@ class ActiveProber:
         headers = [("Host", host), *self._headers]
         server_hostname = None
         if self._ssl is not None:
-            server_hostname = settings.https_sni or host.rsplit(":", 1)[0]
+            server_hostname = settings.https_sni or server_name(host)
         async with self._session.get(
             url,
             headers=headers,

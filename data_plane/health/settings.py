@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from data_plane.upstream_tls import UpstreamTls
 from ferry_shared.target_health import (
     ACTIVE_HEALTHY_STATUSES,
     ACTIVE_UNHEALTHY_STATUSES,
@@ -60,6 +61,10 @@ class ActiveSettings:
     unhealthy_tcp_failures: int = 0
     unhealthy_timeouts: int = 0
     unhealthy_http_failures: int = 0
+    #: The TLS identity of ``https`` probes (the upstream's ``client_certificate``, the
+    #: config's CA certificates): set by the upstream's compile, not from this record.
+    #: Compared by identity: one object per distinct material.
+    tls: UpstreamTls | None = None
 
     @property
     def enabled(self) -> bool:

@@ -23,6 +23,10 @@ completely (or the WebSocket tunnel closed), the try failed, or the client went 
 ``failed`` is ``True`` exactly when no response head came (connect error, timeout, close
 before the head, client gone before it). What that settles (balancer, health checker,
 retry budget) is :mod:`data_plane.upstream_try`'s business, not the proxy's.
+
+Why this module is past 600 lines: it is one half of one class (see above), and the
+exchange flow it holds (routing, tries, retries, local answers, tunnels) is one state
+machine whose steps call each other; TLS details live in :mod:`data_plane.upstream_tls`.
 """
 
 from __future__ import annotations
@@ -54,13 +58,13 @@ from data_plane.proxy.exchange import (
     _Exchange,
     _hash_key,
     _now_ns,
-    _sni,
     _upstream_host,
 )
 from data_plane.proxy.headers import _CONTINUE, _CRLF, _IDEMPOTENT
 from data_plane.proxy.upstream import _UpstreamConnection
 from data_plane.request_metrics import RouteSeries
 from data_plane.runtime import ConfigHolder
+from data_plane.upstream_tls import open_tls, server_name
 from data_plane.upstream_try import allow_retry, begin_try, end_request
 
 if TYPE_CHECKING:
@@ -284,32 +288,38 @@ class _Dispatch:
     def _connect(self, ex: _Exchange, address: Address, *, pooled: bool) -> None:
         service = ex.service
         assert service is not None
-        key = address.key if not service.tls else "tls/" + address.key
+        tls = service.upstream_tls
+        key, name = address.key, ""
+        if tls is not None:  # reused only where made alike: same TLS identity and server name
+            name = server_name(_upstream_host(ex, service, address).decode("ascii", "replace"))
+            key = tls.pool_prefix + name + "/" + address.key
         conn = self._server.pool.acquire(key) if pooled else None
         if conn is not None:
             ex.reused = True
             self._attach(ex, conn)
         else:
             ex.reused = False
-            ex.connect_task = self._loop.create_task(self._open(ex, address, key))
+            ex.connect_task = self._loop.create_task(self._open(ex, address, key, name))
 
-    async def _open(self, ex: _Exchange, address: Address, key: str) -> None:
+    async def _open(self, ex: _Exchange, address: Address, key: str, name: str) -> None:
+        """Connect ``ex`` to ``address`` (TLS with server ``name`` for ``https``: a TLS
+        failure, logged by ``open_tls``, fails the try as a refused connect does)."""
         service = ex.service
         assert service is not None
         server = self._server
+        tls = service.upstream_tls
         timed_out = False
         conn: _UpstreamConnection | None = None
         try:
             async with asyncio.timeout(service.connect_timeout):
-                _, conn = await self._loop.create_connection(  # type: ignore[type-var]  # a protocol by its methods (see _UpstreamConnection)
-                    lambda: _UpstreamConnection(server, key),
-                    address.host,
-                    address.port,
-                    ssl=server._ssl_context if service.tls else None,
-                    server_hostname=_sni(_upstream_host(ex, service, address))
-                    if service.tls
-                    else None,
-                )
+                if tls is None:
+                    _, conn = await self._loop.create_connection(  # type: ignore[type-var]  # a protocol by its methods (see _UpstreamConnection)
+                        lambda: _UpstreamConnection(server, key), address.host, address.port
+                    )
+                else:
+                    conn = await open_tls(
+                        self._loop, lambda: _UpstreamConnection(server, key), address, tls, name, service
+                    )
         except TimeoutError:
             timed_out = True
         except OSError as exc:

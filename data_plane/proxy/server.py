@@ -15,7 +15,6 @@ import asyncio
 import errno
 import logging
 import os
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -122,12 +121,9 @@ class ProxyServer:
         self._clients_empty: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        # Keys separate TLS identities (each https service's context, compiled with
+        # the config: data_plane/upstream_tls.py) and server names.
         self.pool: UpstreamPool[_UpstreamConnection] = None  # type: ignore[assignment]
-        # Kong does not verify upstream certificates unless a service asks for it
-        # (tls_verify, not supported yet).
-        self._ssl_context = ssl.create_default_context()
-        self._ssl_context.check_hostname = False
-        self._ssl_context.verify_mode = ssl.CERT_NONE
 
     @property
     def port(self) -> int:

@@ -6,7 +6,8 @@
   :func:`raw_backend`.
 * :class:`ScriptedBackend`: raw asyncio, exact bytes chosen per :class:`SeenRequest`.
 * :class:`FlipBackend`: aiohttp, with a ``/health`` whose status a test flips.
-* :class:`TlsBackend`: aiohttp over TLS (``tests/fixtures/upstream-tls.*``), recording SNI.
+* :class:`TlsBackend`: aiohttp over TLS (``tests/fixtures/upstream-tls.*`` or any chain),
+  recording SNI, handshakes and client certificates (optionally required).
 * the ``backends`` fixture: Ferry's demo backend, by name.
 * :func:`refused_port`: a port nothing listens on.
 
@@ -22,6 +23,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -30,7 +32,7 @@ from aiohttp import web
 
 from ferry.demo_backend import start_demo_backend
 from ferry_shared.listen import free_port
-from tests.support.tls import FIXTURES
+from tests.support.tls import FIXTURES, Pair
 
 
 class Backend:
@@ -331,21 +333,54 @@ class FlipBackend:
 
 
 class TlsBackend:
-    def __init__(self) -> None:
+    """An aiohttp server over TLS.
+
+    ``certificate``: the chain it serves (leaf first, then any intermediates, in its
+    ``cert`` file); the suite's self-signed fixture by default. ``client_ca``: when
+    set, a client certificate signed by that CA is required (the handshake fails
+    without one). Records every handshake's server name (``server_names``: one
+    entry per TLS connection, ``None`` without SNI), every request's Host and the
+    common name of the client certificate it came with (``client_names``; also in
+    the JSON answer's ``client`` when client certificates are required).
+    """
+
+    def __init__(self, certificate: Pair | None = None, *, client_ca: Path | None = None) -> None:
         self.server_names: list[str | None] = []
         self.hosts: list[str] = []
+        self.client_names: list[str | None] = []
         self.port = 0
+        self._certificate = certificate or Pair(
+            FIXTURES / "upstream-tls.crt", FIXTURES / "upstream-tls.key"
+        )
+        self._client_ca = client_ca
+
+    @property
+    def key(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hosts.append(request.headers.get("Host", ""))
-        return web.json_response({"backend": "tls", "path": request.path})
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        name: str | None = None
+        for rdn in (peer or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    name = value
+        self.client_names.append(name)
+        body: dict[str, Any] = {"backend": "tls", "path": request.path}
+        if self._client_ca is not None:
+            body["client"] = name
+        return web.json_response(body)
 
     def _sni(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
         self.server_names.append(name)
 
     async def start(self, stack: AsyncExitStack) -> None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(FIXTURES / "upstream-tls.crt", FIXTURES / "upstream-tls.key")
+        context.load_cert_chain(self._certificate.cert, self._certificate.key)
+        if self._client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=self._client_ca)
         context.sni_callback = self._sni
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)

@@ -4,6 +4,7 @@ and the suite's fixed upstream certificate (:data:`FIXTURES`)."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,28 @@ class Authority:
     key: ec.EllipticCurvePrivateKey
     pair: Pair
 
-    def issue(self, directory: Path, name: str, dns_names: list[str] | None = None) -> Pair:
-        """A leaf certificate for ``name`` (CN; DNS SANs default to ``[name]``) signed by this CA."""
-        return _write(directory, name, *_build(name, dns_names or [name], issuer=self))
+    def issue(
+        self,
+        directory: Path,
+        name: str,
+        dns_names: list[str] | None = None,
+        *,
+        ip_addresses: list[str] | None = None,
+    ) -> Pair:
+        """A leaf certificate for ``name`` (CN; DNS SANs default to ``[name]``, plus
+        ``ip_addresses`` as IP SANs) signed by this CA."""
+        return _write(
+            directory, name, *_build(name, dns_names or [name], issuer=self, ips=ip_addresses)
+        )
+
+    def intermediate(self, directory: Path, name: str) -> Authority:
+        """A CA named ``name`` signed by this one (for chains longer than leaf + root)."""
+        cert, key = _build(name, [], issuer=self, is_ca=True)
+        return Authority(cert, key, _write(directory, name, cert, key))
+
+    def pem(self) -> str:
+        """This CA's certificate as PEM text (what a ``ca_certificates`` entity holds)."""
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _now() -> datetime.datetime:
@@ -52,6 +72,7 @@ def _build(
     is_ca: bool = False,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
+    ips: list[str] | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -65,10 +86,10 @@ def _build(
         .not_valid_after(not_after or _now() + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
-    if dns_names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
-        )
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips or ()]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     if not is_ca:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
@@ -108,6 +129,11 @@ def self_signed(
     """A self-signed leaf (what a foreign ``ferry cert generate`` would make)."""
     cert, key = _build(common_name, [common_name], not_before=not_before, not_after=not_after)
     return _write(directory, name, cert, key)
+
+
+def entity_pems(pair: Pair) -> dict[str, str]:
+    """A ``certificates`` entity's ``cert`` and ``key`` (PEM text) from a written pair."""
+    return {"cert": pair.cert.read_text(), "key": pair.key.read_text()}
 
 
 @dataclass(frozen=True)
