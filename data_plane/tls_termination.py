@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import ssl
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from data_plane import pem_loading
 from ferry_shared.certificates import EXPIRED, certificate_pair_problems
 from ferry_shared.default_certificate import generate_self_signed, locked, write_atomically
 
@@ -60,29 +59,14 @@ class CertificateError(ValueError):
     """A certificate or key that cannot be loaded; the message names the entity, never the key."""
 
 
-@contextmanager
-def _memory_file(name: str, text: str) -> Iterator[str]:
-    """A path that reads ``text`` for as long as the block runs; nothing is written to disk."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
-
-
 def load_pem_pair(context: ssl.SSLContext, cert_pem: str, key_pem: str, label: str) -> None:
-    """Load a certificate chain and its key into ``context`` from PEM text.
-
-    Raises :class:`CertificateError` naming ``label`` (the entity) when OpenSSL refuses
-    either (unparsable, or a key that does not match).
-    """
+    """Load a certificate chain and its key into ``context`` from PEM text (never through
+    the disk). Raises :class:`CertificateError` naming ``label`` (the entity) when OpenSSL
+    refuses either (unparsable, a key that does not match, an encrypted key)."""
     try:
-        with _memory_file("ferry-cert", cert_pem) as cert_path, _memory_file("ferry-key", key_pem) as key_path:
-            context.load_cert_chain(cert_path, key_path)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        raise CertificateError(f"{label}: certificate or key cannot be loaded ({reason})") from None
+        pem_loading.load_pem_pair(context, cert_pem, key_pem)
+    except pem_loading.PemLoadError as exc:
+        raise CertificateError(f"{label}: certificate or key cannot be loaded ({exc})") from None
 
 
 def not_after(cert_pem: str) -> float:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import ssl
 import time
 import weakref
@@ -58,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from data_plane.balancers import Address
+from data_plane.pem_loading import PemLoadError, load_pem_pair
 
 __all__ = [
     "MAX_VERIFY_DEPTH",
@@ -257,48 +257,14 @@ def _reason(exc: BaseException) -> str:
     return str(reason) if reason else str(exc) or type(exc).__name__
 
 
-def _memory_file(name: str, data: str) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data.encode())
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _no_password() -> bytes:
-    # An encrypted key must fail at once instead of OpenSSL prompting on a terminal.
-    raise TlsMaterialError("the private key is encrypted")
-
-
 def _load_client_certificate(
     context: ssl.SSLContext, certificate_id: str, cert: str, key: str
 ) -> None:
-    """``load_cert_chain`` from PEM strings through memory files (never the disk)."""
-    if not hasattr(os, "memfd_create"):
-        raise TlsMaterialError(
-            f"certificate {certificate_id}: client certificates need Linux (memfd_create)"
-        )
-    cert_fd = _memory_file("ferry-client-cert", cert)
+    """The client certificate's PEM into ``context`` (never through the disk)."""
     try:
-        key_fd = _memory_file("ferry-client-key", key)
-        try:
-            context.load_cert_chain(
-                f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}", password=_no_password
-            )
-        finally:
-            os.close(key_fd)
-    except TlsMaterialError as exc:
+        load_pem_pair(context, cert, key)
+    except PemLoadError as exc:
         raise TlsMaterialError(f"certificate {certificate_id} cannot be loaded: {exc}") from None
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise TlsMaterialError(
-            f"certificate {certificate_id} cannot be loaded: {_reason(exc)}"
-        ) from None
-    finally:
-        os.close(cert_fd)
 
 
 # --------------------------------------------------------------- connect path

@@ -14,7 +14,6 @@ loop; nothing here is thread-safe.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -241,17 +240,3 @@ def _upstream_host(ex: _Exchange, service: CompiledService, address: Address) ->
     if address.port == service.default_port:
         return address.host_bytes
     return address.key_bytes
-
-
-def _sni(host: bytes) -> str:
-    """The TLS server name for an upstream Host header (Kong: ``proxy_ssl_name
-    $upstream_host``): the host without port; empty (no SNI) for an IP literal."""
-    text = host.decode("ascii", "replace")
-    if text.startswith("["):
-        return ""  # IPv6 literal
-    name = text.rsplit(":", 1)[0] if ":" in text else text
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return name
-    return ""

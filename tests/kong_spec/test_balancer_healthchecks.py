@@ -11,12 +11,14 @@ case's settings into the defaults of Kong's ``balancer_utils``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.support.admin import admin_call
+from tests.support.backends import refused_port
 from tests.support.kong import (
     KongCluster,
     add_api,
@@ -25,9 +27,11 @@ from tests.support.kong import (
     client_requests,
     healthchecks_config,
     poll_wait_health,
+    unique,
     upstream_health,
 )
 from tests.support.polling import wait_for
+from tests.support.tls import self_signed
 
 SPEC = "01-healthchecks_spec.lua"
 SLOTS = 10
@@ -64,11 +68,31 @@ def test_create_active_health_checks_global_certificate() -> None:
     """Kong: it("create active health checks -- global certificate") — 01-healthchecks_spec.lua."""
 
 
-@pytest.mark.skip(reason=f'Kong case "#db create active health checks -- upstream certificate" ({SPEC}): '
-                  "the control plane stores the upstream client_certificate; probes presenting it "
-                  "are the data plane part of issue 16")
-def test_db_create_active_health_checks_upstream_certificate() -> None:
-    """Kong: it("#db create active health checks -- upstream certificate") — 01-healthchecks_spec.lua."""
+async def test_db_create_active_health_checks_upstream_certificate(
+    kong: KongCluster, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Kong: it("#db create active health checks -- upstream certificate") —
+    01-healthchecks_spec.lua: a certificate (two SNIs) made through the Admin API is the
+    upstream's ``client_certificate``; ``https`` probes of a target nothing answers on
+    turn it UNHEALTHY (the data plane applied a config with that certificate). Kong's
+    target is ``notlocalhost.test:15555``; here a loopback port nothing listens on."""
+    pair = self_signed(tmp_path, "client", "ssl-example.com")
+    _, certificate = await admin_call(http, "POST", f"{kong.admin}/certificates", {
+        "cert": pair.cert.read_text(), "key": pair.key.read_text(),
+        "snis": [unique("sni") + ".test", unique("sni") + ".test"],
+    }, 201)
+    name, uid = await add_upstream(kong, http, healthchecks=healthchecks_config({"active": {
+        "type": "https",
+        "http_path": "/status",
+        "healthy": {"interval": INTERVAL, "successes": 1},
+        "unhealthy": {"interval": INTERVAL, "http_failures": 1},
+    }}), client_certificate={"id": certificate["id"]})
+    target = f"127.0.0.1:{refused_port()}"
+    await add_target(kong, http, uid, target)
+    health = await upstream_health(kong, http, name)
+    assert isinstance(health["data"], list)
+    await kong.data_plane()
+    await poll_wait_health(kong, http, uid, target, "UNHEALTHY")
 
 
 # ----------------------------------------------------- Ring-balancer #healthchecks
@@ -102,6 +126,7 @@ async def test_flaky_propagates_posted_health_info(kong: KongCluster, http: aioh
     await kong.data_plane()
     assert (await upstream_health(kong, http, uid))["data"][0]["health"] == "HEALTHY"
     await post_target_endpoint(kong, http, uid, target, "unhealthy")
+    await kong.data_plane()
     await poll_wait_health(kong, http, uid, target, "UNHEALTHY")
 
 

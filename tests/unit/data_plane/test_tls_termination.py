@@ -138,6 +138,17 @@ def test_a_certificate_that_expired_after_the_control_plane_took_it_is_still_ser
     assert compiled.by_id["c1"].expires_at < datetime.datetime.now(datetime.UTC).timestamp()
 
 
+def test_an_encrypted_key_is_refused_without_a_pass_phrase_prompt(authority: Authority, tmp_path: Path) -> None:
+    pem = _pem(authority, tmp_path, "locked")
+    key = serialization.load_pem_private_key(pem["key"].encode(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    ).decode()
+    with pytest.raises(ConfigError, match="certificate c1:"):
+        _compile([{"id": "c1", "cert": pem["cert"], "key": encrypted}])
+
+
 def test_snis_must_name_an_existing_certificate_once(authority: Authority, tmp_path: Path) -> None:
     certificate = {"id": "c1", **_pem(authority, tmp_path, "one")}
     with pytest.raises(ConfigError, match="certificate nope does not exist"):
