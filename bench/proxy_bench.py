@@ -184,15 +184,23 @@ http {{
 """
 
 
-def nginx_proxy_conf(base: Path, listen: int, backends: Sequence[int]) -> str:
-    """nginx as the proxy: 1 worker, upstream keepalive, HTTP/1.1, X-Forwarded-* like Ferry's.
+def nginx_proxy_conf(
+    base: Path, listen: int, backends: Sequence[int], *, tls: tuple[Path, Path] | None = None
+) -> str:
+    """nginx as the proxy: 1 worker, upstream keepalive, HTTP/1.1, X-Forwarded-* like Ferry's;
+    with ``tls`` (certificate, key), terminating TLS 1.2/1.3 on ``listen`` (the tls scenario).
 
     ``max_fails`` is nginx's passive health check (on by default; 5 here, like Ferry's).
     """
     servers = "\n".join(
         f"    server 127.0.0.1:{port} max_fails=5 fail_timeout=10s;" for port in backends
     )
-    return f"""# written by bench/proxy_bench.py: nginx as the proxy
+    tls_lines = (
+        f"\n    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};\n"
+        "    ssl_protocols TLSv1.2 TLSv1.3;"
+        if tls is not None else ""
+    )
+    return f"""# written by bench/proxy_bench.py: nginx as the proxy{" terminating TLS" if tls else ""}
 worker_processes 1;
 daemon off;
 pid {base}/nginx.pid;
@@ -214,7 +222,7 @@ http {{
     keepalive_timeout 300s;
   }}
   server {{
-    listen 127.0.0.1:{listen} backlog=4096;
+    listen 127.0.0.1:{listen}{" ssl" if tls else ""} backlog=4096;{tls_lines}
     location /bench {{
       proxy_pass http://backends;
       proxy_http_version 1.1;
@@ -378,6 +386,24 @@ def configure_ferry(admin: str, backends: Sequence[int]) -> None:
           {"paths": ["/bench"], "strip_path": False, "service": {"name": "bench"}})
 
 
+def start_control_plane(
+    procs: ProcessSet, options: BenchOptions, base: Path, cores: Cores
+) -> tuple[ManagedProcess, str, int]:
+    """A control plane with its embedded Redis on the load core, once its Admin API
+    answers: (process, Admin API URL, cluster port)."""
+    admin_port, cluster_port = free_port(), free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    control_plane = procs.start(
+        "ferry-control-plane",
+        [str(options.ferry_bin), "control-plane", "--admin-listen", f"127.0.0.1:{admin_port}",
+         "--cluster-listen", f"127.0.0.1:{cluster_port}", "--data-dir", str(base / "control-plane"),
+         "--cluster-insecure", "--log-level", "warning"],
+        log_path=base / "control-plane.log", cpu=cores.load, env=_child_env(),
+    )
+    wait_until(lambda: _http_ok(f"{admin}/status"), "the control plane's Admin API", [control_plane])
+    return control_plane, admin, cluster_port
+
+
 def start_ferry(
     procs: ProcessSet, options: BenchOptions, base: Path, backends: Sequence[int], cores: Cores
 ) -> tuple[dict[str, Target], dict[str, Any], dict[str, dict[str, Any] | None]]:
@@ -388,18 +414,8 @@ def start_ferry(
     what is switched on (read from the default ``ferry`` one), and each one's
     ``/status`` ``hot_path`` block (None when its ``/status`` has none).
     """
-    admin_port, cluster_port = free_port(), free_port()
-    admin = f"http://127.0.0.1:{admin_port}"
-    ferry = str(options.ferry_bin)
-    env = _child_env()
-    control_plane = procs.start(
-        "ferry-control-plane",
-        [ferry, "control-plane", "--admin-listen", f"127.0.0.1:{admin_port}",
-         "--cluster-listen", f"127.0.0.1:{cluster_port}", "--data-dir", str(base / "control-plane"),
-         "--cluster-insecure", "--log-level", "warning"],
-        log_path=base / "control-plane.log", cpu=cores.load, env=env,
-    )
-    wait_until(lambda: _http_ok(f"{admin}/status"), "the control plane's Admin API", [control_plane])
+    control_plane, admin, cluster_port = start_control_plane(procs, options, base, cores)
+    ferry, env = str(options.ferry_bin), _child_env()
     configure_ferry(admin, backends)
     started: dict[str, tuple[ManagedProcess, str, str]] = {}  # name → process, proxy URL, status URL
     for name, (hostname, extra_env, _) in FERRY_DATA_PLANES.items():

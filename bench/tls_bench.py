@@ -72,10 +72,12 @@ from bench.proxy_bench import (
     configure_ferry,
     measure_undisturbed,
     nginx_backend_conf,
+    nginx_proxy_conf,
     pick_cores,
     prepare_site,
     ratio,
     rotated,
+    start_control_plane,
     start_nginx,
     wait_for_quiet,
     wait_until,
@@ -139,48 +141,8 @@ def make_certificate(directory: Path, names: Sequence[str] = CERT_NAMES) -> tupl
 
 
 def nginx_tls_conf(base: Path, listen: int, backends: Sequence[int], cert: Path, key: Path) -> str:
-    """nginx terminating TLS: 1 worker, the proxy scenario's upstream keepalive and headers."""
-    servers = "\n".join(f"    server 127.0.0.1:{port} max_fails=5 fail_timeout=10s;" for port in backends)
-    return f"""# written by bench/tls_bench.py: nginx terminating TLS
-worker_processes 1;
-daemon off;
-pid {base}/nginx.pid;
-error_log {base}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path {base}/tmp-body;
-  proxy_temp_path {base}/tmp-proxy;
-  fastcgi_temp_path {base}/tmp-fastcgi;
-  uwsgi_temp_path {base}/tmp-uwsgi;
-  scgi_temp_path {base}/tmp-scgi;
-  upstream backends {{
-{servers}
-    keepalive 128;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-  }}
-  server {{
-    listen 127.0.0.1:{listen} ssl backlog=4096;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location /bench {{
-      proxy_pass http://backends;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $host;
-      proxy_set_header X-Forwarded-Port $server_port;
-      proxy_next_upstream error timeout;
-    }}
-    location / {{ return 404; }}
-  }}
-}}
-"""
+    """nginx terminating TLS: the proxy scenario's configuration with ``ssl`` on ``listen``."""
+    return nginx_proxy_conf(base, listen, backends, tls=(cert, key))
 
 
 # --------------------------------------------------------------------------- https helpers
@@ -273,18 +235,8 @@ def start_ferry(
     ``ssl`` proxy listener, configured through the Admin API; returns the data plane, its
     TLS port and its ``/status`` ``hot_path`` block. Raises :class:`FerryTlsUnavailable`
     when the Admin API cannot take the certificate."""
-    admin_port, cluster_port = free_port(), free_port()
-    admin = f"http://127.0.0.1:{admin_port}"
-    ferry = str(options.ferry_bin)
-    env = _child_env()
-    control_plane = procs.start(
-        "ferry-control-plane",
-        [ferry, "control-plane", "--admin-listen", f"127.0.0.1:{admin_port}",
-         "--cluster-listen", f"127.0.0.1:{cluster_port}", "--data-dir", str(base / "control-plane"),
-         "--cluster-insecure", "--log-level", "warning"],
-        log_path=base / "control-plane.log", cpu=cores.load, env=env,
-    )
-    wait_until(lambda: _status_ok(f"{admin}/status"), "the control plane's Admin API", [control_plane])
+    control_plane, admin, cluster_port = start_control_plane(procs, options, base, cores)
+    ferry, env = str(options.ferry_bin), _child_env()
     add_certificate(admin, cert, key)
     configure_ferry(admin, backends)
     plain_port, tls_port, status_port = free_port(), free_port(), free_port()

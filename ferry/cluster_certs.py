@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ferry_shared.cluster_tls import SHARED_SERVER_NAME
+from ferry_shared.default_certificate import write_atomically
 
 #: Kong's ``gen_cert`` default validity: three years.
 DEFAULT_DAYS = 3 * 365
@@ -69,19 +68,8 @@ def generate_cluster_certificate(
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file (created with ``mode``) and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, data, mode)
 
 
 def write_cluster_certificate(
