@@ -182,11 +182,12 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def unsupported_protocol(result: H2loadResult, allowed: Sequence[str]) -> str | None:
-    """Why a run does not count as the protocol it was meant to measure (h2load fell
-    back to HTTP/1.1 because ALPN did not offer h2, or connected nowhere), or None."""
-    if result.protocol in allowed:
+def unsupported_protocol(protocol: str | None, allowed: Sequence[str]) -> str | None:
+    """Why a run whose h2load reported ``protocol`` does not count as one of ``allowed``
+    (h2load fell back to HTTP/1.1 because ALPN did not offer h2, or connected nowhere),
+    or None when it does."""
+    if protocol in allowed:
         return None
-    if result.protocol is None:
+    if protocol is None:
         return "h2load negotiated no protocol (no connection succeeded)"
-    return f"h2load negotiated {result.protocol!r}, not {' or '.join(allowed)}"
+    return f"h2load negotiated {protocol!r}, not {' or '.join(allowed)}"
