@@ -520,11 +520,18 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
         _log(f"starting Ferry: control plane (+ embedded Redis) on core {cores.load}, data plane on core "
              f"{cores.proxy}")
-        data_plane, ferry_urls, unavailable, facts = start_ferry(
-            procs, options, base / "ferry", backend_ports, grpc_port, cores, cert, key, request_file)
+        try:
+            data_plane, ferry_urls, unavailable, facts = start_ferry(
+                procs, options, base / "ferry", backend_ports, grpc_port, cores, cert, key, request_file)
+        except RuntimeError as exc:
+            # nginx's figures are still worth having; the reason (with the log's tail) is kept.
+            data_plane, ferry_urls, facts = None, {}, {"checks": {}}
+            unavailable = {phase: f"Ferry did not start: {exc}" for phase in PHASES}
+            warnings.append(f"Ferry did not start (see unavailable): {str(exc).splitlines()[0]}")
         checks["ferry"] = facts["checks"]
         for phase, why in unavailable.items():
             _log(f"Ferry not measured in {phase}: {why}")
+        ferry_processes = [data_plane] if data_plane is not None else []
         for phase, url in ferry_urls.items():
             targets[phase]["ferry"] = Target("ferry", url, data_plane)
         mode = (facts.get("hot_path") or {}).get("mode")
@@ -532,7 +539,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             warnings.append(f"Ferry's data plane runs the {mode} hot path, not the compiled one "
                             f"({(facts.get('hot_path') or {}).get('reason')}): make venv rebuilds it")
         pinning: dict[str, Any] = {}
-        for process in [*nginx.values(), data_plane]:
+        for process in [*nginx.values(), *ferry_processes]:
             pids = process.pids()
             pin(pids, cores.proxy)
             pinning[process.name] = {"pids": pids, "cpus_allowed": sorted(thread_affinities(pids))}
@@ -573,7 +580,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                          f"mean {_num(run_['h2load']['latency_mean_ms'], '.2f')} ms  "
                          f"CPU {_num(run_['proxy_cpu_us_per_request'], '.1f')} µs/req  errors {run_['errors']}")
                     time.sleep(SETTLE_S)
-        for process in [*nginx.values(), grpc_server, data_plane]:
+        for process in [*nginx.values(), grpc_server, *ferry_processes]:
             if not process.alive():
                 warnings.append(f"{process.name} exited during the runs; see {process.log_path}")
 
