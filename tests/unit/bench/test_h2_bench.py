@@ -18,11 +18,11 @@ from bench.h2_bench import (
     load_command,
     nginx_grpc_conf,
     nginx_h2_conf,
-    parse_nghttp_verbose,
     phase_warnings,
     render,
     summarize_phase,
 )
+from bench.h2_checks import parse_nghttp_verbose
 from bench.h2load import (
     H2loadOutputError,
     grpc_message_frame,
