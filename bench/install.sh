@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what `make bench` needs and is missing: nginx, HAProxy and wrk, from the
+# Installs what `make bench` needs and is missing: nginx, HAProxy, wrk and h2load
+# (Debian's nghttp2-client: the HTTP/2 and gRPC load generator of the http2 scenario), from the
 # distribution's packages (Debian/Ubuntu: apt-get install -y --no-install-recommends),
 # and taskset (util-linux, normally always there). It says exactly which packages it
 # installs, and installs nothing when everything is present.
@@ -23,8 +24,8 @@ esac
 search_path="${PATH}:/usr/sbin:/sbin"
 
 # command → the Debian package that provides it
-tools=(nginx haproxy wrk taskset)
-declare -A package_of=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux)
+tools=(nginx haproxy wrk h2load taskset)
+declare -A package_of=([nginx]=nginx [haproxy]=haproxy [wrk]=wrk [h2load]=nghttp2-client [taskset]=util-linux)
 
 missing_packages=()
 for tool in "${tools[@]}"; do

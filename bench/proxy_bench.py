@@ -58,7 +58,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.options import BenchOptions
 from bench.procs import (
@@ -184,23 +184,12 @@ http {{
 """
 
 
-def nginx_proxy_conf(
-    base: Path, listen: int, backends: Sequence[int], *, tls: tuple[Path, Path] | None = None
-) -> str:
-    """nginx as the proxy: 1 worker, upstream keepalive, HTTP/1.1, X-Forwarded-* like Ferry's;
-    with ``tls`` (certificate, key), terminating TLS 1.2/1.3 on ``listen`` (the tls scenario).
-
-    ``max_fails`` is nginx's passive health check (on by default; 5 here, like Ferry's).
-    """
-    servers = "\n".join(
-        f"    server 127.0.0.1:{port} max_fails=5 fail_timeout=10s;" for port in backends
-    )
-    tls_lines = (
-        f"\n    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};\n"
-        "    ssl_protocols TLSv1.2 TLSv1.3;"
-        if tls is not None else ""
-    )
-    return f"""# written by bench/proxy_bench.py: nginx as the proxy{" terminating TLS" if tls else ""}
+def nginx_http_conf(base: Path, title: str, http_block: str) -> str:
+    """A whole nginx configuration: 1 worker in the foreground, its pid, logs and temp
+    files under ``base``, no access log, long keep-alive (10 million requests, 300 s: a
+    benchmark connection never closes on its own; also the HTTP/2 limits since nginx
+    1.19.7), and ``http_block`` (upstreams and servers, indented two spaces) in ``http``."""
+    return f"""# written by {title}
 worker_processes 1;
 daemon off;
 pid {base}/nginx.pid;
@@ -215,6 +204,31 @@ http {{
   fastcgi_temp_path {base}/tmp-fastcgi;
   uwsgi_temp_path {base}/tmp-uwsgi;
   scgi_temp_path {base}/tmp-scgi;
+{http_block}}}
+"""
+
+
+def nginx_proxy_conf(
+    base: Path, listen: int, backends: Sequence[int], *, tls: tuple[Path, Path] | None = None,
+    http2: bool = False,
+) -> str:
+    """nginx as the proxy: 1 worker, upstream keepalive, HTTP/1.1, X-Forwarded-* like Ferry's;
+    with ``tls`` (certificate, key), terminating TLS 1.2/1.3 on ``listen`` (the tls scenario);
+    with ``http2``, HTTP/2 downstream on ``listen`` (nginx 1.22's ``listen ... http2``: ALPN
+    h2 with ``tls``, h2c with prior knowledge without), still HTTP/1.1 to the backends.
+
+    ``max_fails`` is nginx's passive health check (on by default; 5 here, like Ferry's).
+    """
+    servers = "\n".join(
+        f"    server 127.0.0.1:{port} max_fails=5 fail_timeout=10s;" for port in backends
+    )
+    tls_lines = (
+        f"\n    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};\n"
+        "    ssl_protocols TLSv1.2 TLSv1.3;"
+        if tls is not None else ""
+    )
+    listen_flags = (" ssl" if tls else "") + (" http2" if http2 else "")
+    return nginx_http_conf(base, f"bench/proxy_bench.py: nginx as the proxy{' terminating TLS' if tls else ''}", f"""\
   upstream backends {{
 {servers}
     keepalive 128;
@@ -222,7 +236,7 @@ http {{
     keepalive_timeout 300s;
   }}
   server {{
-    listen 127.0.0.1:{listen}{" ssl" if tls else ""} backlog=4096;{tls_lines}
+    listen 127.0.0.1:{listen}{listen_flags} backlog=4096;{tls_lines}
     location /bench {{
       proxy_pass http://backends;
       proxy_http_version 1.1;
@@ -235,8 +249,7 @@ http {{
     }}
     location / {{ return 404; }}
   }}
-}}
-"""
+""")
 
 
 def haproxy_conf(listen: int, backends: Sequence[int]) -> str:
@@ -547,6 +560,33 @@ def sample_background(seconds: float, ours: set[int]) -> dict[str, Any]:
     }
 
 
+class LoadReport(Protocol):
+    """What :func:`measure` reads of a load generator's parsed report (wrk's, h2load's)."""
+
+    @property
+    def requests(self) -> int: ...
+    @property
+    def requests_per_s(self) -> float: ...
+    @property
+    def p50_ms(self) -> float | None: ...
+    @property
+    def p99_ms(self) -> float | None: ...
+    @property
+    def errors(self) -> int: ...
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class LoadCommand:
+    """A load generator's run for :func:`measure`: its name (the key its report is kept
+    under), its command line (run on the load core) and the parser of its output (raises
+    ValueError on a report it cannot read)."""
+
+    tool: str
+    argv: Sequence[str]
+    parse: Callable[[str], LoadReport]
+
+
 @dataclass
 class Rig:
     """What every run shares: the cores, the backends, every process we started."""
@@ -563,8 +603,11 @@ def measure(
     duration: float,
     connections: int,
     script: Path | None = None,
+    load: LoadCommand | None = None,
 ) -> dict[str, Any]:
-    """One wrk run against ``target``, with the proxy's and the backends' CPU time over it.
+    """One wrk run against ``target`` (or ``load``'s command instead, e.g. h2load; then
+    ``script`` and ``connections`` are its business), with the proxy's and the backends'
+    CPU time over it.
 
     Also measures how much CPU went to processes that are not ours (another benchmark, a
     build), from every process's ``/proc/<pid>/stat`` before and after.
@@ -575,8 +618,10 @@ def measure(
         pin(proxy_pids, cores.proxy)  # again: threads started since are pinned too
     backend_pids = rig.backends.pids()
     our_pids = {pid for p in rig.procs.processes for pid in p.pids()} | {os.getpid()}
-    command = ["taskset", "-c", str(cores.load), *wrk_command(
-        target.url, duration=duration, connections=connections, script=script, executable=_tool("wrk"))]
+    if load is None:
+        load = LoadCommand("wrk", wrk_command(target.url, duration=duration, connections=connections,
+                                              script=script, executable=_tool("wrk")), parse_wrk_output)
+    command = ["taskset", "-c", str(cores.load), *load.argv]
     proxy_before = cpu_seconds(proxy_pids)
     backends_before = cpu_seconds(backend_pids)
     everyone_before = cpu_ticks_by_pid()
@@ -589,9 +634,9 @@ def measure(
     backends_cpu = cpu_seconds(backend_pids) - backends_before
     others_cpu, others = cpu_seconds_of_others(everyone_before, cpu_ticks_by_pid(), our_pids)
     try:
-        result = parse_wrk_output(done.stdout)
+        result = load.parse(done.stdout)
     except ValueError as exc:
-        raise RuntimeError(f"wrk against {target.name} failed (exit {done.returncode}): "
+        raise RuntimeError(f"{load.tool} against {target.name} failed (exit {done.returncode}): "
                            f"{done.stderr.strip() or done.stdout.strip()}") from exc
     busy = core_busy(cores_before, cores_after)
     requests = result.requests
@@ -600,7 +645,7 @@ def measure(
     return {
         "scenario": target.name,
         "wall_s": round(wall, 3),
-        "wrk": result.to_json(),
+        load.tool: result.to_json(),
         "requests_per_s": result.requests_per_s,
         "p50_ms": result.p50_ms,
         "p99_ms": result.p99_ms,

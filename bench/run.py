@@ -8,7 +8,8 @@ Scenarios (``--only``, comma-separated; all by default):
 - ``workers``: ``ferry data-plane --workers 1`` against ``--workers 2``, unpinned (bench/workers_bench.py);
 - ``propagation``, ``scale``: config propagation and control-plane scale (bench/cluster_bench.py);
 - ``failover``: failover scenarios (bench/failover_bench.py);
-- ``tls``: HTTPS on the proxy port next to nginx: keep-alive and new handshakes (bench/tls_bench.py).
+- ``tls``: HTTPS on the proxy port next to nginx: keep-alive and new handshakes (bench/tls_bench.py);
+- ``http2``: HTTP/2 (TLS and h2c) and gRPC unary calls next to nginx, h2load (bench/h2_bench.py).
 
 Each module exposes ``run(options: BenchOptions) -> dict``; for one scenario of a
 module that has several, the runner calls ``run_<scenario>(options)`` when the module
@@ -40,7 +41,7 @@ from bench.options import BenchOptions
 from bench.procs import sigterm_as_interrupt
 from bench.results import RESULTS_DIR, write_results
 
-SCENARIOS = ("proxy", "python-path", "workers", "propagation", "scale", "failover", "tls")
+SCENARIOS = ("proxy", "python-path", "workers", "propagation", "scale", "failover", "tls", "http2")
 #: module → the scenarios its ``run(options)`` produces.
 MODULES: dict[str, tuple[str, ...]] = {
     "bench.proxy_bench": ("proxy",),
@@ -49,6 +50,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "bench.cluster_bench": ("propagation", "scale"),
     "bench.failover_bench": ("failover",),
     "bench.tls_bench": ("tls",),
+    "bench.h2_bench": ("http2",),
 }
 
 

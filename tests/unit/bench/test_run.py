@@ -19,7 +19,8 @@ def options(tmp_path: Path) -> BenchOptions:
 
 
 def test_parse_only() -> None:
-    assert runner.parse_only(None) == ["proxy", "python-path", "workers", "propagation", "scale", "failover", "tls"]
+    assert runner.parse_only(None) == ["proxy", "python-path", "workers", "propagation", "scale", "failover", "tls",
+                                          "http2"]
     assert runner.parse_only("failover, proxy") == ["proxy", "failover"]
     assert runner.parse_only("failover,workers,proxy") == ["proxy", "workers", "failover"]
     with pytest.raises(argparse.ArgumentTypeError, match="nope"):
