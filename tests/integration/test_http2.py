@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
 from data_plane.proxy import ProxyServer
 from data_plane.proxy.http2 import (
@@ -232,3 +232,122 @@ def _upstreams(proxy: ProxyServer) -> list[object]:
                     if ex.conn is not None:
                         found.append(ex.conn)
     return found
+
+
+async def test_rst_stream_mid_response_closes_its_upstream_connection(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    client = await H2Client.open(stack, proxy.port, auto_ack=False)
+    sid = client.start("GET", f"/download?size={32 * 1024 * 1024}")
+    state = client.streams[sid]
+    await client.until(lambda: len(state.body) > 0)
+    client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    client.flush()
+    # The exchange is abandoned: its upstream connection closed, never pooled.
+    await wait_for(lambda: not any(c._streams for c in proxy._clients if isinstance(c, Http2Connection)))
+    assert proxy.pool.idle_count() == 0
+    again = await H2Client.open(stack, proxy.port)
+    answer = await again.request("GET", "/echo")
+    assert answer.status == 200
+    assert backend.connections == 2  # a fresh connection, not the one cut short
+
+
+async def _calmed(client: H2Client) -> None:
+    await client.read_to_close()
+    assert client.goaway == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_rapid_reset_ends_the_connection_with_enhance_your_calm(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    client = await H2Client.open(stack, proxy.port)
+    for _ in range(MAX_RESETS_PER_WINDOW + 10):
+        sid = client.start("GET", "/slow?s=5")
+        client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+    client.flush()
+    await _calmed(client)
+    await wait_for(lambda: proxy.connections == 0)
+
+
+async def test_continuation_flood_ends_the_connection(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    for frames, size in ((MAX_HEADER_BLOCK_FRAMES + 4, 10), (6, 16000)):
+        client = await H2Client.open(stack, proxy.port)
+        block = client.conn.encoder.encode([(":method", "GET"), (":path", "/"), (":scheme", "http")])
+        client.send_raw(HeadersFrame(1, data=block).serialize())  # no END_HEADERS
+        for _ in range(frames):
+            client.send_raw(ContinuationFrame(1, data=b"\x00" * size).serialize())
+        await _calmed(client)
+    assert backend.requests == []
+
+
+async def test_settings_flood_ends_the_connection(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    client = await H2Client.open(stack, proxy.port)
+    for _ in range(MAX_SETTINGS_PER_WINDOW + 10):
+        client.send_raw(SettingsFrame(0, settings={0x3: 100}).serialize())
+    await _calmed(client)
+
+
+async def test_ping_flood_ends_the_connection(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    client = await H2Client.open(stack, proxy.port)
+    for n in range(MAX_PINGS_PER_WINDOW + 10):
+        client.send_raw(PingFrame(0, opaque_data=n.to_bytes(8, "big")).serialize())
+    await _calmed(client)
+
+
+async def test_a_few_pings_and_settings_are_answered(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    client = await H2Client.open(stack, proxy.port)
+    for n in range(10):
+        client.conn.ping(n.to_bytes(8, "big"))
+    client.flush()
+    await client.until(lambda: client.pings_acked == 10)
+    assert (await client.request("GET", "/echo")).status == 200
+
+
+async def test_graceful_stop_sends_goaway_finishes_the_stream_in_flight_and_refuses_new_ones(
+    stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    client = await H2Client.open(stack, proxy.port)
+    sid = client.start("GET", "/slow?s=0.5")
+    await wait_for(lambda: len(backend.requests) == 1)
+    stopping = asyncio.create_task(proxy.stop(10.0))
+    await client.until(lambda: client.goaway is not None)
+    assert client.goaway == ErrorCodes.NO_ERROR and client.goaway_last_stream == sid
+    # A stream opened after the GOAWAY is refused: it never reaches the backend.
+    late = HeadersFrame(sid + 2, data=client.conn.encoder.encode(
+        [(":method", "GET"), (":path", "/late"), (":scheme", "http"), (":authority", "api.test")]
+    ), flags=("END_HEADERS", "END_STREAM"))
+    client.send_raw(late.serialize())
+    state = client.streams[sid]
+    await client.until(lambda: state.ended)
+    assert state.status == 200 and bytes(state.body) == b"late"
+    await asyncio.wait_for(stopping, 10)
+    await client.read_to_close()
+    assert [r["path_qs"] for r in backend.requests] == ["/slow?s=0.5"]
+
+
+async def test_malformed_requests_are_reset_and_never_proxied(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    client = await H2Client.open(stack, proxy.port)
+    # A value with a line break would split the HTTP/1.1 head it is written into.
+    block = client.conn.encoder.encode([
+        (":method", "GET"), (":path", "/echo"), (":scheme", "http"), (":authority", "api.test"),
+        ("x-evil", "a\r\nx-injected: 1"),
+    ])
+    frame = HeadersFrame(1, data=block, flags=("END_HEADERS", "END_STREAM"))
+    client.send_raw(frame.serialize())
+    fine = await H2Client.open(stack, proxy.port)
+    assert (await fine.request("GET", "/echo")).status == 200
+    assert all("x-injected" not in {k.lower() for k in r["headers"]} for r in backend.requests)
+    assert len(backend.requests) == 1
+

@@ -140,6 +140,10 @@ class H2Client:
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = int(event.error_code or 0)
             self.goaway_last_stream = event.last_stream_id
+            if self.goaway == 0:
+                # h2 closes its whole state on any GOAWAY; a graceful one lets the
+                # streams up to last_stream_id finish (RFC 9113 6.8): keep reading them.
+                self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         elif isinstance(event, h2.events.PingAckReceived):
             self.pings_acked += 1
         elif isinstance(event, h2.events.SettingsAcknowledged):
