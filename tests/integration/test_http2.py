@@ -22,7 +22,7 @@ import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
-from data_plane.proxy import ProxyServer
+from data_plane.proxy import ClientTimeouts, ProxyServer
 from data_plane.proxy.http2 import (
     MAX_HEADER_BLOCK_FRAMES,
     MAX_PINGS_PER_WINDOW,
@@ -351,3 +351,41 @@ async def test_malformed_requests_are_reset_and_never_proxied(stack: AsyncExitSt
     assert all("x-injected" not in {k.lower() for k in r["headers"]} for r in backend.requests)
     assert len(backend.requests) == 1
 
+
+
+async def test_sni_and_https_only_routes_see_an_http2_tls_stream_as_tls(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _start(stack, tmp_path, make_config(1, direct=("127.0.0.1", backend.port), routes=[
+        {"id": "r1", "paths": ["/"], "snis": ["api.test"], "protocols": ["https"], "service": {"id": "s1"}},
+        {"id": "r2", "paths": ["/tls-only"], "protocols": ["https"], "service": {"id": "s1"}},
+    ]))
+    named = await H2Client.open(stack, proxy.tls_port, tls=h2_tls_context(), server_name="api.test")
+    assert (await named.request("GET", "/echo")).status == 200
+    other = await H2Client.open(stack, proxy.tls_port, tls=h2_tls_context(), server_name="other.test")
+    assert (await other.request("GET", "/echo")).status == 404
+    assert (await other.request("GET", "/tls-only")).status == 200
+    plain = await H2Client.open(stack, proxy.port)
+    assert (await plain.request("GET", "/tls-only")).status == 426  # Kong's https_only answer
+
+
+async def test_idle_connections_and_silent_clients_are_closed(stack: AsyncExitStack, tmp_path: Path) -> None:
+    backend = await start_backend(stack, "b")
+    holder = ConfigHolder(make_config(1, direct=("127.0.0.1", backend.port), routes=ALL_PATHS))
+    proxy = ProxyServer(
+        holder, "127.0.0.1", 0, listen=[ListenAddress("127.0.0.1", 0, http2=True)],
+        client_keepalive_timeout=0.3, client_timeouts=ClientTimeouts(header=0.3, body=5, send=5),
+    )
+    await proxy.start()
+    stack.push_async_callback(proxy.stop, 2.0)
+    idle = await H2Client.open(stack, proxy.port)
+    assert (await idle.request("GET", "/echo")).status == 200
+    await idle.read_to_close()
+    assert idle.goaway == ErrorCodes.NO_ERROR
+    # A client that sends nothing (not even the first bytes that tell the protocol).
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    stack.callback(writer.close)
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    # A client that opened HTTP/2 and never asks anything.
+    silent = await H2Client.open(stack, proxy.port)
+    await silent.read_to_close()
+    await wait_for(lambda: proxy.connections == 0)
