@@ -390,3 +390,19 @@ async def test_idle_connections_and_silent_clients_are_closed(stack: AsyncExitSt
     silent = await H2Client.open(stack, proxy.port)
     await silent.read_to_close()
     await wait_for(lambda: proxy.connections == 0)
+
+
+async def test_a_head_over_the_http_1_1_limit_is_431_and_one_over_the_hard_cap_ends_the_connection(
+    stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    backend = await start_backend(stack, "b")
+    proxy = await _direct(stack, tmp_path, backend)
+    client = await H2Client.open(stack, proxy.port)
+    big = [(f"x-h{i}", "v" * 2000) for i in range(20)]  # 40 KiB: over 32 KiB, under 64 KiB
+    answer = await client.request("GET", "/echo", headers=big)
+    assert answer.status == 431
+    assert (await client.request("GET", "/echo")).status == 200  # the connection lives on
+    bomb = await H2Client.open(stack, proxy.port)
+    bomb.start("GET", "/echo", headers=[(f"x-h{i}", "v" * 8000) for i in range(10)])  # 80 KiB
+    await _calmed(bomb)
+    assert len(backend.requests) == 1
