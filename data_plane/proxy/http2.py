@@ -140,7 +140,10 @@ class Http2Connection(asyncio.Protocol):
         #: GOAWAY sent (graceful stop): streams above this id are refused.
         self._goaway_last: int | None = None
         self._last_stream = 0
-        self._started = self.last_active = self.loop.time()
+        self.last_active = self.loop.time()
+        #: Since when no stream is open (idle and preface timeouts count from it, not
+        #: from the last frame: PINGs do not keep a connection without requests).
+        self._idle_since = self.last_active
         self._got_request = False
         now = self.loop.time()
         self._resets = _FloodCounter(now)
@@ -220,6 +223,8 @@ class Http2Connection(asyncio.Protocol):
             if stream is not None:
                 stream.end_sent = True
                 stream.client_reset()
+                if not self._streams:
+                    self._idle_since = now
             if event.remote_reset and self._resets.add(now) > MAX_RESETS_PER_WINDOW:
                 self._calm("rapid reset")
                 return
@@ -283,7 +288,14 @@ class Http2Connection(asyncio.Protocol):
             return
         try:
             self._h2.send_headers(stream.stream_id, fields, end_stream=end)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        except h2.exceptions.StreamClosedError:
+            return  # the client reset it meanwhile
+        except h2.exceptions.ProtocolError:
+            # A field HTTP/2 cannot carry (the target's): the stream fails, as a
+            # garbled response would end an HTTP/1.1 connection.
+            log.warning("HTTP/2 stream %d: the response head cannot be sent over HTTP/2", stream.stream_id)
+            self.reset(stream.stream_id, internal=True)
+            stream.abort()
             return
         if end:
             self._stream_finished(stream)
@@ -359,6 +371,8 @@ class Http2Connection(asyncio.Protocol):
         if stream.end_sent and stream.closing:
             if self._streams.get(stream.stream_id) is stream:
                 del self._streams[stream.stream_id]
+                if not self._streams:
+                    self._idle_since = self.loop.time()
             self._close_when_idle()
 
     def flush(self) -> None:
@@ -431,10 +445,7 @@ class Http2Connection(asyncio.Protocol):
                 stream.client.check_timeouts(now, timeouts, keepalive)
         if self._streams:
             return
-        if not self._got_request and now - self._started > timeouts.header and now - self.last_active > timeouts.header:
-            self._goaway()
-            self._close()
-        elif now - self.last_active > keepalive:
+        if now - self._idle_since > (keepalive if self._got_request else timeouts.header):
             self._goaway()
             self._close()
 

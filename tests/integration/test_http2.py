@@ -32,13 +32,14 @@ from data_plane.proxy.http2 import (
 )
 from data_plane.proxy.http2_stream import STREAM_HIGH_WATER
 from data_plane.proxy.upstream import _UpstreamConnection
-from data_plane.runtime import ConfigHolder, RuntimeConfig
+from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
 from data_plane.tls_termination import TlsTermination, load_or_create_default_certificate
 from ferry_shared.listen import ListenAddress
 from tests.support.backends import Backend, refused_port, start_backend
 from tests.support.h2client import H2Client, h2_tls_context
 from tests.support.polling import wait_for
 from tests.support.proxy import body_json, make_config
+from tests.support.tls import make_authority
 
 ALL_PATHS = [{"id": "r1", "paths": ["/"], "strip_path": False, "service": {"id": "s1"}}]
 
@@ -406,3 +407,37 @@ async def test_a_head_over_the_http_1_1_limit_is_431_and_one_over_the_hard_cap_e
     bomb.start("GET", "/echo", headers=[(f"x-h{i}", "v" * 8000) for i in range(10)])  # 80 KiB
     await _calmed(bomb)
     assert len(backend.requests) == 1
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_a_certificate_chosen_by_sni_still_offers_h2_on_http2_listeners_only(
+    stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    backend = await start_backend(stack, "b")
+    authority = make_authority(tmp_path / "ca", "Ferry Test CA")
+    pair = authority.issue(tmp_path / "certs", "api", ["api.test"])
+    config = compile_config(1, "h1", {
+        "certificates": [{"id": "c1", "cert": pair.cert.read_text(), "key": pair.key.read_text()}],
+        "snis": [{"id": "n1", "name": "api.test", "certificate": {"id": "c1"}}],
+        "services": [{"id": "s1", "name": "svc", "host": "127.0.0.1", "port": backend.port}],
+        "routes": [{"id": "r1", "paths": ["/"], "service": {"id": "s1"}}],
+    })
+    holder = ConfigHolder(config)
+    proxy = ProxyServer(
+        holder, "127.0.0.1", 0,
+        listen=[ListenAddress("127.0.0.1", 0, ssl=True, http2=True), ListenAddress("127.0.0.1", 0, ssl=True)],
+        tls=TlsTermination(lambda: holder.current.server_certificates if holder.current else None,
+                           load_or_create_default_certificate(tmp_path / "data")),
+    )
+    await proxy.start()
+    stack.push_async_callback(proxy.stop, 2.0)
+    (_, h2_port), (_, h1_port) = proxy.bound()
+
+    def curl(port: int) -> str:
+        done = _curl("--http2", "--cacert", str(authority.pair.cert),
+                     "--resolve", f"api.test:{port}:127.0.0.1", f"https://api.test:{port}/echo")
+        assert done.returncode == 0, done.stderr  # verified: the SNI certificate was served
+        return done.stdout.rpartition("\n")[2]
+
+    assert await asyncio.to_thread(curl, h2_port) == "2 200"
+    assert await asyncio.to_thread(curl, h1_port) == "1.1 200"
