@@ -222,9 +222,12 @@ class DataPlane:
         log.info("status API listening on %s:%d", host, self.status_port)
 
         listen = parse_listen_list(self.settings.proxy_listen)
-        if any(entry.http2 for entry in listen):
-            log.warning("--proxy-listen: 'http2' is accepted but HTTP/2 is not built yet: "
-                        "those listeners offer HTTP/1.1 only (ALPN http/1.1)")
+        for entry in listen:
+            if entry.http2:
+                # Kong's flag: HTTP/2 beside HTTP/1.1 (ALPN h2 on TLS, h2c with prior
+                # knowledge in plaintext); data_plane/proxy/http2.py.
+                log.info("proxy listener %s speaks HTTP/2 (%s) and HTTP/1.1", entry,
+                         "ALPN h2" if entry.ssl else "h2c with prior knowledge")
         tls = None
         if any(entry.ssl for entry in listen):
             default_pem = await asyncio.to_thread(load_or_create_default_certificate, self.settings.data_dir)

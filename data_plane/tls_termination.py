@@ -41,8 +41,10 @@ from ferry_shared.default_certificate import generate_self_signed, locked, write
 
 log = logging.getLogger(__name__)
 
-#: What the proxy offers in ALPN on its TLS listeners (HTTP/2 is not built yet).
+#: What the proxy offers in ALPN on its TLS listeners: ``http/1.1`` only, and ``h2``
+#: first on those with Kong's ``http2`` flag (:data:`ALPN_PROTOCOLS_H2`).
 ALPN_PROTOCOLS: tuple[str, ...] = ("http/1.1",)
+ALPN_PROTOCOLS_H2: tuple[str, ...] = ("h2", "http/1.1")
 
 #: Where the default certificate lives, under the data directory.
 DEFAULT_CERTIFICATE_DIR = "tls"
@@ -78,14 +80,15 @@ def not_after(cert_pem: str) -> float:
     return cert.not_valid_after_utc.timestamp()
 
 
-def new_server_context() -> ssl.SSLContext:
-    """A server context with the listener policy: TLS 1.2+, ALPN ``http/1.1``, no
-    compression, OpenSSL's default ciphers; session resumption (tickets and the session
-    cache) stays on, as OpenSSL has it by default."""
+def new_server_context(alpn: Sequence[str] = ALPN_PROTOCOLS) -> ssl.SSLContext:
+    """A server context with the listener policy: TLS 1.2+, ALPN ``alpn`` (the server's
+    order wins: ``h2`` before ``http/1.1`` where offered), no compression, OpenSSL's
+    default ciphers; session resumption (tickets and the session cache) stays on, as
+    OpenSSL has it by default."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION
-    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    context.set_alpn_protocols(list(alpn))
     return context
 
 
@@ -98,6 +101,10 @@ class ServerCertificate:
     #: reuse the context when a new config carries the same material.
     material: tuple[str, str, str | None, str | None]
     context: ssl.SSLContext
+    #: The same certificate offering ALPN ``h2`` too, for ``http2`` listeners (the SNI
+    #: callback switches a handshake to a certificate's context, and OpenSSL then asks
+    #: that context's ALPN choice: so each listener kind needs its own).
+    h2_context: ssl.SSLContext
     #: ``not_valid_after`` of ``cert`` (and of ``cert_alt`` when set), Unix seconds.
     expires_at: float
     alt_expires_at: float | None
@@ -172,14 +179,15 @@ def _compile_certificate(
     ]
     if problems:
         raise CertificateError(f"{label}: {'; '.join(problems)}")
-    context = new_server_context()
-    load_pem_pair(context, cert, key, label)
+    contexts = (new_server_context(ALPN_PROTOCOLS), new_server_context(ALPN_PROTOCOLS_H2))
     alt_expires_at = None
-    if cert_alt is not None and key_alt is not None:
-        # OpenSSL keeps one certificate per key type: an ECDSA and an RSA one side by side.
-        load_pem_pair(context, cert_alt, key_alt, f"{label} (alt)")
-        alt_expires_at = not_after(cert_alt)
-    return ServerCertificate(cert_id, material, context, not_after(cert), alt_expires_at)
+    for context in contexts:
+        load_pem_pair(context, cert, key, label)
+        if cert_alt is not None and key_alt is not None:
+            # OpenSSL keeps one certificate per key type: an ECDSA and an RSA one side by side.
+            load_pem_pair(context, cert_alt, key_alt, f"{label} (alt)")
+            alt_expires_at = not_after(cert_alt)
+    return ServerCertificate(cert_id, material, contexts[0], contexts[1], not_after(cert), alt_expires_at)
 
 
 def compile_server_certificates(
@@ -230,7 +238,8 @@ def server_name_of(ssl_object: object) -> bytes:
 
 
 class TlsTermination:
-    """The context of the proxy's ``ssl`` listeners.
+    """The contexts of the proxy's ``ssl`` listeners: :attr:`context` (ALPN
+    ``http/1.1``) and :attr:`h2_context` (``h2`` too, for listeners with ``http2``).
 
     ``certificates`` returns the current config's :class:`ServerCertificates` (or
     ``None`` before the first config); it is called once per handshake. The default
@@ -243,12 +252,14 @@ class TlsTermination:
         default_pem: tuple[str, str],
     ) -> None:
         self._certificates = certificates
-        self.context = new_server_context()
-        load_pem_pair(self.context, default_pem[0], default_pem[1], "the default certificate")
+        self.context = new_server_context(ALPN_PROTOCOLS)
+        self.h2_context = new_server_context(ALPN_PROTOCOLS_H2)
+        for context in (self.context, self.h2_context):
+            load_pem_pair(context, default_pem[0], default_pem[1], "the default certificate")
+            context.sni_callback = self._on_server_name
         self.default_expires_at = not_after(default_pem[0])
-        self.context.sni_callback = self._on_server_name
 
-    def _on_server_name(self, ssl_object: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
+    def _on_server_name(self, ssl_object: Any, server_name: str | None, listener: ssl.SSLContext) -> None:
         # Runs inside the handshake: no exception may escape (OpenSSL would abort it
         # with an internal error), and a missing config serves the default certificate.
         if not server_name:
@@ -259,7 +270,8 @@ class TlsTermination:
             certificates = self._certificates()
             found = certificates.for_server_name(name) if certificates is not None else None
             if found is not None:
-                ssl_object.context = found.context
+                # The listener's context says which ALPN list the handshake keeps.
+                ssl_object.context = found.h2_context if listener is self.h2_context else found.context
         except Exception:  # noqa: BLE001 - the default certificate is the safe answer
             log.exception("choosing a certificate for SNI %r failed; serving the default one", name)
         return None

@@ -26,6 +26,10 @@ Modules (all on one event loop; nothing here is thread-safe), in the shape of uv
   upstream side (type checking only: calls go straight to the methods).
 - :mod:`.headers`: header policy (hop-by-hop fields both ways, Host validation, size
   limit); :mod:`.errors`: the error keys and their precomputed answers.
+- :mod:`.http2` and :mod:`.http2_stream` (not compiled): HTTP/2 from clients on
+  listeners with Kong's ``http2`` flag (ALPN ``h2``, h2c with prior knowledge); each
+  stream drives its own ``_ClientConnection`` through an in-memory transport, so
+  everything above applies to it unchanged (docs/http2-grpc.md).
 
 Bodies stream in both directions: request body chunks go straight to the upstream
 transport once connected (buffered up to :data:`BODY_BUFFER_LIMIT` before), response

@@ -17,12 +17,13 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from data_plane.access_log import AccessLog
 from data_plane.proxy.client import _ClientConnection
 from data_plane.proxy.errors import _ALL_ERRORS, _ErrorResponse
 from data_plane.proxy.headers import _CRLF
+from data_plane.proxy.http2 import ProtocolSniffer
 from data_plane.request_metrics import RequestMetrics
 from data_plane.runtime import ConfigHolder
 from data_plane.tls_termination import TlsTermination
@@ -63,7 +64,17 @@ class ClientTimeouts:
                 raise ValueError(f"client {name} timeout must be > 0 seconds")
 
 
-#: A Host value (nginx's ngx_http_validate_host in spirit): a reg-name or IP literal
+class ProxyClient(Protocol):
+    """What the server's sweep and stop call on each client connection: an HTTP/1.1
+    ``_ClientConnection``, an HTTP/2 connection, or an ``http2`` listener's connection
+    whose protocol is not known yet (:mod:`data_plane.proxy.http2`)."""
+
+    def check_timeouts(self, now: float, timeouts: ClientTimeouts, keepalive: float) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def abort(self) -> None: ...
+
 
 class ProxyServer:
     """The proxy listener.
@@ -117,7 +128,7 @@ class ProxyServer:
         self.tls = tls
         #: One server per entry of :attr:`listen`, in its order, while started.
         self._servers: list[asyncio.Server] = []
-        self._clients: set[_ClientConnection] = set()
+        self._clients: set[ProxyClient] = set()
         self._clients_empty: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -170,11 +181,18 @@ class ProxyServer:
         def factory() -> asyncio.Protocol:
             return _ClientConnection(self)  # type: ignore[return-value]  # a protocol by its methods
 
+        def http2_factory() -> asyncio.Protocol:
+            # Kong's `http2` flag: HTTP/2 (ALPN h2, or h2c with prior knowledge) or
+            # HTTP/1.1, chosen per connection (data_plane/proxy/http2.py).
+            return ProtocolSniffer(self)
+
         try:
             for entry in self.listen:
-                tls = self.tls.context if entry.ssl and self.tls is not None else None
+                tls = None
+                if entry.ssl and self.tls is not None:
+                    tls = self.tls.h2_context if entry.http2 else self.tls.context
                 self._servers.append(await self._loop.create_server(
-                    factory,
+                    http2_factory if entry.http2 else factory,
                     entry.host,
                     entry.port,
                     reuse_address=True,
@@ -221,13 +239,13 @@ class ProxyServer:
         if self.access_log is not None:
             self.access_log.flush()
 
-    def _client_added(self, client: _ClientConnection) -> None:
+    def _client_added(self, client: ProxyClient) -> None:
         self._clients.add(client)
         self.metrics.connections_accepted += 1
         if self._clients_empty is not None:
             self._clients_empty.clear()
 
-    def _client_gone(self, client: _ClientConnection) -> None:
+    def _client_gone(self, client: ProxyClient) -> None:
         self._clients.discard(client)
         if not self._clients and self._clients_empty is not None:
             self._clients_empty.set()

@@ -55,12 +55,15 @@ class Cluster:
         return process
 
     def start_data_plane(
-        self, name: str = "dp1", *extra: str, cluster_port: int | None = None, tls: bool = False
+        self, name: str = "dp1", *extra: str, cluster_port: int | None = None, tls: bool = False,
+        http2: bool = False,
     ) -> DataPlaneProc:
-        """A data plane on free ports; with ``tls``, a second proxy listener with ``ssl``."""
+        """A data plane on free ports; with ``tls``, a second proxy listener with ``ssl``;
+        with ``http2``, Kong's ``http2`` flag on each listener."""
         proxy_port, status_port = free_port(), free_port()
         tls_port = free_port() if tls else 0
-        listen = f"127.0.0.1:{proxy_port}" + (f", 127.0.0.1:{tls_port} ssl" if tls else "")
+        flag = " http2" if http2 else ""
+        listen = f"127.0.0.1:{proxy_port}{flag}" + (f", 127.0.0.1:{tls_port} ssl{flag}" if tls else "")
         process = FerryProcess(
             [
                 "data-plane",
