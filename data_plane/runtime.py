@@ -519,10 +519,11 @@ def compile_upstream(
     client_certificate_id = _ref(upstream, "client_certificate", label)
     certificates = tls or TlsEntities()
     try:
-        if settings.active.type == "https":
+        if settings.active.type in ("https", "grpcs"):
             probe_tls = certificates.for_probes(
                 verify=settings.active.https_verify_certificate,
                 client_certificate_id=client_certificate_id,
+                alpn=("h2",) if settings.active.type == "grpcs" else (),
             )
             settings = replace(settings, active=replace(settings.active, tls=probe_tls))
         elif client_certificate_id is not None:
