@@ -51,7 +51,7 @@ from grpc_health.v1 import health_pb2
 
 from data_plane.balancers import Address
 from data_plane.grpc_status import format_timeout
-from data_plane.h2_upstream import H2ConnectError, H2StreamError, connect
+from data_plane.h2_connection import H2ConnectError, H2StreamError, connect
 from data_plane.health.checker import ProbeOutcome
 from data_plane.health.settings import ActiveSettings
 from data_plane.upstream_tls import TlsEntities, UpstreamTls, server_name
