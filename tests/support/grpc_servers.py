@@ -41,7 +41,6 @@ class GrpcTarget:
         self.health = health.aio.HealthServicer()
         self.release = asyncio.Event()
         self.held = 0
-        self.checks = 0
         self._certificate = certificate
         self._client_ca = client_ca
         options = []
