@@ -325,10 +325,6 @@ class H2ClientConnection(asyncio.Protocol):
     def has_capacity(self) -> bool:
         return self.usable and len(self._streams) < self.max_streams
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def add_close_callback(self, callback: Callable[[H2ClientConnection], None]) -> None:
         self._close_callbacks.append(callback)
 
