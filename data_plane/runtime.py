@@ -60,7 +60,9 @@ __all__ = [
 
 _MAX_TIMEOUT_MS = 2**31 - 2  # Kong's upper bound for *_timeout
 _MAX_RETRIES = 32767
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Each service protocol's scheme port. grpc/grpcs services compile (a config holding
+#: one is not refused); only their grpc/grpcs routes wait for the gRPC proxy path.
+_DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 80, "grpcs": 443}
 
 
 class ConfigError(ValueError):
@@ -519,10 +521,11 @@ def compile_upstream(
     client_certificate_id = _ref(upstream, "client_certificate", label)
     certificates = tls or TlsEntities()
     try:
-        if settings.active.type == "https":
+        if settings.active.type in ("https", "grpcs"):
             probe_tls = certificates.for_probes(
                 verify=settings.active.https_verify_certificate,
                 client_certificate_id=client_certificate_id,
+                alpn=("h2",) if settings.active.type == "grpcs" else (),
             )
             settings = replace(settings, active=replace(settings.active, tls=probe_tls))
         elif client_certificate_id is not None:
@@ -604,7 +607,9 @@ def compile_service(
     label = _label("service", service)
     protocol = _str(service, "protocol", label, required=False) or "http"
     if protocol not in _DEFAULT_PORTS:
-        raise ConfigError(f"{label}: protocol {protocol!r} is not supported (http, https)")
+        raise ConfigError(
+            f"{label}: protocol {protocol!r} is not supported (http, https, grpc, grpcs)"
+        )
     host = _str(service, "host", label)
     assert host is not None
     # Kong accepts port 0; it only matters (as a refused connection) for a plain host.
@@ -632,10 +637,13 @@ def compile_service(
         if port == 0:
             address = Address(address.host, 0)
     upstream_tls: UpstreamTls | None = None
-    if protocol == "https":
+    if protocol in ("https", "grpcs"):
         try:
             upstream_tls = (tls or TlsEntities()).for_service_entity(
-                service, upstream.client_certificate_id if upstream is not None else None
+                service,
+                upstream.client_certificate_id if upstream is not None else None,
+                # grpcs targets speak HTTP/2 only (data_plane/h2_upstream.py)
+                alpn=("h2",) if protocol == "grpcs" else (),
             )
         except TlsMaterialError as exc:
             raise ConfigError(f"{label}: {exc}") from None

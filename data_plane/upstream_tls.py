@@ -134,7 +134,11 @@ class TlsEntities:
     # ---------------------------------------------------------------- contexts
 
     def for_service_entity(
-        self, service: Mapping[str, Any], upstream_client_certificate_id: str | None
+        self,
+        service: Mapping[str, Any],
+        upstream_client_certificate_id: str | None,
+        *,
+        alpn: tuple[str, ...] = (),
     ) -> UpstreamTls:
         """The TLS identity of an ``https`` service entity: its ``tls_verify``,
         ``tls_verify_depth``, ``ca_certificates`` and ``client_certificate``, else
@@ -162,6 +166,7 @@ class TlsEntities:
             depth=depth,
             ca_ids=ca_ids,
             client_certificate_id=ref["id"] if ref is not None else upstream_client_certificate_id,
+            alpn=alpn,
         )
 
     def for_service(
@@ -171,21 +176,27 @@ class TlsEntities:
         depth: int | None,
         ca_ids: Sequence[str],
         client_certificate_id: str | None,
+        alpn: tuple[str, ...] = (),
     ) -> UpstreamTls:
-        """The TLS identity of a service (see the module docstring for the rules)."""
+        """The TLS identity of a service (see the module docstring for the rules).
+        ``alpn``: the protocols offered (``("h2",)`` for HTTP/2 to targets; none for
+        HTTP/1.1), part of the identity, so contexts of either kind are never shared."""
         cas = tuple(sorted({self._ca_pem(i) for i in ca_ids})) if verify else ()
         system = verify and not cas
         max_chain = depth + 2 if verify and depth is not None else 0
         return self._context(
-            "service", verify, max_chain, cas, system, client_certificate_id
+            "service", verify, max_chain, cas, system, client_certificate_id, alpn
         )
 
-    def for_probes(self, *, verify: bool, client_certificate_id: str | None) -> UpstreamTls:
-        """The TLS identity of an upstream's ``https`` probes."""
+    def for_probes(
+        self, *, verify: bool, client_certificate_id: str | None, alpn: tuple[str, ...] = ()
+    ) -> UpstreamTls:
+        """The TLS identity of an upstream's ``https`` (``grpcs``: ``alpn`` ``("h2",)``)
+        probes."""
         cas = (
             tuple(sorted({self._ca_pem(i) for i in self._ca_certificates})) if verify else ()
         )
-        return self._context("probe", verify, 0, cas, verify, client_certificate_id)
+        return self._context("probe", verify, 0, cas, verify, client_certificate_id, alpn)
 
     def _ca_pem(self, ca_id: str) -> str:
         entity = self._ca_certificates.get(ca_id)
@@ -213,10 +224,14 @@ class TlsEntities:
         cas: tuple[str, ...],
         system: bool,
         client_certificate_id: str | None,
+        alpn: tuple[str, ...] = (),
     ) -> UpstreamTls:
         client = self._client_pems(client_certificate_id) if client_certificate_id else None
         digest = hashlib.sha256()
-        for part in (kind, str(verify), str(max_chain), str(system), *cas, "--", *(client or ())):
+        parts = (kind, str(verify), str(max_chain), str(system), *cas, "--", *(client or ()))
+        if alpn:  # (HTTP/1.1 identities keep the digest they always had)
+            parts = (*parts, "--alpn", *alpn)
+        for part in parts:
             digest.update(part.encode())
             digest.update(b"\0")
         material = digest.hexdigest()
@@ -238,6 +253,8 @@ class TlsEntities:
         else:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        if alpn:
+            context.set_alpn_protocols(list(alpn))
         if client is not None:
             assert client_certificate_id is not None
             _load_client_certificate(context, client_certificate_id, *client)

@@ -30,8 +30,13 @@ from control_plane.schemas.typedefs import (
 )
 from ferry_shared.route_regex import RouteRegexError, compile_header_regex, compile_path_regex
 
-Protocol = Literal["http", "https"]
+Protocol = Literal["grpc", "grpcs", "http", "https"]
 _DEFAULT_PROTOCOLS: tuple[Protocol, ...] = ("http", "https")
+#: Kong's ``mutually_exclusive_subsets`` of ``protocols`` (those Ferry serves).
+_EXCLUSIVE_SUBSETS: tuple[tuple[str, ...], ...] = (("http", "https"), ("grpc", "grpcs"))
+_GRPC = frozenset({"grpc", "grpcs"})
+#: Kong's grpc route subschema: these fields are refused on a grpc/grpcs route.
+_NOT_GRPC = "cannot set '{}' when 'protocols' is 'grpc' or 'grpcs'"
 
 
 def _check_router_path(value: str) -> str:
@@ -132,21 +137,37 @@ class Route(Record):
     service: ForeignKey | None = None
 
 
+def _is_grpc(protocols: Any) -> bool:
+    return isinstance(protocols, list) and any(p in _GRPC for p in protocols)
+
+
 def _route_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> list[str]:
-    """Kong's http-route rules: something to match on; ``snis`` only with https."""
+    """Kong's route rules: protocols from one family (http/https or grpc/grpcs),
+    something to match on, ``snis`` only with a TLS protocol, and for grpc routes
+    Kong's grpc subschema (no ``methods``, no ``strip_path``, no stream fields)."""
     messages: list[str] = []
     protocols = entity.get("protocols")
     if not isinstance(protocols, list) or "protocols" in fields:
         return messages
-    if "https" not in protocols and has_value(entity.get("snis")) and "snis" not in fields:
+    families = [s for s in _EXCLUSIVE_SUBSETS if any(p in s for p in protocols)]
+    if len(families) > 1:
+        listed = ", ".join("(" + ", ".join(f"'{p}'" for p in s) + ")" for s in families)
+        fields["protocols"] = f"these sets are mutually exclusive: {listed}"
+        return messages
+    if _is_grpc(protocols):
+        _grpc_route_checks(entity, fields)
+    tls = ("https" in protocols or "grpcs" in protocols)
+    if not tls and has_value(entity.get("snis")) and "snis" not in fields:
         fields["snis"] = "length must be 0"
         messages.append("'snis' can only be set when 'protocols' is 'grpcs', 'https' or 'tls'")
-    if "https" in protocols:
-        needed = ["methods", "hosts", "headers", "paths", "snis"]
-        protocol = "https"
+    if "grpcs" in protocols:
+        needed, protocol = ["hosts", "headers", "paths", "snis"], "grpcs"
+    elif "grpc" in protocols:
+        needed, protocol = ["hosts", "headers", "paths"], "grpc"
+    elif "https" in protocols:
+        needed, protocol = ["methods", "hosts", "headers", "paths", "snis"], "https"
     elif "http" in protocols:
-        needed = ["methods", "hosts", "headers", "paths"]
-        protocol = "http"
+        needed, protocol = ["methods", "hosts", "headers", "paths"], "http"
     else:
         return messages
     if not any(has_value(entity.get(name)) for name in needed):
@@ -155,4 +176,26 @@ def _route_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> list[str
     return messages
 
 
-SCHEMA = EntitySchema("routes", Route, checks=_route_checks)
+def _grpc_route_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    """Kong's grpc subschema: a gRPC method is a path, requests are POSTs and the path
+    goes to the target as it came (the service has no ``path`` either)."""
+    if entity.get("strip_path") is True:
+        fields.setdefault("strip_path", _NOT_GRPC.format("strip_path"))
+    if entity.get("methods") is not None:
+        fields.setdefault("methods", _NOT_GRPC.format("methods"))
+    for name in ("sources", "destinations"):
+        if name in fields:  # the http wording came from the field's own rule
+            fields[name] = _NOT_GRPC.format(name)
+
+
+def _grpc_strip_path_default(body: dict[str, Any]) -> dict[str, Any]:
+    """Kong's grpc subschema defaults ``strip_path`` to false (true is refused): a
+    grpc route written without it gets false instead of the http default."""
+    if "strip_path" in body or not _is_grpc(body.get("protocols")):
+        return body
+    return {**body, "strip_path": False}
+
+
+SCHEMA = EntitySchema(
+    "routes", Route, checks=_route_checks, shorthands=_grpc_strip_path_default
+)

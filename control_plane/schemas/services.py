@@ -47,7 +47,7 @@ class Service(Record):
     updated_at: Timestamp
     name: Name | None = None
     retries: Annotated[int, between(0, 32767)] = 5
-    protocol: Literal["http", "https"] = "http"
+    protocol: Literal["grpc", "grpcs", "http", "https"] = "http"
     host: Annotated[str, Rule(_check_service_host)]
     port: Port = 80
     path: PathStr | None = None
@@ -96,9 +96,17 @@ TLS_FIELDS = ("client_certificate", "tls_verify", "tls_verify_depth", "ca_certif
 
 
 def _service_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> list[str]:
-    """Kong's conditionals: the TLS fields must be null unless ``protocol`` is ``https``."""
+    """Kong's conditionals: ``path`` must be null for ``grpc``/``grpcs`` (a gRPC method
+    is the request's path); the TLS fields must be null unless ``protocol`` is
+    ``https`` (Kong 3.x: also for ``grpcs``, whose targets get the upstream's
+    ``client_certificate`` only)."""
     messages: list[str] = []
-    if entity.get("protocol") == "https" or "protocol" in fields:
+    if "protocol" in fields:
+        return messages
+    if entity.get("protocol") in ("grpc", "grpcs") and entity.get("path") is not None:
+        fields.setdefault("path", "value must be null")
+        messages.append("failed conditional validation given value of field 'protocol'")
+    if entity.get("protocol") == "https":
         return messages
     for name in TLS_FIELDS:
         if entity.get(name) is not None:

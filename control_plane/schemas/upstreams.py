@@ -129,13 +129,17 @@ class ActiveUnhealthy(Record):
 class ActiveHealthcheck(Record):
     """``healthchecks.active``: probes sent by the balancer."""
 
-    type: Literal["tcp", "http", "https"] = "http"
+    type: Literal["tcp", "http", "https", "grpc", "grpcs"] = "http"
     timeout: Seconds = 1
     concurrency: Annotated[int, between(1, INT32_MAX)] = 10
     http_path: PathStr = "/"
     https_sni: Sni | None = None
     https_verify_certificate: bool = True
     headers: dict[HeaderName, list[HeaderValue]] | None = None
+    # Ferry's field (Kong has none: its grpc/grpcs probes are HTTP/1.0 GETs): the
+    # ``service`` a grpc/grpcs probe's grpc.health.v1 Check asks about; null: "" (the
+    # server's overall health). See docs/grpc-notes.md.
+    grpc_service_name: Str | None = None
     healthy: ActiveHealthy = Field(default_factory=ActiveHealthy)
     unhealthy: ActiveUnhealthy = Field(default_factory=ActiveUnhealthy)
 
@@ -161,7 +165,7 @@ class PassiveUnhealthy(Record):
 class PassiveHealthcheck(Record):
     """``healthchecks.passive``: health learned from proxied traffic."""
 
-    type: Literal["tcp", "http", "https"] = "http"
+    type: Literal["tcp", "http", "https", "grpc", "grpcs"] = "http"
     healthy: PassiveHealthy = Field(default_factory=PassiveHealthy)
     unhealthy: PassiveUnhealthy = Field(default_factory=PassiveUnhealthy)
     # Ferry extensions (Envoy's outlier detection; see docs/health-checks.md): a target

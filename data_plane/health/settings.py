@@ -10,6 +10,11 @@ unhealthy targets); a counter threshold of 0 makes that counter inert. Passive c
 are "on" when any ``passive.unhealthy`` counter is non-zero. Ferry adds
 ``passive.base_ejection_time`` / ``passive.max_ejection_time`` (Envoy's outlier
 ejection times) for its half-open circuit breaker; see ``docs/health-checks.md``.
+
+Active ``type`` ``grpc``/``grpcs`` probe with the gRPC health protocol
+(:mod:`data_plane.health.grpc_probe`), asking for ``active.grpc_service_name`` (Ferry's
+field; null or absent: ``""``, the server's overall health). As passive types they
+mean what ``http`` means.
 """
 
 from __future__ import annotations
@@ -30,10 +35,14 @@ __all__ = [
     "ActiveSettings",
     "HealthSettings",
     "PassiveSettings",
+    "GRPC_PROBE_TYPES",
     "compile_health_settings",
 ]
 
-ProbeType = Literal["tcp", "http", "https"]
+ProbeType = Literal["tcp", "http", "https", "grpc", "grpcs"]
+
+#: The probe types that speak the gRPC health protocol.
+GRPC_PROBE_TYPES = frozenset({"grpc", "grpcs"})
 
 _ACTIVE_HEALTHY = frozenset(ACTIVE_HEALTHY_STATUSES)
 _ACTIVE_UNHEALTHY = frozenset(ACTIVE_UNHEALTHY_STATUSES)
@@ -53,6 +62,8 @@ class ActiveSettings:
     https_verify_certificate: bool = True
     #: Extra probe request headers, ``(name, value)`` pairs in order.
     headers: tuple[tuple[str, str], ...] = ()
+    #: The ``service`` a ``grpc``/``grpcs`` probe asks about (``""``: the whole server).
+    grpc_service_name: str = ""
     healthy_interval: float = 0.0
     healthy_statuses: frozenset[int] = _ACTIVE_HEALTHY
     healthy_successes: int = 0
@@ -61,7 +72,7 @@ class ActiveSettings:
     unhealthy_tcp_failures: int = 0
     unhealthy_timeouts: int = 0
     unhealthy_http_failures: int = 0
-    #: The TLS identity of ``https`` probes (the upstream's ``client_certificate``, the
+    #: The TLS identity of ``https`` and ``grpcs`` probes (the upstream's ``client_certificate``, the
     #: config's CA certificates): set by the upstream's compile, not from this record.
     #: Compared by identity: one object per distinct material.
     tls: UpstreamTls | None = None
@@ -161,7 +172,11 @@ def _type(raw: Mapping[str, Any], where: str) -> ProbeType:
         return "https"
     if value == "http":
         return "http"
-    raise ValueError(f"'{where}type' must be one of tcp, http, https")
+    if value == "grpc":
+        return "grpc"
+    if value == "grpcs":
+        return "grpcs"
+    raise ValueError(f"'{where}type' must be one of tcp, http, https, grpc, grpcs")
 
 
 def _headers(raw: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
@@ -208,6 +223,9 @@ def compile_health_settings(raw: Mapping[str, Any] | None) -> HealthSettings:
     verify = active.get("https_verify_certificate", True)
     if not isinstance(verify, bool):
         raise ValueError("'healthchecks.active.https_verify_certificate' must be a boolean")
+    grpc_service = active.get("grpc_service_name") or ""
+    if not isinstance(grpc_service, str):
+        raise ValueError("'healthchecks.active.grpc_service_name' must be a string")
     concurrency = active.get("concurrency", 10)
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError("'healthchecks.active.concurrency' must be a positive integer")
@@ -222,6 +240,7 @@ def compile_health_settings(raw: Mapping[str, Any] | None) -> HealthSettings:
             https_sni=sni,
             https_verify_certificate=verify,
             headers=_headers(active, "healthchecks.active."),
+            grpc_service_name=grpc_service,
             healthy_interval=_number(a_healthy, "interval", w_ah, 0.0, 0, 65535),
             healthy_statuses=_statuses(a_healthy, w_ah, _ACTIVE_HEALTHY),
             healthy_successes=_count(a_healthy, "successes", w_ah),

@@ -33,8 +33,16 @@ import aiohttp
 
 import ferry_shared
 from data_plane.config_installer import attach_checkers
-from data_plane.health.checker import HealthChecker, HealthTransition, endpoint_of, target_key_of
+from data_plane.health.checker import (
+    HealthChecker,
+    HealthTransition,
+    Prober,
+    endpoint_of,
+    target_key_of,
+)
+from data_plane.health.grpc_probe import GrpcProber
 from data_plane.health.probe import ActiveProber
+from data_plane.health.settings import GRPC_PROBE_TYPES
 from data_plane.runtime import RuntimeConfig
 
 __all__ = ["HealthSupervisor", "ReportBatch"]
@@ -104,6 +112,13 @@ class HealthSupervisor:
             )
         return self._session
 
+    def _prober_for(self, checker: HealthChecker) -> Prober:
+        """The probes of ``checker``'s active type: gRPC health calls or HTTP/TCP."""
+        active = checker.settings.active
+        if active.type in GRPC_PROBE_TYPES:
+            return GrpcProber(active, user_agent=self._user_agent)
+        return ActiveProber(active, self._probe_session(), user_agent=self._user_agent)
+
     def apply(self, config: RuntimeConfig) -> None:
         """Start the checkers of ``config`` and stop those it replaced; queue what changed.
 
@@ -140,11 +155,7 @@ class HealthSupervisor:
             checker.on_transition = self._transition
             self._revive(config, upstream_id, checker)
             checker.probe_targets = self._targets_for(upstream_id)
-            checker.start(
-                ActiveProber(
-                    checker.settings.active, self._probe_session(), user_agent=self._user_agent
-                )
-            )
+            checker.start(self._prober_for(checker))
         if full or any(
             self._lost_rows(previous, config, upstream_id, old)
             for upstream_id, old in replaced.items()

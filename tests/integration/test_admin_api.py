@@ -48,6 +48,8 @@ async def test_upstream_post_returns_201_with_kongs_defaults(admin: Client) -> N
         "https_sni": None,
         "https_verify_certificate": True,
         "headers": None,
+        # Ferry's field: the service a grpc/grpcs probe asks about (Kong has none).
+        "grpc_service_name": None,
         "healthy": {"interval": 0, "http_statuses": [200, 302], "successes": 0},
         "unhealthy": {
             "interval": 0,
@@ -506,7 +508,7 @@ async def test_service_ranges_and_types(admin: Client) -> None:
         "retries": "value should be between 0 and 32767",
         "connect_timeout": "value should be between 1 and 2147483646",
         "port": "expected an integer",
-        "protocol": "expected one of: http, https",
+        "protocol": "expected one of: grpc, grpcs, http, https",
     }
 
 

@@ -187,9 +187,11 @@ def test_produces_defaults() -> None:
     assert ok["hash_on_cookie_path"] == "/"
     assert ok["slots"] == 10000
     healthchecks = ok["healthchecks"]
-    # Ferry's additions (passive half-open ejection times) are left out of the comparison.
+    # Ferry's additions (passive half-open ejection times, the gRPC probes' service
+    # name) are left out of the comparison.
     passive = {k: v for k, v in healthchecks["passive"].items() if not k.endswith("_ejection_time")}
-    assert healthchecks["active"] == {
+    active = {k: v for k, v in healthchecks["active"].items() if k != "grpc_service_name"}
+    assert active == {
         "type": "http",
         "timeout": 1,
         "concurrency": 10,

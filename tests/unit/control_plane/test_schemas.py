@@ -83,7 +83,7 @@ def test_upstream_concurrency_range() -> None:
 
 def test_upstream_check_type_choices() -> None:
     assert errors("upstreams", name="a", healthchecks={"active": {"type": "udp"}}) == {
-        "healthchecks": {"active": {"type": "expected one of: tcp, http, https"}}
+        "healthchecks": {"active": {"type": "expected one of: tcp, http, https, grpc, grpcs"}}
     }
 
 
@@ -238,7 +238,7 @@ def test_service_defaults_match_kong() -> None:
         ("connect_timeout", 0, "value should be between 1 and 2147483646"),
         ("read_timeout", 2147483647, "value should be between 1 and 2147483646"),
         ("port", 65536, "value should be between 0 and 65535"),
-        ("protocol", "grpc", "expected one of: http, https"),
+        ("protocol", "ws", "expected one of: grpc, grpcs, http, https"),
         ("path", "/a//b", "must not have empty segments"),
         ("host", "bad host", "invalid value: bad host"),
         ("enabled", "true", "expected a boolean"),

@@ -102,7 +102,7 @@ _DELETE = object()
         ("targets.0.weight", 70000, "weight"),
         ("targets.1.target", "10.0.0.1:8001", "duplicate target"),
         ("upstreams.0.algorithm", "random", "unknown balancer algorithm"),
-        ("services.0.protocol", "grpc", "not supported"),
+        ("services.0.protocol", "ws", "not supported"),
         ("services.0.port", -1, "'port'"),
         ("routes.0.headers", {"x-a": ["~*("]}, "invalid regex in header"),
         ("services.0.retries", -1, "'retries'"),
