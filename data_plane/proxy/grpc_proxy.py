@@ -347,7 +347,9 @@ class GrpcCall:
         fields: list[Header] = [
             (b":method", method),
             (b":scheme", b"https" if service.upstream_tls is not None else b"http"),
-            (b":path", match.upstream_path),
+            # The client's path as it came: nginx's grpc_pass (what Kong runs) rewrites
+            # no URI, so neither strip_path nor the service's path applies to gRPC.
+            (b":path", next((v for n, v in self._headers if n == b":path"), b"/")),
             (b":authority", host),
         ]
         xff: list[bytes] = []
