@@ -10,8 +10,9 @@ Contract:
   HTTP/1.1 way, :mod:`data_plane.proxy.http2_stream`).
 - Kong's mismatches (``kong/runloop/handler.lua``): a non-gRPC request on a gRPC route
   is answered 415 "Non-gRPC request matched gRPC route" (JSON); a plaintext call on a
-  ``grpcs``-only route ``grpc-status`` 1 "gRPC request matched gRPCs route". (HTTP/1.1
-  requests never get here: over HTTP/1.1 a gRPC route is not proxied.)
+  ``grpcs``-only route ``grpc-status`` 1 "gRPC request matched gRPCs route". HTTP/1.1
+  requests never get here: on a gRPC route ``dispatch`` answers them 426 "Please use
+  HTTP2 protocol" (gRPC content-type) or 415.
 - A call picks its target as the HTTP path does (:mod:`data_plane.upstream_try`:
   ``begin_try`` / ``Try.end`` / ``allow_retry`` / ``end_request``; a service without
   upstream uses its fixed address), opens a stream on the proxy's
@@ -55,7 +56,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from data_plane import grpc_status
 from data_plane.balancers import Address, BalancerHandle
 from data_plane.h2_upstream import H2StreamError, H2Target, H2UpstreamPool
-from data_plane.proxy.errors import E_NO_ROUTE, E_NO_SERVICE
+from data_plane.proxy.errors import E_NO_ROUTE, E_NO_SERVICE, E_NOT_GRPC
 from data_plane.proxy.http2_stream import HOP_BY_HOP
 from data_plane.request_metrics import RouteSeries
 from data_plane.router import RouteMatch
@@ -86,7 +87,6 @@ _REPLACED: Final = frozenset({
 #: Kong's table read backwards, for passive health: the HTTP status a call ending with
 #: this ``grpc-status`` counts as.
 _HEALTH_STATUS: Final = {grpc_status.UNAVAILABLE: 503, grpc_status.INTERNAL: 500}
-E_NOT_GRPC: Final = (415, "Unsupported Media Type", "Non-gRPC request matched gRPC route")
 
 
 def pool_of(server: ProxyServer) -> H2UpstreamPool:

@@ -15,13 +15,16 @@ from typing import Any
 import grpc
 import pytest
 
+from data_plane.h2_upstream import H2Target
 from data_plane.health.supervisor import HealthSupervisor
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
 from ferry_shared.listen import ListenAddress
+from tests.support.backends import refused_port
 from tests.support.grpc_servers import GrpcProcess, GrpcTarget
 from tests.support.h2client import H2Client
 from tests.support.polling import wait_for
+from tests.support.proxy import client as http_client
 
 GRPC_ROUTE = {"id": "r1", "protocols": ["grpc"], "paths": ["/test.Raw/"], "service": {"id": "s1"}}
 
@@ -144,8 +147,6 @@ async def test_a_call_matching_no_route_is_not_found(stack: AsyncExitStack) -> N
 async def test_no_reachable_target_is_unknown_after_retries_and_no_healthy_one_unavailable(
     stack: AsyncExitStack,
 ) -> None:
-    from tests.support.backends import refused_port
-
     dead = f"127.0.0.1:{refused_port()}"
     # The first call's three tries (retries: 2) fail to connect: the third failure
     # makes the target unhealthy.
@@ -170,11 +171,13 @@ async def test_a_target_killed_mid_call_is_unavailable_and_a_passive_tcp_failure
     gateway = await Gateway().start(stack, grpc_config([key], healthchecks=checks))
     channel = await gateway.channel(stack)
     call = channel.unary_unary("/test.Raw/Hold")(b"x", timeout=30)
-    pool = gateway.proxy.grpc_pool
-    await wait_for(lambda: gateway.proxy.grpc_pool is not None and any(
-        c.open_streams for c in gateway.proxy.grpc_pool._connections.get(f"h2c/{key}", [])
-    ), message="the call reached the target")
-    del pool
+    target = H2Target("127.0.0.1", process.port)
+
+    def reached() -> bool:
+        pool = gateway.proxy.grpc_pool
+        return pool is not None and any(c.open_streams for c in pool.connections(target))
+
+    await wait_for(reached, message="the call reached the target")
     await process.kill()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
@@ -210,3 +213,16 @@ async def test_a_plaintext_call_on_a_grpcs_only_route_is_refused(stack: AsyncExi
         await channel.unary_unary("/test.Raw/Echo")(b"x", timeout=10)
     assert caught.value.code() == grpc.StatusCode.CANCELLED
     assert caught.value.details() == "gRPC request matched gRPCs route"
+
+
+async def test_http_1_1_on_a_grpc_route_is_426_for_grpc_and_415_otherwise(stack: AsyncExitStack) -> None:
+    _, gateway, _ = await _one_target(stack)
+    session = await http_client(stack)
+    url = f"http://127.0.0.1:{gateway.proxy.port}/test.Raw/Echo"
+    async with session.post(url, data=b"x", headers={"Content-Type": "application/grpc"}) as answer:
+        assert answer.status == 426
+        assert answer.headers["Upgrade"] == "HTTP/2"
+        assert await answer.json() == {"message": "Please use HTTP2 protocol"}
+    async with session.post(url, data=b"x", headers={"Content-Type": "text/plain"}) as answer:
+        assert answer.status == 415
+        assert await answer.json() == {"message": "Non-gRPC request matched gRPC route"}
