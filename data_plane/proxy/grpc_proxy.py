@@ -299,6 +299,10 @@ class GrpcCall:
                     end_stream=self.request_ended and not self._requests,
                     connect_timeout=connect_timeout,
                 )
+            except asyncio.CancelledError:
+                if current is not None:  # the client went away: no verdict on the target
+                    current.end(True, 0, 0, False, True)
+                raise
             except TimeoutError:
                 timed_out = True
             except (OSError, ssl.SSLError, H2StreamError) as exc:
