@@ -9,7 +9,9 @@ Nothing asserts a duration: tests poll for a state with a deadline.
 from __future__ import annotations
 
 import json
+import struct
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +27,7 @@ from tests.support.grpc_servers import GrpcProcess, GrpcTarget
 from tests.support.h2client import H2Client
 from tests.support.polling import wait_for
 from tests.support.proxy import client as http_client
+from tests.support.tls import make_authority
 
 GRPC_ROUTE = {"id": "r1", "protocols": ["grpc"], "paths": ["/test.Raw/"], "service": {"id": "s1"}}
 
@@ -226,3 +229,46 @@ async def test_http_1_1_on_a_grpc_route_is_426_for_grpc_and_415_otherwise(stack:
     async with session.post(url, data=b"x", headers={"Content-Type": "text/plain"}) as answer:
         assert answer.status == 415
         assert await answer.json() == {"message": "Non-gRPC request matched gRPC route"}
+
+
+def _grpc_message(payload: bytes) -> bytes:
+    """gRPC's length-prefixed message framing (not compressed)."""
+    return struct.pack(">BI", 0, len(payload)) + payload
+
+
+async def test_the_proxy_enforces_the_deadline_itself_and_resets_the_target_stream(
+    stack: AsyncExitStack,
+) -> None:
+    """A raw HTTP/2 client that never cancels: the proxy's own deadline answers."""
+    target, gateway, _ = await _one_target(stack)
+    client = await H2Client.open(stack, gateway.proxy.port)
+    sid = client.start("POST", "/test.Raw/Hold", end=False, headers=[
+        ("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "300m"),
+    ])
+    await client.send_body(sid, _grpc_message(b"x"))
+    state = client.streams[sid]
+    await client.until(lambda: state.ended or state.reset is not None)
+    assert state.reset is None and state.status == 200
+    assert state.headers["grpc-status"] == "4"  # DEADLINE_EXCEEDED, trailers-only
+    await wait_for(lambda: target.held == 0, message="the target's call reset by the proxy")
+    assert not target.release.is_set()
+
+
+async def test_a_call_the_client_cancels_is_cancelled_at_the_target(stack: AsyncExitStack) -> None:
+    target, _, channel = await _one_target(stack)
+    call = channel.unary_unary("/test.Raw/Hold")(b"x", timeout=30)
+    await wait_for(lambda: target.held == 1, message="the call held at the target")
+    call.cancel()
+    await wait_for(lambda: target.held == 0, message="the target's call cancelled")
+    assert not target.release.is_set()
+
+
+async def test_grpcs_services_reach_tls_targets_over_alpn_h2(stack: AsyncExitStack, tmp_path: Path) -> None:
+    authority = make_authority(tmp_path, "ca")
+    pair = authority.issue(tmp_path, "target", ["localhost"], ip_addresses=["127.0.0.1"])
+    target = await GrpcTarget(certificate=pair, name="secure").start(stack)
+    gateway = await Gateway().start(stack, grpc_config([target.key], protocol="grpcs"))
+    channel = await gateway.channel(stack)
+    assert await channel.unary_unary("/test.Raw/Who")(b"", timeout=10) == b"secure"
+    counted = [m async for m in channel.unary_stream("/test.Raw/Count")(b"3", timeout=10)]
+    assert counted == [b"0", b"1", b"2"]
