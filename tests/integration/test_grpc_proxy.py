@@ -129,8 +129,12 @@ async def test_a_deadline_is_forwarded_and_when_it_expires_the_target_call_is_ca
     stack: AsyncExitStack,
 ) -> None:
     target, _, channel = await _one_target(stack)
+    # The deadline reaches the target (grpc-core rounds timeouts both ways, so only
+    # its presence is asserted); without one, none is invented.
     meta = json.loads(await channel.unary_unary("/test.Raw/Meta")(b"", timeout=30))
-    assert 0 < meta["time_remaining"] <= 30
+    assert meta["time_remaining"] is not None and meta["time_remaining"] > 0
+    meta = json.loads(await channel.unary_unary("/test.Raw/Meta")(b""))
+    assert meta["time_remaining"] is None
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await channel.unary_unary("/test.Raw/Hold")(b"x", timeout=0.5)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
