@@ -174,6 +174,8 @@ class GrpcCall:
         self.trailers: list[Header] | None = None
         #: Request DATA not yet taken by the target: (bytes, flow-controlled size).
         self._requests: deque[tuple[bytes, int]] = deque()
+        #: Request DATA is still wanted (held for the target, or sent to it).
+        self._forwarding = True
         self._request_ready = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -191,6 +193,11 @@ class GrpcCall:
         self._task = self._loop.create_task(self._run())
 
     def request_data(self, data: bytes, flow_size: int) -> None:
+        if not self._forwarding:
+            # Nothing takes request DATA any more (answered, or the relay ended):
+            # dropped, its window given back at once (the connection flushes).
+            self._owner.acknowledge(self.stream_id, flow_size)
+            return
         self._requests.append((data, flow_size))
         self._request_ready.set()
 
@@ -232,6 +239,7 @@ class GrpcCall:
 
     def _drop_unsent_requests(self) -> None:
         """Request DATA never forwarded still counts in the client's connection window."""
+        self._forwarding = False
         for _, flow in self._requests:
             self._owner.acknowledge(self.stream_id, flow)
         self._requests.clear()
@@ -385,12 +393,20 @@ class GrpcCall:
         t_sent = time.monotonic_ns()
         t_headers = 0
         pump = self._loop.create_task(self._pump(stream, deadline, service.write_timeout))
-        failed, timed_out, status = False, False, grpc_status.OK
+        failed, timed_out, stalled, status = False, False, False, grpc_status.OK
         try:
             try:
                 headers = await self._timed(stream.response(), deadline, service.read_timeout)
                 t_headers = time.monotonic_ns()
-                status = await self._relay_response(stream, headers, deadline, service.read_timeout)
+                status = await self._relay_response(
+                    stream, headers, deadline, service.read_timeout, service.write_timeout
+                )
+            except _ClientStalled:
+                # The client's windows stayed closed: drop the call (as a client that
+                # reads nothing is dropped over HTTP/1.1); no verdict on the target.
+                failed = stalled = True
+                stream.cancel()
+                self._owner.reset(self.stream_id, internal=True)
             except TimeoutError:
                 failed = timed_out = True
                 stream.cancel()
@@ -407,10 +423,11 @@ class GrpcCall:
             raise
         finally:
             pump.cancel()
+            self._drop_unsent_requests()
         stream.cancel()  # no-op once both sides ended; stops a request still streaming
         if current is not None:
             http_status = _HEALTH_STATUS.get(status, 200)
-            current.end(failed, 0 if failed else http_status, t_headers, timed_out)
+            current.end(failed, 0 if failed else http_status, t_headers, timed_out, stalled)
         if not failed and self._series is not None:
             now = time.monotonic_ns()
             self._series.observe_proxied(
@@ -449,7 +466,8 @@ class GrpcCall:
             stream.cancel()
 
     async def _relay_response(
-        self, stream: H2Stream, headers: list[Header], deadline: float | None, read_timeout: float
+        self, stream: H2Stream, headers: list[Header], deadline: float | None,
+        read_timeout: float, write_timeout: float,
     ) -> int:
         """Relay the target's response (headers, DATA, trailers); returns its
         ``grpc-status``."""
@@ -476,7 +494,11 @@ class GrpcCall:
             self._owner.send_pending(self)
             if self.pending_size > HIGH_WATER:
                 self._drained.clear()
-                await self._drained.wait()
+                try:
+                    async with asyncio.timeout(write_timeout):
+                        await self._drained.wait()
+                except TimeoutError:
+                    raise _ClientStalled from None
         trailers = [(n, v) for n, v in stream.trailers or () if n not in HOP_BY_HOP]
         self.trailers = trailers or None
         self.response_ended = True
@@ -540,6 +562,10 @@ class GrpcCall:
 
     def _elapsed_ms(self) -> int:
         return (time.monotonic_ns() - self._t_begin_ns) // 1_000_000
+
+
+class _ClientStalled(Exception):
+    """The client admitted no response DATA for the service's ``write_timeout``."""
 
 
 def _grpc_code(fields: list[Header]) -> int | None:
