@@ -183,6 +183,9 @@ class GrpcCall:
         self._loop = owner.loop
         self._t_begin = self._loop.time()
         self._t_begin_ns = time.monotonic_ns()
+        #: The target of the current try and the number of tries (the access log's).
+        self._address: Address | None = None
+        self._tries = 0
         self._series: RouteSeries | None = (
             owner.server.metrics.for_route(match.route) if match is not None else None
         )
@@ -290,6 +293,7 @@ class GrpcCall:
             else:
                 assert service.address is not None
                 address = service.address
+            self._address, self._tries = address, retries + 1
             host = self._upstream_host(match, service, address)
             target = H2Target(
                 address.host, address.port, service.upstream_tls,
@@ -428,12 +432,15 @@ class GrpcCall:
         if current is not None:
             http_status = _HEALTH_STATUS.get(status, 200)
             current.end(failed, 0 if failed else http_status, t_headers, timed_out, stalled)
-        if not failed and self._series is not None:
+        if not failed:
             now = time.monotonic_ns()
-            self._series.observe_proxied(
-                200, (t_sent - self._t_begin_ns) // 1_000_000,
-                ((t_headers or now) - t_sent) // 1_000_000, (now - self._t_begin_ns) // 1_000_000,
-            )
+            if self._series is not None:
+                self._series.observe_proxied(
+                    200, (t_sent - self._t_begin_ns) // 1_000_000,
+                    ((t_headers or now) - t_sent) // 1_000_000, (now - self._t_begin_ns) // 1_000_000,
+                )
+            self._log(200, "upstream", ((t_headers or now) - t_sent) // 1_000_000,
+                      (t_sent - self._t_begin_ns) // 1_000_000)
 
     async def _timed(self, awaitable: Awaitable[T], deadline: float | None, seconds: float) -> T:
         """Await ``awaitable`` until the call's deadline, or for ``seconds`` without one
@@ -530,6 +537,7 @@ class GrpcCall:
         self._owner.send_pending(self)
         if self._series is not None:
             self._series.observe_local(http_status, self._elapsed_ms())
+        self._log(http_status, "ferry")
 
     def _answer(self, http_status: int, message: str) -> None:
         """A trailers-only answer for a proxy error (Kong's HTTP → gRPC table)."""
@@ -543,12 +551,14 @@ class GrpcCall:
             return
         series = self._series or self._owner.server.metrics.unmatched
         series.observe_local(http_status, self._elapsed_ms())
+        self._log(http_status, "ferry")
         self._send_headers(fields, end=True)
 
     def _answer_json(self, http_status: int, message: str) -> None:
         """A plain JSON error (Kong's answer to a non-gRPC request on a gRPC route)."""
         series = self._series or self._owner.server.metrics.unmatched
         series.observe_local(http_status, self._elapsed_ms())
+        self._log(http_status, "ferry")
         body = json.dumps({"message": message}).encode()
         self._send_headers([
             (b":status", b"%d" % http_status),
@@ -559,6 +569,32 @@ class GrpcCall:
         self.pending_size += len(body)
         self.response_ended = True
         self._owner.send_pending(self)
+
+    def _log(self, status: int, source: str, upstream_ms: int | None = None,
+             proxy_ms: int | None = None) -> None:
+        """One access-log record for the call (only with ``--access-log``); the
+        request line shows the client's ``:method`` and ``:path``."""
+        access_log = self._owner.server.access_log
+        if access_log is None:
+            return
+        peer = self._owner.transport_info("peername")
+        address = self._address
+        series = self._series
+        access_log.record(
+            client_ip=str(peer[0]).encode() if isinstance(peer, tuple) else b"",
+            method=next((v for n, v in self._headers if n == b":method"), b""),
+            uri=next((v for n, v in self._headers if n == b":path"), b""),
+            http10=False,
+            status=status,
+            source=source,
+            upstream=(getattr(address, "endpoint", "") or address.key) if address is not None else None,
+            service=series.service or None if series is not None else None,
+            route=series.route or None if series is not None else None,
+            tries=self._tries,
+            request_ms=self._elapsed_ms(),
+            upstream_ms=upstream_ms,
+            proxy_ms=proxy_ms,
+        )
 
     def _elapsed_ms(self) -> int:
         return (time.monotonic_ns() - self._t_begin_ns) // 1_000_000

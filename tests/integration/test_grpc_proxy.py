@@ -9,6 +9,7 @@ Nothing asserts a duration: tests poll for a state with a deadline.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
+from data_plane.access_log import AccessLog
 from data_plane.h2_upstream import H2Target
 from data_plane.health.supervisor import HealthSupervisor
 from data_plane.proxy import ProxyServer
@@ -51,11 +53,12 @@ def grpc_config(
 class Gateway:
     """The proxy (one h2c-capable plaintext listener) and a health supervisor."""
 
-    def __init__(self) -> None:
+    def __init__(self, access_log: AccessLog | None = None) -> None:
         self.holder = ConfigHolder()
         self.health = HealthSupervisor()
         self.proxy = ProxyServer(
-            self.holder, "127.0.0.1", 0, listen=[ListenAddress("127.0.0.1", 0, http2=True)]
+            self.holder, "127.0.0.1", 0, listen=[ListenAddress("127.0.0.1", 0, http2=True)],
+            access_log=access_log,
         )
 
     async def start(self, stack: AsyncExitStack, config: RuntimeConfig) -> Gateway:
@@ -276,3 +279,20 @@ async def test_grpcs_services_reach_tls_targets_over_alpn_h2(stack: AsyncExitSta
     assert await channel.unary_unary("/test.Raw/Who")(b"", timeout=10) == b"secure"
     counted = [m async for m in channel.unary_stream("/test.Raw/Count")(b"3", timeout=10)]
     assert counted == [b"0", b"1", b"2"]
+
+
+async def test_calls_and_the_proxys_own_answers_are_in_the_access_log(stack: AsyncExitStack) -> None:
+    read_fd, write_fd = os.pipe()
+    stack.callback(os.close, read_fd)
+    stack.callback(os.close, write_fd)
+    access_log = AccessLog("json", component="data-plane", fd=write_fd)
+    target = await GrpcTarget().start(stack)
+    gateway = await Gateway(access_log).start(stack, grpc_config([target.key]))
+    channel = await gateway.channel(stack)
+    assert await channel.unary_unary("/test.Raw/Echo")(b"x", timeout=10) == b"x"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await channel.unary_unary("/nowhere/Echo")(b"x", timeout=10)
+    access_log.flush()
+    proxied, local = (json.loads(line) for line in os.read(read_fd, 1 << 16).decode().splitlines())
+    assert (proxied["status"], proxied["source"], proxied["upstream"]) == (200, "upstream", target.key)
+    assert (local["status"], local["source"], local["upstream"]) == (404, "ferry", None)
