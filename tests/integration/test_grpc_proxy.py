@@ -296,3 +296,18 @@ async def test_calls_and_the_proxys_own_answers_are_in_the_access_log(stack: Asy
     proxied, local = (json.loads(line) for line in os.read(read_fd, 1 << 16).decode().splitlines())
     assert (proxied["status"], proxied["source"], proxied["upstream"]) == (200, "upstream", target.key)
     assert (local["status"], local["source"], local["upstream"]) == (404, "ferry", None)
+
+
+async def test_a_call_ending_unavailable_counts_as_a_503_for_passive_health(stack: AsyncExitStack) -> None:
+    one, two = await GrpcTarget(name="one").start(stack), await GrpcTarget(name="two").start(stack)
+    checks = {"passive": {"unhealthy": {"http_failures": 1, "http_statuses": [503]}}}
+    gateway = await Gateway().start(stack, grpc_config([one.key, two.key], healthchecks=checks))
+    channel = await gateway.channel(stack)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await channel.unary_unary("/test.Raw/Refuse")(b"", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # the target's, passed through
+    assert caught.value.details() == "going away"
+    states = {key: gateway.state(key) for key in (one.key, two.key)}
+    unhealthy = [key for key, (state, _) in states.items() if state == "UNHEALTHY"]
+    assert len(unhealthy) == 1, states
+    assert "503" in states[unhealthy[0]][1], states

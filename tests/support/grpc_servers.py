@@ -31,7 +31,8 @@ class GrpcTarget:
     ``Count`` (server streaming: the request is a decimal count N; answers N messages
     ``b"0"`` .. ``b"N-1"``), ``Collect`` (client streaming: answers the requests joined
     with ``,``), ``Chat`` (bidirectional: answers each request with ``re:`` + it),
-    ``Fail`` (unary: aborts with NOT_FOUND and the request as the message), ``Who``
+    ``Fail`` (unary: aborts with NOT_FOUND and the request as the message), ``Refuse``
+    (unary: aborts with UNAVAILABLE), ``Who``
     (unary: answers :attr:`name`) and ``Meta`` (unary: the call's metadata and
     ``time_remaining`` as JSON)."""
 
@@ -88,6 +89,10 @@ class GrpcTarget:
         await context.abort(grpc.StatusCode.NOT_FOUND, request.decode())
         return b""  # not reached: abort raises
 
+    async def _refuse(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+        return b""  # not reached: abort raises
+
     async def _who(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return self.name.encode()
 
@@ -107,6 +112,7 @@ class GrpcTarget:
                 "Collect": grpc.stream_unary_rpc_method_handler(self._collect),
                 "Chat": grpc.stream_stream_rpc_method_handler(self._chat),
                 "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
+                "Refuse": grpc.unary_unary_rpc_method_handler(self._refuse),
                 "Who": grpc.unary_unary_rpc_method_handler(self._who),
                 "Meta": grpc.unary_unary_rpc_method_handler(self._meta),
             },
