@@ -57,6 +57,7 @@ from data_plane import grpc_status
 from data_plane.balancers import Address, BalancerHandle
 from data_plane.h2_upstream import H2StreamError, H2Target, H2UpstreamPool
 from data_plane.proxy.errors import E_NO_ROUTE, E_NO_SERVICE, E_NOT_GRPC
+from data_plane.proxy.grpc_request import target_headers, upstream_authority
 from data_plane.proxy.http2_stream import HOP_BY_HOP
 from data_plane.request_metrics import RouteSeries
 from data_plane.router import RouteMatch
@@ -79,11 +80,6 @@ T = TypeVar("T")
 HIGH_WATER: Final = 64 * 1024
 LOW_WATER: Final = 16 * 1024
 
-#: Request headers the proxy sets itself, never copied from the client.
-_REPLACED: Final = frozenset({
-    b"host", b"grpc-timeout", b"x-forwarded-proto", b"x-forwarded-host",
-    b"x-forwarded-port", b"x-real-ip", b"x-forwarded-for",
-})
 #: Kong's table read backwards, for passive health: the HTTP status a call ending with
 #: this ``grpc-status`` counts as.
 _HEALTH_STATUS: Final = {grpc_status.UNAVAILABLE: 503, grpc_status.INTERNAL: 500}
@@ -294,7 +290,7 @@ class GrpcCall:
                 assert service.address is not None
                 address = service.address
             self._address, self._tries = address, retries + 1
-            host = self._upstream_host(match, service, address)
+            host = upstream_authority(match.route.preserve_host, self._authority, service, address)
             target = H2Target(
                 address.host, address.port, service.upstream_tls,
                 server_name(host.decode("ascii", "replace")) if service.upstream_tls is not None else None,
@@ -307,7 +303,12 @@ class GrpcCall:
                 if connect_timeout <= 0:
                     raise TimeoutError
                 stream = await pool.open_stream(
-                    target, self._request_headers(match, service, host, deadline),
+                    target,
+                    target_headers(
+                        self._headers, self._authority, service, host,
+                        deadline - self._loop.time() if deadline is not None else None,
+                        self._owner.transport_info,
+                    ),
                     end_stream=self.request_ended and not self._requests,
                     connect_timeout=connect_timeout,
                 )
@@ -336,59 +337,6 @@ class GrpcCall:
                     self._answer(502, "An invalid response was received from the upstream server")
                 return
             retries += 1
-
-    def _upstream_host(self, match: RouteMatch[CompiledService], service: CompiledService,
-                       address: Address) -> bytes:
-        """``:authority`` for the target, as the HTTP path's Host (preserve_host, the
-        upstream's host_header, the target's name with its port unless the default)."""
-        if match.route.preserve_host and self._authority is not None:
-            return self._authority
-        if service.host_header is not None:
-            return service.host_header
-        if address.port == service.default_port:
-            return address.host_bytes
-        return address.key_bytes
-
-    def _request_headers(
-        self, match: RouteMatch[CompiledService], service: CompiledService,
-        host: bytes, deadline: float | None,
-    ) -> list[Header]:
-        owner = self._owner
-        ssl_on = owner.transport_info("ssl_object") is not None
-        peer = owner.transport_info("peername")
-        sock = owner.transport_info("sockname")
-        peer_ip = str(peer[0]).encode() if isinstance(peer, tuple) else b""
-        local_port = str(sock[1]).encode() if isinstance(sock, tuple) and len(sock) > 1 else b""
-        method = next((v for n, v in self._headers if n == b":method"), b"POST")
-        fields: list[Header] = [
-            (b":method", method),
-            (b":scheme", b"https" if service.upstream_tls is not None else b"http"),
-            # The client's path as it came: nginx's grpc_pass (what Kong runs) rewrites
-            # no URI, so neither strip_path nor the service's path applies to gRPC.
-            (b":path", next((v for n, v in self._headers if n == b":path"), b"/")),
-            (b":authority", host),
-        ]
-        xff: list[bytes] = []
-        for name, value in self._headers:
-            if name[:1] == b":" or name in HOP_BY_HOP or name in _REPLACED:
-                if name == b"x-forwarded-for":
-                    xff.append(value)
-                continue
-            fields.append((name, value))
-        fields.append((b"te", b"trailers"))
-        if deadline is not None:
-            fields.append((b"grpc-timeout", grpc_status.format_timeout(deadline - self._loop.time())))
-        if self._authority is not None:
-            colon = self._authority.rfind(b":")
-            bare = self._authority[:colon] if colon > self._authority.rfind(b"]") else self._authority
-            fields.append((b"x-forwarded-host", bare))
-        fields += [
-            (b"x-forwarded-proto", b"https" if ssl_on else b"http"),
-            (b"x-forwarded-port", local_port),
-            (b"x-real-ip", peer_ip),
-            (b"x-forwarded-for", b", ".join([*xff, peer_ip])),
-        ]
-        return fields
 
     async def _relay(
         self, stream: H2Stream, current: Try | None, deadline: float | None, service: CompiledService
