@@ -70,6 +70,13 @@ class RouteSpec(Generic[S]):
     https_redirect_status_code: int = 426
     #: TLS server names the route matches on; a plaintext request ignores them (Kong).
     snis: tuple[str, ...] = ()
+    #: The route's ``protocols`` are gRPC (``grpc`` and/or ``grpcs``; Kong does not mix
+    #: them with ``http``/``https``): matched like any route, its requests are proxied
+    #: by :mod:`data_plane.proxy.grpc_proxy` over HTTP/2 only.
+    grpc: bool = False
+    #: ``protocols`` is ``["grpcs"]`` alone: a plaintext call is refused (Kong answers
+    #: ``grpc-status`` 1 "gRPC request matched gRPCs route").
+    grpcs_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +234,7 @@ class Router(Generic[S]):
     results are a pure function of the routes, so it never needs invalidating.
     """
 
-    __slots__ = ("_candidates", "uses_headers", "_uses_hosts", "_uses_snis", "_cache")
+    __slots__ = ("_candidates", "uses_headers", "has_grpc", "_uses_hosts", "_uses_snis", "_cache")
 
     def __init__(self, routes: Sequence[RouteSpec[S]], previous: Router[S] | None = None) -> None:
         """``previous`` (a router of an earlier config) lends the precompiled
@@ -262,6 +269,9 @@ class Router(Generic[S]):
         self._candidates: tuple[_Candidate[S], ...] = tuple(c for _, _, c in candidates)
         #: Whether any route matches on headers (so callers know to pass them).
         self.uses_headers = any(c.headers for c in self._candidates)
+        #: Whether any route is a gRPC route (HTTP/2 streams are then routed before
+        #: they are handed to the HTTP/1.1 exchange; see data_plane/proxy/http2.py).
+        self.has_grpc = any(c.route.grpc for c in self._candidates)
         self._uses_hosts = any(c.has_hosts for c in self._candidates)
         self._uses_snis = any(c.snis is not None for c in self._candidates)
         self._cache: dict[tuple[bytes, bytes | None, bytes, bytes | None], RouteMatch[S] | None] = {}

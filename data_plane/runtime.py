@@ -61,7 +61,7 @@ __all__ = [
 _MAX_TIMEOUT_MS = 2**31 - 2  # Kong's upper bound for *_timeout
 _MAX_RETRIES = 32767
 #: Each service protocol's scheme port. grpc/grpcs services compile (a config holding
-#: one is not refused); only their grpc/grpcs routes wait for the gRPC proxy path.
+#: one is not refused); their grpc/grpcs routes are proxied by data_plane/proxy/grpc_proxy.py.
 _DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 80, "grpcs": 443}
 
 
@@ -687,8 +687,9 @@ def compile_route(
         if not service.enabled:
             return None  # Kong leaves routes of a disabled service out of the router
     protocols = _str_list(route, "protocols", label) or ("http", "https")
-    if "http" not in protocols and "https" not in protocols:
-        return None  # grpc/tcp/tls/ws-only routes are not served by the HTTP proxy
+    grpc = "grpc" in protocols or "grpcs" in protocols
+    if not grpc and "http" not in protocols and "https" not in protocols:
+        return None  # tcp/tls/ws-only routes are not served by the HTTP proxy
     paths = _str_list(route, "paths", label)
     for path in paths:
         if not (path.startswith("/") or path.startswith("~")):
@@ -740,7 +741,10 @@ def compile_route(
         strip_path=_bool(route, "strip_path", label, True),
         preserve_host=_bool(route, "preserve_host", label, False),
         regex_priority=regex_priority,
-        https_only="http" not in protocols,
+        # A gRPC route's plaintext refusal is gRPC's own (grpcs_only), not a 426.
+        https_only=not grpc and "http" not in protocols,
         https_redirect_status_code=redirect,
         snis=snis,
+        grpc=grpc,
+        grpcs_only=grpc and "grpc" not in protocols,
     )

@@ -42,6 +42,7 @@ from data_plane.balancers import Address, BalancerHandle
 from data_plane.proxy.errors import (
     E_BAD_GATEWAY,
     E_BAD_REQUEST,
+    E_GRPC_NEEDS_HTTP2,
     E_HEADERS_TOO_LARGE,
     E_HTTPS_ONLY,
     E_INTERNAL,
@@ -49,6 +50,7 @@ from data_plane.proxy.errors import (
     E_NO_PEER,
     E_NO_ROUTE,
     E_NO_SERVICE,
+    E_NOT_GRPC,
     E_TIMEOUT,
     REDIRECTS,
     _ErrorKey,
@@ -212,6 +214,9 @@ class _Dispatch:
                 ex.error = E_NO_ROUTE
             elif match.service is None:
                 ex.error = E_NO_SERVICE
+            elif match.route.grpc:
+                # gRPC is proxied from HTTP/2 streams only (data_plane/proxy/grpc_proxy.py).
+                ex.error = E_GRPC_NEEDS_HTTP2 if self._grpc_content() else E_NOT_GRPC
             elif match.route.https_only and self._sni is None:
                 if match.route.https_redirect_status_code == 426:
                     ex.error = E_HTTPS_ONLY
@@ -242,6 +247,13 @@ class _Dispatch:
                 # request head is at hand, before the first pick (see exchange._hash_key).
                 if match.service.hash_spec is not None:
                     _hash_key(ex, match, self._headers, self._url, self._peer_ip)
+
+    def _grpc_content(self) -> bool:
+        """Whether the request's content-type is gRPC's (``application/grpc...``)."""
+        for name, value in self._headers:
+            if name.lower() == b"content-type":
+                return value.lower().startswith(b"application/grpc")
+        return False
 
     def _start(self, ex: _Exchange) -> None:
         if ex.error is not None:

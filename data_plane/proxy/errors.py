@@ -19,6 +19,10 @@ E_BAD_REQUEST: Final = (400, "Bad Request", "Bad request")
 E_REQUEST_TIMEOUT: Final = (408, "Request Timeout", "Request timeout")
 E_NO_ROUTE: Final = (404, "Not Found", "no Route matched with those values")
 E_HTTPS_ONLY: Final = (426, "Upgrade Required", "Please use HTTPS protocol")
+#: Kong's answers to an HTTP/1.1 request on a gRPC route: a gRPC one (content-type
+#: ``application/grpc...``) is told to use HTTP/2, any other is not gRPC at all.
+E_GRPC_NEEDS_HTTP2: Final = (426, "Upgrade Required", "Please use HTTP2 protocol")
+E_NOT_GRPC: Final = (415, "Unsupported Media Type", "Non-gRPC request matched gRPC route")
 E_HEADERS_TOO_LARGE: Final = (431, "Request Header Fields Too Large", "Request header fields too large")
 E_INTERNAL: Final = (500, "Internal Server Error", "An unexpected error occurred")
 E_NOT_IMPLEMENTED: Final = (501, "Not Implemented", "Transfer-Encoding not implemented")
@@ -41,6 +45,7 @@ REDIRECTS: Final = {
 #: Headers an error answer carries beyond the usual ones (Kong's 426 names the upgrade).
 _EXTRA_HEADERS: Final = {
     E_HTTPS_ONLY: b"Upgrade: TLS/1.2, HTTP/1.1\r\n",
+    E_GRPC_NEEDS_HTTP2: b"Upgrade: HTTP/2\r\n",
 }
 
 
@@ -60,6 +65,8 @@ _ALL_ERRORS: Final = (
     E_NOT_IMPLEMENTED,
     E_NO_ROUTE,
     E_HTTPS_ONLY,
+    E_GRPC_NEEDS_HTTP2,
+    E_NOT_GRPC,
     E_HEADERS_TOO_LARGE,
     E_INTERNAL,
     E_BAD_GATEWAY,

@@ -13,6 +13,9 @@ Contract:
 - Each request stream drives one ``_ClientConnection`` through an in-memory transport
   (:mod:`data_plane.proxy.http2_stream`): requests are routed, balanced, retried,
   health-accounted, metered and logged by the HTTP/1.1 code, to HTTP/1.1 targets.
+  Except gRPC: a stream that matches a ``grpc``/``grpcs`` route (or none, with a gRPC
+  content-type) is a :class:`~data_plane.proxy.grpc_proxy.GrpcCall`, proxied over
+  HTTP/2 to the target with its trailers (:mod:`data_plane.proxy.grpc_proxy`).
 - Limits (SETTINGS): :data:`MAX_CONCURRENT_STREAMS`, :data:`MAX_HEADER_LIST_SIZE`,
   :data:`INITIAL_WINDOW_SIZE` per stream and :data:`CONNECTION_WINDOW`; no server push.
 - Guards (docs/http2-grpc.md): rapid reset (client RST_STREAMs per window), SETTINGS and
@@ -45,8 +48,10 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame
 
 from data_plane.proxy.client import _ClientConnection
+from data_plane.proxy.grpc_proxy import GrpcCall, grpc_call_for
 from data_plane.proxy.headers import MAX_HEADER_BYTES
 from data_plane.proxy.http2_stream import MalformedRequest, StreamTransport, request_head
+from data_plane.tls_termination import server_name_of
 
 if TYPE_CHECKING:
     from data_plane.proxy.server import ClientTimeouts, ProxyServer
@@ -133,7 +138,9 @@ class Http2Connection(asyncio.Protocol):
         self._h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self._h2.incoming_buffer = _GuardedFrameBuffer(server=True)
         self._transport: asyncio.Transport | None = None
-        self._streams: dict[int, StreamTransport] = {}
+        self._streams: dict[int, StreamTransport | GrpcCall] = {}
+        #: The TLS server name the client sent (``b""``: none), ``None`` in plaintext.
+        self.sni: bytes | None = None
         self._closed = False
         self._write_paused = False
         self._write_full_since = 0.0
@@ -154,6 +161,9 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.sni = server_name_of(ssl_object)
         self.server._client_added(self)
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
@@ -259,10 +269,16 @@ class Http2Connection(asyncio.Protocol):
         self._last_stream = max(self._last_stream, stream_id)
         self._got_request = True
         has_body = event.stream_ended is None
+        headers = list(event.headers or ())
         try:
-            head, method, chunked = request_head(list(event.headers or ()), has_body)
+            head, method, chunked = request_head(headers, has_body)
         except MalformedRequest:
             self.reset(stream_id)
+            return
+        call = grpc_call_for(self, stream_id, headers, has_body)
+        if call is not None:
+            self._streams[stream_id] = call
+            call.start()
             return
         stream = StreamTransport(self, stream_id, method, chunked, has_body)
         self._streams[stream_id] = stream
@@ -283,7 +299,7 @@ class Http2Connection(asyncio.Protocol):
             except h2.exceptions.StreamClosedError:
                 pass
 
-    def send_headers(self, stream: StreamTransport, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+    def send_headers(self, stream: StreamTransport | GrpcCall, fields: list[tuple[bytes, bytes]], end: bool) -> None:
         if self._closed:
             return
         try:
@@ -301,7 +317,7 @@ class Http2Connection(asyncio.Protocol):
             self._stream_finished(stream)
         self.flush()
 
-    def send_pending(self, stream: StreamTransport) -> None:
+    def send_pending(self, stream: StreamTransport | GrpcCall) -> None:
         """Send what the windows admit of ``stream``'s response DATA (and its end)."""
         if self._closed or self._write_paused:
             return
@@ -323,7 +339,10 @@ class Http2Connection(asyncio.Protocol):
                 h2c.send_data(sid, chunk)
                 sent = True
             if not stream.pending and stream.response_ended and stream.headers_sent and not stream.end_sent:
-                h2c.end_stream(sid)
+                if stream.trailers:
+                    h2c.send_headers(sid, stream.trailers, end_stream=True)  # gRPC's status
+                else:
+                    h2c.end_stream(sid)
                 self._stream_finished(stream)
                 sent = True
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -333,7 +352,7 @@ class Http2Connection(asyncio.Protocol):
             self.flush()
             stream.sent()
 
-    def _stream_finished(self, stream: StreamTransport) -> None:
+    def _stream_finished(self, stream: StreamTransport | GrpcCall) -> None:
         stream.end_sent = True
         if not stream.request_ended:
             # Answered before the client finished its body: stop it sending (RFC 9113 8.1).
@@ -362,12 +381,12 @@ class Http2Connection(asyncio.Protocol):
             self._forget(stream)
         self.flush()
 
-    def stream_gone(self, stream: StreamTransport) -> None:
+    def stream_gone(self, stream: StreamTransport | GrpcCall) -> None:
         """The stream's connection is done; the stream goes once its end is sent."""
         if stream.end_sent:
             self._forget(stream)
 
-    def _forget(self, stream: StreamTransport) -> None:
+    def _forget(self, stream: StreamTransport | GrpcCall) -> None:
         if stream.end_sent and stream.closing:
             if self._streams.get(stream.stream_id) is stream:
                 del self._streams[stream.stream_id]
@@ -441,7 +460,8 @@ class Http2Connection(asyncio.Protocol):
             self.abort()
             return
         for stream in list(self._streams.values()):
-            if not stream.closing:
+            if not stream.closing and isinstance(stream, StreamTransport):
+                # (A gRPC call keeps its own time: its deadline and the service's timeouts.)
                 stream.client.check_timeouts(now, timeouts, keepalive)
         if self._streams:
             return

@@ -139,6 +139,9 @@ class StreamTransport:
         #: Response DATA the client's windows have not admitted yet, and their size.
         self.pending: deque[bytes] = deque()
         self.pending_size = 0
+        #: Trailers sent after the DATA (never for an HTTP/1.1 exchange; the attribute
+        #: is the surface the connection shares with a gRPC call).
+        self.trailers: list[tuple[bytes, bytes]] | None = None
         #: Request DATA held while the connection does not read: (bytes, flow-controlled size).
         self._held: deque[tuple[bytes, int]] = deque()
         self._held_end = False

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from data_plane.access_log import AccessLog
+from data_plane.h2_upstream import H2UpstreamPool
 from data_plane.proxy.client import _ClientConnection
 from data_plane.proxy.errors import _ALL_ERRORS, _ErrorResponse
 from data_plane.proxy.headers import _CRLF
@@ -135,6 +136,9 @@ class ProxyServer:
         # Keys separate TLS identities (each https service's context, compiled with
         # the config: data_plane/upstream_tls.py) and server names.
         self.pool: UpstreamPool[_UpstreamConnection] = None  # type: ignore[assignment]
+        #: HTTP/2 connections to gRPC targets (data_plane/proxy/grpc_proxy.py), made on
+        #: the first gRPC call.
+        self.grpc_pool: H2UpstreamPool | None = None
 
     @property
     def port(self) -> int:
@@ -229,6 +233,9 @@ class ProxyServer:
             for client in list(self._clients):
                 client.abort()
         self.pool.close()
+        if self.grpc_pool is not None:
+            self.grpc_pool.close()
+            self.grpc_pool = None
         try:
             async with asyncio.timeout(1.0):
                 for server in self._servers:

@@ -9,6 +9,7 @@ Every server a test starts is stopped by the test's ``AsyncExitStack``.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -28,7 +29,12 @@ class GrpcTarget:
     and ``test.Raw``: ``Echo`` (unary: answers the request bytes), ``Hold`` (unary:
     answers once :attr:`release` is set; :attr:`held` counts the calls waiting),
     ``Count`` (server streaming: the request is a decimal count N; answers N messages
-    ``b"0"`` .. ``b"N-1"``)."""
+    ``b"0"`` .. ``b"N-1"``), ``Collect`` (client streaming: answers the requests joined
+    with ``,``), ``Chat`` (bidirectional: answers each request with ``re:`` + it),
+    ``Fail`` (unary: aborts with NOT_FOUND and the request as the message), ``Refuse``
+    (unary: aborts with UNAVAILABLE), ``Who``
+    (unary: answers :attr:`name`) and ``Meta`` (unary: the call's metadata and
+    ``time_remaining`` as JSON)."""
 
     def __init__(
         self,
@@ -36,8 +42,10 @@ class GrpcTarget:
         certificate: Pair | None = None,
         client_ca: Path | None = None,
         max_concurrent_streams: int | None = None,
+        name: str = "",
     ) -> None:
         self.port = 0
+        self.name = name
         self.health = health.aio.HealthServicer()
         self.release = asyncio.Event()
         self.held = 0
@@ -70,6 +78,29 @@ class GrpcTarget:
         for i in range(int(request)):
             yield str(i).encode()
 
+    async def _collect(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        return b",".join([request async for request in requests])
+
+    async def _chat(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield b"re:" + request
+
+    async def _fail(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.NOT_FOUND, request.decode())
+        return b""  # not reached: abort raises
+
+    async def _refuse(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+        return b""  # not reached: abort raises
+
+    async def _who(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return self.name.encode()
+
+    async def _meta(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        metadata: dict[str, object] = {k: v for k, v in context.invocation_metadata() or ()}
+        metadata["time_remaining"] = context.time_remaining()
+        return json.dumps(metadata, default=repr).encode()
+
     async def start(self, stack: AsyncExitStack) -> GrpcTarget:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         raw = grpc.method_handlers_generic_handler(
@@ -78,6 +109,12 @@ class GrpcTarget:
                 "Echo": grpc.unary_unary_rpc_method_handler(self._echo),
                 "Hold": grpc.unary_unary_rpc_method_handler(self._hold),
                 "Count": grpc.unary_stream_rpc_method_handler(self._count),
+                "Collect": grpc.stream_unary_rpc_method_handler(self._collect),
+                "Chat": grpc.stream_stream_rpc_method_handler(self._chat),
+                "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
+                "Refuse": grpc.unary_unary_rpc_method_handler(self._refuse),
+                "Who": grpc.unary_unary_rpc_method_handler(self._who),
+                "Meta": grpc.unary_unary_rpc_method_handler(self._meta),
             },
         )
         self.server.add_generic_rpc_handlers((raw,))

@@ -170,3 +170,22 @@ def test_equally_specific_routes_tie_break_by_creation_time() -> None:
 
 def test_config_error_is_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_grpc_routes_are_in_the_router_marked_grpc_and_grpcs_only() -> None:
+    cfg_in = base()
+    cfg_in["services"].append({"id": "s3", "protocol": "grpc", "host": "backends", "port": 80})
+    cfg_in["routes"] += [
+        {"id": "r3", "protocols": ["grpc", "grpcs"], "paths": ["/pkg.Svc/"], "service": {"id": "s3"}},
+        {"id": "r4", "protocols": ["grpcs"], "hosts": ["secure.test"], "service": {"id": "s3"}},
+        {"id": "r5", "protocols": ["tcp"], "snis": ["tcp.test"], "service": {"id": "s3"}},
+    ]
+    cfg = compile_config(1, "h", cfg_in)
+    assert cfg.router.has_grpc
+    both = cfg.match(b"POST", None, b"/pkg.Svc/Call")
+    assert both is not None and both.route.grpc and not both.route.grpcs_only
+    assert not both.route.https_only  # a gRPC route's plaintext refusal is gRPC's own
+    secure = cfg.match(b"POST", b"secure.test", b"/x")
+    assert secure is not None and secure.route.grpc and secure.route.grpcs_only
+    assert not compile_config(1, "h", base()).router.has_grpc
+    assert len(cfg.router) == len(compile_config(1, "h", base()).router) + 2  # tcp left out
