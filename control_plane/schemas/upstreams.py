@@ -138,7 +138,7 @@ class ActiveHealthcheck(Record):
     headers: dict[HeaderName, list[HeaderValue]] | None = None
     # Ferry's field (Kong has none: its grpc/grpcs probes are HTTP/1.0 GETs): the
     # ``service`` a grpc/grpcs probe's grpc.health.v1 Check asks about; null: "" (the
-    # server's overall health). See docs/grpc-notes.md.
+    # server's overall health). See docs/http2-grpc.md.
     grpc_service_name: Str | None = None
     healthy: ActiveHealthy = Field(default_factory=ActiveHealthy)
     unhealthy: ActiveUnhealthy = Field(default_factory=ActiveUnhealthy)
