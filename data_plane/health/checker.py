@@ -31,6 +31,10 @@ ejects it again for twice as long.
 
 Concurrency: everything runs on the data plane's single event loop; no method awaits
 except the probe loops, so a transition is atomic with respect to requests.
+
+Why this module is past 600 lines: Kong's counters, the active loops (HTTP, TCP and
+gRPC probes share them), passive outcomes and the half-open breaker act on one
+per-address state under one set of rules; splitting them would spread that state.
 """
 
 from __future__ import annotations
