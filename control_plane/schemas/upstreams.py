@@ -124,6 +124,10 @@ class ActiveUnhealthy(Record):
     tcp_failures: Counter = 0
     timeouts: Counter = 0
     http_failures: Counter = 0
+    #: Ferry's: a probe answer in neither ``http_statuses`` list counts as an HTTP
+    #: failure (``false``, Kong's behaviour: it counts as nothing, so a target answering
+    #: e.g. 426 keeps whatever health it had, Kong #14861).
+    other_statuses: bool = False
 
 
 class ActiveHealthcheck(Record):

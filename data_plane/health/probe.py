@@ -91,4 +91,6 @@ class ActiveProber:
             return "http_failure", status
         if status in settings.healthy_statuses:
             return "success", status
+        if settings.unhealthy_other_statuses:
+            return "http_failure", status  # Ferry's other_statuses (Kong #14861)
         return "ignored", status

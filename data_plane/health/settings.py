@@ -72,6 +72,9 @@ class ActiveSettings:
     unhealthy_tcp_failures: int = 0
     unhealthy_timeouts: int = 0
     unhealthy_http_failures: int = 0
+    #: ``healthchecks.active.unhealthy.other_statuses``: a status in neither list is an
+    #: HTTP failure (else it is ignored, as in Kong).
+    unhealthy_other_statuses: bool = False
     #: The TLS identity of ``https`` and ``grpcs`` probes (the upstream's ``client_certificate``, the
     #: config's CA certificates): set by the upstream's compile, not from this record.
     #: Compared by identity: one object per distinct material.
@@ -223,6 +226,11 @@ def compile_health_settings(raw: Mapping[str, Any] | None) -> HealthSettings:
     verify = active.get("https_verify_certificate", True)
     if not isinstance(verify, bool):
         raise ValueError("'healthchecks.active.https_verify_certificate' must be a boolean")
+    other_statuses = a_unhealthy.get("other_statuses", False)
+    if other_statuses is None:
+        other_statuses = False
+    if not isinstance(other_statuses, bool):
+        raise ValueError("'healthchecks.active.unhealthy.other_statuses' must be a boolean")
     grpc_service = active.get("grpc_service_name") or ""
     if not isinstance(grpc_service, str):
         raise ValueError("'healthchecks.active.grpc_service_name' must be a string")
@@ -249,6 +257,7 @@ def compile_health_settings(raw: Mapping[str, Any] | None) -> HealthSettings:
             unhealthy_tcp_failures=_count(a_unhealthy, "tcp_failures", w_au),
             unhealthy_timeouts=_count(a_unhealthy, "timeouts", w_au),
             unhealthy_http_failures=_count(a_unhealthy, "http_failures", w_au),
+            unhealthy_other_statuses=other_statuses,
         ),
         passive=PassiveSettings(
             type=_type(passive, "healthchecks.passive."),

@@ -71,6 +71,28 @@ async def test_a_target_failing_its_probe_is_taken_out_after_the_threshold_and_r
     assert (await backends_seen(http, gw.url, 10))["b"] >= 4
 
 
+async def test_a_probe_status_in_neither_list_is_ignored_unless_other_statuses_counts_it(
+    stack: AsyncExitStack,
+) -> None:
+    """Kong #14861: a target answering its probe with 426 keeps its health forever in
+    Kong; ``unhealthy.other_statuses: true`` counts such answers as HTTP failures."""
+    kong_like, counted = FlipBackend("kong-like"), FlipBackend("counted")
+    for backend in (kong_like, counted):
+        backend.health_status = 426
+        await backend.start(stack)
+    gw = HealthGateway()
+    await gw.start(stack, upstream_config([kong_like.key], ACTIVE))
+    other = HealthGateway()
+    counting = {"active": {**ACTIVE["active"], "unhealthy": {
+        **ACTIVE["active"]["unhealthy"], "other_statuses": True}}}
+    await other.start(stack, upstream_config([counted.key], counting))
+    await wait_for(lambda: other.state(counted.key) == "UNHEALTHY", message="426s counted as failures")
+    assert other.reason(counted.key) == "active: 2 http_failures (last status 426)"
+    # The same answers, probed at least as often, changed nothing without the flag.
+    await wait_for(lambda: len(kong_like.probes) >= len(counted.probes), message="as many probes")
+    assert gw.state(kong_like.key) == "HEALTHY"
+
+
 async def test_probes_send_kongs_request(stack: AsyncExitStack) -> None:
     a = FlipBackend("a")
     await a.start(stack)

@@ -188,9 +188,10 @@ def test_produces_defaults() -> None:
     assert ok["slots"] == 10000
     healthchecks = ok["healthchecks"]
     # Ferry's additions (passive half-open ejection times, the gRPC probes' service
-    # name) are left out of the comparison.
+    # name, active.unhealthy.other_statuses) are left out of the comparison.
     passive = {k: v for k, v in healthchecks["passive"].items() if not k.endswith("_ejection_time")}
     active = {k: v for k, v in healthchecks["active"].items() if k != "grpc_service_name"}
+    active["unhealthy"] = {k: v for k, v in active["unhealthy"].items() if k != "other_statuses"}
     assert active == {
         "type": "http",
         "timeout": 1,

@@ -151,3 +151,14 @@ def test_grpc_service_name_defaults_to_null_and_refuses_an_empty_string() -> Non
     assert valid("upstreams", name="a")["healthchecks"]["active"]["grpc_service_name"] is None
     fields = violation("upstreams", name="a", healthchecks={"active": {"grpc_service_name": ""}})
     assert fields == {"healthchecks": {"active": {"grpc_service_name": "length must be at least 1"}}}
+
+
+def test_active_unhealthy_other_statuses_defaults_to_false_and_must_be_a_boolean() -> None:
+    """Ferry's ``other_statuses`` (Kong #14861); off by default, Kong's behaviour."""
+    assert valid("upstreams", name="a")["healthchecks"]["active"]["unhealthy"]["other_statuses"] is False
+    checks = {"active": {"unhealthy": {"other_statuses": True}}}
+    assert valid("upstreams", name="a", healthchecks=checks)["healthchecks"]["active"]["unhealthy"][
+        "other_statuses"
+    ] is True
+    fields = violation("upstreams", name="a", healthchecks={"active": {"unhealthy": {"other_statuses": "x"}}})
+    assert fields == {"healthchecks": {"active": {"unhealthy": {"other_statuses": "expected a boolean"}}}}
