@@ -44,6 +44,10 @@ Contract
 
 Single event-loop thread; nothing here is thread-safe. Timeouts are the caller's
 (``asyncio.timeout`` around the awaits), except the connect's.
+
+Why this module is past 600 lines: one connection's protocol, its streams and h2's
+events share one state machine (flow control, GOAWAY, failures reach every stream);
+the pool is apart (``h2_upstream``).
 """
 
 from __future__ import annotations
@@ -272,18 +276,20 @@ class H2ClientConnection(asyncio.Protocol):
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
             },
         )
-        # A graceful GOAWAY (NO_ERROR) lets the streams it names complete (RFC 9113
-        # §6.8; gRPC servers send one at every max_connection_age), but h2 closes its
-        # state machine on any GOAWAY and refuses every later frame, also those
-        # already read with it. Its GOAWAY handler is wrapped to reopen the machine;
-        # ``_goaway`` keeps new streams off the connection.
+        # A GOAWAY lets the streams it names (up to its last stream id) still complete
+        # (RFC 9113 §6.8: gRPC servers send a graceful one at every max_connection_age,
+        # and one with an error code before the UNAVAILABLE trailers of the calls they
+        # cancel when stopping), but h2 closes its state machine on any GOAWAY and
+        # refuses every later frame, also those already read with it. Its GOAWAY handler
+        # is wrapped to reopen the machine; ``_goaway`` keeps new streams off the
+        # connection, and the streams still open end with their frames or with the
+        # connection's close.
         table = cast(dict[type, Callable[..., Any]], self.h2._frame_dispatch_table)
         receive_goaway = table[hyperframe.frame.GoAwayFrame]
 
         def graceful_goaway(frame: hyperframe.frame.GoAwayFrame) -> Any:
             result = receive_goaway(frame)
-            if frame.error_code == ErrorCodes.NO_ERROR:
-                self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+            self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
             return result
 
         table[hyperframe.frame.GoAwayFrame] = graceful_goaway
@@ -294,6 +300,9 @@ class H2ClientConnection(asyncio.Protocol):
         self._settings_received: asyncio.Future[None] = self.loop.create_future()
         self._write_ready: asyncio.Future[None] | None = None
         self._goaway = False
+        #: The error code of the target's GOAWAY (None: none came), for the streams
+        #: still open when it then closes the connection.
+        self._goaway_code: int | None = None
         self._closed = False
         self._idle: asyncio.TimerHandle | None = None
         #: Seconds without streams before the connection closes itself (``None``:
@@ -350,7 +359,11 @@ class H2ClientConnection(asyncio.Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._shutdown(H2StreamError("connection to the target was lost"))
+        code = self._goaway_code
+        if code is not None and code != ErrorCodes.NO_ERROR:
+            self._shutdown(H2StreamError(f"the target closed the connection ({_code_name(code)})", error_code=code))
+        else:
+            self._shutdown(H2StreamError("connection to the target was lost"))
 
     def pause_writing(self) -> None:
         if self._write_ready is None:
@@ -415,10 +428,10 @@ class H2ClientConnection(asyncio.Protocol):
                     "the target closed the connection before this stream (GOAWAY)",
                     error_code=code, retryable=True,
                 ))
-            elif code != ErrorCodes.NO_ERROR:
-                self._drop(stream, H2StreamError(
-                    f"the target closed the connection ({_code_name(code)})", error_code=code,
-                ))
+        # The streams it names may still get their frames (a stopping gRPC server sends
+        # their UNAVAILABLE trailers after its GOAWAY); any left when the target closes
+        # the connection fail then, with the GOAWAY's code in the message.
+        self._goaway_code = code
         if not self._streams:
             self.close()
 
