@@ -39,8 +39,9 @@ Concurrency: everything runs on the data plane's single event loop; no method aw
 except the probe loops, so a transition is atomic with respect to requests.
 
 Why this module is past 600 lines: Kong's counters, the active loops (HTTP, TCP and
-gRPC probes share them), passive outcomes and the half-open breaker act on one
-per-address state under one set of rules; splitting them would spread that state.
+gRPC probes share them), passive outcomes, the half-open breaker, outlier ejections and
+the ejection cap act on one per-address state under one set of rules; splitting them
+would spread that state (the outlier and cap decisions themselves are in ``outlier.py``).
 """
 
 from __future__ import annotations
