@@ -18,12 +18,22 @@ Measured per round:
   to the control plane, same clock as the kill), cross-checked by polling the data
   plane's ``/upstreams/{u}/health`` every 20 ms (an upper bound);
 - latency before the kill, in the second after it, and after.
+
+The outlier case (issue 18): the same load, but at 30 % of the run one backend starts
+answering 30 % of requests with 500 (its ``/health`` stays 200; ``ferry.demo_backend
+--fail-percent``, switched on by SIGUSR1). Each round runs twice, with passive checks
+alone (Kong's counters, no active probes, which would find nothing) and with the same
+plus ``outlier_detection``; the client-visible errors are reported side by side (goal:
+fewer with outlier detection). 500s are not retried (Kong retries connection errors
+only), so every 500 the failing target sends reaches a client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -72,6 +82,42 @@ HEALTHCHECKS: dict[str, Any] = {
         "unhealthy": {"tcp_failures": 1, "timeouts": 1},
     },
 }
+
+#: The outlier case's failing share (%) of the degraded backend.
+FAIL_PERCENT = 30
+
+#: Passive checks alone, as the kill case has them: one TCP failure or timeout ejects;
+#: 500s count for nothing (a single application error must not eject a target).
+PASSIVE_CONNECTION: dict[str, Any] = {
+    "passive": {"type": "http", "unhealthy": {"tcp_failures": 1, "timeouts": 1}},
+}
+
+#: Passive checks alone with Kong's HTTP counter too: 5 consecutive 500s eject (a
+#: success resets the count); Ferry's half-open breaker (30 s) for all of them.
+PASSIVE_HTTP: dict[str, Any] = {
+    "passive": {"type": "http", "unhealthy": {"http_failures": 5, "tcp_failures": 1, "timeouts": 1}},
+}
+
+#: The same plus outlier detection every 0.5 s. Three targets: Envoy's stdev factor of
+#: 1.9 can never eject a lone deviant among three (it is sqrt(2) = 1.41 standard
+#: deviations off the mean), so 1.0 here, and the failure-percentage rule at 20 %.
+WITH_OUTLIER: dict[str, Any] = {
+    "passive": {
+        **PASSIVE_HTTP["passive"],
+        "outlier_detection": {
+            "interval": 0.5,
+            "success_rate": {"minimum_hosts": 3, "request_volume": 50, "stdev_factor": 1000},
+            "failure_percentage": {"threshold": 20, "minimum_hosts": 3, "request_volume": 50},
+        },
+    },
+}
+
+#: The outlier case's configurations, in the order they are run and reported.
+OUTLIER_CASES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("passive_connection_failures", PASSIVE_CONNECTION),
+    ("passive_http_failures", PASSIVE_HTTP),
+    ("with_outlier_detection", WITH_OUTLIER),
+)
 
 
 @dataclass(slots=True)
@@ -153,6 +199,13 @@ def run(options: BenchOptions) -> dict[str, Any]:
     for n in range(rounds):
         work = Path(tempfile.mkdtemp(prefix=f"failover-{n}-", dir=base))
         results.append(asyncio.run(_round(work, ferry_bin, duration, workers)))
+    cases: dict[str, list[dict[str, Any]]] = {case: [] for case, _ in OUTLIER_CASES}
+    for n in range(rounds):
+        for case, checks in OUTLIER_CASES:
+            work = Path(tempfile.mkdtemp(prefix=f"failover-outlier-{n}-", dir=base))
+            cases[case].append(
+                asyncio.run(_round(work, ferry_bin, duration, workers, checks, degrade=True))
+            )
     eject = [r["eject_ms"] for r in results if r["eject_ms"] is not None]
     summary = {
         "rounds": rounds,
@@ -164,31 +217,56 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "goal": "zero client-visible errors for idempotent requests",
         "goal_met": all(r["client_errors"] == 0 for r in results),
         "per_round": results,
+        "outlier_case": _outlier_summary(cases),
         "background_before": background,
     }
     _print(summary)
     return summary
 
 
-async def _round(work: Path, ferry_bin: Path, duration: float, workers: int) -> dict[str, Any]:
+def _outlier_summary(cases: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"fail_percent": FAIL_PERCENT}
+    for case, results in cases.items():
+        out[case] = {
+            "client_errors_total": sum(r["client_errors"] for r in results),
+            "requests_total": sum(r["requests"] for r in results),
+            "errors_after_failing_total": sum(sum(r["errors_after_kill"].values()) for r in results),
+            "requests_after_failing_total": sum(r["requests_after_kill"] for r in results),
+            "per_round": results,
+        }
+    outlier = out["with_outlier_detection"]["client_errors_total"]
+    out["goal"] = "fewer client errors with outlier detection than with passive checks alone"
+    out["goal_met"] = all(
+        outlier < out[case]["client_errors_total"] for case, _ in OUTLIER_CASES[:-1]
+    )
+    return out
+
+
+async def _round(
+    work: Path, ferry_bin: Path, duration: float, workers: int,
+    healthchecks: dict[str, Any] = HEALTHCHECKS, *, degrade: bool = False,
+) -> dict[str, Any]:
+    """One round: with ``degrade``, the victim starts failing ``FAIL_PERCENT`` % of
+    requests at 30 % of the run instead of being killed."""
     processes = Processes(work / "logs")
     try:
         async with aiohttp.ClientSession() as http:
             backends: dict[str, tuple[ManagedProcess, int]] = {}
             for name in BACKENDS:
                 port = free_port()
+                fail = ["--fail-percent", str(FAIL_PERCENT)] if degrade and name == BACKENDS[0] else []
                 process = processes.start(name, [sys.executable, "-m", "ferry.demo_backend",
-                                                  "--name", name, "--port", str(port)])
+                                                  "--name", name, "--port", str(port), *fail])
                 backends[name] = (process, port)
             cp = start_control_plane(processes, ferry_bin, work / "cp", "--merge-window", "0.01")
             await wait_http_ok(http, f"{cp.admin}/status", cp.process)
             for process, port in backends.values():
                 await wait_http_ok(http, f"http://127.0.0.1:{port}/health", process)
-            await _configure(http, cp, [port for _, port in backends.values()])
+            await _configure(http, cp, [port for _, port in backends.values()], healthchecks)
             dp = start_data_plane(processes, ferry_bin, work / "dp", cp.cluster, name="dp")
             version = await cp_version(http, cp)
             await _wait_ready(http, dp, version)
-            result = await _load_and_kill(http, cp, dp, backends, duration, workers)
+            result = await _load_and_kill(http, cp, dp, backends, duration, workers, degrade)
             if dp.process.returncode is not None:
                 raise BenchError(f"the data plane died:\n{dp.process.log_tail()}")
     finally:
@@ -197,9 +275,11 @@ async def _round(work: Path, ferry_bin: Path, duration: float, workers: int) -> 
     return result
 
 
-async def _configure(http: aiohttp.ClientSession, cp: ControlPlaneProc, ports: list[int]) -> None:
+async def _configure(
+    http: aiohttp.ClientSession, cp: ControlPlaneProc, ports: list[int], healthchecks: dict[str, Any]
+) -> None:
     await admin_call(http, "PUT", f"{cp.admin}/upstreams/{UPSTREAM}",
-                     {"algorithm": "round-robin", "healthchecks": HEALTHCHECKS})
+                     {"algorithm": "round-robin", "healthchecks": healthchecks})
     for port in ports:
         await admin_call(http, "POST", f"{cp.admin}/upstreams/{UPSTREAM}/targets",
                          {"target": f"127.0.0.1:{port}"})
@@ -231,6 +311,7 @@ async def _wait_ready(http: aiohttp.ClientSession, dp: DataPlaneProc, version: i
 async def _load_and_kill(
     http: aiohttp.ClientSession, cp: ControlPlaneProc, dp: DataPlaneProc,
     backends: dict[str, tuple[ManagedProcess, int]], duration: float, workers: int,
+    degrade: bool = False,
 ) -> dict[str, Any]:
     victim = BACKENDS[0]
     victim_process, victim_port = backends[victim]
@@ -270,7 +351,10 @@ async def _load_and_kill(
     async def killer() -> float:
         await asyncio.sleep(max(0.0, kill_at - time.time()))
         t_kill = time.time()
-        victim_process.kill()
+        if degrade:
+            os.kill(victim_process.pid, signal.SIGUSR1)  # start failing FAIL_PERCENT %
+        else:
+            victim_process.kill()
         return t_kill
 
     tasks = [asyncio.create_task(worker()) for _ in range(workers)]
@@ -293,6 +377,7 @@ async def _load_and_kill(
     from_victim = [o for o in outcomes if o.backend == victim]
     result: dict[str, Any] = {
         "victim": victim,
+        "event": f"fails {FAIL_PERCENT}% of requests" if degrade else "SIGKILL",
         "kill_at_s": round(t_kill - (stop_at - duration), 2),
         "rate_rps": round(len(outcomes) / duration),
         **classify(outcomes, t_kill),
@@ -323,3 +408,17 @@ def _print(summary: dict[str, Any]) -> None:
                         "reason", "p99 before", "p99 1s after", "max 1s after"], rows))
     print(f"goal: {summary['goal']} — {'met' if summary['goal_met'] else 'MISSED'} "
           f"({summary['client_errors_total']} errors in {summary['requests_total']} requests)")
+    outlier = summary["outlier_case"]
+    print(f"\nOutlier case: one of 3 targets starts answering {outlier['fail_percent']} % of "
+          "requests with 500 at 30 % of each run")
+    rows = []
+    for case, _ in OUTLIER_CASES:
+        for n, r in enumerate(outlier[case]["per_round"]):
+            rows.append([case, n + 1, r["requests"], r["client_errors"], r["eject_ms"], r["eject_reason"]])
+    print(format_table(["checks", "round", "requests", "errors", "eject ms", "reason"], rows))
+    totals = ", ".join(
+        f"{case} {outlier[case]['client_errors_total']}/{outlier[case]['requests_total']}"
+        for case, _ in OUTLIER_CASES
+    )
+    print(f"goal: {outlier['goal']} — {'met' if outlier['goal_met'] else 'MISSED'} "
+          f"(errors/requests: {totals})")

@@ -65,8 +65,11 @@ _AVAILABLE = frozenset({HEALTHY, MIXED, HEALTHCHECKS_OFF})
 
 
 def checks_enabled(upstream: Mapping[str, Any]) -> bool:
-    """Kong's test: an active interval > 0 or a passive unhealthy counter > 0."""
+    """Kong's test: an active interval > 0 or a passive unhealthy counter > 0; or
+    Ferry's outlier detection is on."""
     checks = upstream.get("healthchecks") or {}
+    if (checks.get("passive") or {}).get("outlier_detection") is not None:
+        return True
     active = checks.get("active") or {}
     passive_unhealthy = (checks.get("passive") or {}).get("unhealthy") or {}
     intervals = ((active.get("healthy") or {}).get("interval"), (active.get("unhealthy") or {}).get("interval"))

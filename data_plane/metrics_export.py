@@ -14,6 +14,8 @@ Families (Kong's Prometheus plugin names where Kong has one; ``ferry_`` otherwis
 - ``kong_upstream_target_health{upstream,target,address,state,subsystem}``: 1 for the
   state an address is in (``healthy``, ``unhealthy``, ``healthchecks_off``,
   ``dns_error``) and 0 for the three others, as Kong exports it;
+- ``ferry_upstream_ejections_refused_total{upstream}``: passive or outlier ejections
+  refused by ``healthchecks.max_ejection_percent`` (the address stayed in);
 - ``kong_nginx_connections_total{state}`` (``accepted``, ``active``) and
   ``kong_nginx_requests_total``;
 - ``kong_control_plane_connected``, ``ferry_config_version``, ``ferry_config_hash``
@@ -87,6 +89,7 @@ class DataPlaneCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._request_families()
         yield from self._health_family()
+        yield from self._ejections_refused_family()
         yield from self._config_families()
         if self._certificates is not None:
             expiry = GaugeMetricFamily(
@@ -164,6 +167,19 @@ class DataPlaneCollector(Collector):
                         family.add_metric(
                             [upstream.name, target.key, "", s, "http"], 1 if s == "dns_error" else 0
                         )
+        yield family
+
+    def _ejections_refused_family(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "ferry_upstream_ejections_refused",
+            "Passive or outlier ejections refused by healthchecks.max_ejection_percent",
+            labels=["upstream"],
+        )
+        config = self._holder.current
+        for upstream in config.upstreams.values() if config is not None else ():
+            checker = upstream.health
+            if checker is not None and checker.settings.max_ejection_percent < 100:
+                family.add_metric([upstream.name], checker.ejections_refused)
         yield family
 
     def _config_families(self) -> Iterator[Metric]:

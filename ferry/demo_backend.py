@@ -4,6 +4,11 @@
 ``/status/{code}`` answers that status and ``/delay/{ms}`` answers after that many
 milliseconds, which makes failure and timeout demos easy.
 
+With ``--fail-percent N`` it answers about N % of requests (all but ``/health``) with
+500 once it gets ``SIGUSR1`` (a partially failing target whose health endpoint still
+says it is fine; the failing requests are drawn from a generator seeded with the
+name, so a run is repeatable). ``bench/failover_bench.py`` uses it.
+
 Run one on its own with ``python -m ferry.demo_backend --name a --port 9001``.
 """
 
@@ -11,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
+import signal
 
 from aiohttp import web
 
@@ -20,10 +27,26 @@ from ferry_shared.http_site import start_site
 MAX_DELAY_MS = 60_000
 
 
-def create_demo_backend(name: str) -> web.Application:
+class _Failing:
+    """Whether the app answers ``fail_percent`` % of its requests with 500 now."""
+
+    on = False
+
+
+_FAILING = web.AppKey("failing", _Failing)
+
+
+def create_demo_backend(name: str, fail_percent: float = 0) -> web.Application:
+    """The app; with ``fail_percent``, SIGUSR1 (or :func:`start_failing`) turns on 500s
+    for that share of requests to paths other than ``/health``."""
+    draw = random.Random(name).random
+    failing = _Failing()
+
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
         status = 200
+        if failing.on and request.path != "/health" and draw() * 100 < fail_percent:
+            status = 500
         parts = request.path.strip("/").split("/")
         if len(parts) == 2 and parts[1].isdigit():
             if parts[0] == "status":
@@ -44,8 +67,21 @@ def create_demo_backend(name: str) -> web.Application:
         )
 
     app = web.Application()
+    app[_FAILING] = failing
     app.router.add_route("*", "/{tail:.*}", echo)
+    if fail_percent > 0:
+
+        async def on_signal(app: web.Application) -> None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, start_failing, app)
+
+        app.on_startup.append(on_signal)
     return app
+
+
+
+def start_failing(app: web.Application) -> None:
+    """From now on, answer ``fail_percent`` % of requests with 500."""
+    app[_FAILING].on = True
 
 
 async def start_demo_backend(name: str, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
@@ -60,8 +96,10 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fail-percent", type=float, default=0,
+                        help="after SIGUSR1, answer this %% of requests (not /health) with 500")
     args = parser.parse_args()
-    web.run_app(create_demo_backend(args.name), host=args.host, port=args.port,
+    web.run_app(create_demo_backend(args.name, args.fail_percent), host=args.host, port=args.port,
                 access_log=None, print=None)
 
 

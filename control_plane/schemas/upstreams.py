@@ -166,6 +166,44 @@ class PassiveUnhealthy(Record):
     http_failures: Counter = 0
 
 
+def _positive_seconds(value: float) -> float:
+    if not value > 0:  # also refuses NaN
+        raise RuleError("value must be greater than 0")
+    return value
+
+
+class OutlierSuccessRate(Record):
+    """Envoy's success-rate detector: eject a target whose success rate is below
+    mean - stdev_factor/1000 × stdev of those with >= request_volume requests, when at
+    least minimum_hosts have."""
+
+    minimum_hosts: Annotated[int, between(1, INT32_MAX)] = 5
+    request_volume: Annotated[int, between(1, INT32_MAX)] = 100
+    stdev_factor: Annotated[int, between(1, INT32_MAX)] = 1900
+
+
+class OutlierFailurePercentage(Record):
+    """Envoy's failure-percentage detector: eject a target whose failure % is >=
+    threshold, among those with >= request_volume requests, when at least
+    minimum_hosts have."""
+
+    threshold: Annotated[int, between(0, 100)] = 85
+    minimum_hosts: Annotated[int, between(1, INT32_MAX)] = 5
+    request_volume: Annotated[int, between(1, INT32_MAX)] = 50
+
+
+class OutlierDetection(Record):
+    """Ferry's ``healthchecks.passive.outlier_detection`` (Envoy's): evaluated by each
+    data plane every ``interval`` seconds over its own traffic. An omitted detector
+    gets its defaults; ``null`` turns it off. See docs/health-checks.md."""
+
+    interval: Annotated[Seconds, Rule(_positive_seconds)] = 10
+    success_rate: OutlierSuccessRate | None = Field(default_factory=OutlierSuccessRate)
+    failure_percentage: OutlierFailurePercentage | None = Field(
+        default_factory=OutlierFailurePercentage
+    )
+
+
 class PassiveHealthcheck(Record):
     """``healthchecks.passive``: health learned from proxied traffic."""
 
@@ -178,6 +216,8 @@ class PassiveHealthcheck(Record):
     # out until an active check or an operator brings it back (Kong's behaviour).
     base_ejection_time: Seconds = 30
     max_ejection_time: Seconds = 300
+    # Ferry's (Envoy's outlier detection); null: off, Kong's behaviour.
+    outlier_detection: OutlierDetection | None = None
 
 
 class Healthchecks(Record):
@@ -188,6 +228,11 @@ class Healthchecks(Record):
     threshold: Annotated[
         float, between(0, 100), PlainSerializer(compact_number, return_type=int | float)
     ] = 0
+    # Ferry's: passive and outlier ejections never take more than this % of the
+    # upstream's weight out (100: uncapped, Kong's behaviour; Envoy's default is 10).
+    max_ejection_percent: Annotated[
+        float, between(0, 100), PlainSerializer(compact_number, return_type=int | float)
+    ] = 100
 
 
 class Upstream(Record):

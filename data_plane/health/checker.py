@@ -29,12 +29,19 @@ ejection, capped at ``passive.max_ejection_time``): the balancer may pick it for
 one request (half-open); its success closes the breaker (healthy again), its failure
 ejects it again for twice as long.
 
+Outlier detection and ``max_ejection_percent`` (Ferry's, Envoy's): the decisions are in
+:mod:`data_plane.health.outlier`; this checker counts passive outcomes in its window,
+evaluates it every ``outlier_detection.interval`` (a task started by :meth:`start`),
+ejects through the half-open breaker, and refuses passive/outlier ejections past the
+cap (the address stays in; :attr:`ejections_refused` counts them).
+
 Concurrency: everything runs on the data plane's single event loop; no method awaits
 except the probe loops, so a transition is atomic with respect to requests.
 
 Why this module is past 600 lines: Kong's counters, the active loops (HTTP, TCP and
-gRPC probes share them), passive outcomes and the half-open breaker act on one
-per-address state under one set of rules; splitting them would spread that state.
+gRPC probes share them), passive outcomes, the half-open breaker, outlier ejections and
+the ejection cap act on one per-address state under one set of rules; splitting them
+would spread that state (the outlier and cap decisions themselves are in ``outlier.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
 from data_plane.balancers import Address, Balancer
+from data_plane.health.outlier import (
+    CAPPED_CAUSES,
+    OutlierWindow,
+    ejection_allowed,
+    ejection_cause,
+    find_outliers,
+)
 from data_plane.health.settings import HealthSettings
 
 __all__ = [
@@ -139,6 +153,7 @@ class _AddressHealth:
     version's checker when the address stays)."""
 
     __slots__ = (
+        "cause",
         "ejections",
         "healthy",
         "http_failures",
@@ -167,6 +182,8 @@ class _AddressHealth:
         #: Monotonic time of the next half-open trial (0 = none scheduled).
         self.retry_at = 0.0
         self.trial = _TRIAL_NONE
+        #: Why it is unhealthy: "active", "passive", "outlier" or "manual" ("" healthy).
+        self.cause = ""
 
     def reset_counters(self) -> None:
         self.successes = self.http_failures = self.tcp_failures = self.timeouts = 0
@@ -204,6 +221,13 @@ class HealthChecker:
         self.on_transition: Callable[[HealthTransition], None] | None = None
         #: Whether the proxy should report passive outcomes (hot-path flag).
         self.passive_on = settings.passive.enabled
+        #: Outlier detection's counts of this interval (None: outlier detection off).
+        self._outlier_window = OutlierWindow() if settings.passive.outlier is not None else None
+        #: Passive/outlier ejections refused by ``max_ejection_percent`` (a metric;
+        #: carried from ``previous``). ``_refused``: addresses logged since their last
+        #: transition (a refusal is logged once).
+        self.ejections_refused: int = previous.ejections_refused if previous is not None else 0
+        self._refused: set[str] = set()
         #: Addresses (keys) let through for one half-open trial request.
         self.trial_waiting: set[str] = set()
         #: Less than ``threshold`` % of the upstream's weight is healthy: the whole
@@ -242,6 +266,11 @@ class HealthChecker:
             self._tasks.append(asyncio.create_task(self._probe_loop(True), name="ferry-health"))
         if active.unhealthy_interval > 0:
             self._tasks.append(asyncio.create_task(self._probe_loop(False), name="ferry-health"))
+        outlier = self.settings.passive.outlier
+        if outlier is not None:
+            self._tasks.append(
+                asyncio.create_task(self._outlier_loop(outlier.interval), name="ferry-outlier")
+            )
         now = self._clock()
         for key, state in self._states.items():
             if state.trial == _TRIAL_WAITING:
@@ -285,6 +314,9 @@ class HealthChecker:
         if state is not None and state.trial == _TRIAL_IN_FLIGHT:
             self._end_trial(address, state, outcome)
             return
+        window = self._outlier_window
+        if window is not None:
+            window.record(address.key, outcome == _HTTP or outcome == _TCP or outcome == _TIMEOUT)
         if outcome == _IGNORED:
             return
         self._record(address, outcome, status, active=False)
@@ -325,6 +357,7 @@ class HealthChecker:
                 self._transition(key, address, state, healthy, reason)
             else:
                 state.reason = reason
+                state.cause = "" if healthy else ejection_cause(reason)
                 self.balancer.set_address_health(key, healthy)
 
     def apply_verdict(self, address: str, target: str, healthy: bool, reason: str) -> bool:
@@ -476,7 +509,10 @@ class HealthChecker:
             state.timeouts += 1
             count, limit, what = state.timeouts, timeout_limit, "timeouts"
         if state.healthy and limit > 0 and count >= limit:
-            self._transition(key, address, state, False, f"{source}: {count} {what}")
+            reason = f"{source}: {count} {what}"
+            if not active and not self._cap_allows(key, address, state, reason):
+                return
+            self._transition(key, address, state, False, reason)
             if not active:
                 self._eject(key, state)
 
@@ -485,6 +521,8 @@ class HealthChecker:
     ) -> None:
         state.healthy = healthy
         state.reason = reason
+        state.cause = "" if healthy else ejection_cause(reason)
+        self._refused.discard(key)
         state.since = self._clock()
         state.reset_counters()
         self.balancer.set_address_health(key, healthy)
@@ -527,6 +565,62 @@ class HealthChecker:
             if state is None or state.healthy or state.trial != _TRIAL_NONE:
                 healthy += address.weight
         self.below_threshold = total > 0 and healthy * 100.0 < threshold * total
+
+    # ------------------------------------------- outlier detection, ejection cap
+
+    async def _outlier_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self._evaluate_outliers()
+            except Exception:  # a bug must not end the loop
+                log.exception("outlier detection of upstream %s failed", self.upstream_id)
+
+    def _evaluate_outliers(self) -> None:
+        """Take this interval's counts and eject the outliers among the addresses in
+        service (worst first, within the cap)."""
+        window, outlier = self._outlier_window, self.settings.passive.outlier
+        if window is None or outlier is None:
+            return
+        counts = window.take()
+        in_service = {
+            a.key: counts[a.key]
+            for a in self.balancer.addresses
+            if a.weight > 0 and a.key in counts and self._is_healthy(a.key)
+        }
+        for found in find_outliers(in_service, outlier):
+            address = self._address(found.key)
+            state = self._states.get(found.key)
+            if state is None:
+                state = self._states[found.key] = _AddressHealth(self._clock())
+            if self._cap_allows(found.key, address, state, found.reason):
+                self._transition(found.key, address, state, False, found.reason)
+                self._eject(found.key, state)
+
+    def _cap_allows(self, key: str, address: Address | None, state: _AddressHealth, reason: str) -> bool:
+        """Whether a passive/outlier ejection of ``key`` stays within
+        ``max_ejection_percent``; a refusal is counted, logged once and shown in the
+        address's reason (it stays in)."""
+        cap = self.settings.max_ejection_percent
+        if cap >= 100:
+            return True
+        total = out = 0
+        for a in self.balancer.addresses:
+            if a.weight <= 0:
+                continue
+            total += a.weight
+            other = self._states.get(a.key)
+            if other is not None and not other.healthy and other.cause in CAPPED_CAUSES:
+                out += a.weight
+        weight = address.weight if address is not None else 0
+        if ejection_allowed(total, out, weight, cap):
+            return True
+        self.ejections_refused += 1
+        state.reason = f"{reason}; not ejected: max_ejection_percent {cap:g} reached"
+        if key not in self._refused:
+            self._refused.add(key)
+            log.warning("upstream %s: %s stays in (%s)", self.upstream_id, key, state.reason)
+        return False
 
     # ---------------------------------------------------------- half-open breaker
 

@@ -9,7 +9,9 @@ Kong's rules: an ``interval`` of 0 disables that active loop (probing of healthy
 unhealthy targets); a counter threshold of 0 makes that counter inert. Passive checks
 are "on" when any ``passive.unhealthy`` counter is non-zero. Ferry adds
 ``passive.base_ejection_time`` / ``passive.max_ejection_time`` (Envoy's outlier
-ejection times) for its half-open circuit breaker; see ``docs/health-checks.md``.
+ejection times) for its half-open circuit breaker; see ``docs/health-checks.md``;
+``passive.outlier_detection`` (compiled by :mod:`data_plane.health.outlier`) and
+``max_ejection_percent``.
 
 Active ``type`` ``grpc``/``grpcs`` probe with the gRPC health protocol
 (:mod:`data_plane.health.grpc_probe`), asking for ``active.grpc_service_name`` (Ferry's
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from data_plane.health.outlier import OutlierSettings, compile_outlier_detection
 from data_plane.upstream_tls import UpstreamTls
 from ferry_shared.target_health import (
     ACTIVE_HEALTHY_STATUSES,
@@ -98,14 +101,18 @@ class PassiveSettings:
     unhealthy_http_failures: int = 0
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
+    #: ``passive.outlier_detection`` (Ferry's, Envoy's detectors; ``None`` = off).
+    outlier: OutlierSettings | None = None
 
     @property
     def enabled(self) -> bool:
-        """Kong's test (the CP's view uses the same): an unhealthy counter is set."""
+        """Kong's test (the CP's view uses the same): an unhealthy counter is set;
+        or Ferry's outlier detection is on (it needs the passive outcomes too)."""
         return (
             self.unhealthy_tcp_failures > 0
             or self.unhealthy_timeouts > 0
             or self.unhealthy_http_failures > 0
+            or self.outlier is not None
         )
 
 
@@ -119,6 +126,9 @@ class HealthSettings:
     #: Kong's ``threshold``: % of the total weight that must be healthy, else the
     #: whole upstream answers 503. 0 = never.
     threshold: float = 0.0
+    #: Ferry's ``max_ejection_percent``: passive and outlier ejections never take more
+    #: than this % of the weight out (100 = uncapped, Kong's behaviour).
+    max_ejection_percent: float = 100.0
 
     @property
     def enabled(self) -> bool:
@@ -269,6 +279,8 @@ def compile_health_settings(raw: Mapping[str, Any] | None) -> HealthSettings:
             unhealthy_http_failures=_count(p_unhealthy, "http_failures", w_pu),
             base_ejection_time=base_ejection,
             max_ejection_time=max(max_ejection, base_ejection),
+            outlier=compile_outlier_detection(passive.get("outlier_detection")),
         ),
         threshold=_number(raw, "threshold", "healthchecks.", 0.0, 0, 100),
+        max_ejection_percent=_number(raw, "max_ejection_percent", "healthchecks.", 100.0, 0, 100),
     )

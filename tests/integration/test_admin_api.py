@@ -72,7 +72,10 @@ async def test_upstream_post_returns_201_with_kongs_defaults(admin: Client) -> N
         # Ferry's half-open breaker (Envoy's outlier ejection times), beyond Kong's fields.
         "base_ejection_time": 30,
         "max_ejection_time": 300,
+        # Ferry's outlier detection (Envoy's), off by default.
+        "outlier_detection": None,
     }
+    assert checks["max_ejection_percent"] == 100
 
 
 async def test_upstream_slots_out_of_range_is_a_schema_violation_with_kongs_message(

@@ -188,8 +188,15 @@ def test_produces_defaults() -> None:
     assert ok["slots"] == 10000
     healthchecks = ok["healthchecks"]
     # Ferry's additions (passive half-open ejection times, the gRPC probes' service
-    # name, active.unhealthy.other_statuses) are left out of the comparison.
-    passive = {k: v for k, v in healthchecks["passive"].items() if not k.endswith("_ejection_time")}
+    # name, active.unhealthy.other_statuses, outlier detection and its cap) are left out
+    # of the comparison; the last two are off by default.
+    passive = {
+        k: v
+        for k, v in healthchecks["passive"].items()
+        if not k.endswith("_ejection_time") and k != "outlier_detection"
+    }
+    assert healthchecks["passive"]["outlier_detection"] is None
+    assert healthchecks["max_ejection_percent"] == 100
     active = {k: v for k, v in healthchecks["active"].items() if k != "grpc_service_name"}
     active["unhealthy"] = {k: v for k, v in active["unhealthy"].items() if k != "other_statuses"}
     assert active == {

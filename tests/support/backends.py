@@ -298,6 +298,11 @@ class FlipBackend:
         self.name = name
         self.health_status = 200
         self.status = 200  # for proxied requests
+        #: Percent of proxied requests answered 500 instead of ``status``, spread evenly
+        #: and deterministically: request n fails when ``n * percent // 100`` grows (30:
+        #: requests 4, 7, 10, 14, ...; exactly 3 of every 10).
+        self.failure_percent = 0
+        self.failures = 0
         self.probes: list[dict[str, str]] = []
         self.requests = 0
         self.port = 0
@@ -309,6 +314,10 @@ class FlipBackend:
 
     async def _serve(self, request: web.Request) -> web.Response:
         self.requests += 1
+        n, percent = self.requests, self.failure_percent
+        if percent and n * percent // 100 > (n - 1) * percent // 100:
+            self.failures += 1
+            return web.json_response({"backend": self.name}, status=500)
         return web.json_response({"backend": self.name}, status=self.status)
 
     async def start(self, stack: AsyncExitStack, port: int = 0) -> None:
