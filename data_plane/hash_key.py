@@ -51,6 +51,7 @@ from ferry_shared.cookie_path import cookie_path_problem
 
 __all__ = [
     "HASH_ON_VALUES",
+    "STICKY_SESSIONS",
     "HashInputs",
     "HashSpec",
     "compile_hash_spec",
@@ -63,6 +64,9 @@ HASH_ON_VALUES: frozenset[str] = frozenset(
 )
 
 _EMPTY_HEADERS: Mapping[bytes, bytes] = {}
+
+#: The algorithm whose key is its sticky cookie (see :func:`sticky_cookie_settings`).
+STICKY_SESSIONS = "sticky-sessions"
 
 
 class HashInputs:
@@ -360,7 +364,23 @@ def compile_hash_spec(upstream: Mapping[str, Any]) -> HashSpec | None:
     if fallback != "none":
         fallback_extract, fallback_needs = _source(upstream, fallback, "fallback")
         needs |= fallback_needs
-    if upstream.get("algorithm", "round-robin") != "consistent-hashing" or hash_on == "none":
+    algorithm = upstream.get("algorithm", "round-robin")
+    if algorithm == STICKY_SESSIONS:
+        if hash_on != "none":
+            raise ValueError(f"'hash_on' must be 'none' when 'algorithm' is {STICKY_SESSIONS!r}")
+        name, _ = sticky_cookie_settings(upstream)
+        # The key is the sticky cookie's value (b"" without one); nothing is generated:
+        # the proxy sets the cookie after the pick (StickyCookie).
+        return HashSpec(
+            "sticky_sessions_cookie",
+            _cookie(name.lower().encode("ascii")),
+            "none",
+            None,
+            None,
+            "/",
+            frozenset({"cookie_header", "headers"}),
+        )
+    if algorithm != "consistent-hashing" or hash_on == "none":
         return None
     cookie_name = upstream.get("hash_on_cookie") if "cookie" in (hash_on, fallback) else None
     return HashSpec(
@@ -372,3 +392,20 @@ def compile_hash_spec(upstream: Mapping[str, Any]) -> HashSpec | None:
         cookie_path,
         needs,
     )
+
+
+def sticky_cookie_settings(upstream: Mapping[str, Any]) -> tuple[str, str]:
+    """``(sticky_sessions_cookie, sticky_sessions_cookie_path)`` of a ``sticky-sessions``
+    upstream, checked as the control plane checks them (an HTTP token without ``=``; a
+    cookie path, default ``/``). Raises ``ValueError`` naming the field."""
+    name = upstream.get("sticky_sessions_cookie")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"'sticky_sessions_cookie' is required when 'algorithm' is {STICKY_SESSIONS!r}")
+    if not _is_token(name) or "=" in name:
+        raise ValueError(f"'sticky_sessions_cookie' is not a valid cookie name: {name!r}")
+    path = upstream.get("sticky_sessions_cookie_path") or "/"
+    problem = cookie_path_problem(path)
+    if problem is not None:
+        raise ValueError(f"'sticky_sessions_cookie_path' {path!r}: {problem}")
+    assert isinstance(path, str)
+    return name, path

@@ -54,6 +54,7 @@ HOT_MODULES: tuple[str, ...] = (
     "data_plane.balancers.consistent_hashing",
     "data_plane.balancers.latency",
     "data_plane.balancers.least_connections",
+    "data_plane.balancers.sticky_sessions",
 )
 
 #: The mypyc group's shared library (a top-level module: ``ferry_hot_path__mypyc``).

@@ -34,7 +34,8 @@ from data_plane.balancers import (
     create_balancer,
     parse_target,
 )
-from data_plane.hash_key import HashSpec, compile_hash_spec
+from data_plane.balancers.sticky_sessions import StickyCookie
+from data_plane.hash_key import STICKY_SESSIONS, HashSpec, compile_hash_spec, sticky_cookie_settings
 from data_plane.health.settings import HealthSettings, compile_health_settings
 from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch, Router, RouteSpec
@@ -60,6 +61,8 @@ __all__ = [
 
 _MAX_TIMEOUT_MS = 2**31 - 2  # Kong's upper bound for *_timeout
 _MAX_RETRIES = 32767
+#: The control plane's INT32_MAX (Kong's 2^31), the largest hash_balance_factor.
+_FACTOR_MAX = 2**31
 #: Each service protocol's scheme port. grpc/grpcs services compile (a config holding
 #: one is not refused); their grpc/grpcs routes are proxied by data_plane/proxy/grpc_proxy.py.
 _DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 80, "grpcs": 443}
@@ -110,6 +113,9 @@ class CompiledUpstream:
     #: Kong's ``client_certificate`` (its id): presented to targets by the services
     #: that set none of their own, and by ``https`` probes.
     client_certificate_id: str | None = None
+    #: ``sticky-sessions``: the cookie the proxy sets after each pick (``None`` for
+    #: every other algorithm, so the proxy's check is one slot read).
+    sticky: StickyCookie | None = None
     #: The upstream's live health checker (Kong's healthchecks; also when all checks
     #: are off, so that manual overrides work). Not compiled: the config installer
     #: creates it (or carries the previous version's over) and sets this slot once,
@@ -488,15 +494,29 @@ def compile_upstream(
     slow_start = _number(upstream, "slow_start", label, 0.0, 0.0, 3600.0)
     assert slow_start is not None
     budget_percent = _number(upstream, "retry_budget_percent", label, None, 0.0, 100.0)
+    hash_balance_factor = _int(upstream, "hash_balance_factor", label, 0, 0, _FACTOR_MAX)
+    if hash_balance_factor and (hash_balance_factor < 100 or algorithm != "consistent-hashing"):
+        raise ConfigError(
+            f"{label}: 'hash_balance_factor' must be 0 or at least 100, and only with"
+            " algorithm 'consistent-hashing'"
+        )
+    sticky: StickyCookie | None = None
     try:
         hash_spec = compile_hash_spec(upstream)
+        if algorithm == STICKY_SESSIONS:
+            sticky = StickyCookie(*sticky_cookie_settings(upstream))
     except ValueError as exc:
         raise ConfigError(f"{label}: {exc}") from None
-    options = (
-        BalancerOptions(slots=slots, slow_start=slow_start)
-        if clock is None
-        else BalancerOptions(slots=slots, slow_start=slow_start, clock=clock)
+    # The sticky cookie's salt is the upstream's id: every data plane maps a cookie to
+    # the same address, and a client cannot compute it (data_plane/balancers/sticky_sessions.py).
+    options = BalancerOptions(
+        slots=slots,
+        slow_start=slow_start,
+        hash_balance_factor=hash_balance_factor,
+        sticky_salt=str(upstream["id"]) if algorithm == STICKY_SESSIONS else "",
     )
+    if clock is not None:
+        options = replace(options, clock=clock)
     # Sorted so that every data plane (and every config version) sees the same
     # order whatever order the snapshot or a delta listed the targets in.
     addresses = tuple(sorted((a for _, a in targets), key=lambda a: a.key))
@@ -561,6 +581,7 @@ def compile_upstream(
         target_entities=tuple(t for t, _ in targets),
         use_srv_name=_bool(upstream, "use_srv_name", label, False),
         client_certificate_id=client_certificate_id,
+        sticky=sticky,
     )
 
 

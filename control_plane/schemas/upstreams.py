@@ -99,6 +99,13 @@ def _check_cookie_name(value: str) -> str:
     return value
 
 
+def _check_hash_balance_factor(value: int) -> int:
+    """Envoy's ``hash_balance_factor``: 0 (off) or a percentage of at least 100."""
+    if not 0 <= value <= INT32_MAX or 0 < value < 100:
+        raise RuleError(f"must be 0 (off) or between 100 and {INT32_MAX}")
+    return value
+
+
 CookiePath = Annotated[str, Rule(_check_cookie_path)]
 CookieName = Annotated[str, Rule(_check_cookie_name)]
 
@@ -242,9 +249,9 @@ class Upstream(Record):
     created_at: Timestamp
     updated_at: Timestamp
     name: Annotated[str, Rule(_check_upstream_name)]
-    algorithm: Literal["round-robin", "consistent-hashing", "least-connections", "latency"] = (
-        "round-robin"
-    )
+    algorithm: Literal[
+        "round-robin", "consistent-hashing", "least-connections", "latency", "sticky-sessions"
+    ] = "round-robin"
     hash_on: HashOn = "none"
     hash_fallback: HashOn = "none"
     hash_on_header: HeaderName | None = None
@@ -256,6 +263,10 @@ class Upstream(Record):
     hash_on_uri_capture: Str | None = None
     hash_fallback_uri_capture: Str | None = None
     slots: Annotated[int, between(10, 65536)] = 10000
+    # Kong 3.11's sticky sessions: the cookie naming the target (required with
+    # ``algorithm: sticky-sessions``, see _upstream_checks) and its Path.
+    sticky_sessions_cookie: CookieName | None = None
+    sticky_sessions_cookie_path: CookiePath = "/"
     healthchecks: Healthchecks = Field(default_factory=Healthchecks)
     tags: Tags = None
     host_header: Annotated[str, Rule(_check_host_with_optional_port)] | None = None
@@ -271,6 +282,12 @@ class Upstream(Record):
     retry_budget_percent: Annotated[
         float, between(0, 100), PlainSerializer(compact_number, return_type=int | float)
     ] | None = None
+    # consistent-hashing's bounded load (Envoy's hash_balance_factor): no target gets
+    # more than factor/100 x the average in-flight load; 0 = off.
+    hash_balance_factor: Annotated[
+        int,
+        Rule(_check_hash_balance_factor, (("minimum", 0), ("maximum", INT32_MAX))),
+    ] = 0
 
 
 _CONDITIONAL = "failed conditional validation given value of field '{}'"
@@ -325,6 +342,21 @@ def _upstream_checks(entity: Mapping[str, Any], fields: dict[str, Any]) -> list[
     conditional("hash_on", "uri_capture", "hash_on_uri_capture")
     conditional("hash_fallback", "uri_capture", "hash_fallback_uri_capture")
     distinct("hash_on_uri_capture", "hash_fallback_uri_capture")
+    # Kong 3.11: a sticky-sessions upstream names its cookie and hashes on nothing.
+    conditional("algorithm", "sticky-sessions", "sticky_sessions_cookie")
+    conditional("algorithm", "sticky-sessions", "hash_on", one_of=["none"])
+    # Ferry's: the bounded load only means something to consistent hashing; refused
+    # elsewhere rather than silently ignored.
+    factor = entity.get("hash_balance_factor")
+    if (
+        "hash_balance_factor" not in fields
+        and "algorithm" not in fields
+        and isinstance(factor, int)
+        and factor != 0
+        and entity.get("algorithm") != "consistent-hashing"
+    ):
+        fields["hash_balance_factor"] = "only allowed with algorithm 'consistent-hashing'"
+        messages.append(_CONDITIONAL.format("algorithm"))
     return messages
 
 

@@ -20,6 +20,7 @@ from data_plane.balancers.consistent_hashing import ConsistentHashingBalancer
 from data_plane.balancers.latency import LatencyBalancer
 from data_plane.balancers.least_connections import LeastConnectionsBalancer
 from data_plane.balancers.round_robin import RoundRobinBalancer
+from data_plane.balancers.sticky_sessions import StickySessionsBalancer
 
 __all__ = [
     "ALGORITHMS",
@@ -40,12 +41,13 @@ ALGORITHMS: dict[str, type[Balancer]] = {
         ConsistentHashingBalancer,
         LeastConnectionsBalancer,
         LatencyBalancer,
+        StickySessionsBalancer,
     )
 }
 
 #: Every algorithm Kong's schema accepts.
 KNOWN_ALGORITHMS: frozenset[str] = frozenset(
-    {"round-robin", "consistent-hashing", "least-connections", "latency"}
+    {"round-robin", "consistent-hashing", "least-connections", "latency", "sticky-sessions"}
 )
 
 

@@ -166,10 +166,16 @@ class BalancerOptions:
     algorithms ignore it. ``slow_start``: seconds over which a new or recovered address
     ramps its weight from 10% to 100%; 0 (default) turns slow start off. ``clock``:
     monotonic seconds, injectable for tests; not part of equality.
+    ``hash_balance_factor``: consistent hashing's bounded load (Envoy's), 0 = off, else
+    >= 100 (see :mod:`.consistent_hashing`). ``sticky_salt``: the sticky-sessions
+    balancer's cookie key (the upstream's id, so every data plane maps a cookie to the
+    same address; see :mod:`.sticky_sessions`). Other algorithms ignore both.
     """
 
     slots: int = 10000
     slow_start: float = 0.0
+    hash_balance_factor: int = 0
+    sticky_salt: str = ""
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
 
@@ -203,12 +209,16 @@ class Balancer(ABC):
     #: False for algorithms that ignore slow start (consistent hashing).
     supports_slow_start: ClassVar[bool] = True
     #: Whether the algorithm overrides :meth:`on_request_start` / :meth:`on_request_end`
-    #: (set for each subclass): the proxy skips the two calls per request otherwise.
-    tracks_requests: ClassVar[bool] = False
+    #: (set for each subclass); the default of :attr:`tracks_requests`.
+    overrides_request_hooks: ClassVar[bool] = False
+    #: Whether the proxy must call :meth:`on_request_start` / :meth:`on_request_end`
+    #: (per instance: consistent hashing tracks only with a ``hash_balance_factor``);
+    #: the proxy skips the two calls per request otherwise.
+    tracks_requests: bool
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        cls.tracks_requests = (
+        cls.overrides_request_hooks = (
             cls.on_request_start is not Balancer.on_request_start
             or cls.on_request_end is not Balancer.on_request_end
         )
@@ -221,6 +231,7 @@ class Balancer(ABC):
         previous: Balancer | None = None,
     ) -> None:
         self.options = options if options is not None else DEFAULT_OPTIONS
+        self.tracks_requests = self.overrides_request_hooks
         self._clock = self.options.clock
         self._slow_start = float(self.options.slow_start) if self.supports_slow_start else 0.0
         self._addresses: tuple[Address, ...] = ()

@@ -28,6 +28,21 @@ after it; Kong also walks counter-clockwise and, on a retry, may return the same
 again. Slow start does not apply (as with Envoy's ring hash: a key's target must not
 change with time). ``BalancerHandle.hash_key`` ``None`` hashes ``b""``, as Kong hashes
 ``""`` when there is no value (so ``hash_on: none`` sends every request to one target).
+
+Bounded load (Envoy's ``hash_balance_factor``, opt-in through
+``BalancerOptions.hash_balance_factor``; 0 = off, else >= 100): the balancer counts the
+tries in flight on each address and the walk from the key's point skips an address that
+would then carry more than its bound::
+
+    bound(a) = ceil(factor/100 * (in_flight_usable + 1) * weight(a) / usable_weight)
+
+(with equal weights: ``factor/100`` times the average load counting the request being
+placed, so ``150`` lets no target exceed 1.5 x the average, as Envoy's consistent
+hashing with bounded loads). Some usable address is always within its bound (the bounds
+add up to at least ``in_flight_usable + 1``), so a first try always finds one; a retry
+whose untried addresses are all at their bound takes the first untried one on the walk
+(plain consistent hashing). Without the factor nothing is counted: the proxy does not
+even call the request hooks (``tracks_requests`` is false), and the pick is the plain one.
 """
 
 from __future__ import annotations
@@ -52,7 +67,10 @@ class ConsistentHashingBalancer(Balancer):
 
     State: the ring (rebuilt only when the address set changes; health changes and picks
     do not touch it). Cost of a pick: one BLAKE2b of the key plus a walk that is one step
-    unless the owner is unhealthy or already tried; no allocation beyond the hash.
+    unless the owner is unhealthy or already tried; no allocation beyond the hash. With a
+    ``hash_balance_factor``, also the in-flight counts (per address key, kept across
+    health changes; a balancer built for a new config starts from zero) and a walk that
+    also steps over addresses at their bound.
     """
 
     algorithm = "consistent-hashing"
@@ -69,6 +87,17 @@ class ConsistentHashingBalancer(Balancer):
         if not 1 <= opts.slots <= 2**20:
             raise ValueError(f"slots must be between 1 and {2**20}, got {opts.slots}")
         self._slots = opts.slots
+        factor = opts.hash_balance_factor
+        if factor != 0 and factor < 100:
+            raise ValueError(f"hash_balance_factor must be 0 or at least 100, got {factor}")
+        self._factor = factor
+        #: In-flight tries per address key (bounded load only; every address with weight
+        #: > 0 has an entry, so a report about an address that left is ignored).
+        self._load: dict[str, int] = {}
+        #: Keys and weights of the usable addresses, and their sums (bounded load only).
+        self._usable_keys: frozenset[str] = frozenset()
+        self._usable_weight = 0
+        self._usable_load = 0
         #: Owner address of each occupied position, in position order.
         self._ring: list[Address] = []
         #: position -> index into _ring of the first point at or after it.
@@ -76,17 +105,64 @@ class ConsistentHashingBalancer(Balancer):
         self._ring_of: tuple[Address, ...] | None = None
         self._empty_index = 0
         super().__init__(addresses, opts, previous=previous)
+        # Per instance: without a factor the proxy skips the request hooks entirely.
+        self.tracks_requests = factor > 0
 
     @property
     def slots(self) -> int:
         return self._slots
 
+    @property
+    def hash_balance_factor(self) -> int:
+        return self._factor
+
+    def in_flight(self, key: str) -> int:
+        """In-flight tries of an address by key (0 unless bounded load is on)."""
+        return self._load.get(key, 0)
+
     def _rebuild(self) -> None:
+        if self._factor:
+            self._count_usable()
         # Health changes call this too; the ring only depends on the address set.
         if self._ring_of is self._addresses:
             return
         self._ring_of = self._addresses
         self._build_ring()
+
+    def _count_usable(self) -> None:
+        old = self._load
+        self._load = {a.key: old.get(a.key, 0) for a in self._addresses if a.weight > 0}
+        usable = [a for a in self._addresses if self.is_usable(a)]
+        self._usable_keys = frozenset(a.key for a in usable)
+        self._usable_weight = sum(a.weight for a in usable)
+        self._usable_load = sum(self._load[a.key] for a in usable)
+
+    def on_request_start(self, address: Address) -> None:
+        key = address.key
+        load = self._load.get(key)
+        if load is None:
+            return
+        self._load[key] = load + 1
+        if key in self._usable_keys:
+            self._usable_load += 1
+
+    def on_request_end(self, address: Address, elapsed: float, failed: bool) -> None:
+        key = address.key
+        load = self._load.get(key)
+        if not load:
+            return
+        self._load[key] = load - 1
+        if key in self._usable_keys:
+            self._usable_load -= 1
+
+    def bound(self, address: Address) -> int:
+        """The most in-flight tries ``address`` may carry after one more pick (bounded
+        load on, ``address`` usable): ``ceil(factor * (in_flight_usable + 1) * weight /
+        (100 * usable_weight))``, in integers."""
+        denominator = 100 * self._usable_weight
+        if denominator <= 0:
+            return 0
+        return -(-(self._factor * (self._usable_load + 1) * address.weight) // denominator)
 
     def _build_ring(self) -> None:
         slots = self._slots
@@ -133,6 +209,8 @@ class ConsistentHashingBalancer(Balancer):
             return None
         key = handle.hash_key
         index = self._empty_index if key is None else self._start[hash64(key) % self._slots]
+        if self._factor:
+            return self._pick_bounded(handle, ring, index)
         unhealthy = self._unhealthy
         tried = handle.tried
         size = len(ring)
@@ -151,6 +229,42 @@ class ConsistentHashingBalancer(Balancer):
         if fallback is None:
             return None
         # Every usable address was tried: start a new round from the key's owner.
+        tried.clear()
+        tried.add(fallback.key)
+        return fallback
+
+    def _pick_bounded(self, handle: BalancerHandle, ring: list[Address], index: int) -> Address | None:
+        """:meth:`pick` with bounded load: the first usable, untried address on the walk
+        that stays within its :meth:`bound`; else the first usable untried one; else (all
+        tried) a new round from the key's owner, as the plain pick."""
+        usable = self._usable_keys
+        if not usable:
+            return None
+        load = self._load
+        tried = handle.tried
+        size = len(ring)
+        untried: Address | None = None
+        fallback: Address | None = None
+        for _ in range(size):
+            address = ring[index]
+            key = address.key
+            if key in usable:
+                if key not in tried:
+                    if load[key] + 1 <= self.bound(address):
+                        tried.add(key)
+                        return address
+                    if untried is None:
+                        untried = address
+                elif fallback is None:
+                    fallback = address
+            index += 1
+            if index == size:
+                index = 0
+        if untried is not None:
+            tried.add(untried.key)
+            return untried
+        if fallback is None:
+            return None
         tried.clear()
         tried.add(fallback.key)
         return fallback

@@ -287,6 +287,11 @@ class _Dispatch:
             ex.current_try = current
             address = current.address
             ex.t_try = current.t_start
+            sticky = upstream.sticky
+            if sticky is not None:
+                # After every pick (a retry picks again): the cookie names the address
+                # whose answer the client gets.
+                ex.set_cookie = sticky.header_for(upstream.balancer, handle.hash_key, address)
         else:
             fixed = service.address
             assert fixed is not None

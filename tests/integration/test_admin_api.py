@@ -36,6 +36,11 @@ async def test_upstream_post_returns_201_with_kongs_defaults(admin: Client) -> N
         "client_certificate": None,
         "use_srv_name": False,
         "hash_on_header": None,
+        # Kong 3.11's sticky sessions (used by algorithm sticky-sessions only).
+        "sticky_sessions_cookie": None,
+        "sticky_sessions_cookie_path": "/",
+        # Ferry's: consistent hashing's bounded load (Envoy's), off.
+        "hash_balance_factor": 0,
     }
     assert {key: upstream[key] for key in expected} == expected
     checks = upstream["healthchecks"]
@@ -125,7 +130,10 @@ async def test_upstream_unknown_algorithm_lists_the_choices(admin: Client) -> No
     status, body = await call(admin, "POST", "/upstreams", {"name": "a", "algorithm": "random"})
     assert status == 400
     assert body["fields"] == {
-        "algorithm": "expected one of: round-robin, consistent-hashing, least-connections, latency"
+        "algorithm": (
+            "expected one of: round-robin, consistent-hashing, least-connections, latency,"
+            " sticky-sessions"
+        )
     }
 
 
@@ -825,6 +833,11 @@ async def test_openapi_document_covers_every_route_and_entity(admin: Client) -> 
         assert name in schemas
     assert schemas["Upstream"]["properties"]["slots"]["minimum"] == 10
     assert schemas["Upstream"]["properties"]["slots"]["maximum"] == 65536
+    upstream = schemas["Upstream"]["properties"]
+    assert "sticky-sessions" in str(upstream["algorithm"])
+    assert {"sticky_sessions_cookie", "sticky_sessions_cookie_path"} <= set(upstream)
+    assert upstream["hash_balance_factor"]["default"] == 0
+    assert upstream["hash_balance_factor"]["minimum"] == 0
 
 
 async def test_store_unreachable_is_503(unused_port: Any) -> None:

@@ -97,7 +97,7 @@ async def build_shop(cluster: Cluster) -> None:
     """Entities with every kind of value the format must carry exactly."""
     await cluster.make("/upstreams", {
         "name": "shop.internal", "algorithm": "consistent-hashing", "hash_on": "header",
-        "hash_on_header": "x-user", "slow_start": 1.5, "tags": ["team-a", "ünïcode"],
+        "hash_on_header": "x-user", "slow_start": 1.5, "hash_balance_factor": 150, "tags": ["team-a", "ünïcode"],
         "healthchecks": {"threshold": 33.3, "active": {
             "http_path": "/health", "timeout": 0.5, "headers": {"x-probe": ["ferry"]},
             "healthy": {"interval": 5, "successes": 2},

@@ -443,6 +443,65 @@ def test_upstream_extension_out_of_range_is_a_schema_violation(field: str, value
     assert errors("upstreams", name="a", **{field: value}) == {field: message}
 
 
+def test_sticky_sessions_and_hash_balance_factor_are_off_by_default() -> None:
+    upstream = valid("upstreams", name="a")
+    assert upstream["sticky_sessions_cookie"] is None
+    assert upstream["sticky_sessions_cookie_path"] == "/"
+    assert upstream["hash_balance_factor"] == 0
+
+
+def test_sticky_sessions_upstream_requires_its_cookie_as_kong_3_11() -> None:
+    assert errors("upstreams", name="a", algorithm="sticky-sessions") == {
+        "sticky_sessions_cookie": "required field missing",
+        "@entity": ["failed conditional validation given value of field 'algorithm'"],
+    }
+    upstream = valid(
+        "upstreams", name="a", algorithm="sticky-sessions",
+        sticky_sessions_cookie="srv", sticky_sessions_cookie_path="/shop",
+    )
+    assert (upstream["sticky_sessions_cookie"], upstream["sticky_sessions_cookie_path"]) == ("srv", "/shop")
+
+
+def test_sticky_sessions_upstream_hashes_on_nothing() -> None:
+    assert errors(
+        "upstreams", name="a", algorithm="sticky-sessions", sticky_sessions_cookie="srv", hash_on="ip"
+    ) == {
+        "hash_on": "expected one of: none",
+        "@entity": ["failed conditional validation given value of field 'algorithm'"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"sticky_sessions_cookie": "a b"}, "sticky_sessions_cookie", "contains one or more invalid characters"),
+        ({"sticky_sessions_cookie_path": "/a;b"}, "sticky_sessions_cookie_path", "invalid cookie path"),
+        ({"sticky_sessions_cookie_path": "nope"}, "sticky_sessions_cookie_path", "should start with: /"),
+    ],
+)
+def test_sticky_cookie_name_and_path_follow_the_hash_cookie_rules(
+    fields: dict[str, Any], field: str, message: str
+) -> None:
+    found = errors("upstreams", name="a", algorithm="sticky-sessions", **{"sticky_sessions_cookie": "s", **fields})
+    assert str(found[field]).startswith(message)
+
+
+@pytest.mark.parametrize("factor", [1, 99, -1, 2**31 + 1])
+def test_hash_balance_factor_is_0_or_at_least_100(factor: int) -> None:
+    assert errors("upstreams", name="a", algorithm="consistent-hashing", hash_balance_factor=factor) == {
+        "hash_balance_factor": "must be 0 (off) or between 100 and 2147483648"
+    }
+
+
+def test_hash_balance_factor_only_with_consistent_hashing() -> None:
+    assert valid("upstreams", name="a", algorithm="consistent-hashing", hash_on="ip", hash_balance_factor=125)["hash_balance_factor"] == 125
+    assert valid("upstreams", name="a", algorithm="round-robin", hash_balance_factor=0)["hash_balance_factor"] == 0
+    assert errors("upstreams", name="a", algorithm="least-connections", hash_balance_factor=150) == {
+        "hash_balance_factor": "only allowed with algorithm 'consistent-hashing'",
+        "@entity": ["failed conditional validation given value of field 'algorithm'"],
+    }
+
+
 def test_route_header_values_must_be_given_and_regexes_must_compile() -> None:
     # Both would otherwise reach every data plane as a config it cannot apply.
     assert errors("routes", paths=["/"], headers={"x-a": []}) == {

@@ -209,3 +209,27 @@ def test_compile_config_wires_hash_spec_and_refuses_bad_settings() -> None:
         compile_config(1, "h", entities(hash_on="header"))
     with pytest.raises(ConfigError, match="slots"):
         compile_config(1, "h", entities(slots=5))
+
+
+def test_sticky_sessions_key_is_the_sticky_cookie_and_nothing_is_generated() -> None:
+    s = compile_hash_spec({"algorithm": "sticky-sessions", "sticky_sessions_cookie": "Srv"})
+    assert s is not None
+    assert s.key_for(HashInputs(cookie_header=b"a=1; srv=abc")) == (b"abc", None)
+    # No cookie: the empty key (the balancer then picks by least connections); the
+    # proxy, not the spec, sets the cookie once the target is known.
+    assert s.key_for(HashInputs(cookie_header=b"other=1")) == (b"", None)
+    assert s.key_for(HashInputs()) == (b"", None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "'sticky_sessions_cookie' is required"),
+        ({"sticky_sessions_cookie": "a b"}, "not a valid cookie name"),
+        ({"sticky_sessions_cookie": "s", "sticky_sessions_cookie_path": "/a;b"}, "sticky_sessions_cookie_path"),
+        ({"sticky_sessions_cookie": "s", "hash_on": "ip"}, "'hash_on' must be 'none'"),
+    ],
+)
+def test_invalid_sticky_settings(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        compile_hash_spec({"algorithm": "sticky-sessions", **fields})

@@ -189,3 +189,47 @@ def test_grpc_routes_are_in_the_router_marked_grpc_and_grpcs_only() -> None:
     assert secure is not None and secure.route.grpc and secure.route.grpcs_only
     assert not compile_config(1, "h", base()).router.has_grpc
     assert len(cfg.router) == len(compile_config(1, "h", base()).router) + 2  # tcp left out
+
+
+def test_sticky_sessions_upstream_gets_its_cookie_salted_by_the_upstream_id() -> None:
+    cfg_in = base()
+    cfg_in["upstreams"][0].update(
+        algorithm="sticky-sessions", sticky_sessions_cookie="srv", sticky_sessions_cookie_path="/a"
+    )
+    upstream = compile_config(1, "h", cfg_in).upstreams["u1"]
+    assert upstream.sticky is not None
+    assert (upstream.sticky.name, upstream.sticky.path) == ("srv", "/a")
+    assert upstream.options.sticky_salt == "u1"
+    assert upstream.hash_spec is not None
+    assert compile_config(1, "h", base()).upstreams["u1"].sticky is None
+
+
+def test_hash_balance_factor_reaches_the_balancer_and_a_change_rebuilds_it() -> None:
+    cfg_in = base()
+    cfg_in["upstreams"][0].update(algorithm="consistent-hashing", hash_balance_factor=150)
+    first = compile_config(1, "h", cfg_in)
+    balancer = first.upstreams["u1"].balancer
+    assert balancer.options.hash_balance_factor == 150 and balancer.tracks_requests
+    cfg_in["upstreams"][0]["hash_balance_factor"] = 0
+    second = compile_config(2, "h", cfg_in, previous=first)
+    assert second.upstreams["u1"].balancer is not balancer
+    assert not second.upstreams["u1"].balancer.tracks_requests
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"algorithm": "consistent-hashing", "hash_balance_factor": 99}, "hash_balance_factor"),
+        ({"algorithm": "round-robin", "hash_balance_factor": 150}, "hash_balance_factor"),
+        ({"algorithm": "consistent-hashing", "hash_balance_factor": True}, "hash_balance_factor"),
+        ({"algorithm": "sticky-sessions"}, "sticky_sessions_cookie"),
+        ({"algorithm": "sticky-sessions", "sticky_sessions_cookie": "s;"}, "sticky_sessions_cookie"),
+    ],
+)
+def test_sticky_and_bounded_load_settings_a_data_plane_cannot_apply_are_refused(
+    fields: dict[str, Any], message: str
+) -> None:
+    cfg_in = base()
+    cfg_in["upstreams"][0].update(fields)
+    with pytest.raises(ConfigError, match=message):
+        compile_config(1, "h", cfg_in)
