@@ -70,7 +70,7 @@ from control_plane.errors import (
     Unauthorized,
 )
 from control_plane.health import TargetHealthStore
-from control_plane.health_history import HealthEvent, events_page
+from control_plane.health_history import HealthEventSource, events_page
 from control_plane.health_types import DataPlaneReport, ManualOverride
 from control_plane.health_view import balancer_health, targets_with_health
 from control_plane.metrics import ControlPlaneView, metrics_registry
@@ -95,10 +95,11 @@ class DataPlaneLister(Protocol):
         ...
 
 
-class ClusterHealth(Protocol):
-    """The cluster-wide health source behind ``/upstreams/{u}/health`` and the overrides.
+class ClusterHealth(HealthEventSource, Protocol):
+    """The cluster-wide health source behind ``/upstreams/{u}/health``, its history
+    (``events``, from :class:`HealthEventSource`) and the overrides.
 
-    Both methods raise :class:`StoreUnavailable` when the shared store is unreachable.
+    Every method raises :class:`StoreUnavailable` when the shared store is unreachable.
     """
 
     async def reports(self, upstream_id: str | None = None) -> list[DataPlaneReport]:
@@ -107,12 +108,6 @@ class ClusterHealth(Protocol):
 
     async def publish_override(self, override: ManualOverride, *, origin: str = "") -> str:
         """Send ``override`` to every data plane of every control plane; returns once stored."""
-        ...
-
-    async def events(
-        self, upstream_id: str, size: int, start: str | None = None
-    ) -> tuple[list[HealthEvent], str | None]:
-        """The upstream's health history, newest first (``control_plane.health_history``)."""
         ...
 
 

@@ -12,10 +12,16 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from control_plane.admin_api import create_admin_app
 from control_plane.admin_requests import encode_offset
 from control_plane.admin_tokens import add_token
+from control_plane.health import TargetHealthStore
 from control_plane.server import ControlPlane
+from control_plane.store import EntityStore
 from tests.support.admin import AdminClient
 from tests.support.control_planes import ControlPlanes, start_control_plane
 from tests.support.fake_data_planes import CHECKED, FakeDataPlane, health
@@ -195,3 +201,27 @@ async def test_a_read_only_token_reads_the_history_and_no_token_gets_401(
     )
     status, _ = await admin.call("GET", path)
     assert status == 401
+
+
+class _NoDataPlanes:
+    async def list_data_planes(self) -> list[dict[str, Any]]:
+        return []
+
+
+async def test_an_unreachable_redis_is_503(redis_client: aioredis.Redis, unused_port: Callable[[], int]) -> None:
+    dead = aioredis.Redis(
+        host="127.0.0.1", port=unused_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    app = create_admin_app(
+        EntityStore(redis_client), _NoDataPlanes(), node_id="n", version="0", health=TargetHealthStore(dead)
+    )
+    try:
+        async with TestClient(TestServer(app)) as client:
+            async with client.post("/upstreams", json={"name": "shop"}) as response:
+                assert response.status == 201
+            async with client.get("/upstreams/shop/health/events") as response:
+                body = await response.json()
+                assert response.status == 503, body
+                assert body["message"].startswith("the database is unreachable")
+    finally:
+        await dead.aclose()
