@@ -89,26 +89,27 @@ def _text(value: bytes | str) -> str:
 
 # Both report scripts also record each row's state change in the upstream's
 # health history (control_plane/health_history.py: EVENTS_LUA, the rules).
-# ARGV[3..5] = events key prefix, maxlen, node id; entries from ARGV[6].
+# ARGV[3..6] = events key prefix, maxlen, node id, the store's upstreams hash;
+# entries from ARGV[7].
 
 # KEYS[1] = the DP's hash, KEYS[2] = the index set. ARGV = ttl_ms, node_id,
 # events..., then (field, value, target prefix, is_dns, state, upstream_id)
 # sextuples: the DP's complete view replaces the hash.
 _REPLACE_LUA = EVENTS_LUA + r"""
 redis.replicate_commands()
-local ev = {ARGV[3], ARGV[4], ARGV[5]}
+local ev = {ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
 local froms = {}
 -- anything but a hash (none, or damaged) held no rows: every row is new
 local held = redis.call("TYPE", KEYS[1])["ok"] == "hash"
-for i = 6, #ARGV, 6 do
+for i = 7, #ARGV, 6 do
   froms[i] = held and previous(KEYS[1], ARGV[i + 2], ARGV[i], ARGV[i + 3]) or ""
 end
 redis.call("DEL", KEYS[1])
-for i = 6, #ARGV, 6 do
+for i = 7, #ARGV, 6 do
   redis.call("HSET", KEYS[1], ARGV[i], ARGV[i + 1])
   record(ev, ARGV[i + 5], froms[i], ARGV[i + 4], ARGV[i + 1])
 end
-if #ARGV > 5 then
+if #ARGV > 6 then
   redis.call("PEXPIRE", KEYS[1], ARGV[1])
   redis.call("SADD", KEYS[2], ARGV[2])
 end
@@ -120,8 +121,8 @@ return 1
 # addresses; an address removes the target's DNS_ERROR entry (field = prefix).
 _UPDATE_LUA = EVENTS_LUA + r"""
 redis.replicate_commands()
-local ev = {ARGV[3], ARGV[4], ARGV[5]}
-for i = 6, #ARGV, 6 do
+local ev = {ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+for i = 7, #ARGV, 6 do
   local prefix, field, value, dns = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   record(ev, ARGV[i + 5], previous(KEYS[1], prefix, field, dns), ARGV[i + 4], value)
   if dns == "1" then
@@ -287,7 +288,7 @@ class TargetHealthStore:
         await self._update(keys=[self.data_plane_key(node_id), self.index_key], args=args)
 
     def _events_args(self, node_id: str) -> list[str | int]:
-        return [events_key_prefix(self._prefix), EVENTS_MAXLEN, node_id]
+        return [events_key_prefix(self._prefix), EVENTS_MAXLEN, node_id, f"{self._prefix}:entities:upstreams"]
 
     def events_key(self, upstream_id: str) -> str:
         """The stream of ``upstream_id``'s health history."""

@@ -29,7 +29,9 @@ Rules:
   record nothing: those are configuration or liveness changes, not health transitions.
 - Order is the order the CP stored the reports (the stream id); within one full report,
   the DP's transition ``time`` ascending. ``GET`` lists newest first.
-- The stream of an upstream is deleted with the upstream (:mod:`control_plane.store`).
+- The stream of an upstream is deleted with the upstream (:mod:`control_plane.store`),
+  and nothing is recorded for an upstream the store does not hold (a DP reports a
+  deleted upstream until its configuration catches up).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ EVENTS_MAXLEN = 1000
 
 #: Lua shared by the report scripts (``control_plane.health``): ``previous`` gives the
 #: state a DP's hash holds for a row before it is written ("" for none); ``record``
-#: appends an event when the state changes. ``ev`` = {key prefix, maxlen, node id}.
+#: appends an event when the state changes and the upstream exists. ``ev`` = {key
+#: prefix, maxlen, node id, the store's upstreams hash}.
 EVENTS_LUA = r"""
 local function state_of(value)
   local ok, decoded = pcall(cjson.decode, value)
@@ -87,7 +90,9 @@ local function previous(key, prefix, field, dns)
 end
 
 local function record(ev, upstream_id, from, to, value)
-  if from ~= to then
+  -- not for an upstream already deleted (a DP reports it until its config catches
+  -- up): its stream would outlive it
+  if from ~= to and redis.call("HEXISTS", ev[4], upstream_id) == 1 then
     redis.call("XADD", ev[1] .. upstream_id, "MAXLEN", ev[2], "*",
                "node", ev[3], "from", from, "entry", value)
   end

@@ -43,8 +43,14 @@ def moves(events: list[HealthEvent]) -> list[tuple[str, str, str | None, str]]:
     return [(e.node_id, e.report.address, e.previous, e.report.state) for e in events]
 
 
+async def hold_upstreams(client: aioredis.Redis, prefix: str, *ids: str) -> None:
+    """What the entity store holds for existing upstreams (history is kept only for them)."""
+    await client.hset(f"{prefix}:entities:upstreams", mapping={i: "{}" for i in ids})
+
+
 @pytest.fixture
-def store(redis_client: aioredis.Redis) -> TargetHealthStore:
+async def store(redis_client: aioredis.Redis) -> TargetHealthStore:
+    await hold_upstreams(redis_client, "ferry", UPSTREAM, OTHER_UPSTREAM)
     return TargetHealthStore(redis_client, "ferry")
 
 
@@ -173,6 +179,21 @@ async def test_an_unknown_upstream_has_an_empty_history(store: TargetHealthStore
     assert await store.events(OTHER_UPSTREAM, 100) == ([], None)
 
 
+async def test_nothing_is_recorded_for_an_upstream_the_store_does_not_hold(
+    store: TargetHealthStore, redis_client: aioredis.Redis
+) -> None:
+    deleted = "33333333-3333-4333-8333-333333333333"
+    session = store.session("dp-1", "h1")
+    # A DP whose configuration has not caught up with the delete yet still reports it.
+    assert await session.report(True, [row("10.0.0.1:80", "HEALTHY", upstream=deleted), row("10.0.0.2:80", "HEALTHY")])
+    assert await session.report(False, [row("10.0.0.1:80", "UNHEALTHY", upstream=deleted)])
+    assert await redis_client.exists(store.events_key(deleted)) == 0
+    assert moves(await all_events(store)) == [("dp-1", "10.0.0.2:80", None, "HEALTHY")]
+    # Its health itself is still stored, as before.
+    [report] = await store.reports(deleted)
+    assert [(e.address, e.state) for e in report.entries] == [("10.0.0.1:80", "UNHEALTHY")]
+
+
 # --------------------------------------------------------------- the from/to rule
 
 ADDRESSES = ("10.0.0.1:80", "10.0.0.2:80")
@@ -201,6 +222,7 @@ def test_events_are_exactly_the_state_changes_of_each_data_planes_rows(
     async def run() -> tuple[list[tuple[str, str, str | None, str]], list[tuple[str, str, str | None, str]]]:
         client = aioredis.Redis.from_url(property_redis)
         try:
+            await hold_upstreams(client, prefix, UPSTREAM)
             store = TargetHealthStore(client, prefix)
             sessions = {node: store.session(node, node) for node in ("dp-1", "dp-2")}
             model: dict[str, dict[str, str]] = {"dp-1": {}, "dp-2": {}}
