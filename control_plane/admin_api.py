@@ -36,6 +36,8 @@ from control_plane.admin_openapi import (
     DECLARATIVE_CONFIG_REQUEST,
     DECLARATIVE_CONFIG_RESPONSES,
     DECLARATIVE_CONFIG_SCHEMA,
+    HEALTH_EVENTS_RESPONSE,
+    PAGING_QUERY,
     READINESS_RESPONSE,
     UPSTREAM_HEALTH_QUERY,
     UPSTREAM_HEALTH_RESPONSE,
@@ -68,6 +70,7 @@ from control_plane.errors import (
     Unauthorized,
 )
 from control_plane.health import TargetHealthStore
+from control_plane.health_history import HealthEventSource, events_page
 from control_plane.health_types import DataPlaneReport, ManualOverride
 from control_plane.health_view import balancer_health, targets_with_health
 from control_plane.metrics import ControlPlaneView, metrics_registry
@@ -92,10 +95,11 @@ class DataPlaneLister(Protocol):
         ...
 
 
-class ClusterHealth(Protocol):
-    """The cluster-wide health source behind ``/upstreams/{u}/health`` and the overrides.
+class ClusterHealth(HealthEventSource, Protocol):
+    """The cluster-wide health source behind ``/upstreams/{u}/health``, its history
+    (``events``, from :class:`HealthEventSource`) and the overrides.
 
-    Both methods raise :class:`StoreUnavailable` when the shared store is unreachable.
+    Every method raises :class:`StoreUnavailable` when the shared store is unreachable.
     """
 
     async def reports(self, upstream_id: str | None = None) -> list[DataPlaneReport]:
@@ -353,6 +357,13 @@ class _AdminAPI:
         body["node_id"] = self.node_id
         return _json(body)
 
+    async def upstream_health_events(self, request: web.Request) -> web.StreamResponse:
+        """``GET /upstreams/{u}/health/events``: the health history, newest first, paged."""
+        key = request.match_info["upstream"]
+        upstream = await self.entities.require("upstreams", key)
+        base = f"/upstreams/{quote(key, safe='')}/health/events"
+        return _json(await events_page(request, self.health, upstream["id"], base))
+
     def health_override(self, healthy: bool) -> Handler:
         """``PUT`` (Kong 3.x) or ``POST`` (Kong 2.x and older) ``.../healthy|unhealthy``: 204.
 
@@ -509,6 +520,13 @@ def _routes(api: _AdminAPI) -> list[_Route]:
             "Cluster-wide health of an upstream's targets, as its data planes report it",
             response=UPSTREAM_HEALTH_RESPONSE,
             query=UPSTREAM_HEALTH_QUERY,
+        ),
+        _Route(
+            "/upstreams/{upstream}/health/events",
+            {"GET": api.upstream_health_events},
+            "Health history: every target state change any data plane reported, newest first",
+            response=HEALTH_EVENTS_RESPONSE,
+            query=PAGING_QUERY,
         ),
         *(
             _Route(

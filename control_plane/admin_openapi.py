@@ -345,6 +345,37 @@ UPSTREAM_HEALTH_RESPONSE: dict[str, Any] = {
     ]
 }
 
+_STATE = {"type": "string", "enum": ["HEALTHY", "UNHEALTHY", "DNS_ERROR", "HEALTHCHECKS_OFF"]}
+
+#: The 200 answer of ``GET /upstreams/{u}/health/events`` (``control_plane/health_history.py``).
+HEALTH_EVENTS_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "description": "The event's id (a Redis stream id)"},
+                "time": {"type": "number", "description": "When the data plane saw the "
+                         "transition (epoch seconds)"},
+                "recorded_at": {"type": "number", "description": "When the control plane "
+                                "stored it (epoch seconds)"},
+                "data_plane": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "hostname": {"type": "string"}}},
+                "target": {"type": "string"},
+                "target_id": {"type": "string"},
+                "address": {"type": "string", "description": "ip:port; empty for DNS_ERROR"},
+                "from": {**_STATE, "type": ["string", "null"], "enum": [*_STATE["enum"], None],
+                         "description": "The data plane's previous state; null for a new row"},
+                "to": _STATE,
+                "reason": {"type": "string"},
+                "weight": {"type": "integer"},
+            },
+        }},
+        "next": {"type": ["string", "null"]},
+        "offset": {"type": "string"},
+    },
+}
+
 #: The answer of ``GET /status/ready`` (Kong's): ``{"message": "ready"}`` (200), or why not (503).
 READINESS_RESPONSE: dict[str, Any] = {
     "type": "object",

@@ -225,6 +225,19 @@ def tag_filter(raw: str) -> Callable[[dict[str, Any]], bool]:
     raise InvalidOptions("tags", "invalid filter syntax")
 
 
+def page_size(request: web.Request) -> int:
+    """Kong's ``size`` query argument: 1..1000, default 100; else ``InvalidSize`` (400)."""
+    if "size" not in request.query:
+        return DEFAULT_PAGE_SIZE
+    # Kong: tonumber(size), then an integer in range.
+    if not _NUMBER.fullmatch(request.query["size"]):
+        raise InvalidSize("size must be a number")
+    number = float(request.query["size"])
+    if not (number.is_integer() and 1 <= number <= MAX_PAGE_SIZE):
+        raise InvalidSize(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
+    return int(number)
+
+
 def page_body(
     request: web.Request, items: list[dict[str, Any]], base: str, *, by_id: bool = True
 ) -> dict[str, Any]:
@@ -238,15 +251,7 @@ def page_body(
     and an offset naming none of them is invalid.
     """
     query = request.query
-    size = DEFAULT_PAGE_SIZE
-    if "size" in query:
-        # Kong: tonumber(size), then an integer in range.
-        if not _NUMBER.fullmatch(query["size"]):
-            raise InvalidSize("size must be a number")
-        number = float(query["size"])
-        if not (number.is_integer() and 1 <= number <= MAX_PAGE_SIZE):
-            raise InvalidSize(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
-        size = int(number)
+    size = page_size(request)
     tags_suffix = ""
     if query.get("tags") == "":
         raise InvalidOptions("tags", "cannot be null")

@@ -18,6 +18,8 @@ Redis shows every DP, whichever CP it is connected to:
                                             target the DP cannot resolve (``DNS_ERROR``)
 ``{p}:health:dps``                          set of node ids that may have such a hash
 ``{p}:health:overrides``                    stream of manual overrides (``MAXLEN ~``)
+``{p}:health:events:{upstream_id}``         the upstream's health history, written by the
+                                            report scripts (:mod:`control_plane.health_history`)
 ==========================================  ===========================================
 
 Each DP hash has a TTL (``ttl`` seconds, milliseconds precision) refreshed by
@@ -54,6 +56,13 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from control_plane.health_history import (
+    EVENTS_LUA,
+    EVENTS_MAXLEN,
+    HealthEvent,
+    events_key_prefix,
+    read_events,
+)
 from control_plane.health_types import AddressReport, DataPlaneReport, ManualOverride
 from control_plane.store import redis_reachable
 from control_plane.stream_follower import StreamFollower
@@ -78,26 +87,44 @@ def _text(value: bytes | str) -> str:
 
 # ------------------------------------------------------------- Redis scripts
 
+# Both report scripts also record each row's state change in the upstream's
+# health history (control_plane/health_history.py: EVENTS_LUA, the rules).
+# ARGV[3..6] = events key prefix, maxlen, node id, the store's upstreams hash;
+# entries from ARGV[7].
+
 # KEYS[1] = the DP's hash, KEYS[2] = the index set. ARGV = ttl_ms, node_id,
-# then field/value pairs: the DP's complete view replaces the hash.
-_REPLACE_LUA = r"""
-redis.call("DEL", KEYS[1])
-for i = 3, #ARGV, 2 do
-  redis.call("HSET", KEYS[1], ARGV[i], ARGV[i + 1])
+# events..., then (field, value, target prefix, is_dns, state, upstream_id)
+# sextuples: the DP's complete view replaces the hash.
+_REPLACE_LUA = EVENTS_LUA + r"""
+redis.replicate_commands()
+local ev = {ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+local froms = {}
+-- anything but a hash (none, or damaged) held no rows: every row is new
+local held = redis.call("TYPE", KEYS[1])["ok"] == "hash"
+for i = 7, #ARGV, 6 do
+  froms[i] = held and previous(KEYS[1], ARGV[i + 2], ARGV[i], ARGV[i + 3]) or ""
 end
-if #ARGV > 2 then
+redis.call("DEL", KEYS[1])
+for i = 7, #ARGV, 6 do
+  redis.call("HSET", KEYS[1], ARGV[i], ARGV[i + 1])
+  record(ev, ARGV[i + 5], froms[i], ARGV[i + 4], ARGV[i + 1])
+end
+if #ARGV > 6 then
   redis.call("PEXPIRE", KEYS[1], ARGV[1])
   redis.call("SADD", KEYS[2], ARGV[2])
 end
 return 1
 """
 
-# Transitions. ARGV = ttl_ms, node_id, then (target prefix, field, value, is_dns)
-# quadruples. A DNS_ERROR removes the target's addresses; an address removes
-# the target's DNS_ERROR entry (field = prefix).
-_UPDATE_LUA = r"""
-for i = 3, #ARGV, 4 do
+# Transitions. ARGV = ttl_ms, node_id, events..., then (target prefix, field,
+# value, is_dns, state, upstream_id) sextuples. A DNS_ERROR removes the target's
+# addresses; an address removes the target's DNS_ERROR entry (field = prefix).
+_UPDATE_LUA = EVENTS_LUA + r"""
+redis.replicate_commands()
+local ev = {ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+for i = 7, #ARGV, 6 do
   local prefix, field, value, dns = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  record(ev, ARGV[i + 5], previous(KEYS[1], prefix, field, dns), ARGV[i + 4], value)
   if dns == "1" then
     for _, f in ipairs(redis.call("HKEYS", KEYS[1])) do
       if string.sub(f, 1, #prefix) == prefix then redis.call("HDEL", KEYS[1], f) end
@@ -241,19 +268,37 @@ class TargetHealthStore:
     # -- writes, for DataPlaneHealthSession (they raise RedisError / OSError)
 
     async def write_replace(self, node_id: str, hostname: str, entries: Iterable[AddressReport]) -> None:
-        """Make ``entries`` the DP's whole view and refresh its TTL (an empty view: no hash)."""
-        args: list[str | int] = [self._ttl_ms, node_id]
-        for entry in entries:
-            args += [entry.field, _encode(entry, hostname)]
+        """Make ``entries`` the DP's whole view and refresh its TTL (an empty view: no hash);
+        rows whose state changed are recorded in the health history, oldest first."""
+        args: list[str | int] = [self._ttl_ms, node_id, *self._events_args(node_id)]
+        for entry in sorted(entries, key=lambda e: e.time):
+            dns = "1" if entry.state == "DNS_ERROR" else "0"
+            args += [entry.field, _encode(entry, hostname), entry.target_prefix, dns,
+                     entry.state, entry.upstream_id]
         await self._replace(keys=[self.data_plane_key(node_id), self.index_key], args=args)
 
     async def write_update(self, node_id: str, hostname: str, entries: Iterable[AddressReport]) -> None:
-        """Apply transitions to the DP's view (DNS rules as in ``_UPDATE_LUA``); refresh its TTL."""
-        args: list[str | int] = [self._ttl_ms, node_id]
+        """Apply transitions to the DP's view (DNS rules as in ``_UPDATE_LUA``); refresh its
+        TTL; rows whose state changed are recorded in the health history."""
+        args: list[str | int] = [self._ttl_ms, node_id, *self._events_args(node_id)]
         for entry in entries:
             dns = "1" if entry.state == "DNS_ERROR" else "0"
-            args += [entry.target_prefix, entry.field, _encode(entry, hostname), dns]
+            args += [entry.target_prefix, entry.field, _encode(entry, hostname), dns,
+                     entry.state, entry.upstream_id]
         await self._update(keys=[self.data_plane_key(node_id), self.index_key], args=args)
+
+    def _events_args(self, node_id: str) -> list[str | int]:
+        return [events_key_prefix(self._prefix), EVENTS_MAXLEN, node_id, f"{self._prefix}:entities:upstreams"]
+
+    def events_key(self, upstream_id: str) -> str:
+        """The stream of ``upstream_id``'s health history."""
+        return events_key_prefix(self._prefix) + upstream_id
+
+    async def events(
+        self, upstream_id: str, size: int, start: str | None = None
+    ) -> tuple[list[HealthEvent], str | None]:
+        """The upstream's health history, newest first (:func:`health_history.read_events`)."""
+        return await read_events(self._redis, self.events_key(upstream_id), size, start)
 
     async def write_touch(self, node_id: str) -> bool:
         """Refresh the DP's TTL; False when its hash no longer exists."""

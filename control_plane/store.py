@@ -198,6 +198,8 @@ if req.op == "delete" then
     end
   end
   unlink(kind, id, old)
+  -- the upstream's health history goes with it (control_plane/health_history.py)
+  if kind == "upstreams" then redis.call("DEL", p .. ":health:events:" .. id) end
   table.insert(changes, {kind, id, "delete"})
   return cjson.encode({version = bump(changes)})
 end
@@ -251,6 +253,7 @@ for _, d in ipairs(req.deletes) do
   local current = redis.call("HGET", ekey(d[1]), d[2])
   if current then
     unlink(d[1], d[2], cjson.decode(current))
+    if d[1] == "upstreams" then redis.call("DEL", p .. ":health:events:" .. d[2]) end
     table.insert(changes, {d[1], d[2], "delete"})
   end
 end

@@ -5,7 +5,8 @@
 //   GET  /upstreams (following `next`), GET /upstreams/{id}/health (idem),
 //   GET  /clustering/data-planes,
 //   POST /upstreams/{id}/targets, DELETE /upstreams/{id}/targets/{id},
-//   PUT  /upstreams/{id}/targets/{id}/healthy | /unhealthy.
+//   PUT  /upstreams/{id}/targets/{id}/healthy | /unhealthy,
+//   GET  /upstreams/{id}/health/events (one page, only while its history is open).
 // Every call carries `Ferry-Admin-Token` when the operator gave a token; a 401
 // asks for one (kept in sessionStorage) and retries, a 403 says the token is
 // read-only. Everything from the API is rendered with textContent / DOM
@@ -19,6 +20,7 @@
   const PAGE_SIZE = 1000;
   const MAX_PARALLEL = 6;
   const MAX_PAGES = 1000;
+  const HISTORY_SIZE = 200; // newest health events shown per upstream
   const READ_ONLY_TEXT = "This token is read-only: it can look but cannot change anything.";
 
   // ------------------------------------------------------------------ helpers
@@ -65,6 +67,11 @@
   function clockTime(epochSeconds) {
     if (typeof epochSeconds !== "number" || !isFinite(epochSeconds) || epochSeconds <= 0) return "never";
     return new Date(epochSeconds * 1000).toLocaleTimeString();
+  }
+
+  function isoTime(epochSeconds) {
+    if (typeof epochSeconds !== "number" || !isFinite(epochSeconds) || epochSeconds <= 0) return undefined;
+    return new Date(epochSeconds * 1000).toISOString();
   }
 
   function ago(epochSeconds) {
@@ -349,6 +356,17 @@
     }
   }
 
+  /** The upstream's newest health events (newest first), or null when it is gone. */
+  async function historyOf(upstream) {
+    try {
+      const body = await api("GET", `/upstreams/${enc(upstream.id)}/health/events?size=${HISTORY_SIZE}`);
+      return body && Array.isArray(body.data) ? body.data : [];
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return null; // deleted meanwhile
+      throw err;
+    }
+  }
+
   async function refresh() {
     if (awaitingToken) return;
     if (refreshing) {
@@ -364,7 +382,14 @@
       ]);
       const targets = await mapLimit(upstreams, MAX_PARALLEL, healthOf);
       const present = upstreams.map((u, i) => ({ upstream: u, targets: targets[i] })).filter((x) => x.targets !== null);
+      // Histories only of the cards whose "Health history" is open (cards of earlier refreshes).
+      const opened = present.filter((x) => cards.has(x.upstream.id) && cards.get(x.upstream.id).history.open);
+      const histories = await mapLimit(opened.map((x) => x.upstream), MAX_PARALLEL, historyOf);
       renderUpstreams(present);
+      opened.forEach((x, i) => {
+        const card = cards.get(x.upstream.id);
+        if (card && histories[i] !== null) renderHistory(card, histories[i]);
+      });
       renderDataPlanes(dataPlanes);
       show($("main"), true);
       setLive(`Live: updated ${new Date().toLocaleTimeString()}, every ${POLL_MS / 1000} s`, "live");
@@ -440,8 +465,56 @@
       ),
       tbody,
     );
-    const root = el("section", { className: "upstream" }, el("h3", {}, title, " ", meta), tags, table, empty);
-    return { root, title, meta, tags, table, tbody, empty, rows: new Map(), tagsKey: null };
+    const historyBody = el("div", { className: "history-body" }, el("p", { className: "muted", text: "Loading…" }));
+    const history = el("details", { className: "history" }, el("summary", { text: "Health history" }), historyBody);
+    history.addEventListener("toggle", () => {
+      if (history.open) refresh();
+    });
+    const root = el("section", { className: "upstream" }, el("h3", {}, title, " ", meta), tags, table, empty, history);
+    return { root, title, meta, tags, table, tbody, empty, rows: new Map(), tagsKey: null, history, historyBody, historyKey: null };
+  }
+
+  /** Each target's timeline per data plane, from `events` (newest first, as the API lists them). */
+  function renderHistory(card, events) {
+    const key = JSON.stringify(events.map((e) => e.id));
+    if (card.historyKey === key) return;
+    card.historyKey = key;
+    if (events.length === 0) {
+      card.historyBody.replaceChildren(el("p", { className: "empty", text: "No health transition recorded yet." }));
+      return;
+    }
+    const byTarget = new Map(); // target → Map(data plane id → {id, hostname, events})
+    for (const event of events) {
+      const target = String(event.target);
+      const dp = event.data_plane || {};
+      if (!byTarget.has(target)) byTarget.set(target, new Map());
+      const dps = byTarget.get(target);
+      const dpId = String(dp.id);
+      if (!dps.has(dpId)) dps.set(dpId, { id: dpId, hostname: String(dp.hostname || dp.id), events: [] });
+      dps.get(dpId).events.push(event);
+    }
+    const sections = [...byTarget.keys()].sort().map((target) => {
+      const lanes = [...byTarget.get(target).values()].sort((a, b) => a.hostname.localeCompare(b.hostname)).map((dp) =>
+        el("div", { className: "timeline-dp", dataset: { dp: dp.hostname, dpId: dp.id } },
+          el("span", { className: "dp-name", text: dp.hostname, title: `data plane ${dp.id}` }),
+          el("ol", { className: "events" }, ...dp.events.map((e) =>
+            el("li", {
+              className: "event",
+              dataset: { from: e.from === null || e.from === undefined ? "" : String(e.from), to: String(e.to) },
+              title: `recorded by the control plane at ${clockTime(e.recorded_at)}`,
+            },
+            el("time", { className: "when", text: clockTime(e.time), datetime: isoTime(e.time) }),
+            " ",
+            e.from === null || e.from === undefined ? el("span", { className: "muted from-none", text: "new" }) : badge(e.from),
+            " → ",
+            badge(e.to),
+            e.address && e.address !== target ? el("code", { className: "address", text: ` ${e.address}` }) : null,
+            e.reason ? el("span", { className: "reason", text: ` ${e.reason}` }) : null)))));
+      return el("section", { className: "timeline", dataset: { target } }, el("h4", {}, el("code", { text: target })), ...lanes);
+    });
+    const note = el("p", { className: "hint", text: `The newest ${HISTORY_SIZE} transitions at most, newest first; ` +
+      "the whole history is at GET /upstreams/{upstream}/health/events." });
+    card.historyBody.replaceChildren(...sections, note);
   }
 
   function updateCard(card, upstream, targets) {

@@ -395,3 +395,55 @@ async def test_console_asks_for_an_admin_token_and_says_when_it_is_read_only(
     notice = await ui(console.wait, lambda: console.text("#notice"), "the write to succeed")
     assert "Marked 127.0.0.1:9 unhealthy" in notice, notice
     assert await ui(console.severe_log_entries) == []
+
+
+def timeline(console: Console, upstream: str, target: str) -> dict[str, list[tuple[str, str, str]]]:
+    """What the open history of ``upstream`` shows for ``target``: per data plane
+    (hostname), its events as ``(from, to, reason)``, in the page's order."""
+    section = console.visible(f'section.upstream[data-upstream="{upstream}"] details.history '
+                              f'section.timeline[data-target="{target}"]')
+    if section is None:
+        return {}
+    return {
+        str(lane.get_attribute("data-dp")): [
+            (str(item.get_attribute("data-from")), str(item.get_attribute("data-to")),
+             "".join(str(r.text) for r in item.find_elements(By.CSS_SELECTOR, ".reason")).strip())
+            for item in lane.find_elements(By.CSS_SELECTOR, "li.event")
+        ]
+        for lane in section.find_elements(By.CSS_SELECTOR, ".timeline-dp")
+    }
+
+
+async def test_console_shows_each_targets_health_timeline_per_data_plane(
+    cluster: Cluster, http: aiohttp.ClientSession, backends: Any, browser: webdriver.Chrome
+) -> None:
+    cp = cluster.start_control_plane()
+    await wait_http_ok(http, f"{cluster.admin}/status", cp)
+    a = f"127.0.0.1:{await backends('backend-a')}"
+    await admin(http, "POST", f"{cluster.admin}/upstreams", {"name": "shop", "healthchecks": PASSIVE_CHECKS})
+    await admin(http, "POST", f"{cluster.admin}/upstreams/shop/targets", {"target": a})
+    dp = cluster.start_data_plane("dp1")
+    await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+    await wait_dp_synced(http, cluster, dp.status)
+
+    console = Console(browser, cluster.admin)
+    await ui(console.open)
+    await ui(console.wait_target, "shop", a, health="HEALTHY", dp="dp1")
+    await ui(console.click, 'section.upstream[data-upstream="shop"] details.history summary',
+             "the Health history summary")
+    first = await ui(console.wait, lambda: timeline(console, "shop", a).get("dp1"), "the first event")
+    assert [(f, t) for f, t, _ in first] == [("", "HEALTHY")]
+
+    # Out and back through the operator's overrides: each is a transition on dp1.
+    await ui(console.press, "shop", a, "unhealthy")
+    await ui(console.wait_target, "shop", a, health="UNHEALTHY", dp="dp1")
+    await ui(console.press, "shop", a, "healthy")
+    await ui(console.wait_target, "shop", a, health="HEALTHY", dp="dp1")
+    events = await ui(console.wait, lambda: (lambda e: e if len(e) == 3 else None)(
+        timeline(console, "shop", a).get("dp1", [])), "three events on dp1's timeline")
+    assert [(f, t) for f, t, _ in events] == [("UNHEALTHY", "HEALTHY"), ("HEALTHY", "UNHEALTHY"), ("", "HEALTHY")]
+    assert events[0][2] and events[1][2]  # each transition says why
+    # The timeline is the Admin API's history, newest first.
+    history = await admin(http, "GET", f"{cluster.admin}/upstreams/shop/health/events")
+    assert [(e["from"] or "", e["to"], e["reason"]) for e in history["data"]] == events
+    assert await ui(console.severe_log_entries) == []
