@@ -287,3 +287,34 @@ def test_a_new_config_version_keeps_the_counts_of_tries_in_flight() -> None:
 def test_compile_upstream_refuses_a_cap_it_cannot_apply(field: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=field):
         compile_upstream(entity(**{field: value}), [], None)
+
+
+# --------------------------------------------------------------------- metrics
+
+
+def test_overflows_are_counted_merged_across_workers_and_exported() -> None:
+    import json
+
+    from prometheus_client import generate_latest
+
+    from data_plane.cluster_client import ClusterLinkState
+    from data_plane.metrics_export import DataPlaneCollector, metrics_registry
+    from data_plane.request_metrics import RequestMetrics, merge_snapshots
+    from data_plane.runtime import ConfigHolder
+
+    one, two = RequestMetrics(), RequestMetrics()
+    assert "overflows" not in one.snapshot(0)  # nothing refused: the snapshot is as before
+    one.count_overflow("shop", "max_requests")
+    one.count_overflow("shop", "max_requests")
+    two.count_overflow("shop", "max_requests")
+    two.count_overflow("cart", "max_pending_requests")
+    merged = merge_snapshots([json.loads(json.dumps(one.snapshot(0))), two.snapshot(0)])
+    assert sorted(merged["overflows"]) == [["cart", "max_pending_requests", 1], ["shop", "max_requests", 3]]
+    restarted = RequestMetrics()
+    restarted.restore(one.snapshot(0))
+    assert restarted.overflows == {("shop", "max_requests"): 2}
+
+    collector = DataPlaneCollector(ConfigHolder(), ClusterLinkState(), lambda: merged)
+    text = generate_latest(metrics_registry(collector)).decode()
+    assert 'ferry_upstream_overflow_total{cap="max_requests",upstream="shop"} 3.0' in text
+    assert 'ferry_upstream_overflow_total{cap="max_pending_requests",upstream="cart"} 1.0' in text
