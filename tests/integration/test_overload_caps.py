@@ -15,10 +15,15 @@ from contextlib import AsyncExitStack
 from typing import Any, cast
 
 import aiohttp
+import grpc
+import pytest
 from aiohttp import web
 
 from data_plane.overload import OverloadGuard
-from data_plane.runtime import RuntimeConfig, compile_config
+from data_plane.proxy import ProxyServer
+from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
+from ferry_shared.listen import ListenAddress
+from tests.support.grpc_servers import GrpcTarget
 from tests.support.polling import wait_for
 from tests.support.proxy import HealthGateway, client, connect, read_response
 
@@ -296,3 +301,35 @@ async def test_the_overload_answer_to_http10_and_head_requests(stack: AsyncExitS
     backend.gate.set()
     assert (await held)[0] == 200
     assert backend.seen == ["/hold/1"]
+
+
+async def test_a_grpc_call_past_max_requests_is_unavailable_and_marked_overloaded(
+    stack: AsyncExitStack,
+) -> None:
+    target = await GrpcTarget().start(stack)
+    config = compile_config(1, "h1", {
+        "upstreams": [{"id": "u1", "name": "backends", "max_requests": 1}],
+        "targets": [{"id": "t0", "target": target.key, "upstream": {"id": "u1"}}],
+        "services": [{"id": "s1", "host": "backends", "port": 80, "protocol": "grpc", "retries": 2}],
+        "routes": [{"id": "r1", "protocols": ["grpc"], "paths": ["/test.Raw/"], "service": {"id": "s1"}}],
+    })
+    holder = ConfigHolder(config)
+    proxy = ProxyServer(holder, "127.0.0.1", 0, listen=[ListenAddress("127.0.0.1", 0, http2=True)])
+    await proxy.start()
+    stack.push_async_callback(proxy.stop, 2.0)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}")
+    stack.push_async_callback(channel.close)
+    held = channel.unary_unary("/test.Raw/Hold")(b"x", timeout=30)
+    await wait_for(lambda: target.held == 1, message="the first call held at the target")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await channel.unary_unary("/test.Raw/Hold")(b"y", timeout=30)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details() == "upstream overloaded"
+    assert ("x-ferry-overloaded", "true") in tuple(caught.value.trailing_metadata() or ())
+    assert target.held == 1  # the refused call never reached the target
+    assert proxy.metrics.overflows == {("backends", "max_requests"): 1}
+    target.release.set()
+    assert await held == b"x"
+    guard = config.upstreams["u1"].overload
+    assert guard is not None
+    await wait_for(lambda: guard.load(target.key).requests == 0, message="the count back to zero")
