@@ -12,64 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import AsyncExitStack
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import grpc
 import pytest
-from aiohttp import web
 
 from data_plane.overload import OverloadGuard
 from data_plane.proxy import ProxyServer
 from data_plane.runtime import ConfigHolder, RuntimeConfig, compile_config
 from ferry_shared.listen import ListenAddress
 from tests.support.grpc_servers import GrpcTarget
+from tests.support.holding_backend import HoldingBackend
 from tests.support.polling import wait_for
 from tests.support.proxy import HealthGateway, client, connect, read_response
-
-
-class HoldingBackend:
-    """An aiohttp target: ``/hold`` answers once :attr:`gate` is set, anything else at
-    once; every request that arrived is in :attr:`seen` (its path), every TCP
-    connection it accepted in :attr:`connections`."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.gate = asyncio.Event()
-        self.seen: list[str] = []
-        self.transports: list[object] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def key(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.seen.append(request.path_qs)
-        if not any(t is request.transport for t in self.transports):
-            self.transports.append(request.transport)
-        if request.path.startswith("/hold"):
-            await self.gate.wait()
-        return web.json_response({"backend": self.name})
-
-    async def start(self, stack: AsyncExitStack) -> HoldingBackend:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        server = cast(asyncio.Server, site._server)  # uvloop's Server is not asyncio's class
-        self.port = server.sockets[0].getsockname()[1]
-        stack.push_async_callback(self.stop)
-        return self
-
-    async def stop(self) -> None:
-        self.gate.set()
-        if self.runner is not None:
-            runner, self.runner = self.runner, None
-            await runner.cleanup()
 
 
 def caps_config(
