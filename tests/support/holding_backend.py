@@ -16,8 +16,8 @@ from aiohttp import web
 
 class HoldingBackend:
     """An aiohttp target: a path with a ``hold`` segment answers once :attr:`gate` is
-    set, anything else at once; every request that arrived is in :attr:`seen` (its path), every TCP
-    connection it served a request on in :attr:`transports`."""
+    set, anything else at once. Every request that arrived is in :attr:`seen` (its
+    path), every TCP connection it served a request on in :attr:`transports`."""
 
     def __init__(self, name: str) -> None:
         self.name = name
