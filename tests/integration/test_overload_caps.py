@@ -289,3 +289,19 @@ async def test_a_grpc_call_past_max_requests_is_unavailable_and_marked_overloade
     guard = config.upstreams["u1"].overload
     assert guard is not None
     await wait_for(lambda: guard.load(target.key).requests == 0, message="the count back to zero")
+
+
+async def test_a_timed_out_try_releases_its_request_and_connection(stack: AsyncExitStack) -> None:
+    backend = await HoldingBackend("a").start(stack)
+    gw = HealthGateway()
+    await gw.start(stack, caps_config(
+        [backend.key], max_requests=1, max_connections=1, service={"read_timeout": 200, "retries": 0},
+    ))
+    session = await client(stack)
+    status, headers, _ = await get(session, gw.url + "/hold/1")
+    assert status == 504 and "X-Ferry-Overloaded" not in headers
+    # The timed-out try and its (aborted) connection gave back their counts.
+    await wait_for(lambda: counts(gw) == {}, message="every count back to zero")
+    backend.gate.set()
+    assert (await get(session, gw.url + "/after"))[0] == 200
+    assert gw.proxy.metrics.overflows == {}
