@@ -5,13 +5,16 @@ itself. Per request it holds a :class:`~data_plane.balancers.BalancerHandle` (re
 count, tried addresses, hash key, and the request's retry-budget slot) and asks the
 compiled upstream:
 
-- :func:`begin_try` (``upstream.begin_try(handle)``): the threshold check, the pick, the
+- :func:`begin_try` (``upstream.begin_try(handle)``): the threshold check, the pick (past
+  ``max_requests``, a re-pick: :meth:`~data_plane.overload.OverloadGuard.pick`), the
   balancer's ``on_request_start``, a half-open trial's admission and, on the first try,
   the request's count in the retry budget. Returns a :class:`Try`, or ``None`` when no
-  address may be tried (Kong's 503 "failure to get a peer from the ring-balancer").
+  address may be tried (Kong's 503 "failure to get a peer from the ring-balancer"; with
+  ``handle.overloaded``, every usable address is at its cap: 503 overloaded).
 - :meth:`Try.end`, exactly once per try: the balancer's ``on_request_end`` (algorithms
   that track requests), the passive health outcome (or, for an aborted try, the release
-  of a half-open trial) and the retry slot the try held.
+  of a half-open trial), the retry slot the try held and its count in the target's
+  overload load (:class:`~data_plane.overload.TargetLoad`).
 - :func:`allow_retry` (``upstream.allow_retry(handle)``) before a retry: takes a retry
   slot in the budget (the next :func:`begin_try` hands it to its :class:`Try`).
 - :func:`end_request` (``upstream.end_request(handle)``) when the request is finished,
