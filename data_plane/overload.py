@@ -131,37 +131,50 @@ class TargetLoad:
                 return True
         return False
 
-    async def wait_turn(self, pool_key: str, recycle: Callable[[Recyclable], None]) -> Recyclable | None:
+    async def wait_turn(
+        self, pool_key: str, recycle: Callable[[Recyclable], None], max_connections: int
+    ) -> Recyclable | None:
         """Wait as a pending try for a connection to ``pool_key``'s address: returns a
-        connection handed over (it owns its slot) or ``None`` (a slot is reserved for
-        the caller, who must open a connection or :meth:`release_connection`).
+        usable connection handed over (it owns its slot) or ``None`` (a slot is reserved
+        for the caller, who must open a connection or :meth:`release_connection`).
+
+        A handed-over connection that closed before this task ran (its slot was
+        released when it closed) is not returned: the wait goes on, or takes a slot
+        if one is free under ``max_connections``.
 
         Cancelled (the client went away, the connect timeout): leaves the queue, and
         gives back what it was given meanwhile (a connection through ``recycle``, a slot
         through :meth:`release_connection`), so a cancelled wait holds nothing.
         """
-        fut: asyncio.Future[Recyclable | None] = asyncio.get_running_loop().create_future()
-        entry = (pool_key, fut)
-        self.waiters.append(entry)
-        self.pending += 1
-        try:
-            return await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                given = fut.result()
-                if given is None:
-                    self.release_connection()
+        loop = asyncio.get_running_loop()
+        while True:
+            fut: asyncio.Future[Recyclable | None] = loop.create_future()
+            entry = (pool_key, fut)
+            self.waiters.append(entry)
+            self.pending += 1
+            try:
+                given = await fut
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    handed = fut.result()
+                    if handed is None:
+                        self.release_connection()
+                    else:
+                        recycle(handed)
                 else:
-                    recycle(given)
-            else:
-                fut.cancel()
-                try:
-                    self.waiters.remove(entry)
-                except ValueError:
-                    pass
-            raise
-        finally:
-            self.pending -= 1
+                    fut.cancel()
+                    try:
+                        self.waiters.remove(entry)
+                    except ValueError:
+                        pass
+                raise
+            finally:
+                self.pending -= 1
+            if given is None or given.is_usable():
+                return given
+            if self.connections < max_connections:
+                self.connections += 1
+                return None
 
 
 class OverloadGuard:

@@ -335,15 +335,16 @@ class _Dispatch:
             self._attach(ex, conn)
             return
         ex.reused = False
-        wait = False
+        wait_cap = 0
         if load is not None:
             assert guard is not None
             admission = guard.admit_connection(load)
             if admission == OVERFLOW:
                 self._overloaded(ex, CAP_MAX_PENDING_REQUESTS)
                 return
-            wait = admission == WAIT
-        ex.connect_task = self._loop.create_task(self._open(ex, address, key, name, load, wait))
+            if admission == WAIT:
+                wait_cap = guard.caps.max_connections
+        ex.connect_task = self._loop.create_task(self._open(ex, address, key, name, load, wait_cap))
 
     def _overloaded(self, ex: _Exchange, cap: str) -> None:
         """Answer ``ex`` 503 ``X-Ferry-Overloaded: true``: its try was refused by
@@ -356,16 +357,17 @@ class _Dispatch:
 
     async def _open(
         self, ex: _Exchange, address: Address, key: str, name: str,
-        load: TargetLoad | None = None, wait: bool = False,
+        load: TargetLoad | None = None, wait_cap: int = 0,
     ) -> None:
         """Connect ``ex`` to ``address`` (TLS with server ``name`` for ``https``: a TLS
         failure, logged by ``open_tls``, fails the try as a refused connect does).
 
         With ``load`` (the upstream caps ``max_connections``) this task holds a
         connection slot of ``load`` until the connection exists (then the connection
-        owns it) and gives it back if none comes; with ``wait`` it first waits, as a
-        pending try, for a connection to be handed over or a slot to free up, within
-        the same ``connect_timeout`` (running out while pending answers 503 overloaded).
+        owns it) and gives it back if none comes; with ``wait_cap`` (the upstream's
+        ``max_connections``, reached) it first waits, as a pending try, for a connection
+        to be handed over or a slot to free up, within the same ``connect_timeout``
+        (running out while pending answers 503 overloaded).
         """
         service = ex.service
         assert service is not None
@@ -373,14 +375,14 @@ class _Dispatch:
         tls = service.upstream_tls
         timed_out = False
         conn: _UpstreamConnection | None = None
-        held = load is not None and not wait  # a connection slot this task must settle
+        held = load is not None and not wait_cap  # a connection slot this task must settle
         pending = False
         try:
             async with asyncio.timeout(service.connect_timeout):
-                if wait:
+                if wait_cap:
                     assert load is not None
                     pending = True
-                    handed = await load.wait_turn(key, _recycle)
+                    handed = await load.wait_turn(key, _recycle, wait_cap)
                     pending = False
                     if handed is not None:
                         conn = cast(_UpstreamConnection, handed)

@@ -205,9 +205,9 @@ async def test_a_released_connection_goes_to_the_oldest_waiter_for_its_pool_key(
     load = TargetLoad(A.key)
     load.connections = 1
     recycled: list[Any] = []
-    first = asyncio.create_task(load.wait_turn("k", recycled.append))
-    second = asyncio.create_task(load.wait_turn("k", recycled.append))
-    other_key = asyncio.create_task(load.wait_turn("tls/k", recycled.append))
+    first = asyncio.create_task(load.wait_turn("k", recycled.append, 1))
+    second = asyncio.create_task(load.wait_turn("k", recycled.append, 1))
+    other_key = asyncio.create_task(load.wait_turn("tls/k", recycled.append, 1))
     await asyncio.sleep(0)
     assert load.pending == 3
     conn = FakeConn("k")
@@ -229,7 +229,7 @@ async def test_a_cancelled_waiter_gives_back_what_it_was_given_meanwhile() -> No
     load = TargetLoad(A.key)
     load.connections = 1
     recycled: list[Any] = []
-    got_slot = asyncio.create_task(load.wait_turn("k", recycled.append))
+    got_slot = asyncio.create_task(load.wait_turn("k", recycled.append, 1))
     await asyncio.sleep(0)
     load.release_connection()  # the slot passes to the waiter...
     got_slot.cancel()  # ...which is cancelled before it runs
@@ -237,7 +237,7 @@ async def test_a_cancelled_waiter_gives_back_what_it_was_given_meanwhile() -> No
         await got_slot
     assert load.connections == 0  # the slot was released, not leaked
     load.connections = 1
-    got_conn = asyncio.create_task(load.wait_turn("k", recycled.append))
+    got_conn = asyncio.create_task(load.wait_turn("k", recycled.append, 1))
     await asyncio.sleep(0)
     conn = FakeConn("k")
     assert load.hand_over(conn)
@@ -248,12 +248,38 @@ async def test_a_cancelled_waiter_gives_back_what_it_was_given_meanwhile() -> No
     assert load.pending == 0 and load.idle() is False and load.connections == 1
 
 
+async def test_a_handed_connection_that_closed_before_the_waiter_ran_is_not_used() -> None:
+    load = TargetLoad(A.key)
+    load.connections = 1
+    waiter = asyncio.create_task(load.wait_turn("k", lambda _c: None, 1))
+    await asyncio.sleep(0)
+    conn = FakeConn("k")
+    assert load.hand_over(conn)
+    conn.usable = False  # the target closed it before the waiter ran...
+    load.connections -= 1  # ...and its slot was released (no other waiter)
+    assert await waiter is None  # the free slot is taken instead
+    assert load.connections == 1 and load.pending == 0
+
+    # With the slot taken by someone else meanwhile, the wait goes on.
+    waiter = asyncio.create_task(load.wait_turn("k", lambda _c: None, 1))
+    await asyncio.sleep(0)
+    closed = FakeConn("k")
+    assert load.hand_over(closed)
+    closed.usable = False
+    await asyncio.sleep(0)
+    assert not waiter.done() and load.pending == 1  # waiting again
+    fresh = FakeConn("k")
+    assert load.hand_over(fresh)
+    assert await waiter is fresh
+    assert load.pending == 0
+
+
 async def test_a_waiter_timing_out_leaves_the_queue() -> None:
     load = TargetLoad(A.key)
     load.connections = 1
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0):
-            await load.wait_turn("k", lambda _c: None)
+            await load.wait_turn("k", lambda _c: None, 1)
     assert load.pending == 0 and not load.waiters
     load.release_connection()
     assert load.connections == 0 and load.idle()
