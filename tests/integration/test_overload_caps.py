@@ -305,3 +305,56 @@ async def test_a_timed_out_try_releases_its_request_and_connection(stack: AsyncE
     backend.gate.set()
     assert (await get(session, gw.url + "/after"))[0] == 200
     assert gw.proxy.metrics.overflows == {}
+
+
+async def test_under_a_burst_with_aborts_every_answer_is_200_or_overloaded_and_counts_settle(
+    stack: AsyncExitStack,
+) -> None:
+    """Every cap at once, two targets, 60 concurrent requests of which every fifth
+    client goes away mid-wait: each answer is the target's 200 or the proxy's 503
+    overloaded, only answered requests reached a target, and afterwards nothing is
+    counted but the idle pooled connections (at most max_connections per target)."""
+    a = await HoldingBackend("a").start(stack)
+    b = await HoldingBackend("b").start(stack)
+    gw = HealthGateway()
+    await gw.start(stack, caps_config(
+        [a.key, b.key], max_requests=4, max_connections=2, max_pending_requests=3,
+        service={"connect_timeout": 60_000},
+    ))
+    session = await client(stack)
+    port = gw.proxy.port
+
+    async def abort_after_sending(i: int) -> None:
+        reader, writer = await connect(stack, port)
+        writer.write(b"GET /hold/abort-%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        await writer.drain()
+        writer.close()
+
+    answers = [asyncio.create_task(get(session, gw.url + f"/hold/{i}")) for i in range(60) if i % 5]
+    aborts = [asyncio.create_task(abort_after_sending(i)) for i in range(60) if i % 5 == 0]
+    await asyncio.gather(*aborts)
+    # Everything not refused is held or waiting; then the targets answer.
+    await wait_for(
+        lambda: sum(1 for t in answers if t.done()) + sum(
+            load.requests for load in guard_of(gw).loads().values()
+        ) >= len(answers),
+        message="every request refused, held or pending",
+    )
+    a.gate.set()
+    b.gate.set()
+    results = await asyncio.gather(*answers)
+    ok = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] != 200]
+    for answer in refused:
+        assert_overloaded(answer)
+    # Nothing answers before the gates open, and at most 2 × max_requests tries are in
+    # flight then: all the others were refused.
+    assert len(refused) >= len(answers) - 8
+    reached = [p for p in a.seen + b.seen if "abort" not in p]
+    assert len(reached) == len(ok)  # a refused request reached no target
+    await wait_for(
+        lambda: all(r == 0 and p == 0 and c <= 2 for r, c, p in counts(gw).values()),
+        message="only idle connections counted",
+    )
+    overflows = gw.proxy.metrics.overflows
+    assert sum(overflows.values()) == len(refused)
