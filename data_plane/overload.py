@@ -186,30 +186,25 @@ class OverloadGuard:
     with another upstream (or a plain service) that names the same address.
     """
 
-    __slots__ = ("caps", "upstream_id", "upstream_name", "pool_prefix", "_loads")
+    __slots__ = ("caps", "pool_prefix", "_loads")
 
     def __init__(
-        self,
-        caps: OverloadCaps,
-        upstream_id: str,
-        upstream_name: str,
-        loads: dict[str, TargetLoad] | None = None,
+        self, caps: OverloadCaps, upstream_id: str, loads: dict[str, TargetLoad] | None = None
     ) -> None:
         self.caps = caps
-        self.upstream_id = upstream_id
-        self.upstream_name = upstream_name
         self.pool_prefix = f"cap:{upstream_id}/"
         #: Shared with the guard of the upstream's previous config version.
         self._loads: dict[str, TargetLoad] = {} if loads is None else loads
 
     @classmethod
-    def carried_over(cls, caps: OverloadCaps, upstream_id: str, upstream_name: str,
-                     old: OverloadGuard | None) -> OverloadGuard | None:
+    def carried_over(
+        cls, caps: OverloadCaps, upstream_id: str, old: OverloadGuard | None
+    ) -> OverloadGuard | None:
         """The guard of a new config version: ``None`` when every cap is 0, else one
         sharing ``old``'s loads (tries and connections in flight stay counted)."""
         if not caps.any:
             return None
-        return cls(caps, upstream_id, upstream_name, old._loads if old is not None else None)
+        return cls(caps, upstream_id, old._loads if old is not None else None)
 
     def load(self, key: str) -> TargetLoad:
         """The load of the address ``key`` (made on first use)."""
@@ -231,7 +226,7 @@ class OverloadGuard:
         return WAIT
 
     def loads(self) -> dict[str, TargetLoad]:
-        """Every address's load seen so far (tests and the status view read it)."""
+        """A copy of every address's load seen so far (what tests look at)."""
         return dict(self._loads)
 
     def pick(self, balancer: Balancer, handle: BalancerHandle, first: Address) -> tuple[Address | None, TargetLoad | None]:

@@ -549,7 +549,7 @@ def compile_upstream(
         max_requests=_int(upstream, "max_requests", label, 0, 0, _MAX_CAP),
     )
     overload = OverloadGuard.carried_over(
-        caps, str(upstream["id"]), name, old.overload if old is not None else None
+        caps, str(upstream["id"]), old.overload if old is not None else None
     )
     retry_budget: RetryBudget | None = None
     if budget_percent is not None:

@@ -37,7 +37,7 @@ def upstream(
     balancer = create_balancer(algorithm, list(addresses))
     compiled = CompiledUpstream(
         id="u1", name="u1", algorithm=algorithm, host_header=None, balancer=balancer,
-        targets=addresses, overload=OverloadGuard.carried_over(caps, "u1", "u1", None),
+        targets=addresses, overload=OverloadGuard.carried_over(caps, "u1", None),
     )
     compiled.attach_health(HealthChecker("u1", compile_health_settings(None), balancer, target_ids={}))
     return compiled
@@ -52,7 +52,7 @@ def requests_of(u: CompiledUpstream) -> dict[str, int]:
 
 
 def test_all_caps_zero_means_no_guard_at_all() -> None:
-    assert OverloadGuard.carried_over(OverloadCaps(), "u1", "u1", None) is None
+    assert OverloadGuard.carried_over(OverloadCaps(), "u1", None) is None
     u = upstream(OverloadCaps())
     assert u.overload is None
     tries = [u.begin_try(BalancerHandle()) for _ in range(100)]
@@ -110,7 +110,7 @@ def test_a_refused_retry_gives_its_retry_slot_back() -> None:
     u = CompiledUpstream(
         id="u1", name="u1", algorithm="round-robin", host_header=None, balancer=balancer,
         targets=(A, B), retry_budget=budget,
-        overload=OverloadGuard.carried_over(OverloadCaps(max_requests=1), "u1", "u1", None),
+        overload=OverloadGuard.carried_over(OverloadCaps(max_requests=1), "u1", None),
     )
     u.attach_health(HealthChecker("u1", compile_health_settings(None), balancer, target_ids={}))
     handle = BalancerHandle()
@@ -177,7 +177,7 @@ class FakeConn:
 
 
 def guard(**caps: int) -> OverloadGuard:
-    g = OverloadGuard.carried_over(OverloadCaps(**caps), "u1", "u1", None)
+    g = OverloadGuard.carried_over(OverloadCaps(**caps), "u1", None)
     assert g is not None
     return g
 
