@@ -17,11 +17,14 @@ unlimited, the default: Kong has none of this) bound, for each of its target add
 
 Ownership, so that every count is released exactly once: a try that counted itself in
 ``requests`` holds its :class:`TargetLoad` and gives the count back in ``Try.end``; a
-connection slot is held by the task opening the connection until the connection exists,
-then by the connection (``_UpstreamConnection.load``) until it is lost; a pending try
-counts itself in ``pending`` for as long as :meth:`TargetLoad.wait_turn` runs. Loads are
-kept per upstream id across config versions (a new version's guard shares them), so a
-try or connection of an older version releases the count it took.
+connection slot is held by the task opening the connection (a :class:`ConnectionSlot`)
+until the connection exists, then by the connection (``_UpstreamConnection.load``)
+until it is lost; a pending try holds a :class:`PendingTicket` from its admission to
+the end of its wait. Slots and tickets are counted when the try is admitted, before
+its task runs (so that tries admitted in one loop turn see each other), and the task's
+done callback gives them back if it was cancelled before it ever ran. Loads are kept
+per upstream id across config versions (a new version's guard shares them), so a try
+or connection of an older version releases the count it took.
 
 Concurrency: the proxy's one event loop; nothing here is thread-safe. With ``--workers
 N`` each worker process counts (and caps) on its own, as each Envoy does.
@@ -45,7 +48,9 @@ __all__ = [
     "CAP_MAX_PENDING_REQUESTS",
     "CAP_MAX_REQUESTS",
     "OverloadCaps",
+    "ConnectionSlot",
     "OverloadGuard",
+    "PendingTicket",
     "TargetLoad",
 ]
 
@@ -132,7 +137,8 @@ class TargetLoad:
         return False
 
     async def wait_turn(
-        self, pool_key: str, recycle: Callable[[Recyclable], None], max_connections: int
+        self, pool_key: str, recycle: Callable[[Recyclable], None], max_connections: int,
+        ticket: PendingTicket,
     ) -> Recyclable | None:
         """Wait as a pending try for a connection to ``pool_key``'s address: returns a
         usable connection handed over (it owns its slot) or ``None`` (a slot is reserved
@@ -144,14 +150,23 @@ class TargetLoad:
 
         Cancelled (the client went away, the connect timeout): leaves the queue, and
         gives back what it was given meanwhile (a connection through ``recycle``, a slot
-        through :meth:`release_connection`), so a cancelled wait holds nothing.
+        through :meth:`release_connection`), so a cancelled wait holds nothing. The
+        try's place in ``pending`` (``ticket``) is given back when the wait ends.
         """
         loop = asyncio.get_running_loop()
+        try:
+            return await self._wait(loop, pool_key, recycle, max_connections)
+        finally:
+            ticket.release()
+
+    async def _wait(
+        self, loop: asyncio.AbstractEventLoop, pool_key: str,
+        recycle: Callable[[Recyclable], None], max_connections: int,
+    ) -> Recyclable | None:
         while True:
             fut: asyncio.Future[Recyclable | None] = loop.create_future()
             entry = (pool_key, fut)
             self.waiters.append(entry)
-            self.pending += 1
             try:
                 given = await fut
             except BaseException:
@@ -168,13 +183,64 @@ class TargetLoad:
                     except ValueError:
                         pass
                 raise
-            finally:
-                self.pending -= 1
             if given is None or given.is_usable():
                 return given
             if self.connections < max_connections:
                 self.connections += 1
                 return None
+
+
+class ConnectionSlot:
+    """A connection slot of a target, reserved for a try that opens a connection.
+
+    The count is already taken (by :meth:`OverloadGuard.admit_connection`, or passed
+    on by :meth:`TargetLoad.release_connection` to a waiter). Given back exactly once
+    (:meth:`release`: the connect failed, timed out or was cancelled, also before its
+    task ever ran, through the task's done callback) unless the connection took it
+    (:meth:`take`).
+    """
+
+    __slots__ = ("_load",)
+
+    def __init__(self, load: TargetLoad) -> None:
+        self._load: TargetLoad | None = load
+
+    def take(self) -> TargetLoad:
+        """The load the new connection now holds the slot of (released when it is lost)."""
+        load = self._load
+        assert load is not None
+        self._load = None
+        return load
+
+    def release(self, _task: object = None) -> None:
+        load = self._load
+        if load is not None:
+            self._load = None
+            load.release_connection()
+
+
+class PendingTicket:
+    """A pending try's place in its target's ``pending`` count.
+
+    Taken when the try is admitted to wait (:meth:`OverloadGuard.admit_connection`,
+    synchronously: two tries admitted before either task runs both count, so
+    ``max_pending_requests`` holds), given back exactly once: when its wait ends
+    (:meth:`TargetLoad.wait_turn`), or, for a task cancelled before it ever ran (its
+    coroutine body never starts), by the task's done callback (:meth:`release` takes
+    the task as its ignored argument).
+    """
+
+    __slots__ = ("load", "_held")
+
+    def __init__(self, load: TargetLoad) -> None:
+        self.load = load
+        self._held = True
+        load.pending += 1
+
+    def release(self, _task: object = None) -> None:
+        if self._held:
+            self._held = False
+            self.load.pending -= 1
 
 
 class OverloadGuard:
@@ -215,8 +281,9 @@ class OverloadGuard:
 
     def admit_connection(self, load: TargetLoad) -> int:
         """A try needs a new connection to ``load``'s address (none idle): reserve a
-        slot (:data:`OPEN`: the caller holds it), or say it must wait (:data:`WAIT`) or
-        be refused (:data:`OVERFLOW`). Only called when ``max_connections`` is set."""
+        slot (:data:`OPEN`: the caller holds it), or say it must wait (:data:`WAIT`: the
+        caller takes a :class:`PendingTicket` at once) or be refused (:data:`OVERFLOW`).
+        Only called when ``max_connections`` is set."""
         caps = self.caps
         if load.connections < caps.max_connections:
             load.connections += 1

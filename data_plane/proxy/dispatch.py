@@ -45,6 +45,8 @@ from data_plane.overload import (
     CAP_MAX_REQUESTS,
     OVERFLOW,
     WAIT,
+    ConnectionSlot,
+    PendingTicket,
     Recyclable,
     TargetLoad,
 )
@@ -335,6 +337,8 @@ class _Dispatch:
             self._attach(ex, conn)
             return
         ex.reused = False
+        slot: ConnectionSlot | None = None
+        ticket: PendingTicket | None = None
         wait_cap = 0
         if load is not None:
             assert guard is not None
@@ -342,9 +346,19 @@ class _Dispatch:
             if admission == OVERFLOW:
                 self._overloaded(ex, CAP_MAX_PENDING_REQUESTS)
                 return
+            # Both are counted now, before the task runs; the task's done callback gives
+            # them back if it is cancelled before it ever ran.
             if admission == WAIT:
+                ticket = PendingTicket(load)
                 wait_cap = guard.caps.max_connections
-        ex.connect_task = self._loop.create_task(self._open(ex, address, key, name, load, wait_cap))
+            else:
+                slot = ConnectionSlot(load)
+        task = self._loop.create_task(self._open(ex, address, key, name, slot, ticket, wait_cap))
+        if slot is not None:
+            task.add_done_callback(slot.release)
+        elif ticket is not None:
+            task.add_done_callback(ticket.release)
+        ex.connect_task = task
 
     def _overloaded(self, ex: _Exchange, cap: str) -> None:
         """Answer ``ex`` 503 ``X-Ferry-Overloaded: true``: its try was refused by
@@ -357,17 +371,17 @@ class _Dispatch:
 
     async def _open(
         self, ex: _Exchange, address: Address, key: str, name: str,
-        load: TargetLoad | None = None, wait_cap: int = 0,
+        slot: ConnectionSlot | None = None, ticket: PendingTicket | None = None, wait_cap: int = 0,
     ) -> None:
         """Connect ``ex`` to ``address`` (TLS with server ``name`` for ``https``: a TLS
         failure, logged by ``open_tls``, fails the try as a refused connect does).
 
-        With ``load`` (the upstream caps ``max_connections``) this task holds a
-        connection slot of ``load`` until the connection exists (then the connection
-        owns it) and gives it back if none comes; with ``wait_cap`` (the upstream's
-        ``max_connections``, reached) it first waits, as a pending try, for a connection
-        to be handed over or a slot to free up, within the same ``connect_timeout``
-        (running out while pending answers 503 overloaded).
+        With overload caps (``max_connections``): ``slot`` is the connection slot this
+        task holds until the connection exists (then the connection owns it), given back
+        if none comes; with ``ticket`` instead (``wait_cap`` = ``max_connections``,
+        reached) the try first waits, as a pending try, for a connection to be handed
+        over or a slot to free up, within the same ``connect_timeout`` (running out while
+        pending answers 503 overloaded).
         """
         service = ex.service
         assert service is not None
@@ -375,20 +389,19 @@ class _Dispatch:
         tls = service.upstream_tls
         timed_out = False
         conn: _UpstreamConnection | None = None
-        held = load is not None and not wait_cap  # a connection slot this task must settle
         pending = False
         try:
             async with asyncio.timeout(service.connect_timeout):
-                if wait_cap:
-                    assert load is not None
+                if ticket is not None:
+                    load = ticket.load
                     pending = True
-                    handed = await load.wait_turn(key, _recycle, wait_cap)
+                    handed = await load.wait_turn(key, _recycle, wait_cap, ticket)
                     pending = False
                     if handed is not None:
                         conn = cast(_UpstreamConnection, handed)
                         ex.reused = True
                     else:
-                        held = True
+                        slot = ConnectionSlot(load)  # passed to this try by the wait
                 if conn is None:
                     if tls is None:
                         _, conn = await self._loop.create_connection(  # type: ignore[type-var]  # a protocol by its methods (see _UpstreamConnection)
@@ -398,17 +411,16 @@ class _Dispatch:
                         conn = await open_tls(
                             self._loop, lambda: _UpstreamConnection(server, key), address, tls, name, service
                         )
-                    if held:
-                        conn.load = load  # the connection owns the slot now
-                        held = False
+                    if slot is not None:
+                        conn.load = slot.take()  # the connection owns the slot now
         except TimeoutError:
             timed_out = True
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 server.note_fd_exhaustion()
         finally:
-            if held and load is not None:
-                load.release_connection()  # no connection came (failed, timed out, cancelled)
+            if slot is not None:
+                slot.release()  # no connection came (failed, timed out, cancelled)
         if ex.connect_task is not asyncio.current_task():
             # The client went away (or the exchange was answered) meanwhile; keep a new
             # connection for someone else.

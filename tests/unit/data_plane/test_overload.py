@@ -17,8 +17,10 @@ from data_plane.overload import (
     OPEN,
     OVERFLOW,
     WAIT,
+    ConnectionSlot,
     OverloadCaps,
     OverloadGuard,
+    PendingTicket,
     TargetLoad,
 )
 from data_plane.runtime import CompiledUpstream, ConfigError, compile_upstream
@@ -176,6 +178,11 @@ class FakeConn:
         return self.usable
 
 
+def wait(load: TargetLoad, key: str, recycle: Any) -> Any:
+    """A pending try's wait, as the proxy runs it (its ticket taken at admission)."""
+    return load.wait_turn(key, recycle, 1, PendingTicket(load))
+
+
 def guard(**caps: int) -> OverloadGuard:
     g = OverloadGuard.carried_over(OverloadCaps(**caps), "u1", None)
     assert g is not None
@@ -193,6 +200,46 @@ def test_admission_opens_up_to_max_connections_then_waits_then_overflows() -> No
     assert load.connections == 2
 
 
+def test_tries_admitted_to_wait_in_one_loop_turn_count_against_max_pending_requests() -> None:
+    g = guard(max_connections=1, max_pending_requests=2)
+    load = g.load(A.key)
+    assert g.admit_connection(load) == OPEN
+    # The proxy takes a ticket as soon as a try is admitted to wait, before its task
+    # runs: the next admissions see it.
+    tickets = []
+    for _ in range(2):
+        assert g.admit_connection(load) == WAIT
+        tickets.append(PendingTicket(load))
+    assert g.admit_connection(load) == OVERFLOW
+    for ticket in tickets:
+        ticket.release()
+        ticket.release()  # once only
+    assert load.pending == 0
+
+
+async def test_a_task_cancelled_before_it_ran_gives_back_its_slot_and_ticket() -> None:
+    load = TargetLoad(A.key)
+    load.connections = 1  # what admit_connection counted for the slot
+    slot, ticket = ConnectionSlot(load), PendingTicket(load)
+
+    async def never_runs() -> None:
+        raise AssertionError("the coroutine body never starts")
+
+    for owed in (slot.release, ticket.release):
+        task = asyncio.get_running_loop().create_task(never_runs())
+        task.add_done_callback(owed)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert load.connections == 0 and load.pending == 0
+    # A slot the connection took is the connection's to release, not the task's.
+    load.connections = 1
+    taken = ConnectionSlot(load)
+    assert taken.take() is load
+    taken.release()
+    assert load.connections == 1
+
+
 def test_without_max_pending_requests_the_wait_is_unbounded() -> None:
     g = guard(max_connections=1)
     load = g.load(A.key)
@@ -205,9 +252,9 @@ async def test_a_released_connection_goes_to_the_oldest_waiter_for_its_pool_key(
     load = TargetLoad(A.key)
     load.connections = 1
     recycled: list[Any] = []
-    first = asyncio.create_task(load.wait_turn("k", recycled.append, 1))
-    second = asyncio.create_task(load.wait_turn("k", recycled.append, 1))
-    other_key = asyncio.create_task(load.wait_turn("tls/k", recycled.append, 1))
+    first = asyncio.create_task(wait(load, "k", recycled.append))
+    second = asyncio.create_task(wait(load, "k", recycled.append))
+    other_key = asyncio.create_task(wait(load, "tls/k", recycled.append))
     await asyncio.sleep(0)
     assert load.pending == 3
     conn = FakeConn("k")
@@ -229,7 +276,7 @@ async def test_a_cancelled_waiter_gives_back_what_it_was_given_meanwhile() -> No
     load = TargetLoad(A.key)
     load.connections = 1
     recycled: list[Any] = []
-    got_slot = asyncio.create_task(load.wait_turn("k", recycled.append, 1))
+    got_slot = asyncio.create_task(wait(load, "k", recycled.append))
     await asyncio.sleep(0)
     load.release_connection()  # the slot passes to the waiter...
     got_slot.cancel()  # ...which is cancelled before it runs
@@ -237,7 +284,7 @@ async def test_a_cancelled_waiter_gives_back_what_it_was_given_meanwhile() -> No
         await got_slot
     assert load.connections == 0  # the slot was released, not leaked
     load.connections = 1
-    got_conn = asyncio.create_task(load.wait_turn("k", recycled.append, 1))
+    got_conn = asyncio.create_task(wait(load, "k", recycled.append))
     await asyncio.sleep(0)
     conn = FakeConn("k")
     assert load.hand_over(conn)
@@ -251,7 +298,7 @@ async def test_a_cancelled_waiter_gives_back_what_it_was_given_meanwhile() -> No
 async def test_a_handed_connection_that_closed_before_the_waiter_ran_is_not_used() -> None:
     load = TargetLoad(A.key)
     load.connections = 1
-    waiter = asyncio.create_task(load.wait_turn("k", lambda _c: None, 1))
+    waiter = asyncio.create_task(wait(load, "k", lambda _c: None))
     await asyncio.sleep(0)
     conn = FakeConn("k")
     assert load.hand_over(conn)
@@ -261,7 +308,7 @@ async def test_a_handed_connection_that_closed_before_the_waiter_ran_is_not_used
     assert load.connections == 1 and load.pending == 0
 
     # With the slot taken by someone else meanwhile, the wait goes on.
-    waiter = asyncio.create_task(load.wait_turn("k", lambda _c: None, 1))
+    waiter = asyncio.create_task(wait(load, "k", lambda _c: None))
     await asyncio.sleep(0)
     closed = FakeConn("k")
     assert load.hand_over(closed)
@@ -279,7 +326,7 @@ async def test_a_waiter_timing_out_leaves_the_queue() -> None:
     load.connections = 1
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0):
-            await load.wait_turn("k", lambda _c: None, 1)
+            await wait(load, "k", lambda _c: None)
     assert load.pending == 0 and not load.waiters
     load.release_connection()
     assert load.connections == 0 and load.idle()
