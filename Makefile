@@ -48,7 +48,8 @@ PURE_PYTHON_TESTS := tests/unit/data_plane tests/integration/test_proxy.py \
 	tests/integration/test_http11_conformance.py tests/integration/test_proxy_client_limits.py \
 	tests/integration/test_tls_termination.py tests/integration/test_upstream_tls.py \
 	tests/integration/test_http2.py tests/integration/test_grpc_proxy.py \
-	tests/e2e/test_sticky_and_bounded_load.py
+	tests/e2e/test_sticky_and_bounded_load.py \
+	tests/integration/test_overload_caps.py
 test: $(BUILT)
 	$(BIN)/ruff check .
 	$(BIN)/mypy control_plane data_plane ferry ferry_shared

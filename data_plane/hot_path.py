@@ -48,6 +48,7 @@ HOT_MODULES: tuple[str, ...] = (
     "data_plane.upstream_try",
     "data_plane.request_metrics",
     "data_plane.retry_budget",
+    "data_plane.overload",
     "data_plane.upstream_pool",
     "data_plane.balancers.base",
     "data_plane.balancers.round_robin",

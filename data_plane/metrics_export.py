@@ -18,6 +18,9 @@ Families (Kong's Prometheus plugin names where Kong has one; ``ferry_`` otherwis
   refused by ``healthchecks.max_ejection_percent`` (the address stayed in);
 - ``kong_nginx_connections_total{state}`` (``accepted``, ``active``) and
   ``kong_nginx_requests_total``;
+- ``ferry_upstream_overflow_total{upstream,cap}``: tries refused by an upstream's
+  overload cap (``max_requests``, ``max_pending_requests``, or ``max_connections``
+  when a pending try's wait ran out), answered 503 with ``X-Ferry-Overloaded: true``;
 - ``kong_control_plane_connected``, ``ferry_config_version``, ``ferry_config_hash``
   (the first 13 hex digits as a number: exact in a float64),
   ``ferry_config_last_sync_timestamp_seconds``;
@@ -142,6 +145,14 @@ class DataPlaneCollector(Collector):
         connections.add_metric(["active"], (snap or {}).get("connections_active", 0))
         yield connections
         yield GaugeMetricFamily("kong_nginx_requests_total", "Requests answered", value=total)
+        overflow = CounterMetricFamily(
+            "ferry_upstream_overflow",
+            "Tries refused by an upstream's overload cap (answered 503, X-Ferry-Overloaded)",
+            labels=["upstream", "cap"],
+        )
+        for upstream, cap, n in (snap or {}).get("overflows", []):
+            overflow.add_metric([upstream, cap], n)
+        yield overflow
 
     def _health_family(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(

@@ -122,7 +122,7 @@ class RequestMetrics:
     series whose route is gone simply stops growing (as in Kong).
     """
 
-    __slots__ = ("_series", "_by_route", "unmatched", "connections_accepted")
+    __slots__ = ("_series", "_by_route", "unmatched", "connections_accepted", "overflows")
 
     def __init__(self) -> None:
         self._series: dict[tuple[str, str], RouteSeries] = {}
@@ -131,6 +131,8 @@ class RequestMetrics:
         self.unmatched = self._get("", "")
         #: Client connections accepted since start (Kong's ``accepted`` state).
         self.connections_accepted = 0
+        #: Tries refused by an upstream's overload caps: (upstream name, cap) -> count.
+        self.overflows: dict[tuple[str, str], int] = {}
 
     def _get(self, service: str, route: str) -> RouteSeries:
         key = (service, route)
@@ -147,10 +149,17 @@ class RequestMetrics:
         self._by_route[route.id] = (route, series)
         return series
 
+    def count_overflow(self, upstream: str, cap: str) -> None:
+        """A try refused by ``upstream``'s ``cap`` (see :mod:`data_plane.overload`)."""
+        key = (upstream, cap)
+        self.overflows[key] = self.overflows.get(key, 0) + 1
+
     def restore(self, snapshot: Snapshot) -> None:
         """Continue from ``snapshot`` (a restarted worker's predecessor's counts):
         add its counts to this (fresh) object's."""
         self.connections_accepted += int(snapshot.get("connections_accepted", 0))
+        for upstream, cap, n in snapshot.get("overflows", []):
+            self.overflows[(upstream, cap)] = self.overflows.get((upstream, cap), 0) + int(n)
         for s in snapshot.get("series", []):
             series = self._get(s["service"], s["route"])
             for code, n in s["codes"].items():
@@ -165,12 +174,16 @@ class RequestMetrics:
                 setattr(series, f"{name}_sum", getattr(series, f"{name}_sum") + total)
 
     def snapshot(self, active_connections: int) -> Snapshot:
-        """Everything counted so far, as JSON-able data."""
-        return {
+        """Everything counted so far, as JSON-able data (``overflows`` only once a
+        cap refused something: ``[upstream, cap, count]`` triples)."""
+        snap: Snapshot = {
             "series": [s.to_json() for s in self._series.values() if _used(s)],
             "connections_accepted": self.connections_accepted,
             "connections_active": active_connections,
         }
+        if self.overflows:
+            snap["overflows"] = [[u, cap, n] for (u, cap), n in self.overflows.items()]
+        return snap
 
 
 def _used(series: RouteSeries) -> bool:
@@ -189,7 +202,10 @@ def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
     """The sum of several processes' snapshots (the workers of one node)."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     accepted = active = 0
+    overflows: dict[tuple[str, str], int] = {}
     for snap in snapshots:
+        for upstream, cap, n in snap.get("overflows", []):
+            overflows[(upstream, cap)] = overflows.get((upstream, cap), 0) + int(n)
         accepted += int(snap.get("connections_accepted", 0))
         active += int(snap.get("connections_active", 0))
         for s in snap.get("series", []):
@@ -211,8 +227,11 @@ def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
                     into[field][code] = into[field].get(code, 0) + n
             for field in ("kong", "upstream", "request"):
                 _add(into[field], s[field])
-    return {
+    total: Snapshot = {
         "series": list(merged.values()),
         "connections_accepted": accepted,
         "connections_active": active,
     }
+    if overflows:
+        total["overflows"] = [[u, cap, n] for (u, cap), n in overflows.items()]
+    return total

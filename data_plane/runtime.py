@@ -37,6 +37,7 @@ from data_plane.balancers import (
 from data_plane.balancers.sticky_sessions import StickyCookie
 from data_plane.hash_key import STICKY_SESSIONS, HashSpec, compile_hash_spec, sticky_cookie_settings
 from data_plane.health.settings import HealthSettings, compile_health_settings
+from data_plane.overload import OverloadCaps, OverloadGuard
 from data_plane.retry_budget import RetryBudget
 from data_plane.router import RouteMatch, Router, RouteSpec
 from data_plane.tls_termination import (
@@ -63,6 +64,7 @@ _MAX_TIMEOUT_MS = 2**31 - 2  # Kong's upper bound for *_timeout
 _MAX_RETRIES = 32767
 #: The control plane's INT32_MAX (Kong's 2^31), the largest hash_balance_factor.
 _FACTOR_MAX = 2**31
+_MAX_CAP = 2**31 - 1  # max_connections, max_pending_requests, max_requests (INT32_MAX)
 #: Each service protocol's scheme port. grpc/grpcs services compile (a config holding
 #: one is not refused); their grpc/grpcs routes are proxied by data_plane/proxy/grpc_proxy.py.
 _DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 80, "grpcs": 443}
@@ -122,6 +124,11 @@ class CompiledUpstream:
     #: before the config serves (:meth:`attach_health`); the proxy reads it per
     #: request as a plain slot. ``None`` until then.
     health: HealthChecker | None = field(init=False, default=None, compare=False)
+    #: The overload caps per target and their live counts (:mod:`data_plane.overload`);
+    #: ``None`` when ``max_connections``, ``max_pending_requests`` and ``max_requests``
+    #: are all 0 (the proxy then checks nothing more). Shares its counts with the
+    #: previous version's.
+    overload: OverloadGuard | None = field(default=None, compare=False)
 
     def begin_try(self, handle: BalancerHandle) -> upstream_try.Try | None:
         """The proxy's door into the upstream (:func:`data_plane.upstream_try.begin_try`)."""
@@ -556,6 +563,14 @@ def compile_upstream(
             )
     except TlsMaterialError as exc:
         raise ConfigError(f"{label}: {exc}") from None
+    caps = OverloadCaps(
+        max_connections=_int(upstream, "max_connections", label, 0, 0, _MAX_CAP),
+        max_pending_requests=_int(upstream, "max_pending_requests", label, 0, 0, _MAX_CAP),
+        max_requests=_int(upstream, "max_requests", label, 0, 0, _MAX_CAP),
+    )
+    overload = OverloadGuard.carried_over(
+        caps, str(upstream["id"]), old.overload if old is not None else None
+    )
     retry_budget: RetryBudget | None = None
     if budget_percent is not None:
         if old is not None and old.retry_budget is not None and (
@@ -582,6 +597,7 @@ def compile_upstream(
         use_srv_name=_bool(upstream, "use_srv_name", label, False),
         client_certificate_id=client_certificate_id,
         sticky=sticky,
+        overload=overload,
     )
 
 

@@ -5,13 +5,16 @@ itself. Per request it holds a :class:`~data_plane.balancers.BalancerHandle` (re
 count, tried addresses, hash key, and the request's retry-budget slot) and asks the
 compiled upstream:
 
-- :func:`begin_try` (``upstream.begin_try(handle)``): the threshold check, the pick, the
+- :func:`begin_try` (``upstream.begin_try(handle)``): the threshold check, the pick (past
+  ``max_requests``, a re-pick: :meth:`~data_plane.overload.OverloadGuard.pick`), the
   balancer's ``on_request_start``, a half-open trial's admission and, on the first try,
   the request's count in the retry budget. Returns a :class:`Try`, or ``None`` when no
-  address may be tried (Kong's 503 "failure to get a peer from the ring-balancer").
+  address may be tried (Kong's 503 "failure to get a peer from the ring-balancer"; with
+  ``handle.overloaded``, every usable address is at its cap: 503 overloaded).
 - :meth:`Try.end`, exactly once per try: the balancer's ``on_request_end`` (algorithms
   that track requests), the passive health outcome (or, for an aborted try, the release
-  of a half-open trial) and the retry slot the try held.
+  of a half-open trial), the retry slot the try held and its count in the target's
+  overload load (:class:`~data_plane.overload.TargetLoad`).
 - :func:`allow_retry` (``upstream.allow_retry(handle)``) before a retry: takes a retry
   slot in the budget (the next :func:`begin_try` hands it to its :class:`Try`).
 - :func:`end_request` (``upstream.end_request(handle)``) when the request is finished,
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Final
 
 from data_plane.balancers import Address, Balancer, BalancerHandle
 from data_plane.health.checker import HealthChecker
+from data_plane.overload import TargetLoad
 from data_plane.retry_budget import RetryBudget
 
 if TYPE_CHECKING:
@@ -44,7 +48,7 @@ class Try:
     ``address`` is the picked address, ``t_start`` the pick's monotonic time (ns).
     """
 
-    __slots__ = ("address", "t_start", "_balancer", "_health", "_retry_budget")
+    __slots__ = ("address", "t_start", "_balancer", "_health", "_retry_budget", "_load")
 
     address: Address
     t_start: int
@@ -54,14 +58,18 @@ class Try:
     _health: HealthChecker | None
     #: Owed one ``retry_ended`` (only when this try is a retry counted in a budget).
     _retry_budget: RetryBudget | None
+    #: Owed one ``release_request`` (only when the upstream has an overload guard).
+    _load: TargetLoad | None
 
     def __init__(self, address: Address, t_start: int, balancer: Balancer | None,
-                 health: HealthChecker | None, retry_budget: RetryBudget | None) -> None:
+                 health: HealthChecker | None, retry_budget: RetryBudget | None,
+                 load: TargetLoad | None = None) -> None:
         self.address = address
         self.t_start = t_start
         self._balancer = balancer
         self._health = health
         self._retry_budget = retry_budget
+        self._load = load
 
     def end(
         self,
@@ -84,6 +92,10 @@ class Try:
         if budget is not None:
             self._retry_budget = None
             budget.retry_ended()
+        load = self._load
+        if load is not None:
+            self._load = None
+            load.release_request()
         balancer = self._balancer
         if balancer is not None:
             self._balancer = None
@@ -101,7 +113,8 @@ class Try:
 
 def begin_try(upstream: CompiledUpstream, handle: BalancerHandle) -> Try | None:
     """Pick the address of the next try of ``handle``'s request, or ``None`` (no peer:
-    the upstream is below its health threshold, or no address is usable).
+    the upstream is below its health threshold, or no address is usable; or, with
+    ``handle.overloaded`` set, every usable address is at its ``max_requests`` cap).
 
     A retry slot taken by :func:`allow_retry` goes to the returned try (or, with no
     peer, back to the budget).
@@ -112,10 +125,16 @@ def begin_try(upstream: CompiledUpstream, handle: BalancerHandle) -> Try | None:
     if handle.retry_slot:
         handle.retry_slot = False
         retry_budget = budget
+    load: TargetLoad | None = None
     if health is not None and health.below_threshold:
         address = None  # Kong: the balancer is unhealthy
     else:
         address = upstream.balancer.pick(handle)
+        guard = upstream.overload
+        if guard is not None and address is not None:
+            address, load = guard.pick(upstream.balancer, handle, address)
+            if address is None:
+                handle.overloaded = True  # every usable address is at max_requests
     if address is None:
         if retry_budget is not None:
             retry_budget.retry_ended()
@@ -133,7 +152,7 @@ def begin_try(upstream: CompiledUpstream, handle: BalancerHandle) -> Try | None:
     if budget is not None and handle.budget is None:
         budget.request_started()
         handle.budget = budget
-    return Try(address, _now_ns(), tracking, health, retry_budget)
+    return Try(address, _now_ns(), tracking, health, retry_budget, load)
 
 
 def allow_retry(upstream: CompiledUpstream, handle: BalancerHandle) -> bool:

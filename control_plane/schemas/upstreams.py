@@ -288,6 +288,11 @@ class Upstream(Record):
         int,
         Rule(_check_hash_balance_factor, (("minimum", 0), ("maximum", INT32_MAX))),
     ] = 0
+    # Overload caps per target (Envoy's circuit breakers, per address; 0 = unlimited):
+    # open connections, tries waiting for one, tries in flight. Past a cap: 503 at once.
+    max_connections: Annotated[int, between(0, INT32_MAX - 1)] = 0
+    max_pending_requests: Annotated[int, between(0, INT32_MAX - 1)] = 0
+    max_requests: Annotated[int, between(0, INT32_MAX - 1)] = 0
 
 
 _CONDITIONAL = "failed conditional validation given value of field '{}'"

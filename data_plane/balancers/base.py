@@ -141,7 +141,7 @@ class BalancerHandle:
     :mod:`data_plane.upstream_try`). Owned by one request.
     """
 
-    __slots__ = ("budget", "hash_key", "retries", "retry_slot", "tried")
+    __slots__ = ("budget", "hash_key", "retries", "retry_slot", "tried", "overloaded")
 
     def __init__(self, hash_key: bytes | None = None) -> None:
         self.retries = 0
@@ -149,6 +149,9 @@ class BalancerHandle:
         self.hash_key = hash_key
         self.budget: RetryBudget | None = None
         self.retry_slot = False
+        #: The last pick found every usable address at its ``max_requests`` cap
+        #: (:mod:`data_plane.overload`): the proxy answers 503 overloaded, not "no peer".
+        self.overloaded = False
 
 
 #: Envoy's ``slow_start_config.min_weight_percent`` default: where a ramp starts.

@@ -34,11 +34,22 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from data_plane.balancers import Address, BalancerHandle
+from data_plane.overload import (
+    CAP_MAX_CONNECTIONS,
+    CAP_MAX_PENDING_REQUESTS,
+    CAP_MAX_REQUESTS,
+    OVERFLOW,
+    WAIT,
+    ConnectionSlot,
+    PendingTicket,
+    Recyclable,
+    TargetLoad,
+)
 from data_plane.proxy.errors import (
     E_BAD_GATEWAY,
     E_BAD_REQUEST,
@@ -51,6 +62,7 @@ from data_plane.proxy.errors import (
     E_NO_ROUTE,
     E_NO_SERVICE,
     E_NOT_GRPC,
+    E_OVERLOADED,
     E_TIMEOUT,
     REDIRECTS,
     _ErrorKey,
@@ -88,6 +100,11 @@ def _https_location(host: bytes | None, target: bytes) -> bytes:
     if colon > bare.rfind(b"]"):
         bare = bare[:colon]
     return b"https://" + bare + target
+
+
+def _recycle(conn: Recyclable) -> None:
+    """Give back a connection handed to a pending try that no longer wants it."""
+    cast(_UpstreamConnection, conn).recycle()
 
 
 class _Dispatch:
@@ -282,7 +299,10 @@ class _Dispatch:
             handle.retries = ex.retries
             current = begin_try(upstream, handle)
             if current is None:
-                self._respond_error(ex, E_NO_PEER)
+                if handle.overloaded:
+                    self._overloaded(ex, CAP_MAX_REQUESTS)
+                else:
+                    self._respond_error(ex, E_NO_PEER)
                 return
             ex.current_try = current
             address = current.address
@@ -310,47 +330,117 @@ class _Dispatch:
         if tls is not None:  # reused only where made alike: same TLS identity and server name
             name = server_name(_upstream_host(ex, service, address).decode("ascii", "replace"))
             key = tls.pool_prefix + name + "/" + address.key
+        upstream = service.upstream
+        guard = upstream.overload if upstream is not None else None
+        load: TargetLoad | None = None
+        if guard is not None and guard.caps.max_connections:
+            key = guard.pool_prefix + key  # counted connections are the upstream's own
+            load = guard.load(address.key)
         conn = self._server.pool.acquire(key) if pooled else None
         if conn is not None:
             ex.reused = True
             self._attach(ex, conn)
-        else:
-            ex.reused = False
-            ex.connect_task = self._loop.create_task(self._open(ex, address, key, name))
+            return
+        ex.reused = False
+        slot: ConnectionSlot | None = None
+        ticket: PendingTicket | None = None
+        wait_cap = 0
+        if load is not None:
+            assert guard is not None
+            admission = guard.admit_connection(load)
+            if admission == OVERFLOW:
+                self._overloaded(ex, CAP_MAX_PENDING_REQUESTS)
+                return
+            # Both are counted now, before the task runs; the task's done callback gives
+            # them back if it is cancelled before it ever ran.
+            if admission == WAIT:
+                ticket = PendingTicket(load)
+                wait_cap = guard.caps.max_connections
+            else:
+                slot = ConnectionSlot(load)
+        task = self._loop.create_task(self._open(ex, address, key, name, slot, ticket, wait_cap))
+        if slot is not None:
+            task.add_done_callback(slot.release)
+        elif ticket is not None:
+            task.add_done_callback(ticket.release)
+        ex.connect_task = task
 
-    async def _open(self, ex: _Exchange, address: Address, key: str, name: str) -> None:
+    def _overloaded(self, ex: _Exchange, cap: str) -> None:
+        """Answer ``ex`` 503 ``X-Ferry-Overloaded: true``: its try was refused by
+        ``cap`` of the upstream (nothing was sent; no verdict on the target)."""
+        service = ex.service
+        upstream = service.upstream if service is not None else None
+        if upstream is not None:
+            self._server.metrics.count_overflow(upstream.name, cap)
+        self._respond_error(ex, E_OVERLOADED)
+
+    async def _open(
+        self, ex: _Exchange, address: Address, key: str, name: str,
+        slot: ConnectionSlot | None = None, ticket: PendingTicket | None = None, wait_cap: int = 0,
+    ) -> None:
         """Connect ``ex`` to ``address`` (TLS with server ``name`` for ``https``: a TLS
-        failure, logged by ``open_tls``, fails the try as a refused connect does)."""
+        failure, logged by ``open_tls``, fails the try as a refused connect does).
+
+        With overload caps (``max_connections``): ``slot`` is the connection slot this
+        task holds until the connection exists (then the connection owns it), given back
+        if none comes; with ``ticket`` instead (``wait_cap`` = ``max_connections``,
+        reached) the try first waits, as a pending try, for a connection to be handed
+        over or a slot to free up, within the same ``connect_timeout`` (running out while
+        pending answers 503 overloaded).
+        """
         service = ex.service
         assert service is not None
         server = self._server
         tls = service.upstream_tls
         timed_out = False
         conn: _UpstreamConnection | None = None
+        pending = False
         try:
             async with asyncio.timeout(service.connect_timeout):
-                if tls is None:
-                    _, conn = await self._loop.create_connection(  # type: ignore[type-var]  # a protocol by its methods (see _UpstreamConnection)
-                        lambda: _UpstreamConnection(server, key), address.host, address.port
-                    )
-                else:
-                    conn = await open_tls(
-                        self._loop, lambda: _UpstreamConnection(server, key), address, tls, name, service
-                    )
+                if ticket is not None:
+                    load = ticket.load
+                    pending = True
+                    handed = await load.wait_turn(key, _recycle, wait_cap, ticket)
+                    pending = False
+                    if handed is not None:
+                        conn = cast(_UpstreamConnection, handed)
+                        ex.reused = True
+                    else:
+                        slot = ConnectionSlot(load)  # passed to this try by the wait
+                if conn is None:
+                    if tls is None:
+                        _, conn = await self._loop.create_connection(  # type: ignore[type-var]  # a protocol by its methods (see _UpstreamConnection)
+                            lambda: _UpstreamConnection(server, key), address.host, address.port
+                        )
+                    else:
+                        conn = await open_tls(
+                            self._loop, lambda: _UpstreamConnection(server, key), address, tls, name, service
+                        )
+                    if slot is not None:
+                        conn.load = slot.take()  # the connection owns the slot now
         except TimeoutError:
             timed_out = True
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 server.note_fd_exhaustion()
+        finally:
+            if slot is not None:
+                slot.release()  # no connection came (failed, timed out, cancelled)
         if ex.connect_task is not asyncio.current_task():
             # The client went away (or the exchange was answered) meanwhile; keep a new
             # connection for someone else.
             if conn is not None:
-                server.pool.release(conn)
+                conn.recycle()
             return
         ex.connect_task = None
         if conn is not None:
             self._attach(ex, conn)
+            return
+        if pending:
+            # The target's connections stayed busy for the whole connect timeout.
+            ex.end_try(True, aborted=True)
+            self._overloaded(ex, CAP_MAX_CONNECTIONS)
+            self._advance()
             return
         ex.end_try(True, timed_out)
         self._try_failed(ex, timed_out)
@@ -383,7 +473,7 @@ class _Dispatch:
     def _attach(self, ex: _Exchange, conn: _UpstreamConnection) -> None:
         """Bind ``conn`` to ``ex`` and send the request head plus any buffered body."""
         if ex.discard or ex.response_complete:
-            self._server.pool.release(conn)  # answered meanwhile: nothing of it is sent
+            conn.recycle()  # answered meanwhile: nothing of it is sent
             return
         service = ex.service
         address = ex.address

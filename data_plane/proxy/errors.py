@@ -31,6 +31,10 @@ E_NO_PEER: Final = (503, "Service Unavailable", "failure to get a peer from the 
 E_NO_CONFIG: Final = (503, "Service Unavailable", "no configuration loaded yet")
 E_NO_SERVICE: Final = (503, "Service Unavailable", "no Service found with those values")
 E_TIMEOUT: Final = (504, "Gateway Timeout", "The upstream server is timing out")
+#: Ferry's (Kong has no overload caps): a try refused by an upstream's
+#: ``max_requests``/``max_pending_requests``/``max_connections`` (data_plane/overload.py);
+#: nothing was sent to a target. ``X-Ferry-Overloaded`` plays Envoy's ``x-envoy-overloaded``.
+E_OVERLOADED: Final = (503, "Service Unavailable", "upstream overloaded")
 _ErrorKey = tuple[int, str, str]
 
 #: Redirects to ``https://`` (a route's ``https_redirect_status_code``): no body; the
@@ -46,6 +50,7 @@ REDIRECTS: Final = {
 _EXTRA_HEADERS: Final = {
     E_HTTPS_ONLY: b"Upgrade: TLS/1.2, HTTP/1.1\r\n",
     E_GRPC_NEEDS_HTTP2: b"Upgrade: HTTP/2\r\n",
+    E_OVERLOADED: b"X-Ferry-Overloaded: true\r\n",
 }
 
 
@@ -74,6 +79,7 @@ _ALL_ERRORS: Final = (
     E_NO_CONFIG,
     E_NO_SERVICE,
     E_TIMEOUT,
+    E_OVERLOADED,
 )
 
 

@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from data_plane import grpc_status
 from data_plane.balancers import Address, BalancerHandle
 from data_plane.h2_upstream import H2StreamError, H2Target, H2UpstreamPool
-from data_plane.proxy.errors import E_NO_ROUTE, E_NO_SERVICE, E_NOT_GRPC
+from data_plane.overload import CAP_MAX_REQUESTS
+from data_plane.proxy.errors import E_NO_ROUTE, E_NO_SERVICE, E_NOT_GRPC, E_OVERLOADED
 from data_plane.proxy.grpc_request import target_headers, upstream_authority
 from data_plane.proxy.http2_stream import HOP_BY_HOP
 from data_plane.request_metrics import RouteSeries
@@ -83,6 +84,8 @@ LOW_WATER: Final = 16 * 1024
 #: Kong's table read backwards, for passive health: the HTTP status a call ending with
 #: this ``grpc-status`` counts as.
 _HEALTH_STATUS: Final = {grpc_status.UNAVAILABLE: 503, grpc_status.INTERNAL: 500}
+#: On a call refused by an upstream's ``max_requests`` (UNAVAILABLE), as on HTTP/1.1.
+_OVERLOADED_HEADER: Final = (b"x-ferry-overloaded", b"true")
 
 
 def pool_of(server: ProxyServer) -> H2UpstreamPool:
@@ -283,6 +286,12 @@ class GrpcCall:
                 handle.retries = retries
                 current = begin_try(upstream, handle)
                 if current is None:
+                    if handle.overloaded:  # every usable target is at max_requests
+                        self._owner.server.metrics.count_overflow(upstream.name, CAP_MAX_REQUESTS)
+                        self._finish_local(503, [
+                            *grpc_status.error_headers(503, E_OVERLOADED[2]), _OVERLOADED_HEADER
+                        ])
+                        return
                     self._answer(503, "failure to get a peer from the ring-balancer")
                     return
                 address = current.address

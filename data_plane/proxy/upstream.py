@@ -33,6 +33,7 @@ from data_plane.proxy.headers import (
 )
 
 if TYPE_CHECKING:
+    from data_plane.overload import TargetLoad
     from data_plane.proxy.exchange import _Exchange
     from data_plane.proxy.seam import ClientSide
     from data_plane.proxy.server import ProxyServer
@@ -114,6 +115,9 @@ class _UpstreamConnection:
         self._server = server
         self._loop = server._loop
         self.pool_key = pool_key
+        #: The overload count this connection's slot is in (its upstream caps
+        #: ``max_connections``): released once, when the connection is lost.
+        self.load: TargetLoad | None = None
         self.idle_since = 0.0
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -168,6 +172,14 @@ class _UpstreamConnection:
         if self.transport is not None and not self._closed:
             self.transport.close()
 
+    def recycle(self) -> None:
+        """Idle again after a clean exchange: to a try waiting for a connection to its
+        target (:meth:`TargetLoad.hand_over`), else to the pool (which may close it)."""
+        load = self.load
+        if load is not None and load.waiters and load.hand_over(self):
+            return
+        self._server.pool.release(self)
+
     def abandon(self) -> None:
         """The exchange no longer wants this connection (mid-request): drop it now."""
         self._unbind()
@@ -198,6 +210,10 @@ class _UpstreamConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        load = self.load
+        if load is not None:
+            self.load = None
+            load.release_connection()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -609,7 +625,7 @@ class _UpstreamConnection:
         )
         self._unbind()
         if reusable:
-            self._server.pool.release(self)
+            self.recycle()
         elif not self._closed and self.transport is not None:
             self.transport.close()
         client.response_done(ex)
