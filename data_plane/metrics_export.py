@@ -14,6 +14,9 @@ Families (Kong's Prometheus plugin names where Kong has one; ``ferry_`` otherwis
 - ``kong_upstream_target_health{upstream,target,address,state,subsystem}``: 1 for the
   state an address is in (``healthy``, ``unhealthy``, ``healthchecks_off``,
   ``dns_error``) and 0 for the three others, as Kong exports it;
+- ``ferry_upstream_panic{upstream}``: 1 while the upstream is in panic mode (its
+  balancer ignores health, ``healthchecks.panic_threshold``), else 0; listed for the
+  upstreams with a panic threshold;
 - ``kong_nginx_connections_total{state}`` (``accepted``, ``active``) and
   ``kong_nginx_requests_total``;
 - ``kong_control_plane_connected``, ``ferry_config_version``, ``ferry_config_hash``
@@ -87,6 +90,7 @@ class DataPlaneCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._request_families()
         yield from self._health_family()
+        yield self._panic_family()
         yield from self._config_families()
         if self._certificates is not None:
             expiry = GaugeMetricFamily(
@@ -165,6 +169,19 @@ class DataPlaneCollector(Collector):
                             [upstream.name, target.key, "", s, "http"], 1 if s == "dns_error" else 0
                         )
         yield family
+
+    def _panic_family(self) -> Metric:
+        family = GaugeMetricFamily(
+            "ferry_upstream_panic",
+            "1 while the upstream's balancer is in panic mode (ignores health), else 0",
+            labels=["upstream"],
+        )
+        config = self._holder.current
+        for upstream in config.upstreams.values() if config is not None else ():
+            checker = upstream.health
+            if checker is not None and checker.settings.panic_threshold > 0:
+                family.add_metric([upstream.name], 1 if checker.panic else 0)
+        return family
 
     def _config_families(self) -> Iterator[Metric]:
         config = self._holder.current

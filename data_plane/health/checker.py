@@ -209,6 +209,11 @@ class HealthChecker:
         #: Less than ``threshold`` % of the upstream's weight is healthy: the whole
         #: upstream answers 503 (Kong's ``healthchecks.threshold``; hot-path flag).
         self.below_threshold = False
+        #: Panic mode (``panic_threshold``): the balancer ignores health. Mirrors
+        #: ``balancer.in_panic``; see :meth:`_update_threshold`.
+        self.panic = False
+        #: Called with the new :attr:`panic` when it flips (set by the supervisor).
+        self.on_panic: Callable[[bool], None] | None = None
         self._states: dict[str, _AddressHealth] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -308,6 +313,8 @@ class HealthChecker:
             if state is not None:
                 state.trial = _TRIAL_IN_FLIGHT
             self.balancer.set_address_health(key, False)
+            if self.settings.panic_threshold > 0:
+                self._update_panic()  # the serving tier may have changed
 
     def set_health(self, keys: Iterable[str], healthy: bool, reason: str = "manual") -> None:
         """Force addresses to a state and reset their counters (Kong's manual
@@ -514,6 +521,10 @@ class HealthChecker:
         self._update_threshold()
 
     def _update_threshold(self) -> None:
+        """Recompute Kong's threshold flag and the panic flag (after any change of
+        health marks or addresses). Half-open trial addresses count as healthy."""
+        if self.settings.panic_threshold > 0 or self.panic or self.balancer.in_panic:
+            self._update_panic()
         threshold = self.settings.threshold
         if threshold <= 0:
             self.below_threshold = False
@@ -523,10 +534,41 @@ class HealthChecker:
             if address.weight <= 0:
                 continue
             total += address.weight
-            state = self._states.get(address.key)
-            if state is None or state.healthy or state.trial != _TRIAL_NONE:
+            if self._counts_healthy(address.key):
                 healthy += address.weight
         self.below_threshold = total > 0 and healthy * 100.0 < threshold * total
+
+    def _counts_healthy(self, key: str) -> bool:
+        """Healthy for the threshold and panic shares: healthy, or in a half-open trial."""
+        state = self._states.get(key)
+        return state is None or state.healthy or state.trial != _TRIAL_NONE
+
+    def _update_panic(self) -> None:
+        """Panic mode (Envoy's): less than ``panic_threshold`` % of the serving tier's
+        weight (:meth:`Balancer.serving_tier`: the primaries, or the failover targets
+        once no primary is usable) is healthy. Tells the balancer and, on a flip,
+        :attr:`on_panic`. Kong's ``threshold`` is checked before the balancer is asked,
+        so below it the upstream answers 503 whether in panic or not."""
+        limit = self.settings.panic_threshold
+        panic = False
+        if limit > 0:
+            total = healthy = 0
+            for address in self.balancer.serving_tier():
+                total += address.weight
+                if self._counts_healthy(address.key):
+                    healthy += address.weight
+            panic = total > 0 and healthy * 100.0 < limit * total
+        self.balancer.set_panic(panic)
+        if panic == self.panic:
+            return
+        self.panic = panic
+        log.warning(
+            "upstream %s: %s panic mode (panic_threshold %g%%)",
+            self.upstream_id, "entered" if panic else "left", limit,
+        )
+        callback = self.on_panic
+        if callback is not None:
+            callback(panic)
 
     # ---------------------------------------------------------- half-open breaker
 

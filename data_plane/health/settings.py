@@ -119,6 +119,9 @@ class HealthSettings:
     #: Kong's ``threshold``: % of the total weight that must be healthy, else the
     #: whole upstream answers 503. 0 = never.
     threshold: float = 0.0
+    #: Ferry's ``panic_threshold`` (Envoy's panic mode): % of the serving tier's
+    #: weight that must be healthy, else the balancer ignores health. 0 = off.
+    panic_threshold: float = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -271,4 +274,5 @@ def compile_health_settings(raw: Mapping[str, Any] | None) -> HealthSettings:
             max_ejection_time=max(max_ejection, base_ejection),
         ),
         threshold=_number(raw, "threshold", "healthchecks.", 0.0, 0, 100),
+        panic_threshold=_number(raw, "panic_threshold", "healthchecks.", 0.0, 0, 100),
     )
