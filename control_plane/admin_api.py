@@ -69,7 +69,7 @@ from control_plane.errors import (
 )
 from control_plane.health import TargetHealthStore
 from control_plane.health_types import DataPlaneReport, ManualOverride
-from control_plane.health_view import balancer_health, targets_with_health
+from control_plane.health_view import balancer_health, panic_view, targets_with_health
 from control_plane.metrics import ControlPlaneView, metrics_registry
 from control_plane.schemas import (
     RuleError,
@@ -351,6 +351,8 @@ class _AdminAPI:
         items = targets_with_health(upstream, targets, reports)
         body = page_body(request, items, f"/upstreams/{quote(key, safe='')}/health", by_id=False)
         body["node_id"] = self.node_id
+        if (panic := panic_view(upstream, reports)) is not None:
+            body["panic"] = panic  # Ferry's panic mode, only once it is configured
         return _json(body)
 
     def health_override(self, healthy: bool) -> Handler:
