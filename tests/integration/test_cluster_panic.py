@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from control_plane.server import ControlPlane
-from tests.support.admin import AdminClient
+from tests.support.admin import AdminClient, AppClient, call
 from tests.support.control_planes import ControlPlanes
 from tests.support.fake_data_planes import CHECKED, FakeDataPlane, health
 from tests.support.polling import wait_for
@@ -80,3 +80,21 @@ async def test_without_a_panic_threshold_the_views_keep_kongs_shape(
 async def _when(value: Awaitable[Any], test: Callable[[Any], bool]) -> Any:
     got = await value
     return got if test(got) else None
+
+
+async def test_the_new_fields_show_in_the_defaults_and_in_openapi(admin: AppClient) -> None:
+    status, upstream = await call(admin, "POST", "/upstreams", {"name": "shop"})
+    assert status == 201 and upstream["healthchecks"]["panic_threshold"] == 0
+    status, target = await call(admin, "POST", "/upstreams/shop/targets", {"target": "10.0.0.1:80"})
+    assert status == 201 and target["failover"] is False
+    status, target = await call(
+        admin, "PUT", "/upstreams/shop/targets/10.0.0.1:80", {"failover": True}
+    )
+    assert status == 200 and target["failover"] is True and target["weight"] == 100
+    status, doc = await call(admin, "GET", "/openapi.json")
+    assert status == 200
+    schemas = doc["components"]["schemas"]
+    assert schemas["Target"]["properties"]["failover"]["type"] == "boolean"
+    panic = schemas["Healthchecks"]["properties"]["panic_threshold"]
+    assert (panic["minimum"], panic["maximum"]) == (0, 100)
+    assert "panic" in schemas["UpstreamHealthList"]["properties"]
