@@ -219,6 +219,9 @@ class HealthChecker:
         self._tasks: list[asyncio.Task[None]] = []
         self._prober: Prober | None = None
         self._started = False
+        #: Stopped (replaced): late reports of tries it handed out still count, but
+        #: no longer decide panic for a balancer its successor may share.
+        self._stopped = False
         #: Health-check sharding: the configured targets (``host:port``) this data
         #: plane probes actively; ``None`` = all of them (no sharding).
         self.probe_targets: frozenset[str] | None = None
@@ -241,6 +244,7 @@ class HealthChecker:
         if self._started:
             return
         self._started = True
+        self._stopped = False
         self._prober = prober
         active = self.settings.active
         if active.healthy_interval > 0:
@@ -266,6 +270,7 @@ class HealthChecker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._started = False
+        self._stopped = True
 
     # ------------------------------------------------------------------ reports
 
@@ -549,6 +554,8 @@ class HealthChecker:
         once no primary is usable) is healthy. Tells the balancer and, on a flip,
         :attr:`on_panic`. Kong's ``threshold`` is checked before the balancer is asked,
         so below it the upstream answers 503 whether in panic or not."""
+        if self._stopped:
+            return
         limit = self.settings.panic_threshold
         panic = False
         if limit > 0:

@@ -180,3 +180,20 @@ async def test_the_supervisor_reports_a_panic_flip_and_lists_the_upstreams_in_pa
         assert not supervisor.reports.empty()
     finally:
         await supervisor.stop()
+
+
+async def test_a_replaced_checker_no_longer_decides_panic_for_the_balancer_it_shares() -> None:
+    balancer = create_balancer("round-robin", FIVE[:2])
+    passive = {"passive": {"unhealthy": {"tcp_failures": 1}, "base_ejection_time": 0}}
+    old = HealthChecker(
+        "u1", compile_health_settings({"panic_threshold": 60, **passive}), balancer, target_ids={}
+    )
+    old.start(NeverProbe())  # type: ignore[arg-type]
+    # A new config turns panic off and keeps the balancer; the old checker is stopped.
+    new = HealthChecker(
+        "u1", compile_health_settings(passive), balancer, target_ids={}, previous=old
+    )
+    await old.stop()
+    old.report_passive(FIVE[0], True, False, 0)  # a late try of the old config fails
+    assert not balancer.in_panic and not new.panic
+    assert picked(new) == {FIVE[1].key}
