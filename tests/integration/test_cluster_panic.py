@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 
+from control_plane.health import AddressReport, TargetHealthStore
 from control_plane.server import ControlPlane
 from tests.support.admin import AdminClient, AppClient, call
 from tests.support.control_planes import ControlPlanes
@@ -98,3 +100,33 @@ async def test_the_new_fields_show_in_the_defaults_and_in_openapi(admin: AppClie
     panic = schemas["Healthchecks"]["properties"]["panic_threshold"]
     assert (panic["minimum"], panic["maximum"]) == (0, 100)
     assert "panic" in schemas["UpstreamHealthList"]["properties"]
+
+
+async def test_panic_flags_lost_to_a_redis_error_are_written_again(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = TargetHealthStore(redis_client, ttl=60)
+    session = store.session("node-1", "dp-a")
+    key = store.data_plane_key("node-1")
+    entry = AddressReport.normalised(
+        upstream_id="u", target_id="t", target="10.0.0.1:80", address="10.0.0.1:80",
+        state="UNHEALTHY", reason="", time=1.0, weight=100,
+    )
+    assert entry is not None
+    assert await session.report(True, [entry], frozenset({"u"}))
+    [report] = await store.reports("u")
+    assert report.panic_upstreams == {"u"}
+    # Redis refuses the write that takes "u" out of panic; the next ping rewrites it.
+    await redis_client.set(key, "not a hash")
+    assert not await session.report(False, [], frozenset())
+    assert await session.touch()
+    [report] = await store.reports("u")
+    assert report.panic_upstreams == frozenset() and len(report.entries) == 1
+    # Into panic again by a partial report, then out: the flag field stays, false.
+    assert await session.report(False, [], frozenset({"u"}))
+    assert (await store.reports("u"))[0].panic_upstreams == {"u"}
+    assert await session.report(False, [], frozenset())
+    assert (await store.reports("u"))[0].panic_upstreams == frozenset()
+    # The panic field is no target: selecting targets never returns it.
+    selected = await store.target_entries({"node-1": ["u|10.0.0.1:80"]})
+    assert [e.address for e in selected["node-1"][1]] == ["10.0.0.1:80"]
