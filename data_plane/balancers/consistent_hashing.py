@@ -143,8 +143,11 @@ class ConsistentHashingBalancer(Balancer):
             weighted = [a for a in self._addresses if a.weight > 0]
             self._primary = _Ring([a for a in weighted if not a.failover], self._slots)
             self._backup = _Ring([a for a in weighted if a.failover], self._slots)
-        tier = self.serving_tier()  # Balancer's eligibility rule: which tier serves
-        active = self._backup if tier and tier[0].failover else self._primary
+        active = self._primary
+        if self._has_failover:
+            tier = self.serving_tier()  # Balancer's eligibility rule: which tier serves
+            if tier and tier[0].failover:
+                active = self._backup
         self._ring = active.ring
         self._start = active.start
         self._empty_index = active.empty_index
