@@ -72,7 +72,7 @@ from control_plane.errors import (
 from control_plane.health import TargetHealthStore
 from control_plane.health_history import HealthEventSource, events_page
 from control_plane.health_types import DataPlaneReport, ManualOverride
-from control_plane.health_view import balancer_health, targets_with_health
+from control_plane.health_view import balancer_health, panic_view, targets_with_health
 from control_plane.metrics import ControlPlaneView, metrics_registry
 from control_plane.schemas import (
     RuleError,
@@ -355,6 +355,8 @@ class _AdminAPI:
         items = targets_with_health(upstream, targets, reports)
         body = page_body(request, items, f"/upstreams/{quote(key, safe='')}/health", by_id=False)
         body["node_id"] = self.node_id
+        if (panic := panic_view(upstream, reports)) is not None:
+            body["panic"] = panic  # Ferry's panic mode, only once it is configured
         return _json(body)
 
     async def upstream_health_events(self, request: web.Request) -> web.StreamResponse:

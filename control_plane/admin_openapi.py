@@ -298,6 +298,15 @@ def _health_schemas() -> dict[str, Any]:
                 "next": {"type": ["string", "null"]},
                 "offset": {"type": "string"},
                 "node_id": {"type": ["string", "null"]},
+                "panic": {
+                    "type": "object",
+                    "description": "Only with healthchecks.panic_threshold > 0: the data "
+                    "planes whose balancer for this upstream is in panic mode",
+                    "properties": {
+                        "threshold": number,
+                        "data_planes": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
             },
         },
         "UpstreamBalancerHealth": {
@@ -317,6 +326,9 @@ def _health_schemas() -> dict[str, Any]:
                                 "healthy_weight": {"type": "integer"},
                                 "total_weight": {"type": "integer"},
                                 "threshold": number,
+                                # Only with healthchecks.panic_threshold > 0:
+                                "panic_threshold": number,
+                                "panic": {"type": "boolean"},
                                 "data_planes": {"type": "object", "additionalProperties": {
                                     "type": "object",
                                     "properties": {
@@ -324,6 +336,7 @@ def _health_schemas() -> dict[str, Any]:
                                         "balancer_health": {"type": "string", "enum": ["HEALTHY", "UNHEALTHY"]},
                                         "healthy_weight": {"type": "integer"},
                                         "total_weight": {"type": "integer"},
+                                        "panic": {"type": "boolean"},
                                     },
                                 }},
                             },

@@ -143,8 +143,11 @@ class SyncRecorder(Protocol):
 class HealthSession(Protocol):
     """Where one DP stream's health goes; implementations never raise on storage errors."""
 
-    async def report(self, full: bool, entries: Sequence[AddressReport]) -> bool:
-        """Record a report (``full``: it replaces the DP's previous view)."""
+    async def report(
+        self, full: bool, entries: Sequence[AddressReport], panic: frozenset[str] | None = None
+    ) -> bool:
+        """Record a report (``full``: it replaces the DP's previous view; ``panic``:
+        the ids of the upstreams the DP has in panic mode)."""
         ...
 
     async def touch(self) -> bool:
@@ -510,7 +513,9 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
                     await probe.alive()
             elif kind == "health":
                 entries = address_reports(message.health, row.id)
-                await session.report(message.health.full, entries)
+                await session.report(
+                    message.health.full, entries, frozenset(message.health.panic_upstreams)
+                )
                 if probe is not None:
                     await probe.reported(message.health.full, entries)
                 continue

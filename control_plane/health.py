@@ -16,6 +16,9 @@ Redis shows every DP, whichever CP it is connected to:
                                             address, state, reason, time, weight,
                                             hostname}``; ``address`` is ``""`` for a
                                             target the DP cannot resolve (``DNS_ERROR``)
+                                            and ``{upstream_id}|~panic`` → ``{"panic":
+                                            bool}`` for an upstream that DP has put in
+                                            or out of panic mode (issue 18)
 ``{p}:health:dps``                          set of node ids that may have such a hash
 ``{p}:health:overrides``                    stream of manual overrides (``MAXLEN ~``)
 ``{p}:health:events:{upstream_id}``         the upstream's health history, written by the
@@ -82,6 +85,13 @@ SUBSCRIBER_QUEUE = 256
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+#: The field of a DP's hash that holds its panic flag for an upstream: ``{id}|~panic``
+#: (one ``|``: never a target's field, never selected by ``_SELECT_LUA``).
+_PANIC_SUFFIX = "|~panic"
+_PANIC_ON = '{"panic":true}'
+_PANIC_OFF = '{"panic":false}'
 
 
 
@@ -267,24 +277,45 @@ class TargetHealthStore:
 
     # -- writes, for DataPlaneHealthSession (they raise RedisError / OSError)
 
-    async def write_replace(self, node_id: str, hostname: str, entries: Iterable[AddressReport]) -> None:
-        """Make ``entries`` the DP's whole view and refresh its TTL (an empty view: no hash);
-        rows whose state changed are recorded in the health history, oldest first."""
+    async def write_replace(
+        self,
+        node_id: str,
+        hostname: str,
+        entries: Iterable[AddressReport],
+        panic: Iterable[str] = (),
+    ) -> None:
+        """Make ``entries`` (and ``panic``: the ids of the upstreams in panic mode) the
+        DP's whole view and refresh its TTL (an empty view: no hash); rows whose state
+        changed are recorded in the health history, oldest first."""
         args: list[str | int] = [self._ttl_ms, node_id, *self._events_args(node_id)]
         for entry in sorted(entries, key=lambda e: e.time):
             dns = "1" if entry.state == "DNS_ERROR" else "0"
             args += [entry.field, _encode(entry, hostname), entry.target_prefix, dns,
                      entry.state, entry.upstream_id]
+        for upstream_id in panic:
+            # A panic flag has no state: the scripts record nothing for it.
+            field = upstream_id + _PANIC_SUFFIX
+            args += [field, _PANIC_ON, field, "0", "", ""]
         await self._replace(keys=[self.data_plane_key(node_id), self.index_key], args=args)
 
-    async def write_update(self, node_id: str, hostname: str, entries: Iterable[AddressReport]) -> None:
-        """Apply transitions to the DP's view (DNS rules as in ``_UPDATE_LUA``); refresh its
-        TTL; rows whose state changed are recorded in the health history."""
+    async def write_update(
+        self,
+        node_id: str,
+        hostname: str,
+        entries: Iterable[AddressReport],
+        panic: Mapping[str, bool] | None = None,
+    ) -> None:
+        """Apply transitions to the DP's view (DNS rules as in ``_UPDATE_LUA``) and set
+        the panic flags in ``panic`` (upstream id → flag); refresh its TTL; rows whose
+        state changed are recorded in the health history."""
         args: list[str | int] = [self._ttl_ms, node_id, *self._events_args(node_id)]
         for entry in entries:
             dns = "1" if entry.state == "DNS_ERROR" else "0"
             args += [entry.target_prefix, entry.field, _encode(entry, hostname), dns,
                      entry.state, entry.upstream_id]
+        for upstream_id, on in (panic or {}).items():
+            field = upstream_id + _PANIC_SUFFIX
+            args += [field, field, _PANIC_ON if on else _PANIC_OFF, "0", "", ""]
         await self._update(keys=[self.data_plane_key(node_id), self.index_key], args=args)
 
     def _events_args(self, node_id: str) -> list[str | int]:
@@ -322,7 +353,13 @@ class TargetHealthStore:
         for node_raw, flat in raw:
             entries: list[AddressReport] = []
             hostname = ""
+            panic: set[str] = set()
             for i in range(1, len(flat), 2):
+                field = _text(flat[i - 1])
+                if field.endswith(_PANIC_SUFFIX):
+                    if _text(flat[i]) == _PANIC_ON:
+                        panic.add(field[: -len(_PANIC_SUFFIX)])
+                    continue
                 decoded = _decode(flat[i])
                 if decoded is None:
                     log.warning("ignoring an unreadable health entry of data plane %s", _text(node_raw))
@@ -331,7 +368,9 @@ class TargetHealthStore:
                 entries.append(entry)
             if entries:
                 entries.sort(key=lambda e: e.field)
-                out.append(DataPlaneReport(_text(node_raw), hostname, tuple(entries)))
+                out.append(
+                    DataPlaneReport(_text(node_raw), hostname, tuple(entries), frozenset(panic))
+                )
         out.sort(key=lambda r: (r.hostname, r.node_id))
         return out
 
@@ -428,9 +467,26 @@ class DataPlaneHealthSession:
         self._complete = False
         #: True when Redis may differ from the in-memory view (a write failed).
         self._dirty = False
+        #: The upstreams the DP says are in panic mode, and every upstream it ever
+        #: said so of on this stream (their flags are rewritten after a failed write).
+        self._panic: frozenset[str] = frozenset()
+        self._panic_seen: set[str] = set()
 
-    async def report(self, full: bool, entries: Sequence[AddressReport]) -> bool:
-        """Record a ``HealthReport``; returns False when Redis could not be written."""
+    def _panic_flags(self) -> dict[str, bool]:
+        return {u: u in self._panic for u in self._panic_seen}
+
+    async def report(
+        self, full: bool, entries: Sequence[AddressReport], panic: frozenset[str] | None = None
+    ) -> bool:
+        """Record a ``HealthReport``; returns False when Redis could not be written.
+
+        ``panic``: the report's ``panic_upstreams`` (the DP's complete set), or None
+        to leave the flags as they are."""
+        changes: dict[str, bool] = {}
+        if panic is not None:
+            changes = {u: u in panic for u in self._panic ^ panic}
+            self._panic = panic
+            self._panic_seen |= panic
         if full:
             self._view = {e.field: e for e in entries}
             self._complete = True
@@ -439,11 +495,15 @@ class DataPlaneHealthSession:
                 self._merge(entry)
         try:
             if full or (self._dirty and self._complete):
-                await self._store.write_replace(self.node_id, self.hostname, self._view.values())
+                await self._store.write_replace(
+                    self.node_id, self.hostname, self._view.values(), self._panic
+                )
             elif self._dirty:
-                await self._store.write_update(self.node_id, self.hostname, self._view.values())
-            elif entries:
-                await self._store.write_update(self.node_id, self.hostname, entries)
+                await self._store.write_update(
+                    self.node_id, self.hostname, self._view.values(), self._panic_flags()
+                )
+            elif entries or changes:
+                await self._store.write_update(self.node_id, self.hostname, entries, changes)
         except (RedisError, OSError) as exc:
             self._dirty = True
             log.warning("could not store the health report of data plane %s: %s", self.node_id, exc)
@@ -457,9 +517,13 @@ class DataPlaneHealthSession:
             if self._dirty or not await self._store.write_touch(self.node_id):
                 # Rewrite what we know; an empty view has nothing to keep alive.
                 if self._complete:
-                    await self._store.write_replace(self.node_id, self.hostname, self._view.values())
+                    await self._store.write_replace(
+                        self.node_id, self.hostname, self._view.values(), self._panic
+                    )
                 elif self._view:
-                    await self._store.write_update(self.node_id, self.hostname, self._view.values())
+                    await self._store.write_update(
+                        self.node_id, self.hostname, self._view.values(), self._panic_flags()
+                    )
         except (RedisError, OSError) as exc:
             self._dirty = True
             log.warning("could not refresh the health of data plane %s: %s", self.node_id, exc)

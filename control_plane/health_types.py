@@ -94,6 +94,8 @@ class DataPlaneReport:
     node_id: str
     hostname: str
     entries: tuple[AddressReport, ...]
+    #: Ids of the upstreams this DP has in panic mode (``healthchecks.panic_threshold``).
+    panic_upstreams: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,11 @@ Rules (``docs/admin-api.md`` documents them for operators):
 - Data planes report every address, checks on or off (an address of an upstream
   without checks is ``HEALTHCHECKS_OFF``), and a ``DNS_ERROR`` row for a target
   whose name they could not resolve.
+- **Panic mode** (``healthchecks.panic_threshold`` > 0; off: nothing is shown): each
+  DP decides it from its own view and reports the upstreams it has in panic;
+  ``/health`` says ``"panic": {"threshold", "data_planes": [node ids]}`` and
+  ``?balancer_health=1`` ``details.panic_threshold``, ``details.panic`` (some DP is in
+  panic) and each DP's ``panic``.
 - ``?balancer_health=1`` carries Kong's ``details.hosts``: per target ``{"host",
   "port", "dns", "nodeWeight", "weight", "addresses": [{"ip", "port", "weight",
   "healthy"}]}``, an address ``healthy`` when some data plane sends it traffic.
@@ -54,6 +59,7 @@ from ferry_shared.target_health import (
 __all__ = [
     "balancer_health",
     "checks_enabled",
+    "panic_view",
     "combine_address",
     "newest_first",
     "target_rule",
@@ -75,6 +81,19 @@ def checks_enabled(upstream: Mapping[str, Any]) -> bool:
     intervals = ((active.get("healthy") or {}).get("interval"), (active.get("unhealthy") or {}).get("interval"))
     counters = (passive_unhealthy.get(k) for k in ("tcp_failures", "timeouts", "http_failures"))
     return any((v or 0) > 0 for v in intervals) or any((v or 0) > 0 for v in counters)
+
+
+def panic_view(upstream: Mapping[str, Any], reports: Sequence[DataPlaneReport]) -> dict[str, Any] | None:
+    """``{"threshold", "data_planes": [node ids in panic]}`` for ``/health``; None when
+    the upstream has no panic threshold (Kong's body unchanged)."""
+    threshold = (upstream.get("healthchecks") or {}).get("panic_threshold") or 0
+    if not threshold:
+        return None
+    upstream_id = str(upstream["id"])
+    return {
+        "threshold": threshold,
+        "data_planes": [r.node_id for r in reports if upstream_id in r.panic_upstreams],
+    }
 
 
 def combine_address(states: Sequence[str]) -> str:
@@ -336,7 +355,9 @@ def balancer_health(
             per_dp[report.node_id].total += own.total
             per_dp[report.node_id].available += own.available
     cluster = _balanced(total, threshold)
-    return {
+    panic = panic_view(upstream, reports)
+    in_panic = set(panic["data_planes"]) if panic is not None else set()
+    body: dict[str, Any] = {
         "id": upstream["id"],
         "health": cluster if checks_on else HEALTHCHECKS_OFF,
         "balancer_health": cluster,
@@ -353,8 +374,13 @@ def balancer_health(
                     "balancer_health": _balanced(per_dp[r.node_id], threshold),
                     "healthy_weight": per_dp[r.node_id].available,
                     "total_weight": per_dp[r.node_id].total,
+                    **({"panic": r.node_id in in_panic} if panic is not None else {}),
                 }
                 for r in reports
             },
         },
     }
+    if panic is not None:
+        body["details"]["panic_threshold"] = panic["threshold"]
+        body["details"]["panic"] = bool(in_panic)
+    return body

@@ -280,6 +280,8 @@ class ClusterClient:
                     health=cluster_pb2.HealthReport(
                         full=full,
                         addresses=address_health(batch),
+                        # Read now, not when queued: the set as it is when sent.
+                        panic_upstreams=health.panic_upstreams(),
                     )
                 ),
             )

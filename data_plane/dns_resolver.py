@@ -655,14 +655,19 @@ def _sorted_ips(ips: Iterable[str]) -> tuple[str, ...]:
     return tuple(str(a) for a in parsed)
 
 
-def _identity(addresses: Iterable[Address]) -> list[tuple[str, int, str]]:
-    return [(a.key, a.weight, getattr(a, "hostname", "")) for a in addresses]
+def _identity(addresses: Iterable[Address]) -> list[tuple[str, int, str, bool]]:
+    return [(a.key, a.weight, getattr(a, "hostname", ""), a.failover) for a in addresses]
 
 
 def _resolved(target: Address, dest: _Dest, use_srv_name: bool) -> ResolvedAddress:
     if dest.port is None:  # an A/AAAA answer: the target's port and weight
         return ResolvedAddress(
-            host=dest.ip, port=target.port, weight=target.weight, hostname=target.host, target=target.key
+            host=dest.ip,
+            port=target.port,
+            weight=target.weight,
+            hostname=target.host,
+            target=target.key,
+            failover=target.failover,
         )
     # An SRV record: its port and weight replace the target's (a target of weight 0
     # stays disabled; a record of weight 0 gets the smallest weight, 1, as RFC 2782
@@ -672,7 +677,13 @@ def _resolved(target: Address, dest: _Dest, use_srv_name: bool) -> ResolvedAddre
     endpoint = Address(dest.name, port).key if dest.name else ""
     hostname = dest.name if use_srv_name and dest.name else target.host
     return ResolvedAddress(
-        host=dest.ip, port=port, weight=weight, hostname=hostname, target=target.key, endpoint=endpoint
+        host=dest.ip,
+        port=port,
+        weight=weight,
+        hostname=hostname,
+        target=target.key,
+        endpoint=endpoint,
+        failover=target.failover,  # every address of a failover target is one
     )
 
 

@@ -16,6 +16,9 @@ Families (Kong's Prometheus plugin names where Kong has one; ``ferry_`` otherwis
   ``dns_error``) and 0 for the three others, as Kong exports it;
 - ``ferry_upstream_ejections_refused_total{upstream}``: passive or outlier ejections
   refused by ``healthchecks.max_ejection_percent`` (the address stayed in);
+- ``ferry_upstream_panic{upstream}``: 1 while the upstream is in panic mode (its
+  balancer ignores health, ``healthchecks.panic_threshold``), else 0; listed for the
+  upstreams with a panic threshold;
 - ``kong_nginx_connections_total{state}`` (``accepted``, ``active``) and
   ``kong_nginx_requests_total``;
 - ``ferry_upstream_overflow_total{upstream,cap}``: tries refused by an upstream's
@@ -93,6 +96,7 @@ class DataPlaneCollector(Collector):
         yield from self._request_families()
         yield from self._health_family()
         yield from self._ejections_refused_family()
+        yield self._panic_family()
         yield from self._config_families()
         if self._certificates is not None:
             expiry = GaugeMetricFamily(
@@ -192,6 +196,19 @@ class DataPlaneCollector(Collector):
             if checker is not None and checker.settings.max_ejection_percent < 100:
                 family.add_metric([upstream.name], checker.ejections_refused)
         yield family
+
+    def _panic_family(self) -> Metric:
+        family = GaugeMetricFamily(
+            "ferry_upstream_panic",
+            "1 while the upstream's balancer is in panic mode (ignores health), else 0",
+            labels=["upstream"],
+        )
+        config = self._holder.current
+        for upstream in config.upstreams.values() if config is not None else ():
+            checker = upstream.health
+            if checker is not None and checker.settings.panic_threshold > 0:
+                family.add_metric([upstream.name], 1 if checker.panic else 0)
+        return family
 
     def _config_families(self) -> Iterator[Metric]:
         config = self._holder.current

@@ -440,8 +440,11 @@ def add_target(
     text = _str(target, "target", label)
     assert text is not None
     weight = target.get("weight", 100)
+    failover = target.get("failover", False)  # Kong 3.12's field; absent: a primary
     try:
-        address = parse_target(text, 100 if weight is None else weight)
+        address = parse_target(
+            text, 100 if weight is None else weight, False if failover is None else failover
+        )
     except ValueError as exc:
         raise ConfigError(f"{label}: {exc}") from None
     seen = keys.setdefault(upstream_id, set())
@@ -601,8 +604,8 @@ def compile_upstream(
     )
 
 
-def _identity(addresses: tuple[Address, ...]) -> tuple[tuple[str, int], ...]:
-    return tuple((a.key, a.weight) for a in addresses)
+def _identity(addresses: tuple[Address, ...]) -> tuple[tuple[str, int, bool], ...]:
+    return tuple((a.key, a.weight, a.failover) for a in addresses)
 
 
 class UpstreamNames:

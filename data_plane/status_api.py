@@ -231,6 +231,7 @@ def _upstream_health(
                 "id": upstream.target_ids.get(target.key),
                 "target": target.key,
                 "weight": target.weight,
+                **({"failover": True} if target.failover else {}),
                 "upstream": {"id": upstream.id},
                 "health": health,
                 "data": {
@@ -239,7 +240,10 @@ def _upstream_health(
                 },
             }
         )
-    return {"data": data, "next": None, "node_id": node_id}
+    body: dict[str, Any] = {"data": data, "next": None, "node_id": node_id}
+    if checker is not None and checker.settings.panic_threshold > 0:
+        body["panic"] = checker.panic  # Ferry's panic mode, shown once it is configured
+    return body
 
 
 def create_status_app(
@@ -335,6 +339,14 @@ def create_status_app(
                         "details": {
                             "threshold": checker.settings.threshold if checker else 0,
                             "targets": body["data"],
+                            **(
+                                {
+                                    "panic_threshold": checker.settings.panic_threshold,
+                                    "panic": checker.panic,
+                                }
+                                if checker is not None and checker.settings.panic_threshold > 0
+                                else {}
+                            ),
                         },
                     }
                 }

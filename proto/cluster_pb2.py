@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/cluster.proto\x12\x10\x66\x65rry.cluster.v1\"\xe3\x01\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.ferry.cluster.v1.Hello.LabelsEntry\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\x03\x12\x13\n\x0b\x63onfig_hash\x18\x06 \x01(\t\x12\x15\n\rping_interval\x18\x07 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"K\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x14\n\x0c\x65rror_detail\x18\x03 \x01(\t\x12\x0e\n\x06resync\x18\x04 \x01(\x08\"3\n\x04Ping\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\x03\x12\x13\n\x0b\x63onfig_hash\x18\x02 \x01(\t\"\x95\x01\n\rAddressHealth\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12\x11\n\ttarget_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0c\n\x04time\x18\x07 \x01(\x01\x12\x0e\n\x06weight\x18\x08 \x01(\x05\"P\n\x0cHealthReport\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x32\n\taddresses\x18\x02 \x03(\x0b\x32\x1f.ferry.cluster.v1.AddressHealth\"\xef\x01\n\x10\x44\x61taPlaneMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.ferry.cluster.v1.HelloH\x00\x12$\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x15.ferry.cluster.v1.AckH\x00\x12&\n\x04nack\x18\x03 \x01(\x0b\x32\x16.ferry.cluster.v1.NackH\x00\x12&\n\x04ping\x18\x04 \x01(\x0b\x32\x16.ferry.cluster.v1.PingH\x00\x12\x30\n\x06health\x18\x05 \x01(\x0b\x32\x1e.ferry.cluster.v1.HealthReportH\x00\x42\t\n\x07message\"2\n\x08Resource\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"X\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12-\n\tresources\x18\x03 \x03(\x0b\x32\x1a.ferry.cluster.v1.Resource\"\xad\x01\n\x05\x44\x65lta\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x03\x12\x11\n\tfrom_hash\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12+\n\x07upserts\x18\x05 \x03(\x0b\x32\x1a.ferry.cluster.v1.Resource\x12/\n\x08removals\x18\x06 \x03(\x0b\x32\x1d.ferry.cluster.v1.ResourceKey\"\'\n\x0bResourceKey\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\x1e\n\x04Pong\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\x03\"e\n\x0eHealthOverride\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x0c\n\x04time\x18\x05 \x01(\x01\"E\n\x0fProbeAssignment\x12\x0f\n\x07sharded\x18\x01 \x01(\x08\x12\x0f\n\x07targets\x18\x02 \x03(\t\x12\x10\n\x08replicas\x18\x03 \x01(\x05\"D\n\x0eHealthVerdicts\x12\x32\n\taddresses\x18\x01 \x03(\x0b\x32\x1f.ferry.cluster.v1.AddressHealth\"\x83\x03\n\x13\x43ontrolPlaneMessage\x12.\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1a.ferry.cluster.v1.SnapshotH\x00\x12&\n\x04pong\x18\x02 \x01(\x0b\x32\x16.ferry.cluster.v1.PongH\x00\x12;\n\x0fhealth_override\x18\x03 \x01(\x0b\x32 .ferry.cluster.v1.HealthOverrideH\x00\x12=\n\x10probe_assignment\x18\x04 \x01(\x0b\x32!.ferry.cluster.v1.ProbeAssignmentH\x00\x12;\n\x0fhealth_verdicts\x18\x05 \x01(\x0b\x32 .ferry.cluster.v1.HealthVerdictsH\x00\x12(\n\x05\x64\x65lta\x18\x06 \x01(\x0b\x32\x17.ferry.cluster.v1.DeltaH\x00\x12&\n\x04ping\x18\x07 \x01(\x0b\x32\x16.ferry.cluster.v1.PingH\x00\x42\t\n\x07message2c\n\x07\x43luster\x12X\n\x07\x43onnect\x12\".ferry.cluster.v1.DataPlaneMessage\x1a%.ferry.cluster.v1.ControlPlaneMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/cluster.proto\x12\x10\x66\x65rry.cluster.v1\"\xe3\x01\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.ferry.cluster.v1.Hello.LabelsEntry\x12\x16\n\x0e\x63onfig_version\x18\x05 \x01(\x03\x12\x13\n\x0b\x63onfig_hash\x18\x06 \x01(\t\x12\x15\n\rping_interval\x18\x07 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\"K\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x14\n\x0c\x65rror_detail\x18\x03 \x01(\t\x12\x0e\n\x06resync\x18\x04 \x01(\x08\"3\n\x04Ping\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\x03\x12\x13\n\x0b\x63onfig_hash\x18\x02 \x01(\t\"\x95\x01\n\rAddressHealth\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12\x11\n\ttarget_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0c\n\x04time\x18\x07 \x01(\x01\x12\x0e\n\x06weight\x18\x08 \x01(\x05\"i\n\x0cHealthReport\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x32\n\taddresses\x18\x02 \x03(\x0b\x32\x1f.ferry.cluster.v1.AddressHealth\x12\x17\n\x0fpanic_upstreams\x18\x03 \x03(\t\"\xef\x01\n\x10\x44\x61taPlaneMessage\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.ferry.cluster.v1.HelloH\x00\x12$\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x15.ferry.cluster.v1.AckH\x00\x12&\n\x04nack\x18\x03 \x01(\x0b\x32\x16.ferry.cluster.v1.NackH\x00\x12&\n\x04ping\x18\x04 \x01(\x0b\x32\x16.ferry.cluster.v1.PingH\x00\x12\x30\n\x06health\x18\x05 \x01(\x0b\x32\x1e.ferry.cluster.v1.HealthReportH\x00\x42\t\n\x07message\"2\n\x08Resource\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"X\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12-\n\tresources\x18\x03 \x03(\x0b\x32\x1a.ferry.cluster.v1.Resource\"\xad\x01\n\x05\x44\x65lta\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x03\x12\x11\n\tfrom_hash\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12+\n\x07upserts\x18\x05 \x03(\x0b\x32\x1a.ferry.cluster.v1.Resource\x12/\n\x08removals\x18\x06 \x03(\x0b\x32\x1d.ferry.cluster.v1.ResourceKey\"\'\n\x0bResourceKey\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\x1e\n\x04Pong\x12\x16\n\x0e\x63onfig_version\x18\x01 \x01(\x03\"e\n\x0eHealthOverride\x12\x13\n\x0bupstream_id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x0c\n\x04time\x18\x05 \x01(\x01\"E\n\x0fProbeAssignment\x12\x0f\n\x07sharded\x18\x01 \x01(\x08\x12\x0f\n\x07targets\x18\x02 \x03(\t\x12\x10\n\x08replicas\x18\x03 \x01(\x05\"D\n\x0eHealthVerdicts\x12\x32\n\taddresses\x18\x01 \x03(\x0b\x32\x1f.ferry.cluster.v1.AddressHealth\"\x83\x03\n\x13\x43ontrolPlaneMessage\x12.\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1a.ferry.cluster.v1.SnapshotH\x00\x12&\n\x04pong\x18\x02 \x01(\x0b\x32\x16.ferry.cluster.v1.PongH\x00\x12;\n\x0fhealth_override\x18\x03 \x01(\x0b\x32 .ferry.cluster.v1.HealthOverrideH\x00\x12=\n\x10probe_assignment\x18\x04 \x01(\x0b\x32!.ferry.cluster.v1.ProbeAssignmentH\x00\x12;\n\x0fhealth_verdicts\x18\x05 \x01(\x0b\x32 .ferry.cluster.v1.HealthVerdictsH\x00\x12(\n\x05\x64\x65lta\x18\x06 \x01(\x0b\x32\x17.ferry.cluster.v1.DeltaH\x00\x12&\n\x04ping\x18\x07 \x01(\x0b\x32\x16.ferry.cluster.v1.PingH\x00\x42\t\n\x07message2c\n\x07\x43luster\x12X\n\x07\x43onnect\x12\".ferry.cluster.v1.DataPlaneMessage\x1a%.ferry.cluster.v1.ControlPlaneMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,27 +46,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDRESSHEALTH']._serialized_start=440
   _globals['_ADDRESSHEALTH']._serialized_end=589
   _globals['_HEALTHREPORT']._serialized_start=591
-  _globals['_HEALTHREPORT']._serialized_end=671
-  _globals['_DATAPLANEMESSAGE']._serialized_start=674
-  _globals['_DATAPLANEMESSAGE']._serialized_end=913
-  _globals['_RESOURCE']._serialized_start=915
-  _globals['_RESOURCE']._serialized_end=965
-  _globals['_SNAPSHOT']._serialized_start=967
-  _globals['_SNAPSHOT']._serialized_end=1055
-  _globals['_DELTA']._serialized_start=1058
-  _globals['_DELTA']._serialized_end=1231
-  _globals['_RESOURCEKEY']._serialized_start=1233
-  _globals['_RESOURCEKEY']._serialized_end=1272
-  _globals['_PONG']._serialized_start=1274
-  _globals['_PONG']._serialized_end=1304
-  _globals['_HEALTHOVERRIDE']._serialized_start=1306
-  _globals['_HEALTHOVERRIDE']._serialized_end=1407
-  _globals['_PROBEASSIGNMENT']._serialized_start=1409
-  _globals['_PROBEASSIGNMENT']._serialized_end=1478
-  _globals['_HEALTHVERDICTS']._serialized_start=1480
-  _globals['_HEALTHVERDICTS']._serialized_end=1548
-  _globals['_CONTROLPLANEMESSAGE']._serialized_start=1551
-  _globals['_CONTROLPLANEMESSAGE']._serialized_end=1938
-  _globals['_CLUSTER']._serialized_start=1940
-  _globals['_CLUSTER']._serialized_end=2039
+  _globals['_HEALTHREPORT']._serialized_end=696
+  _globals['_DATAPLANEMESSAGE']._serialized_start=699
+  _globals['_DATAPLANEMESSAGE']._serialized_end=938
+  _globals['_RESOURCE']._serialized_start=940
+  _globals['_RESOURCE']._serialized_end=990
+  _globals['_SNAPSHOT']._serialized_start=992
+  _globals['_SNAPSHOT']._serialized_end=1080
+  _globals['_DELTA']._serialized_start=1083
+  _globals['_DELTA']._serialized_end=1256
+  _globals['_RESOURCEKEY']._serialized_start=1258
+  _globals['_RESOURCEKEY']._serialized_end=1297
+  _globals['_PONG']._serialized_start=1299
+  _globals['_PONG']._serialized_end=1329
+  _globals['_HEALTHOVERRIDE']._serialized_start=1331
+  _globals['_HEALTHOVERRIDE']._serialized_end=1432
+  _globals['_PROBEASSIGNMENT']._serialized_start=1434
+  _globals['_PROBEASSIGNMENT']._serialized_end=1503
+  _globals['_HEALTHVERDICTS']._serialized_start=1505
+  _globals['_HEALTHVERDICTS']._serialized_end=1573
+  _globals['_CONTROLPLANEMESSAGE']._serialized_start=1576
+  _globals['_CONTROLPLANEMESSAGE']._serialized_end=1963
+  _globals['_CLUSTER']._serialized_start=1965
+  _globals['_CLUSTER']._serialized_end=2064
 # @@protoc_insertion_point(module_scope)

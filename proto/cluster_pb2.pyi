@@ -80,12 +80,14 @@ class AddressHealth(_message.Message):
     def __init__(self, upstream_id: _Optional[str] = ..., target_id: _Optional[str] = ..., target: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., time: _Optional[float] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class HealthReport(_message.Message):
-    __slots__ = ("full", "addresses")
+    __slots__ = ("full", "addresses", "panic_upstreams")
     FULL_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    PANIC_UPSTREAMS_FIELD_NUMBER: _ClassVar[int]
     full: bool
     addresses: _containers.RepeatedCompositeFieldContainer[AddressHealth]
-    def __init__(self, full: _Optional[bool] = ..., addresses: _Optional[_Iterable[_Union[AddressHealth, _Mapping]]] = ...) -> None: ...
+    panic_upstreams: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, full: _Optional[bool] = ..., addresses: _Optional[_Iterable[_Union[AddressHealth, _Mapping]]] = ..., panic_upstreams: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DataPlaneMessage(_message.Message):
     __slots__ = ("hello", "ack", "nack", "ping", "health")

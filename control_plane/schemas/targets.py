@@ -1,4 +1,5 @@
-"""Kong's ``targets`` entity: one ``host:port`` of an upstream, with a weight."""
+"""Kong's ``targets`` entity: one ``host:port`` of an upstream, with a weight (and
+Kong 3.12's ``failover`` flag)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ class Target(Record):
     target: Annotated[str, Rule(_check_target)]
     weight: Annotated[int, between(0, 65535)] = 100
     tags: Tags = None
+    # Kong 3.12's: a failover target gets traffic only while no other target of the
+    # upstream is usable (weight > 0 and healthy); every algorithm honours it here,
+    # consistent-hashing included (see docs/load-balancing.md).
+    failover: bool = False
 
 
 SCHEMA = EntitySchema("targets", Target, endpoint_key="target")

@@ -240,6 +240,12 @@ class Healthchecks(Record):
     max_ejection_percent: Annotated[
         float, between(0, 100), PlainSerializer(compact_number, return_type=int | float)
     ] = 100
+    # Ferry's (Envoy's panic mode): below this % of healthy weight (of the tier
+    # serving: primaries, or failover targets once no primary is usable) the balancer
+    # ignores health. 0: off (Kong's behaviour). Kong's threshold is checked first.
+    panic_threshold: Annotated[
+        float, between(0, 100), PlainSerializer(compact_number, return_type=int | float)
+    ] = 0
 
 
 class Upstream(Record):

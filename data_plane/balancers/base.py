@@ -13,6 +13,19 @@ linearly from 10% (Envoy's default ``min_weight_percent``) to 100% over the wind
 base class keeps the ramp clock; algorithms that honour it (round-robin,
 least-connections, latency) read :meth:`Balancer.effective_weight`. Consistent hashing
 ignores it, as Envoy's ring hash does: a key's target must not depend on time.
+
+Eligibility (which addresses an algorithm balances over) is decided here, in one
+place, :meth:`Balancer.eligible`, and only when the address set, a health mark or the
+panic flag changes, never per pick:
+
+- **failover targets** (Kong 3.12's target ``failover``): the addresses form two tiers,
+  primaries and failover targets. Traffic goes to the usable (weight > 0, healthy)
+  primaries while there is one, else to the usable failover targets;
+- **panic** (Envoy's panic mode, ``healthchecks.panic_threshold``; the health checker
+  decides it and calls :meth:`Balancer.set_panic`): the serving tier is balanced over
+  all its weight > 0 addresses, healthy or not. When no address of either tier is
+  usable the serving tier is the primaries (the failover targets when no primary has
+  weight > 0). Weight-0 addresses are never picked.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ class Address:
     ``host`` is a hostname or an IP literal without brackets; ``key`` is the canonical
     ``host:port`` (IPv6 as ``[::1]:8000``) that identifies the address in balancers,
     connection pools and health reports. ``weight`` is Kong's 0..65535 (0 = never picked).
+    ``failover``: see the module docstring (eligibility).
     """
 
     host: str
@@ -48,6 +62,10 @@ class Address:
     #: brackets), precomputed so the proxy does no encoding per request.
     key_bytes: bytes = field(default=b"", compare=False, repr=False)
     host_bytes: bytes = field(default=b"", compare=False, repr=False)
+    #: Kong 3.12's target ``failover``: picked only while no primary (non-failover)
+    #: address is usable. Not part of ``key`` (the same address either way), but part
+    #: of equality, so that a flag change is a change of the address set.
+    failover: bool = False
 
     def __post_init__(self) -> None:
         bracketed = f"[{self.host}]" if ":" in self.host else self.host
@@ -97,27 +115,30 @@ class ResolvedAddress(Address):
         object.__setattr__(self, "key_bytes", name + b":%d" % self.port)
 
 
-def parse_target(target: str, weight: object = 100) -> Address:
+def parse_target(target: str, weight: object = 100, failover: object = False) -> Address:
     """Parse Kong's ``host[:port]`` target string (IPv6 as ``[::1]:8000`` or bare).
 
     The grammar is the control plane's (:func:`ferry_shared.target_address.parse_host`);
     a missing port means :data:`DEFAULT_TARGET_PORT`, as in Kong; port 0 is accepted as
     the Admin API accepts it (connecting to it fails: a 502). Host names are lowercased
     (they are keys); IPv6 literals are kept as written. Raises ``ValueError`` with a
-    message naming the target when it is malformed.
+    message naming the target when it is malformed. ``failover`` must be a bool
+    (Kong 3.12's target field).
     """
     if not isinstance(target, str) or not target:
         raise ValueError(f"invalid target {target!r}")
     # ``weight: object``: checked here, so that compiled code does not coerce a bool first.
     if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 65535:
         raise ValueError(f"invalid weight {weight!r} for target {target!r} (0..65535)")
+    if not isinstance(failover, bool):
+        raise ValueError(f"invalid failover {failover!r} for target {target!r} (a boolean)")
     # ``weight`` is a plain int here (bools were refused), so ``(target, 1)`` and
     # ``(target, True)`` cannot share a cache entry.
-    return _parse_target(target, weight)
+    return _parse_target(target, weight, failover)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _parse_target(target: str, weight: int) -> Address:
+def _parse_target(target: str, weight: int, failover: bool = False) -> Address:
     """:func:`parse_target` once its arguments' types are checked. Cached: a config
     change recompiles every target of the upstreams it touches, and an
     :class:`Address` is immutable, so the same text and weight share one."""
@@ -126,7 +147,7 @@ def _parse_target(target: str, weight: int) -> Address:
     except HostPortError as exc:
         raise ValueError(f"invalid target {target!r}: {exc}") from None
     port = DEFAULT_TARGET_PORT if parsed.port is None else parsed.port
-    return Address(host=parsed.host.lower(), port=port, weight=weight)
+    return Address(host=parsed.host.lower(), port=port, weight=weight, failover=failover)
 
 
 class BalancerHandle:
@@ -239,6 +260,10 @@ class Balancer(ABC):
         self._slow_start = float(self.options.slow_start) if self.supports_slow_start else 0.0
         self._addresses: tuple[Address, ...] = ()
         self._unhealthy: set[str] = set()
+        #: Panic mode (set by the health checker): balance ignoring health.
+        self._panic = False
+        #: Whether any address is a failover target (else eligibility is one filter).
+        self._has_failover = False
         #: Addresses in their slow-start window: key -> ramp start (clock seconds).
         self._ramp: dict[str, float] = {}
         #: Current factor (0.1..1) of each ramping address; refreshed by _tick_ramp.
@@ -266,9 +291,9 @@ class Balancer(ABC):
         """All addresses, in configuration order, including weight-0 ones."""
         return self._addresses
 
-    def fingerprint(self) -> tuple[tuple[str, int], ...]:
+    def fingerprint(self) -> tuple[tuple[str, int, bool], ...]:
         """What identifies the address set; equal fingerprints mean state can be kept."""
-        return tuple((a.key, a.weight) for a in self._addresses)
+        return tuple((a.key, a.weight, a.failover) for a in self._addresses)
 
     def after_targets_changed(self, addresses: Iterable[Address]) -> None:
         """Replace the address set (the DNS resolver's hook; also used at construction).
@@ -307,6 +332,7 @@ class Balancer(ABC):
         if self._ramp:
             self._ramp = {k: v for k, v in self._ramp.items() if k in keys_kept}
         self._addresses = new
+        self._has_failover = any(a.failover for a in new)
         self._compute_ramp_factors()
         self._rebuild()
 
@@ -330,7 +356,63 @@ class Balancer(ABC):
         self._rebuild()
 
     def is_usable(self, address: Address) -> bool:
+        """Weight > 0 and not marked unhealthy (whatever its tier and the panic flag)."""
         return address.weight > 0 and address.key not in self._unhealthy
+
+    # ------------------------------------------------------------------ eligibility
+
+    @property
+    def in_panic(self) -> bool:
+        """Whether the balancer is in panic mode (see :meth:`set_panic`)."""
+        return self._panic
+
+    def set_panic(self, panic: bool) -> None:
+        """Enter or leave panic mode: the serving tier is balanced over all its
+        weight > 0 addresses, ignoring health marks. The health checker's call (it
+        decides from ``healthchecks.panic_threshold``); rebuilds only on a change."""
+        if panic == self._panic:
+            return
+        self._panic = panic
+        self._rebuild()
+
+    def serving_tier(self) -> list[Address]:
+        """The weight > 0 addresses of the tier traffic goes to, in order.
+
+        The primaries (``failover`` false) while any of them is usable, else the
+        failover targets while any of them is usable; with no usable address in
+        either tier, the primaries, or the failover targets when no primary has
+        weight > 0. Without failover targets: every weight > 0 address.
+        """
+        if not self._has_failover:
+            return [a for a in self._addresses if a.weight > 0]
+        unhealthy = self._unhealthy
+        primaries: list[Address] = []
+        backups: list[Address] = []
+        primary_usable = backup_usable = False
+        for a in self._addresses:
+            if a.weight <= 0:
+                continue
+            if a.failover:
+                backups.append(a)
+                backup_usable = backup_usable or a.key not in unhealthy
+            else:
+                primaries.append(a)
+                primary_usable = primary_usable or a.key not in unhealthy
+        if primary_usable:
+            return primaries
+        if backup_usable or not primaries:
+            return backups
+        return primaries
+
+    def eligible(self) -> list[Address]:
+        """The addresses the algorithm balances over, in configuration order: the
+        single eligibility rule (tiers, health, panic) every algorithm builds its
+        candidates from in :meth:`_rebuild`. O(addresses); never called per pick."""
+        tier = self.serving_tier()
+        if self._panic:
+            return tier
+        unhealthy = self._unhealthy
+        return [a for a in tier if a.key not in unhealthy]
 
     # ------------------------------------------------------------------ slow start
 
@@ -409,5 +491,7 @@ class Balancer(ABC):
 
 
 def usable_subset(addresses: Sequence[Address], balancer: Balancer) -> list[Address]:
-    """The addresses ``balancer`` may pick, in order (helper for algorithms and tests)."""
-    return [a for a in addresses if balancer.is_usable(a)]
+    """The addresses of ``addresses`` ``balancer`` may pick (:meth:`Balancer.eligible`),
+    in order (helper for tests)."""
+    eligible = {a.key for a in balancer.eligible()}
+    return [a for a in addresses if a.key in eligible]

@@ -18,6 +18,14 @@ was already tried by this request, the walk goes on clockwise to the next point 
 address is usable and untried, so a retry goes to another target and the keys of a
 down target spread over the others instead of piling onto one.
 
+Failover targets (the target field ``failover``) get a ring of their own: the
+primaries' ring serves while any primary is usable, the failover targets' ring when
+none is (:meth:`Balancer.serving_tier`). Each ring is built over its own tier only, so
+adding, removing or losing a failover target never moves a key between primaries, and
+a key keeps one failover target while the primaries are down. In panic the walk skips
+no address of the serving ring (health ignored). Kong 3.12 never sends traffic to the
+failover targets of a consistent-hashing upstream.
+
 ``H`` is BLAKE2b with an 8-byte digest, stable across processes and Python versions
 (never Python's randomised ``hash``). It is part of the ring's identity: changing it
 remaps every key.
@@ -62,15 +70,53 @@ def hash64(data: bytes) -> int:
     return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
+class _Ring:
+    """One ring over ``addresses`` (all weight > 0): immutable once built.
+
+    ``ring``: owner of each occupied position, in position order; ``start``: position
+    -> index into ``ring`` of the first point at or after it; ``empty_index``: where
+    the key ``b""`` lands.
+    """
+
+    __slots__ = ("empty_index", "ring", "start")
+
+    def __init__(self, addresses: list[Address], slots: int) -> None:
+        best_hash: dict[int, int] = {}
+        owner: dict[int, Address] = {}
+        if addresses:
+            mean = sum(a.weight for a in addresses) / len(addresses)
+            for address in sorted(addresses, key=lambda a: a.key):
+                points = max(1, round(POINTS_PER_ADDRESS * address.weight / mean))
+                prefix = address.key.encode() + b" "
+                for i in range(points):
+                    h = hash64(prefix + str(i).encode())
+                    pos = h % slots
+                    held = best_hash.get(pos)
+                    if held is None or h > held:
+                        best_hash[pos] = h
+                        owner[pos] = address
+        positions = sorted(owner)
+        self.ring: list[Address] = [owner[pos] for pos in positions]
+        start = array("I", bytes(4 * slots)) if positions else array("I")
+        previous_end = 0
+        for index, pos in enumerate(positions):
+            # Positions previous_end..pos (inclusive) belong to this point
+            # (positions past the last point stay 0: they wrap).
+            start[previous_end : pos + 1] = array("I", [index]) * (pos + 1 - previous_end)
+            previous_end = pos + 1
+        self.start = start
+        self.empty_index = start[hash64(b"") % slots] if positions else 0
+
+
+_EMPTY_RING = _Ring([], 1)
+
+
 class ConsistentHashingBalancer(Balancer):
     """Ring-hash balancer; ``options.slots`` positions.
 
     State: the ring (rebuilt only when the address set changes; health changes and picks
     do not touch it). Cost of a pick: one BLAKE2b of the key plus a walk that is one step
-    unless the owner is unhealthy or already tried; no allocation beyond the hash. With a
-    ``hash_balance_factor``, also the in-flight counts (per address key, kept across
-    health changes; a balancer built for a new config starts from zero) and a walk that
-    also steps over addresses at their bound.
+    unless the owner is unhealthy or already tried; no allocation beyond the hash.
     """
 
     algorithm = "consistent-hashing"
@@ -94,16 +140,21 @@ class ConsistentHashingBalancer(Balancer):
         #: In-flight tries per address key (bounded load only; every address with weight
         #: > 0 has an entry, so a report about an address that left is ignored).
         self._load: dict[str, int] = {}
-        #: Keys and weights of the usable addresses, and their sums (bounded load only).
+        #: Keys and weights of the eligible addresses, and their sums (bounded load only).
         self._usable_keys: frozenset[str] = frozenset()
         self._usable_weight = 0
         self._usable_load = 0
-        #: Owner address of each occupied position, in position order.
+        #: The serving ring (the primaries' or the failover targets'): owner address
+        #: of each occupied position, in position order.
         self._ring: list[Address] = []
         #: position -> index into _ring of the first point at or after it.
         self._start = array("I")
         self._ring_of: tuple[Address, ...] | None = None
         self._empty_index = 0
+        self._primary = _EMPTY_RING
+        self._backup = _EMPTY_RING
+        #: Keys the walk passes over: the unhealthy ones (none in panic).
+        self._skip: set[str] = set()
         super().__init__(addresses, opts, previous=previous)
         # Per instance: without a factor the proxy skips the request hooks entirely.
         self.tracks_requests = factor > 0
@@ -121,18 +172,32 @@ class ConsistentHashingBalancer(Balancer):
         return self._load.get(key, 0)
 
     def _rebuild(self) -> None:
+        # The rings only depend on the address set; health and panic changes only
+        # choose the ring that serves and what its walk skips.
+        if self._ring_of is not self._addresses:
+            self._ring_of = self._addresses
+            weighted = [a for a in self._addresses if a.weight > 0]
+            self._primary = _Ring([a for a in weighted if not a.failover], self._slots)
+            self._backup = _Ring([a for a in weighted if a.failover], self._slots)
+        active = self._primary
+        if self._has_failover:
+            tier = self.serving_tier()  # Balancer's eligibility rule: which tier serves
+            if tier and tier[0].failover:
+                active = self._backup
+        self._ring = active.ring
+        self._start = active.start
+        self._empty_index = active.empty_index
+        # In panic every point of the serving ring may be picked, healthy or not.
+        self._skip = set() if self._panic else self._unhealthy
         if self._factor:
             self._count_usable()
-        # Health changes call this too; the ring only depends on the address set.
-        if self._ring_of is self._addresses:
-            return
-        self._ring_of = self._addresses
-        self._build_ring()
 
     def _count_usable(self) -> None:
+        """Bounded load's view of :meth:`Balancer.eligible` (the serving tier, health
+        and panic applied): which keys share the load, their weight and load."""
         old = self._load
         self._load = {a.key: old.get(a.key, 0) for a in self._addresses if a.weight > 0}
-        usable = [a for a in self._addresses if self.is_usable(a)]
+        usable = self.eligible()
         self._usable_keys = frozenset(a.key for a in usable)
         self._usable_weight = sum(a.weight for a in usable)
         self._usable_load = sum(self._load[a.key] for a in usable)
@@ -157,40 +222,12 @@ class ConsistentHashingBalancer(Balancer):
 
     def bound(self, address: Address) -> int:
         """The most in-flight tries ``address`` may carry after one more pick (bounded
-        load on, ``address`` usable): ``ceil(factor * (in_flight_usable + 1) * weight /
+        load on, ``address`` eligible): ``ceil(factor * (in_flight_usable + 1) * weight /
         (100 * usable_weight))``, in integers."""
         denominator = 100 * self._usable_weight
         if denominator <= 0:
             return 0
         return -(-(self._factor * (self._usable_load + 1) * address.weight) // denominator)
-
-    def _build_ring(self) -> None:
-        slots = self._slots
-        weighted = sorted((a for a in self._addresses if a.weight > 0), key=lambda a: a.key)
-        best_hash: dict[int, int] = {}
-        owner: dict[int, Address] = {}
-        if weighted:
-            mean = sum(a.weight for a in weighted) / len(weighted)
-            for address in weighted:
-                points = max(1, round(POINTS_PER_ADDRESS * address.weight / mean))
-                prefix = address.key.encode() + b" "
-                for i in range(points):
-                    h = hash64(prefix + str(i).encode())
-                    pos = h % slots
-                    held = best_hash.get(pos)
-                    if held is None or h > held:
-                        best_hash[pos] = h
-                        owner[pos] = address
-        positions = sorted(owner)
-        self._ring = [owner[pos] for pos in positions]
-        start = array("I", bytes(4 * slots))  # zeros: positions past the last point wrap
-        previous_end = 0
-        for index, pos in enumerate(positions):
-            # Positions previous_end..pos (inclusive) belong to this point.
-            start[previous_end : pos + 1] = array("I", [index]) * (pos + 1 - previous_end)
-            previous_end = pos + 1
-        self._start = start
-        self._empty_index = self._index_of(b"")
 
     def _index_of(self, key: bytes) -> int:
         if not self._ring:
@@ -198,7 +235,8 @@ class ConsistentHashingBalancer(Balancer):
         return self._start[hash64(key) % self._slots]
 
     def owner_of(self, key: bytes) -> Address | None:
-        """The ring owner of ``key`` ignoring health (for tests and diagnostics)."""
+        """The owner of ``key`` on the serving ring, ignoring health (for tests and
+        diagnostics)."""
         if not self._ring:
             return None
         return self._ring[self._index_of(key)]
@@ -211,7 +249,7 @@ class ConsistentHashingBalancer(Balancer):
         index = self._empty_index if key is None else self._start[hash64(key) % self._slots]
         if self._factor:
             return self._pick_bounded(handle, ring, index)
-        unhealthy = self._unhealthy
+        unhealthy = self._skip
         tried = handle.tried
         size = len(ring)
         fallback: Address | None = None

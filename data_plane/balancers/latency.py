@@ -118,7 +118,8 @@ class LatencyBalancer(Balancer):
                 peer.address = address  # same key, new weight: keep the statistics
             peers[address.key] = peer
         self._peers = peers
-        self._usable = [peers[a.key] for a in self._addresses if self.is_usable(a)]
+        # The one eligibility rule (tiers, health, panic): Balancer.eligible.
+        self._usable = [peers[a.key] for a in self.eligible()]
         if self._next >= len(self._usable):
             self._next = 0
         if fresh:

@@ -74,7 +74,8 @@ class LeastConnectionsBalancer(Balancer):
                 peer = fresh
             peers[address.key] = peer
         self._peers = peers
-        self._usable = [peers[a.key] for a in self._addresses if self.is_usable(a)]
+        # The one eligibility rule (tiers, health, panic): Balancer.eligible.
+        self._usable = [peers[a.key] for a in self.eligible()]
         if self._next >= len(self._usable):
             self._next = 0
         self._weights_changed()

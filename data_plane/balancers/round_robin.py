@@ -26,7 +26,9 @@ _SCALE = 1000
 
 
 class RoundRobinBalancer(Balancer):
-    """Weighted round-robin without bursts; weight-0 and unhealthy addresses skipped.
+    """Weighted round-robin without bursts over :meth:`Balancer.eligible` (weight-0
+    and unhealthy addresses skipped, failover targets only while no primary is usable,
+    health ignored in panic).
 
     State: one integer score per usable address, kept across health changes and, via
     ``compile_config(previous=...)``, across config versions with the same targets.
@@ -50,7 +52,7 @@ class RoundRobinBalancer(Balancer):
 
     def _rebuild(self) -> None:
         previous = dict(zip((a.key for a in self._usable), self._current, strict=True))
-        self._usable = [a for a in self._addresses if self.is_usable(a)]
+        self._usable = self.eligible()
         self._current = [previous.get(a.key, 0) for a in self._usable]
         self._weights_changed()
 

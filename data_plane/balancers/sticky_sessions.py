@@ -1,9 +1,11 @@
 """Sticky sessions (Kong 3.11's ``sticky-sessions``): a cookie pins a client to a target.
 
-A request whose sticky cookie (``sticky_sessions_cookie``) names a usable address it has
-not tried yet goes there. Any other request (no cookie, a cookie naming no address of
-this upstream, or one naming an address that is unhealthy, has weight 0 or was already
-tried by this request) is balanced by least connections over the usable addresses,
+A request whose sticky cookie (``sticky_sessions_cookie``) names an eligible address it
+has not tried yet goes there (eligible: :meth:`Balancer.eligible`, the one rule of
+failover tiers, health and panic). Any other request (no cookie, a cookie naming no
+address of this upstream, or one naming an address that is unhealthy, has weight 0, is
+a failover target while a primary is usable, or was already tried by this request) is
+balanced by least connections over the eligible addresses,
 Ferry's choice for a new session: it spreads new sessions by the load the pinned ones
 already put on each target. The proxy then answers with a ``Set-Cookie`` naming the
 address the try went to (:class:`StickyCookie`), so a client whose target went down is
@@ -65,6 +67,9 @@ class StickySessionsBalancer(LeastConnectionsBalancer):
         self._salt = opts.sticky_salt.encode("utf-8")
         self._by_token: dict[bytes, Address] = {}
         self._token_of: dict[str, bytes] = {}
+        #: Keys a cookie may pin to now: :meth:`Balancer.eligible` (the serving tier,
+        #: health unless in panic), so a pinned failover target hands its clients back.
+        self._pinnable: frozenset[str] = frozenset()
         super().__init__(addresses, opts, previous=previous)
 
     def _rebuild(self) -> None:
@@ -75,6 +80,7 @@ class StickySessionsBalancer(LeastConnectionsBalancer):
         token_of = {a.key: old.get(a.key) or sticky_token(salt, a.key) for a in self._addresses}
         self._token_of = token_of
         self._by_token = {token_of[a.key]: a for a in self._addresses if a.weight > 0}
+        self._pinnable = frozenset(a.key for a in self.eligible())
 
     def token(self, address: Address) -> bytes:
         """The cookie value naming ``address`` (computed for an address not listed)."""
@@ -89,7 +95,7 @@ class StickySessionsBalancer(LeastConnectionsBalancer):
         token = handle.hash_key
         if token:
             address = self._by_token.get(token)
-            if address is not None and self.is_usable(address):
+            if address is not None and address.key in self._pinnable:
                 tried = handle.tried
                 if address.key not in tried:
                     tried.add(address.key)

@@ -233,11 +233,19 @@ class HealthChecker:
         #: Less than ``threshold`` % of the upstream's weight is healthy: the whole
         #: upstream answers 503 (Kong's ``healthchecks.threshold``; hot-path flag).
         self.below_threshold = False
+        #: Panic mode (``panic_threshold``): the balancer ignores health. Mirrors
+        #: ``balancer.in_panic``; see :meth:`_update_threshold`.
+        self.panic = False
+        #: Called with the new :attr:`panic` when it flips (set by the supervisor).
+        self.on_panic: Callable[[bool], None] | None = None
         self._states: dict[str, _AddressHealth] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._prober: Prober | None = None
         self._started = False
+        #: Stopped (replaced): late reports of tries it handed out still count, but
+        #: no longer decide panic for a balancer its successor may share.
+        self._stopped = False
         #: Health-check sharding: the configured targets (``host:port``) this data
         #: plane probes actively; ``None`` = all of them (no sharding).
         self.probe_targets: frozenset[str] | None = None
@@ -260,6 +268,7 @@ class HealthChecker:
         if self._started:
             return
         self._started = True
+        self._stopped = False
         self._prober = prober
         active = self.settings.active
         if active.healthy_interval > 0:
@@ -290,6 +299,7 @@ class HealthChecker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._started = False
+        self._stopped = True
 
     # ------------------------------------------------------------------ reports
 
@@ -340,6 +350,8 @@ class HealthChecker:
             if state is not None:
                 state.trial = _TRIAL_IN_FLIGHT
             self.balancer.set_address_health(key, False)
+            if self.settings.panic_threshold > 0:
+                self._update_panic()  # the serving tier may have changed
 
     def set_health(self, keys: Iterable[str], healthy: bool, reason: str = "manual") -> None:
         """Force addresses to a state and reset their counters (Kong's manual
@@ -552,6 +564,10 @@ class HealthChecker:
         self._update_threshold()
 
     def _update_threshold(self) -> None:
+        """Recompute Kong's threshold flag and the panic flag (after any change of
+        health marks or addresses). Half-open trial addresses count as healthy."""
+        if self.settings.panic_threshold > 0 or self.panic or self.balancer.in_panic:
+            self._update_panic()
         threshold = self.settings.threshold
         if threshold <= 0:
             self.below_threshold = False
@@ -561,8 +577,7 @@ class HealthChecker:
             if address.weight <= 0:
                 continue
             total += address.weight
-            state = self._states.get(address.key)
-            if state is None or state.healthy or state.trial != _TRIAL_NONE:
+            if self._counts_healthy(address.key):
                 healthy += address.weight
         self.below_threshold = total > 0 and healthy * 100.0 < threshold * total
 
@@ -621,6 +636,39 @@ class HealthChecker:
             self._refused.add(key)
             log.warning("upstream %s: %s stays in (%s)", self.upstream_id, key, state.reason)
         return False
+    def _counts_healthy(self, key: str) -> bool:
+        """Healthy for the threshold and panic shares: healthy, or in a half-open trial."""
+        state = self._states.get(key)
+        return state is None or state.healthy or state.trial != _TRIAL_NONE
+
+    def _update_panic(self) -> None:
+        """Panic mode (Envoy's): less than ``panic_threshold`` % of the serving tier's
+        weight (:meth:`Balancer.serving_tier`: the primaries, or the failover targets
+        once no primary is usable) is healthy. Tells the balancer and, on a flip,
+        :attr:`on_panic`. Kong's ``threshold`` is checked before the balancer is asked,
+        so below it the upstream answers 503 whether in panic or not."""
+        if self._stopped:
+            return
+        limit = self.settings.panic_threshold
+        panic = False
+        if limit > 0:
+            total = healthy = 0
+            for address in self.balancer.serving_tier():
+                total += address.weight
+                if self._counts_healthy(address.key):
+                    healthy += address.weight
+            panic = total > 0 and healthy * 100.0 < limit * total
+        self.balancer.set_panic(panic)
+        if panic == self.panic:
+            return
+        self.panic = panic
+        log.warning(
+            "upstream %s: %s panic mode (panic_threshold %g%%)",
+            self.upstream_id, "entered" if panic else "left", limit,
+        )
+        callback = self.on_panic
+        if callback is not None:
+            callback(panic)
 
     # ---------------------------------------------------------- half-open breaker
 

@@ -129,6 +129,9 @@ class HealthSettings:
     #: Ferry's ``max_ejection_percent``: passive and outlier ejections never take more
     #: than this % of the weight out (100 = uncapped, Kong's behaviour).
     max_ejection_percent: float = 100.0
+    #: Ferry's ``panic_threshold`` (Envoy's panic mode): % of the serving tier's
+    #: weight that must be healthy, else the balancer ignores health. 0 = off.
+    panic_threshold: float = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -283,4 +286,5 @@ def compile_health_settings(raw: Mapping[str, Any] | None) -> HealthSettings:
         ),
         threshold=_number(raw, "threshold", "healthchecks.", 0.0, 0, 100),
         max_ejection_percent=_number(raw, "max_ejection_percent", "healthchecks.", 100.0, 0, 100),
+        panic_threshold=_number(raw, "panic_threshold", "healthchecks.", 0.0, 0, 100),
     )

@@ -153,6 +153,7 @@ class HealthSupervisor:
             started.append(upstream_id)
             self._running[upstream_id] = checker
             checker.on_transition = self._transition
+            checker.on_panic = self._panic_changed
             self._revive(config, upstream_id, checker)
             checker.probe_targets = self._targets_for(upstream_id)
             checker.start(self._prober_for(checker))
@@ -166,8 +167,11 @@ class HealthSupervisor:
             for upstream_id in started:
                 rows.extend(_changed_rows(self._running[upstream_id], replaced.get(upstream_id)))
             rows.extend(self._dns_error_rows(started))
-            if rows:
-                self._queue(False, rows)
+            panic_flipped = any(
+                self._running[u].panic != (u in replaced and replaced[u].panic) for u in started
+            )
+            if rows or panic_flipped:
+                self._queue(False, rows)  # every report carries the panic set
 
     @staticmethod
     def _lost_rows(
@@ -301,6 +305,18 @@ class HealthSupervisor:
             self.queue_full_view()
             return
         self.reports.put_nowait((False, [transition]))
+
+    def _panic_changed(self, panic: bool) -> None:
+        """A running checker entered or left panic mode: queue a report (an empty
+        batch is enough, since every report carries :meth:`panic_upstreams`)."""
+        if self.reports.qsize() >= _MAX_QUEUED:
+            self.queue_full_view()
+            return
+        self.reports.put_nowait((False, []))
+
+    def panic_upstreams(self) -> list[str]:
+        """Ids of the running upstreams in panic mode now (sorted)."""
+        return sorted(u for u, checker in self._running.items() if checker.panic)
 
     def _targets_for(self, upstream_id: str) -> frozenset[str] | None:
         if self._assignment is None:

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from data_plane.access_log import AccessLog
-from data_plane.balancers import Address, Balancer
+from data_plane.balancers import Address, Balancer, BalancerHandle
 from data_plane.config_cache import ConfigCache
 from data_plane.dns_resolver import ResolvedAddress, TargetResolver, parse_nameservers
 from data_plane.health.checker import endpoint_of, target_key_of
@@ -760,3 +760,32 @@ async def test_active_checks_probe_each_srv_record_and_recover_it(
     assert ("api.srv.test:80", f"localhost:{port2}", "UNHEALTHY") in rows
     _HANDLERS[port2].down = False
     await wait_for(lambda: states()[f"localhost:{port2}"] == "HEALTHY", timeout=10, message="record 2 back")
+
+
+async def test_every_address_of_a_failover_target_is_a_failover_address(
+    stack: AsyncExitStack, dns_server: DnsServer, tmp_path: Path
+) -> None:
+    dns_server.records["standby.test"] = {"A": ["10.0.0.2", "10.0.0.1"]}
+    resolver = await start_resolver(stack, dns_server, tmp_path)
+    entities: dict[str, list[dict[str, Any]]] = {
+        "upstreams": [{"id": "u0", "name": "api"}],
+        "targets": [
+            {"id": "t0", "target": "10.9.9.9:81", "upstream": {"id": "u0"}},
+            {"id": "t1", "target": "standby.test:8080", "failover": True, "upstream": {"id": "u0"}},
+        ],
+        "services": [],
+        "routes": [],
+    }
+    config = compile_config(1, "h1", entities)
+    await resolver.apply(config, timeout=5)
+    b = balancer(config, "api")
+    assert [(endpoint_of(a), a.failover) for a in b.addresses] == [
+        ("10.9.9.9:81", False),
+        ("10.0.0.1:8080", True),
+        ("10.0.0.2:8080", True),
+    ]
+    handle = BalancerHandle()
+    assert {b.pick(handle).key for _ in range(4)} == {"10.9.9.9:81"}  # type: ignore[union-attr]
+    b.set_address_health("10.9.9.9:81", False)
+    picked = {endpoint_of(b.pick(BalancerHandle())) for _ in range(4)}  # type: ignore[arg-type]
+    assert picked == {"10.0.0.1:8080", "10.0.0.2:8080"}

@@ -65,8 +65,13 @@ class FakeDataPlane:
             if message.WhichOneof("message") == "health_override":
                 return message.health_override
 
-    async def report(self, full: bool, *addresses: cluster_pb2.AddressHealth) -> None:
-        report = cluster_pb2.HealthReport(full=full, addresses=list(addresses))
+    async def report(
+        self, full: bool, *addresses: cluster_pb2.AddressHealth, panic: tuple[str, ...] = ()
+    ) -> None:
+        """Send a ``HealthReport``; ``panic``: its ``panic_upstreams``."""
+        report = cluster_pb2.HealthReport(
+            full=full, addresses=list(addresses), panic_upstreams=list(panic)
+        )
         await self._call.write(cluster_pb2.DataPlaneMessage(health=report))
 
     async def ping(self) -> None:
