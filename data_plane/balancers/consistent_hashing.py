@@ -265,7 +265,7 @@ class ConsistentHashingBalancer(Balancer):
             if index == size:
                 index = 0
         if fallback is None:
-            return None
+            return self._pick_off_ring(handle)
         # Every usable address was tried: start a new round from the key's owner.
         tried.clear()
         tried.add(fallback.key)
@@ -302,7 +302,22 @@ class ConsistentHashingBalancer(Balancer):
             tried.add(untried.key)
             return untried
         if fallback is None:
-            return None
+            return self._pick_off_ring(handle)
         tried.clear()
         tried.add(fallback.key)
         return fallback
+
+    def _pick_off_ring(self, handle: BalancerHandle) -> Address | None:
+        """The walk found no eligible address on the ring, yet one may exist: an address
+        whose every point lost its position to heavier ones (a weight-1 address among
+        weight-100s on a small ring has 1-3 points). Picks among those by the key's
+        hash, so the request is served rather than refused. Rare: O(addresses)."""
+        eligible = self.eligible()
+        if not eligible:
+            return None
+        tried = handle.tried
+        candidates = [a for a in eligible if a.key not in tried] or eligible
+        key = handle.hash_key
+        chosen = candidates[hash64(key if key is not None else b"") % len(candidates)]
+        tried.add(chosen.key)
+        return chosen

@@ -167,3 +167,37 @@ def test_a_retry_skips_tried_targets_even_when_the_others_are_full() -> None:
         b.on_request_start(other)
     retry = b.pick(handle)
     assert retry == other
+
+
+def test_bounded_load_spreads_over_the_failover_tier_once_no_primary_is_usable() -> None:
+    primaries = [Address("10.0.7.1", 80, 100), Address("10.0.7.2", 80, 100)]
+    backups = [Address(f"10.0.8.{i}", 80, 100, failover=True) for i in range(1, 4)]
+    b = hashing(primaries + backups, 150)
+    for p in primaries:
+        b.set_address_health(p.key, False)
+    seen: Counter[str] = Counter()
+    for _ in range(9):  # one hot key, nine requests in flight
+        address = b.pick(BalancerHandle(b"hot"))
+        assert address is not None and address.failover
+        b.on_request_start(address)
+        seen[address.key] += 1
+    # Bound over the 3 failover targets: ceil(1.5 * 9 / 3) = 5 at most on one.
+    assert len(seen) > 1 and max(seen.values()) <= 5
+    b.set_address_health(primaries[0].key, True)
+    address = b.pick(BalancerHandle(b"hot"))
+    assert address is not None and not address.failover
+
+
+@pytest.mark.parametrize("factor", [0, 100])
+def test_an_address_whose_points_all_lost_their_positions_still_serves_when_it_is_the_only_one_left(
+    factor: int,
+) -> None:
+    # 10.0.1.3 (weight 1) gets 3 points on a 1000-slot ring; here all 3 lose their
+    # position to 10.0.1.2's heavier points (hypothesis found this set).
+    targets = addrs(1, 136, 1)
+    b = hashing(targets, factor)
+    assert targets[2] not in b._ring
+    b.set_address_health(targets[0].key, False)
+    b.set_address_health(targets[1].key, False)
+    assert b.pick(BalancerHandle(b"")) == targets[2]
+    assert b.pick(BalancerHandle(b"any key")) == targets[2]

@@ -150,3 +150,26 @@ def test_set_cookie_names_the_picked_address_only_when_it_changes() -> None:
     assert cookie.header_for(b, b.token(targets[0]), targets[1]) == (
         b"Set-Cookie: srv=" + token + b"; Path=/app; HttpOnly\r\n"
     )
+
+
+def test_a_client_pinned_to_a_failover_target_is_handed_back_when_a_primary_recovers() -> None:
+    primary = Address("10.0.9.1", 8000, 100)
+    backup = Address("10.0.9.2", 8000, 100, failover=True)
+    b = sticky([primary, backup])
+    b.set_address_health(primary.key, False)
+    cookie = b.token(first_pick(b, None))
+    assert b.address_for(cookie) == backup  # the only eligible address
+    assert first_pick(b, cookie) == backup
+    b.set_address_health(primary.key, True)
+    # The failover target is healthy but no longer eligible: the client moves.
+    assert first_pick(b, cookie) == primary
+
+
+def test_in_panic_a_client_stays_pinned_to_its_unhealthy_target() -> None:
+    targets = addrs(3)
+    b = sticky(targets)
+    cookie = b.token(targets[1])
+    b.set_address_health(targets[1].key, False)
+    assert first_pick(b, cookie) != targets[1]
+    b.set_panic(True)
+    assert first_pick(b, cookie) == targets[1]
