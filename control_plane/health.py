@@ -44,6 +44,11 @@ that connects later does not receive earlier ones (as on a single Kong node, whe
 an override lasts until the checker changes the state again).
 
 All classes are for one event loop; none is thread-safe.
+
+Why past ~600 lines: the report scripts, the DP hashes they write (rows, panic flags,
+history events recorded in the same call) and the readers of those hashes share one
+Redis layout; the history's own reads and rules live in
+:mod:`control_plane.health_history`.
 """
 
 from __future__ import annotations
