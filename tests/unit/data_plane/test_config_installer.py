@@ -7,25 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_plane.balancers import Address, BalancerHandle
+from data_plane.balancers import Address
 from data_plane.config_cache import ConfigCache
 from data_plane.config_installer import ConfigInstaller, apply_snapshot, attach_checkers
-from data_plane.health.checker import HealthChecker
 from data_plane.runtime import ConfigHolder, compile_config
 from ferry_shared.snapshot_format import canonical_json, config_hash
 from proto import cluster_pb2
+from tests.support.picks import picked_keys
 
 A = Address("10.0.0.1", 80)
 B = Address("10.0.0.2", 80)
 
-
-def picks(c: HealthChecker, n: int = 10) -> set[str]:
-    out = set()
-    for _ in range(n):
-        address = c.balancer.pick(BalancerHandle())
-        if address is not None:
-            out.add(address.key)
-    return out
 
 
 def test_compile_config_creates_no_checker() -> None:
@@ -62,7 +54,7 @@ def test_health_survives_a_config_change_that_keeps_the_target() -> None:
     new = second.upstreams["u1"].health
     assert new is not None and new is not health
     assert new.state_of(A) == "UNHEALTHY" and new.state_of(B) == "HEALTHY"
-    assert picks(new) == {B.key}
+    assert picked_keys(new) == {B.key}
     # Unchanged upstream: the very same checker (and its probe loops) carries on.
     third = installed(3, True, second)
     assert third.upstreams["u1"].health is new

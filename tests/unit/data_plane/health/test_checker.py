@@ -12,6 +12,7 @@ import pytest
 from data_plane.balancers import Address, BalancerHandle, create_balancer
 from data_plane.health.checker import HealthChecker, HealthTransition, ProbeOutcome
 from data_plane.health.settings import HealthSettings, compile_health_settings
+from tests.support.picks import picked_keys
 from tests.support.polling import wait_for
 
 A = Address("10.0.0.1", 80)
@@ -38,14 +39,6 @@ def checker(config: HealthSettings, addresses: list[Address] | None = None) -> t
     return c, seen
 
 
-def picks(c: HealthChecker, n: int = 10) -> set[str]:
-    out = set()
-    for _ in range(n):
-        address = c.balancer.pick(BalancerHandle())
-        if address is not None:
-            out.add(address.key)
-    return out
-
 
 def test_tcp_failures_reach_the_threshold_only_when_consecutive_enough() -> None:
     c, seen = checker(settings(tcp_failures=3))
@@ -54,11 +47,11 @@ def test_tcp_failures_reach_the_threshold_only_when_consecutive_enough() -> None
     c.report_passive(A, False, False, 200)  # a success resets the failure counters
     c.report_passive(A, True, False, 0)
     c.report_passive(A, True, False, 0)
-    assert not seen and picks(c) == {A.key, B.key}
+    assert not seen and picked_keys(c) == {A.key, B.key}
     c.report_passive(A, True, False, 0)
     assert [(t.address, t.state, t.target_id) for t in seen] == [(A.key, "UNHEALTHY", "t-a")]
     assert seen[0].reason == "passive: 3 tcp_failures"
-    assert picks(c) == {B.key}
+    assert picked_keys(c) == {B.key}
 
 
 def test_each_failure_kind_has_its_own_counter_and_zero_is_inert() -> None:
@@ -87,7 +80,7 @@ def test_passive_successes_bring_a_target_back_only_when_configured() -> None:
     c.report_passive(A, False, False, 200)
     c.report_passive(A, False, False, 200)
     assert [t.state for t in seen] == ["UNHEALTHY", "HEALTHY"]
-    assert picks(c) == {A.key, B.key}
+    assert picked_keys(c) == {A.key, B.key}
 
 
 def test_threshold_flags_the_balancer_when_too_little_weight_is_healthy() -> None:
@@ -133,7 +126,7 @@ async def test_half_open_lets_one_request_through_and_doubles_the_ejection_on_fa
     c.start(NeverProbe())
     try:
         c.report_passive(A, True, False, 0)
-        assert picks(c) == {B.key}
+        assert picked_keys(c) == {B.key}
         # After the ejection time A may be picked again, but only once.
         await wait_for(lambda: bool(c.trial_waiting), message="half-open")
         chosen = []
@@ -153,7 +146,7 @@ async def test_half_open_lets_one_request_through_and_doubles_the_ejection_on_fa
         assert c.state_of(A) == "HEALTHY"
         assert [t.state for t in seen] == ["UNHEALTHY", "HEALTHY"]
         assert seen[-1].reason == "passive: half-open request succeeded"
-        assert picks(c) == {A.key, B.key}
+        assert picked_keys(c) == {A.key, B.key}
     finally:
         await c.stop()
 

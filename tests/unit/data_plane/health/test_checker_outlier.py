@@ -15,6 +15,7 @@ import pytest
 from data_plane.balancers import Address, BalancerHandle, create_balancer
 from data_plane.health.checker import HealthChecker, HealthTransition, ProbeOutcome
 from data_plane.health.settings import compile_health_settings
+from tests.support.picks import picked_keys
 from tests.support.polling import wait_for
 
 ADDRESSES = [Address(f"10.0.0.{i}", 80) for i in range(1, 11)]
@@ -50,14 +51,6 @@ def traffic(c: HealthChecker, address: Address, requests: int, failures: int) ->
         c.report_passive(address, False, False, 500 if i < failures else 200)
 
 
-def picks(c: HealthChecker, n: int = 40) -> set[str]:
-    out = set()
-    for _ in range(n):
-        address = c.balancer.pick(BalancerHandle())
-        if address is not None:
-            out.add(address.key)
-    return out
-
 
 class NeverProbe:
     async def probe(self, address: Address, host: str) -> tuple[ProbeOutcome, int]:
@@ -80,7 +73,7 @@ def test_a_target_failing_30_percent_is_ejected_with_its_rate_and_the_rest_stay(
     assert [(t.address, t.state) for t in seen] == [(ADDRESSES[4].key, "UNHEALTHY")]
     # mean 94, stdev 12: the limit is 94 - 1 * 12 = 82.
     assert seen[0].reason == "outlier: success rate 70% < 82%"
-    assert picks(c) == {a.key for a in ADDRESSES[:4]}
+    assert picked_keys(c, 40) == {a.key for a in ADDRESSES[:4]}
 
 
 def test_statuses_in_neither_passive_list_count_as_successes_and_the_window_starts_over() -> None:
@@ -152,7 +145,7 @@ def test_a_cap_of_50_lets_passive_checks_eject_five_of_ten_and_logs_each_refusal
             for address in ADDRESSES[:8]:
                 c.report_passive(address, False, False, 500)
     assert [t.address for t in seen] == [a.key for a in ADDRESSES[:5]]
-    assert picks(c) == {a.key for a in ADDRESSES[5:]}
+    assert picked_keys(c, 40) == {a.key for a in ADDRESSES[5:]}
     assert c.ejections_refused == 9  # three kept-in targets, three failures each
     refused = [r for r in caplog.records if "stays in" in r.getMessage()]
     assert len(refused) == 3

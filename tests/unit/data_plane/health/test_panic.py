@@ -15,6 +15,7 @@ from data_plane.health.checker import HealthChecker
 from data_plane.health.settings import compile_health_settings
 from data_plane.health.supervisor import HealthSupervisor
 from data_plane.runtime import compile_config
+from tests.support.picks import picked_keys
 from tests.support.polling import wait_for
 
 FIVE = [Address(f"10.1.0.{i}", 80) for i in range(1, 6)]
@@ -31,25 +32,17 @@ def panic_checker(
     return c, flips
 
 
-def picked(c: HealthChecker, n: int = 50) -> set[str]:
-    out = set()
-    for _ in range(n):
-        address = c.balancer.pick(BalancerHandle())
-        if address is not None:
-            out.add(address.key)
-    return out
-
 
 def test_panic_at_40_percent_healthy_with_a_threshold_of_50_balances_over_all_five() -> None:
     c, flips = panic_checker(50, FIVE)
     c.set_health([FIVE[0].key, FIVE[1].key], False)  # 60% healthy: no panic
-    assert not c.panic and picked(c) == {a.key for a in FIVE[2:]}
+    assert not c.panic and picked_keys(c, 50) == {a.key for a in FIVE[2:]}
     c.set_health([FIVE[2].key], False)  # 40% healthy < 50%
     assert c.panic and c.balancer.in_panic and flips == [True]
-    assert picked(c) == {a.key for a in FIVE}
+    assert picked_keys(c, 50) == {a.key for a in FIVE}
     c.set_health([FIVE[0].key], True)  # 60% again
     assert not c.panic and not c.balancer.in_panic and flips == [True, False]
-    assert picked(c) == {FIVE[0].key, FIVE[3].key, FIVE[4].key}
+    assert picked_keys(c, 50) == {FIVE[0].key, FIVE[3].key, FIVE[4].key}
 
 
 @given(
@@ -73,13 +66,13 @@ def test_panic_iff_the_healthy_share_of_weight_is_below_the_threshold(
 def test_panic_threshold_0_is_off_whatever_the_health() -> None:
     c, flips = panic_checker(0, FIVE)
     c.set_health([a.key for a in FIVE], False)
-    assert not c.panic and flips == [] and picked(c) == set()
+    assert not c.panic and flips == [] and picked_keys(c, 50) == set()
 
 
 def test_everything_down_panics_over_every_target() -> None:
     c, _ = panic_checker(1, FIVE)
     c.set_health([a.key for a in FIVE], False)
-    assert c.panic and picked(c) == {a.key for a in FIVE}
+    assert c.panic and picked_keys(c, 50) == {a.key for a in FIVE}
 
 
 def test_the_share_is_over_the_serving_tier_so_a_healthy_failover_tier_is_no_panic() -> None:
@@ -87,13 +80,13 @@ def test_the_share_is_over_the_serving_tier_so_a_healthy_failover_tier_is_no_pan
     backups = [Address("10.1.2.1", 80, failover=True), Address("10.1.2.2", 80, failover=True)]
     c, _ = panic_checker(50, [*primaries, *backups])
     c.set_health([primaries[0].key, primaries[1].key], False)  # 1 of 3 primaries: 33%
-    assert c.panic and picked(c) == {a.key for a in primaries}  # the failover tier stays idle
+    assert c.panic and picked_keys(c, 50) == {a.key for a in primaries}  # the failover tier stays idle
     c.set_health([primaries[2].key], False)  # no primary usable: the failover tier serves
-    assert not c.panic and picked(c) == {a.key for a in backups}
+    assert not c.panic and picked_keys(c, 50) == {a.key for a in backups}
     c.set_health([backups[0].key], False)  # 1 of 2 failover targets: 50%, not below
-    assert not c.panic and picked(c) == {backups[1].key}
+    assert not c.panic and picked_keys(c, 50) == {backups[1].key}
     c.set_health([backups[1].key], False)  # nothing usable: panic over the primaries
-    assert c.panic and picked(c) == {a.key for a in primaries}
+    assert c.panic and picked_keys(c, 50) == {a.key for a in primaries}
 
 
 def test_kongs_threshold_is_checked_first_so_below_it_the_upstream_answers_503() -> None:
@@ -196,4 +189,4 @@ async def test_a_replaced_checker_no_longer_decides_panic_for_the_balancer_it_sh
     await old.stop()
     old.report_passive(FIVE[0], True, False, 0)  # a late try of the old config fails
     assert not balancer.in_panic and not new.panic
-    assert picked(new) == {FIVE[1].key}
+    assert picked_keys(new) == {FIVE[1].key}
