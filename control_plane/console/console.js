@@ -160,11 +160,12 @@
   }
 
   /** Every item of a paged list, following `next` (same-origin paths only: the token goes along). */
-  async function listAll(path) {
+  async function listAll(path, onFirst) {
     const items = [];
     let next = path;
     for (let page = 0; next && page < MAX_PAGES; page++) {
       const body = await api("GET", next);
+      if (page === 0 && onFirst) onFirst(body);
       if (body && Array.isArray(body.data)) items.push(...body.data);
       const link = body ? body.next : null;
       next = typeof link === "string" && link.startsWith("/") && !link.startsWith("//") ? link : null;
@@ -347,9 +348,15 @@
     timer = setTimeout(refresh, POLL_MS);
   }
 
+  /** The upstream's targets with their cluster-wide health and its panic block
+   *  (`{threshold, data_planes}`, only with a panic_threshold), or null when it is gone. */
   async function healthOf(upstream) {
     try {
-      return await listAll(`/upstreams/${enc(upstream.id)}/health?size=${PAGE_SIZE}`);
+      let panic = null;
+      const targets = await listAll(`/upstreams/${enc(upstream.id)}/health?size=${PAGE_SIZE}`, (body) => {
+        if (body && body.panic && Array.isArray(body.panic.data_planes)) panic = body.panic;
+      });
+      return { targets, panic };
     } catch (err) {
       if (err instanceof ApiError && err.status === 404) return null; // deleted meanwhile
       throw err;
@@ -380,8 +387,10 @@
         listAll(`/upstreams?size=${PAGE_SIZE}`),
         listAll("/clustering/data-planes"),
       ]);
-      const targets = await mapLimit(upstreams, MAX_PARALLEL, healthOf);
-      const present = upstreams.map((u, i) => ({ upstream: u, targets: targets[i] })).filter((x) => x.targets !== null);
+      const healths = await mapLimit(upstreams, MAX_PARALLEL, healthOf);
+      const present = upstreams
+        .map((u, i) => ({ upstream: u, targets: healths[i] ? healths[i].targets : null, panic: healths[i] ? healths[i].panic : null }))
+        .filter((x) => x.targets !== null);
       // Histories only of the cards whose "Health history" is open (cards of earlier refreshes).
       const opened = present.filter((x) => cards.has(x.upstream.id) && cards.get(x.upstream.id).history.open);
       const histories = await mapLimit(opened.map((x) => x.upstream), MAX_PARALLEL, historyOf);
@@ -428,14 +437,14 @@
     items.sort((a, b) => String(a.upstream.name).localeCompare(String(b.upstream.name)));
     const container = $("upstreams");
     const seen = new Set();
-    items.forEach(({ upstream, targets }, position) => {
+    items.forEach(({ upstream, targets, panic }, position) => {
       seen.add(upstream.id);
       let card = cards.get(upstream.id);
       if (!card) {
         card = createCard(upstream);
         cards.set(upstream.id, card);
       }
-      updateCard(card, upstream, targets);
+      updateCard(card, upstream, targets, panic);
       if (container.children[position] !== card.root) container.insertBefore(card.root, container.children[position] || null);
     });
     for (const [id, card] of cards) {
@@ -470,8 +479,9 @@
     history.addEventListener("toggle", () => {
       if (history.open) refresh();
     });
-    const root = el("section", { className: "upstream" }, el("h3", {}, title, " ", meta), tags, table, empty, history);
-    return { root, title, meta, tags, table, tbody, empty, rows: new Map(), tagsKey: null, history, historyBody, historyKey: null };
+    const panic = el("span", { className: "badge panic", hidden: true });
+    const root = el("section", { className: "upstream" }, el("h3", {}, title, " ", meta, " ", panic), tags, table, empty, history);
+    return { root, title, meta, panic, tags, table, tbody, empty, rows: new Map(), tagsKey: null, history, historyBody, historyKey: null };
   }
 
   /** Each target's timeline per data plane, from `events` (newest first, as the API lists them). */
@@ -517,8 +527,18 @@
     card.historyBody.replaceChildren(...sections, note);
   }
 
-  function updateCard(card, upstream, targets) {
+  function updateCard(card, upstream, targets, panic) {
     card.root.dataset.upstream = String(upstream.name);
+    // Panic mode (healthchecks.panic_threshold): the data planes balancing over every
+    // target, health ignored, because too little of the upstream's weight is healthy.
+    const inPanic = panic ? panic.data_planes.map(String) : [];
+    show(card.panic, inPanic.length > 0);
+    if (inPanic.length > 0) {
+      setText(card.panic, `panic on ${inPanic.length} data plane${inPanic.length === 1 ? "" : "s"}`);
+      setAttr(card.panic, "title", `less than ${panic.threshold}% of the weight is healthy: ` +
+        `balancing over all targets, health ignored (${inPanic.join(", ")})`);
+    }
+    card.root.dataset.panic = inPanic.join(" ");
     card.root.dataset.upstreamId = String(upstream.id);
     setText(card.title, upstream.name);
     setText(card.meta, `${upstream.algorithm || ""} · ${targets.length} target${targets.length === 1 ? "" : "s"}`);

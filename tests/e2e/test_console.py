@@ -447,3 +447,35 @@ async def test_console_shows_each_targets_health_timeline_per_data_plane(
     history = await admin(http, "GET", f"{cluster.admin}/upstreams/shop/health/events")
     assert [(e["from"] or "", e["to"], e["reason"]) for e in history["data"]] == events
     assert await ui(console.severe_log_entries) == []
+
+
+async def test_console_says_which_data_planes_have_an_upstream_in_panic(
+    cluster: Cluster, http: aiohttp.ClientSession, backends: Any, browser: webdriver.Chrome
+) -> None:
+    cp = cluster.start_control_plane()
+    await wait_http_ok(http, f"{cluster.admin}/status", cp)
+    a = f"127.0.0.1:{await backends('backend-a')}"
+    b = f"127.0.0.1:{await backends('backend-b')}"
+    await admin(http, "POST", f"{cluster.admin}/upstreams",
+                {"name": "shop", "healthchecks": {**PASSIVE_CHECKS, "panic_threshold": 60}})
+    for target in (a, b):
+        await admin(http, "POST", f"{cluster.admin}/upstreams/shop/targets", {"target": target})
+    dp = cluster.start_data_plane("dp1")
+    await wait_http_ok(http, f"{dp.status}/status/ready", dp.process)
+    await wait_dp_synced(http, cluster, dp.status)
+
+    console = Console(browser, cluster.admin)
+    badge_css = 'section.upstream[data-upstream="shop"] .badge.panic'
+    await ui(console.open)
+    await ui(console.wait_target, "shop", b, health="HEALTHY", dp="dp1")
+    assert await ui(console.visible, badge_css) is None  # 100 % healthy: no panic
+
+    # One of two targets out: 50 % healthy < 60 %, dp1 balances over both.
+    await ui(console.press, "shop", a, "unhealthy")
+    text = await ui(console.wait, lambda: console.text(badge_css), "the panic badge")
+    assert text == "panic on 1 data plane"
+    badge = await ui(console.visible, badge_css)
+    assert badge is not None and "60%" in str(badge.get_attribute("title"))
+    await ui(console.press, "shop", a, "healthy")
+    await ui(console.wait, lambda: console.visible(badge_css) is None or None, "the panic badge to go")
+    assert await ui(console.severe_log_entries) == []
