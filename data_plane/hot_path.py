@@ -14,10 +14,14 @@ modules of one group does not work. The source runs when
 - ``FERRY_NO_EXTENSIONS`` is set to anything but ``""`` or ``"0"`` (as
   aiohttp's ``AIOHTTP_NO_EXTENSIONS``), or
 - a compiled module is missing (built with ``FERRY_NO_EXTENSIONS=1``, or no C
-  compiler) or, in a source checkout (``setup.py`` beside the packages), older
-  than its source: an edited checkout not rebuilt yet, whose stale build must not
-  shadow the edit (``make test`` rebuilds it). An installed wheel's file times
-  say nothing about that and are not compared.
+  compiler) or, in a source checkout (``setup.py`` beside the packages), was not
+  compiled from the source as it is now: an edited checkout not rebuilt yet, whose
+  stale build must not shadow the edit (``make test`` rebuilds it). ``setup.py``
+  records the SHA-256 of every source just before mypyc reads them and writes the
+  record (:data:`BUILD_RECORD`) once the build succeeded; a source whose digest
+  differs, or no record, runs the source. Digests, not file times: a source edited
+  while a build runs is older than the build's output yet not in it. An installed
+  wheel has no record and is not checked.
 
 Only the standard library may be imported here: ``setup.py`` reads this file
 before anything is installed.
@@ -25,9 +29,11 @@ before anything is installed.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -65,6 +71,10 @@ GROUP_NAME = "ferry_hot_path"
 NO_EXTENSIONS_ENV = "FERRY_NO_EXTENSIONS"
 
 _ROOT = Path(__file__).resolve().parent.parent
+
+#: In a checkout: ``{module: sha256 of its source when it was compiled}``, written by
+#: ``setup.py`` after a successful build (ignored by git).
+BUILD_RECORD = ".hot-path-build.json"
 
 
 def source_path(module: str) -> Path:
@@ -110,19 +120,43 @@ class HotPath:
         }
 
 
+def source_digests(modules: Sequence[str] = HOT_MODULES) -> dict[str, str]:
+    """SHA-256 (hex) of each module's source as it is now."""
+    return {m: hashlib.sha256(source_path(m).read_bytes()).hexdigest() for m in modules}
+
+
+def write_build_record(digests: dict[str, str]) -> None:
+    """Record what a build compiled (``setup.py``, after the build succeeded)."""
+    record = _ROOT / BUILD_RECORD
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+    tmp.replace(record)
+
+
+def _read_build_record() -> dict[str, str] | None:
+    try:
+        record = json.loads((_ROOT / BUILD_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def choose(modules: Sequence[str] = HOT_MODULES) -> HotPath:
     """Decide which path runs (see the module docstring)."""
     if extensions_disabled():
         return HotPath("python", f"{NO_EXTENSIONS_ENV} is set")
     for module in modules:
-        extension = _extension_path(module)
-        if extension is None:
+        if _extension_path(module) is None:
             return HotPath("python", f"{module} is not compiled")
-        source = source_path(module)
-        if not (_ROOT / "setup.py").exists():
-            continue  # installed, not a checkout
-        if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
-            return HotPath("python", f"{source.name} is newer than its compiled module (rebuild)")
+    if not (_ROOT / "setup.py").exists():
+        return HotPath("compiled", None)  # installed, not a checkout
+    record = _read_build_record()
+    if record is None:
+        return HotPath("python", f"no record of what was compiled ({BUILD_RECORD}; rebuild)")
+    for module, digest in source_digests(modules).items():
+        if record.get(module) != digest:
+            name = source_path(module).name
+            return HotPath("python", f"{name} changed since it was compiled (rebuild)")
     return HotPath("compiled", None)
 
 

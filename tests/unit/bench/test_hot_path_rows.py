@@ -71,7 +71,7 @@ def test_render_marks_a_row_on_another_path_than_its_label() -> None:
             "features": {"passive_health_checks": "on", "metrics": "on"}, "hot_paths": hot_paths, "warnings": [],
         })
 
-    stale = rendered({"ferry": block("python", "base.py is newer than its compiled module (rebuild)"),
+    stale = rendered({"ferry": block("python", "base.py changed since it was compiled (rebuild)"),
                       "ferry-python": block("python", "set")})
     assert "Ferry DP, compiled (!)  " in stale and "Ferry DP, pure Python (!)" not in stale
     assert "(!): that data plane runs another hot path" in stale

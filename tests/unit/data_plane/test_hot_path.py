@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.machinery
+import json
 import os
 import subprocess
 import sys
@@ -17,20 +18,28 @@ SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
 def _tree(
-    tmp_path: Path, *, compiled: tuple[str, ...], stale: tuple[str, ...] = (), checkout: bool = True
+    tmp_path: Path,
+    *,
+    compiled: tuple[str, ...],
+    stale: tuple[str, ...] = (),
+    checkout: bool = True,
+    record: bool = True,
 ) -> None:
+    """Sources of MODULES, the ``compiled`` ones with an extension; in a checkout the
+    build record holds each source's digest as built, then the ``stale`` ones change."""
     (tmp_path / "pkg").mkdir()
     if checkout:
         (tmp_path / "setup.py").write_text("")
     for module in MODULES:
         name = module.split(".")[1]
-        source = tmp_path / "pkg" / f"{name}.py"
-        source.write_text("")
-        os.utime(source, (1000, 1000))
+        (tmp_path / "pkg" / f"{name}.py").write_text(f"X = {name!r}\n")
         if module in compiled:
-            extension = tmp_path / "pkg" / f"{name}{SUFFIX}"
-            extension.write_bytes(b"")
-            os.utime(extension, (500, 500) if module in stale else (2000, 2000))
+            (tmp_path / "pkg" / f"{name}{SUFFIX}").write_bytes(b"")
+    if checkout and record:
+        hot_path.write_build_record(hot_path.source_digests(MODULES))
+    for module in stale:
+        name = module.split(".")[1]
+        (tmp_path / "pkg" / f"{name}.py").write_text(f"X = {name!r} + ' edited'\n")
 
 
 @pytest.fixture
@@ -70,16 +79,43 @@ def test_one_module_missing_its_build_runs_every_module_from_source(fake_root: P
     assert chosen.mode == "python" and chosen.reason == "pkg.faster is not compiled"
 
 
-def test_a_build_older_than_its_source_is_not_run(fake_root: Path) -> None:
+def test_a_build_of_an_older_source_is_not_run(fake_root: Path) -> None:
     _tree(fake_root, compiled=MODULES, stale=MODULES[1:])
     chosen = hot_path.choose(MODULES)
     assert chosen.mode == "python"
-    assert chosen.reason == "faster.py is newer than its compiled module (rebuild)"
+    assert chosen.reason == "faster.py changed since it was compiled (rebuild)"
 
 
-def test_an_installed_package_runs_compiled_whatever_its_file_times(fake_root: Path) -> None:
+def test_a_source_edited_during_the_build_is_not_run_though_older_than_the_build(
+    fake_root: Path,
+) -> None:
+    # The digest is taken when mypyc reads the sources; the edit lands before the
+    # build's output is written, so the output is newer than the edited file.
+    _tree(fake_root, compiled=MODULES, stale=MODULES[:1])
+    for module in MODULES:
+        name = module.split(".")[1]
+        os.utime(fake_root / "pkg" / f"{name}.py", (1000, 1000))
+        os.utime(fake_root / "pkg" / f"{name}{SUFFIX}", (2000, 2000))
+    chosen = hot_path.choose(MODULES)
+    assert chosen.mode == "python" and chosen.reason == "fast.py changed since it was compiled (rebuild)"
+
+
+def test_a_checkout_without_a_build_record_runs_the_source(fake_root: Path) -> None:
+    _tree(fake_root, compiled=MODULES, record=False)
+    chosen = hot_path.choose(MODULES)
+    assert chosen.mode == "python" and chosen.reason is not None and "no record" in chosen.reason
+
+
+def test_an_installed_package_runs_compiled_without_a_record(fake_root: Path) -> None:
     _tree(fake_root, compiled=MODULES, stale=MODULES, checkout=False)
     assert hot_path.choose(MODULES).mode == "compiled"
+
+
+def test_this_checkouts_record_matches_its_sources_when_it_runs_compiled() -> None:
+    if hot_path.current().mode != "compiled":
+        pytest.skip(f"this run is on the pure-Python path ({hot_path.current().reason})")
+    record = json.loads((Path(hot_path.__file__).resolve().parent.parent / hot_path.BUILD_RECORD).read_text())
+    assert record == hot_path.source_digests()
 
 
 def _loaded_from(env: dict[str, str]) -> list[str]:
