@@ -51,6 +51,7 @@ HOT_MODULES: tuple[str, ...] = (
     "data_plane.proxy.headers",
     "data_plane.proxy.upstream",
     "data_plane.proxy.errors",
+    "data_plane.proxy.write_batch",
     "data_plane.upstream_try",
     "data_plane.request_metrics",
     "data_plane.retry_budget",

@@ -95,6 +95,8 @@ class _ClientConnection(_Dispatch):
         self._loop = server._loop
         self._holder = server.holder
         self._transport: asyncio.Transport | None = None
+        self._pending_out = None
+        self._batch = server.write_batch
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -548,6 +550,7 @@ class _ClientConnection(_Dispatch):
         transport = self._transport
         if transport is None or self._closed:
             return
+        self.flush_output()
         if self._linger and self._linger_timer is None and transport.can_write_eof():
             # Send the answer and FIN, drain the client until it closes (or time is up).
             transport.write_eof()
@@ -558,6 +561,7 @@ class _ClientConnection(_Dispatch):
         transport.close()
 
     def _abort(self) -> None:
+        self._pending_out = None
         if self._transport is not None and not self._closed:
             self._transport.abort()
 

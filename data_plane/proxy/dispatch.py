@@ -76,6 +76,7 @@ from data_plane.proxy.exchange import (
 )
 from data_plane.proxy.headers import _CONTINUE, _CRLF, _IDEMPOTENT
 from data_plane.proxy.upstream import _UpstreamConnection
+from data_plane.proxy.write_batch import WriteBatch
 from data_plane.request_metrics import RouteSeries
 from data_plane.runtime import ConfigHolder
 from data_plane.upstream_tls import open_tls, server_name
@@ -118,6 +119,10 @@ class _Dispatch:
     _loop: asyncio.AbstractEventLoop
     _holder: ConfigHolder
     _transport: asyncio.Transport | None
+    #: Bytes for the client queued in this loop iteration (None: nothing queued), and
+    #: the batch that writes them at its end (see data_plane.proxy.write_batch).
+    _pending_out: list[bytes | memoryview] | None
+    _batch: WriteBatch
     _parser: httptools.HttpRequestParser
     _url: bytes
     _headers: list[tuple[bytes, bytes]]
@@ -277,8 +282,7 @@ class _Dispatch:
             self._respond_error(ex, ex.error)
             return
         if ex.expect_continue and not ex.request_complete:
-            assert self._transport is not None
-            self._transport.write(_CONTINUE)
+            self._send(_CONTINUE)
         self._try_next(ex)
 
     def _try_next(self, ex: _Exchange) -> None:
@@ -569,9 +573,42 @@ class _Dispatch:
         self._advance()
 
     def response_write(self, data: list[bytes | memoryview]) -> None:
-        """Relay response bytes (head and/or body pieces) in one write."""
+        """Relay response bytes (head and/or body pieces): queued for the end of this
+        loop iteration, and from there written in one call. Takes ``data`` over."""
         if self._transport is not None and not self._closed and not self._eof_sent:
-            self._transport.writelines(data)
+            pending = self._pending_out
+            if pending is None:
+                self._pending_out = data
+                self._batch.client(self)
+            else:
+                # A second write in one iteration: a body streaming in, not a burst
+                # of answers. Written now, so that flow control sees it (uvloop reads
+                # a socket up to 32 times per iteration): at most one read is held.
+                pending.extend(data)
+                self.flush_output()
+
+    def _send(self, data: bytes) -> None:
+        """Queue ``data`` for the client, after anything queued before it."""
+        pending = self._pending_out
+        if pending is None:
+            self._pending_out = [data]
+            self._batch.client(self)
+        else:
+            pending.append(data)
+
+    def flush_output(self) -> None:
+        """Write what is queued (the batch's call at the end of the iteration, or a
+        close that must not leave it behind)."""
+        pending = self._pending_out
+        if pending is None:
+            return
+        self._pending_out = None
+        transport = self._transport
+        if transport is not None and not self._closed and not self._eof_sent:
+            if len(pending) == 1:
+                transport.write(pending[0])
+            else:
+                transport.writelines(pending)
 
     def response_done(self, ex: _Exchange) -> None:
         """The upstream response for ``ex`` has been relayed completely."""
@@ -674,7 +711,7 @@ class _Dispatch:
             else:
                 data = responses.close if close else responses.keep
         if self._transport is not None and not self._closed:
-            self._transport.write(data)
+            self._send(data)
         ex.response_started = True
         ex.response_complete = True
         if not ex.request_complete:
@@ -700,7 +737,7 @@ class _Dispatch:
     def tunnel_write(self, data: bytes) -> None:
         """Relay raw tunnel bytes from the target."""
         if self._transport is not None and not self._closed and not self._eof_sent:
-            self._transport.write(data)
+            self.response_write([data])
 
     # ------------------------------------------------------- reading the client
 

@@ -25,6 +25,7 @@ from data_plane.proxy.client import _ClientConnection
 from data_plane.proxy.errors import _ALL_ERRORS, _ErrorResponse
 from data_plane.proxy.headers import _CRLF
 from data_plane.proxy.http2 import ProtocolSniffer
+from data_plane.proxy.write_batch import WriteBatch
 from data_plane.request_metrics import RequestMetrics
 from data_plane.runtime import ConfigHolder
 from data_plane.tls_termination import TlsTermination
@@ -133,6 +134,8 @@ class ProxyServer:
         self._clients_empty: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        #: Writes of one loop iteration, made at its end (data_plane/proxy/write_batch.py).
+        self.write_batch: WriteBatch = None  # type: ignore[assignment]
         # Keys separate TLS identities (each https service's context, compiled with
         # the config: data_plane/upstream_tls.py) and server names.
         self.pool: UpstreamPool[_UpstreamConnection] = None  # type: ignore[assignment]
@@ -174,6 +177,7 @@ class ProxyServer:
     async def start(self) -> None:
         """Bind and start accepting. Raises ``OSError`` when the address is unusable."""
         self._loop = asyncio.get_running_loop()
+        self.write_batch = WriteBatch(self._loop)
         self.pool = UpstreamPool(
             max_idle_per_key=self._max_idle,
             idle_timeout=self._upstream_idle_timeout,

@@ -31,6 +31,7 @@ from data_plane.proxy.headers import (
     MAX_HEADER_BYTES,
     _response_fields,
 )
+from data_plane.proxy.write_batch import WriteBatch
 
 if TYPE_CHECKING:
     from data_plane.overload import TargetLoad
@@ -120,6 +121,10 @@ class _UpstreamConnection:
         self.load: TargetLoad | None = None
         self.idle_since = 0.0
         self.transport: asyncio.Transport | None = None
+        #: Bytes for the target queued in this loop iteration (None: nothing queued),
+        #: written by the batch at its end (see data_plane.proxy.write_batch).
+        self._pending_out: list[bytes] | None = None
+        self._batch: WriteBatch = server.write_batch
         self._parser = httptools.HttpResponseParser(self)
         self._client: ClientSide | None = None
         self._ex: _Exchange | None = None
@@ -170,6 +175,7 @@ class _UpstreamConnection:
 
     def close(self) -> None:
         if self.transport is not None and not self._closed:
+            self.flush_output()
             self.transport.close()
 
     def recycle(self) -> None:
@@ -183,6 +189,7 @@ class _UpstreamConnection:
     def abandon(self) -> None:
         """The exchange no longer wants this connection (mid-request): drop it now."""
         self._unbind()
+        self._pending_out = None
         if self.transport is not None and not self._closed:
             self.transport.abort()
 
@@ -190,6 +197,7 @@ class _UpstreamConnection:
         """The client side of a tunnel closed: close after writing what is buffered."""
         self._unbind()
         if self.transport is not None and not self._closed:
+            self.flush_output()
             self.transport.close()
 
     # ------------------------------------------------------------- asyncio callbacks
@@ -329,6 +337,7 @@ class _UpstreamConnection:
             log.error("proxy bug while parsing a response", exc_info=exc.__context__ or exc)
         if ex is not None and client is not None:
             self._unbind()
+            self._pending_out = None
             if self.transport is not None:
                 self.transport.abort()
             client.upstream_failed(ex, self, timed_out=False, invalid=True)
@@ -410,19 +419,44 @@ class _UpstreamConnection:
                 self.transport.resume_reading()
 
     def send_head(self, head: bytes, body: list[bytes] | None) -> None:
-        assert self.transport is not None
-        if body:
-            self.transport.writelines([head, *body])
+        """Queue the request head (and body pieces) for the end of this loop iteration."""
+        pending = self._pending_out
+        if pending is None:
+            self._pending_out = [head, *body] if body else [head]
+            self._batch.upstream(self)
         else:
-            self.transport.write(head)
+            pending.append(head)
+            if body:
+                pending.extend(body)
 
     def send_body(self, data: bytes | list[bytes]) -> None:
-        assert self.transport is not None
-        if isinstance(data, list):
-            self.transport.writelines(data)
+        """Queue request body bytes after everything queued before them."""
+        pending = self._pending_out
+        if pending is None:
+            self._pending_out = data if isinstance(data, list) else [data]
+            self._batch.upstream(self)
         else:
-            self.transport.write(data)
+            # A second write in one iteration: a body streaming in. Written now, so
+            # that flow control sees it (see _Dispatch.response_write).
+            if isinstance(data, list):
+                pending.extend(data)
+            else:
+                pending.append(data)
+            self.flush_output()
         self._last_activity = self._loop.time()
+
+    def flush_output(self) -> None:
+        """Write what is queued, in one call (the batch's flush, or a close first)."""
+        pending = self._pending_out
+        if pending is None:
+            return
+        self._pending_out = None
+        transport = self.transport
+        if transport is not None and not self._closed:
+            if len(pending) == 1:
+                transport.write(pending[0])
+            else:
+                transport.writelines(pending)
 
     def request_sent(self) -> None:
         """The whole request is written (buffered) upstream."""
@@ -458,6 +492,7 @@ class _UpstreamConnection:
             return
         ex, client = self._ex, self._client
         self._unbind()
+        self._pending_out = None
         if self.transport is not None:
             self.transport.abort()
         if client is not None:
@@ -627,5 +662,6 @@ class _UpstreamConnection:
         if reusable:
             self.recycle()
         elif not self._closed and self.transport is not None:
+            self.flush_output()
             self.transport.close()
         client.response_done(ex)

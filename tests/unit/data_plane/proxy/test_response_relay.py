@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -77,12 +77,22 @@ _LATENCY = re.compile(rb"(\r\nX-Ferry-(?:Upstream|Proxy)-Latency: )\d+")
 
 
 class FakeTransport:
-    """Records everything written; ``close``/``abort`` only mark it (see ``Harness.settle``)."""
+    """Records everything written; ``close``/``abort`` only mark it (see ``Harness.settle``).
+
+    ``flush`` is the server's write batch: the proxy queues its writes for the end of
+    the event loop's iteration, which here is whenever a test reads ``data`` (every
+    read the test fed before is then one iteration).
+    """
 
     def __init__(
-        self, protocol: asyncio.BaseProtocol, peer: tuple[str, int], sock: tuple[str, int]
+        self,
+        protocol: asyncio.BaseProtocol,
+        peer: tuple[str, int],
+        sock: tuple[str, int],
+        flush: Callable[[], None],
     ) -> None:
         self.protocol = protocol
+        self._flush = flush
         self._extra = {"peername": peer, "sockname": sock}
         self.chunks: list[bytes] = []
         self.closing = False
@@ -92,6 +102,7 @@ class FakeTransport:
 
     @property
     def data(self) -> bytes:
+        self._flush()
         return b"".join(self.chunks)
 
     def get_extra_info(self, name: str, default: object = None) -> object:
@@ -170,7 +181,9 @@ class Harness:
     def add_upstream(self) -> Upstream:
         """An open upstream connection to the service's address, idle in the pool."""
         conn = _UpstreamConnection(self.server, POOL_KEY)
-        transport = FakeTransport(conn, ("127.0.0.1", UPSTREAM_PORT), ("127.0.0.1", 50000))
+        transport = FakeTransport(
+            conn, ("127.0.0.1", UPSTREAM_PORT), ("127.0.0.1", 50000), self.server.write_batch.flush
+        )
         conn.connection_made(cast(asyncio.BaseTransport, transport))
         assert self.server.pool.release(conn)
         upstream = Upstream(conn, transport)
@@ -180,7 +193,10 @@ class Harness:
     def client(self) -> Client:
         conn = _ClientConnection(self.server)
         transport = FakeTransport(
-            conn, ("127.0.0.1", 40000 + len(self.clients)), ("127.0.0.1", 8000)
+            conn,
+            ("127.0.0.1", 40000 + len(self.clients)),
+            ("127.0.0.1", 8000),
+            self.server.write_batch.flush,
         )
         conn.connection_made(cast(asyncio.BaseTransport, transport))
         client = Client(conn, transport)
