@@ -37,6 +37,13 @@ UPSTREAM_LATENCY_BUCKETS_MS: Final = (
     25, 50, 80, 100, 250, 400, 700, 1000, 2000, 5000, 10000, 30000, 60000,
 )
 
+
+
+def _upstream_bucket(ms: int) -> int:
+    """The slot of ``ms`` in a histogram of :data:`UPSTREAM_LATENCY_BUCKETS_MS`."""
+    return 0 if ms <= 25 else bisect_left(UPSTREAM_LATENCY_BUCKETS_MS, ms)
+
+
 #: A :meth:`RequestMetrics.snapshot`: JSON-able, mergeable by :func:`merge_snapshots`.
 Snapshot = dict[str, Any]
 
@@ -79,18 +86,19 @@ class RouteSeries:
         """A response relayed from a target. Latencies in whole ms (as Kong logs them)."""
         codes = self.codes
         codes[status] = codes.get(status, 0) + 1
-        self.kong[bisect_left(KONG_LATENCY_BUCKETS_MS, kong_ms)] += 1
+        # Most requests fall in the first bucket: no bisect (a call) for them.
+        self.kong[0 if kong_ms <= 1 else bisect_left(KONG_LATENCY_BUCKETS_MS, kong_ms)] += 1
         self.kong_sum += kong_ms
-        self.upstream[bisect_left(UPSTREAM_LATENCY_BUCKETS_MS, upstream_ms)] += 1
+        self.upstream[_upstream_bucket(upstream_ms)] += 1
         self.upstream_sum += upstream_ms
-        self.request[bisect_left(UPSTREAM_LATENCY_BUCKETS_MS, request_ms)] += 1
+        self.request[_upstream_bucket(request_ms)] += 1
         self.request_sum += request_ms
 
     def observe_local(self, status: int, request_ms: int) -> None:
         """An answer the proxy gave itself (it has no upstream or gateway latency)."""
         codes = self.local_codes
         codes[status] = codes.get(status, 0) + 1
-        self.request[bisect_left(UPSTREAM_LATENCY_BUCKETS_MS, request_ms)] += 1
+        self.request[_upstream_bucket(request_ms)] += 1
         self.request_sum += request_ms
 
     def to_json(self) -> dict[str, Any]:

@@ -66,6 +66,8 @@ from data_plane.tls_termination import server_name_of
 if TYPE_CHECKING:
     from data_plane.proxy.seam import UpstreamSide
     from data_plane.proxy.server import ClientTimeouts, ProxyServer
+    from data_plane.router import RouteMatch
+    from data_plane.runtime import CompiledService
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,13 @@ class _ClientConnection(_Dispatch):
         #: The route of this connection's last request and its metrics series.
         self._series_route: object = None
         self._series: RouteSeries | None = None
+        #: The router's answer to the last request line (Host, method, target) of this
+        #: connection, and the router it came from (see _Dispatch._route).
+        self._match_router: object = None
+        self._match_url = b""
+        self._match_host: bytes | None = None
+        self._match_method = b""
+        self._last_match: RouteMatch[CompiledService] | None = None
         #: The upgrade request waiting for its answer (reading paused meanwhile).
         self._upgrade_ex: _Exchange | None = None
         #: After a 101: the upstream connection raw bytes are piped to.

@@ -78,7 +78,8 @@ from data_plane.proxy.headers import _CONTINUE, _CRLF, _IDEMPOTENT
 from data_plane.proxy.upstream import _UpstreamConnection
 from data_plane.proxy.write_batch import WriteBatch
 from data_plane.request_metrics import RouteSeries
-from data_plane.runtime import ConfigHolder
+from data_plane.router import RouteMatch
+from data_plane.runtime import CompiledService, ConfigHolder
 from data_plane.upstream_tls import open_tls, server_name
 from data_plane.upstream_try import allow_retry, begin_try, end_request
 
@@ -141,6 +142,12 @@ class _Dispatch:
     _fwd_host_line: bytes
     _series_route: object
     _series: RouteSeries | None
+    #: The router's answer to this connection's last request line (see _route).
+    _match_router: object
+    _match_url: bytes
+    _match_host: bytes | None
+    _match_method: bytes
+    _last_match: RouteMatch[CompiledService] | None
     _upgrade_ex: _Exchange | None
     _tunnel: UpstreamSide | None
     _upgrade_held: list[bytes]
@@ -212,9 +219,9 @@ class _Dispatch:
             ex.error = E_NO_CONFIG
         else:
             router = config.router
-            route_headers: dict[bytes, bytes | list[bytes]] | None = None
+            match: RouteMatch[CompiledService] | None
             if router.uses_headers:
-                route_headers = {}
+                route_headers: dict[bytes, bytes | list[bytes]] = {}
                 for n, v in self._headers:
                     n = n.lower()
                     seen = route_headers.get(n)
@@ -224,7 +231,25 @@ class _Dispatch:
                         seen.append(v)
                     else:
                         route_headers[n] = [seen, v]
-            match = router.match(ex.method, host, self._url, route_headers, self._sni)
+                match = router.match(ex.method, host, self._url, route_headers, self._sni)
+            elif (
+                router is self._match_router
+                and self._url == self._match_url
+                and host == self._match_host
+                and ex.method == self._match_method
+            ):
+                # A client mostly repeats one request line on a connection: the router
+                # (immutable, one per config) gives the same answer to the same
+                # method, Host and target (its own cache is keyed alike; the SNI is
+                # the connection's), so the last answer is reused without calling it.
+                match = self._last_match
+            else:
+                match = router.match(ex.method, host, self._url, None, self._sni)
+                self._match_router = router
+                self._match_url = self._url
+                self._match_host = host
+                self._match_method = ex.method
+                self._last_match = match
             if match is not None:
                 route = match.route
                 if route is not self._series_route:
