@@ -30,6 +30,7 @@ from data_plane.proxy.headers import (
     _LAST_CHUNK,
     MAX_HEADER_BYTES,
     _response_fields,
+    _ResponseFields,
 )
 from data_plane.proxy.write_batch import WriteBatch
 
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
     from data_plane.runtime import CompiledService
 
 log = logging.getLogger(__name__)
+
+#: Response heads up to this long are remembered per connection (see
+#: ``_UpstreamConnection.on_headers_complete``): a typical head is 200-400 bytes.
+_HEAD_CACHE_MAX: Final = 2048
+_NO_FIELDS: Final = _ResponseFields()
 
 # How the response body is relayed to the client.
 _BODY_NONE: Final = 0
@@ -167,6 +173,10 @@ class _UpstreamConnection:
         #: upstream; flushed as one write at the end of it (head and first body bytes
         #: usually arrive together: one syscall instead of two).
         self._out: list[bytes | memoryview] = []
+        #: The last final response head on this connection (up to _HEAD_CACHE_MAX bytes)
+        #: and its split, reused for a head identical to it (see on_headers_complete).
+        self._last_head = b""
+        self._last_fields: _ResponseFields = _NO_FIELDS
 
     # ------------------------------------------------------------- pool interface
 
@@ -512,11 +522,20 @@ class _UpstreamConnection:
             # llhttp skips empty lines before a status line; so does the head's copy.
             while buf[start : start + 1] in (b"\r", b"\n"):
                 start += 1
-        end = buf.find(b"\r\n\r\n", start) + 4
-        if end < 4:
-            raise _BadUpstreamResponse("response head without its end")  # cannot happen
-        if end - start > MAX_HEADER_BYTES:
-            raise _BadUpstreamResponse("response head too large")
+        last = self._last_head
+        if last and buf.startswith(last, start):
+            # Byte for byte the head of this connection's last response (a target
+            # repeats its head, but for Date once a second): it ends where that one
+            # did (its only blank line is its last), and splits the same.
+            end = start + len(last)
+            same = True
+        else:
+            same = False
+            end = buf.find(b"\r\n\r\n", start) + 4
+            if end < 4:
+                raise _BadUpstreamResponse("response head without its end")  # cannot happen
+            if end - start > MAX_HEADER_BYTES:
+                raise _BadUpstreamResponse("response head too large")
         self._scan = end
         status = self._parser.get_status_code()
         if status < 200 and not (status == 101 and ex.upgrade):
@@ -527,8 +546,15 @@ class _UpstreamConnection:
             return
         ex.t_headers = now = _now_ns()
         ex.status = status
-        head = buf[start:end] if start or end != len(buf) else buf
-        fields = _response_fields(head, status == 204)
+        if same:
+            head = last
+            fields = self._last_fields
+        else:
+            head = buf[start:end] if start or end != len(buf) else buf
+            fields = _response_fields(head, status == 204)  # the status is in the head
+            if len(head) <= _HEAD_CACHE_MAX:
+                self._last_head = head
+                self._last_fields = fields
         content_length = fields.content_length
         parts = [fields.prefix, self._server._via_header]
         sent, begun = (now - ex.t_sent) // 1_000_000, (ex.t_sent - ex.t_begin) // 1_000_000
