@@ -71,6 +71,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Requests up to this long are remembered per connection (see _remember_plain).
+_REPEAT_MAX: Final = 4096
+
 #: Bytes a client sends after an upgrade request's head, held until the target answers
 #: (reading pauses after each read, so this is one read at most); above it, close.
 UPGRADE_HOLD_LIMIT: Final = 256 * 1024
@@ -138,6 +141,12 @@ class _ClientConnection(_Dispatch):
         self._match_host: bytes | None = None
         self._match_method = b""
         self._last_match: RouteMatch[CompiledService] | None = None
+        #: The last read that was one plain request, the config it was routed on and
+        #: its exchange as routed (see _remember_plain); messages begun in this read.
+        self._repeat_raw = b""
+        self._repeat_config: object = None
+        self._repeat_ex: _Exchange | None = None
+        self._begun = 0
         #: The upgrade request waiting for its answer (reading paused meanwhile).
         self._upgrade_ex: _Exchange | None = None
         #: After a 101: the upstream connection raw bytes are piped to.
@@ -231,10 +240,59 @@ class _ClientConnection(_Dispatch):
                 if self._upgrade_ex is not None:
                     self._hold_upgrade_data(data)
                 return
-        self._feed(data)
+        if self._queue or self._parsing is not None or self._in_head:
+            self._feed(data)  # mid-request, or behind one in flight
+        elif (
+            data == self._repeat_raw
+            and self._holder.current is self._repeat_config
+            and not self._shutting_down
+        ):
+            # Byte for byte the last plain request, on the same config: the same head,
+            # the same checks passed, the same route (see _remember_plain).
+            template = self._repeat_ex
+            assert template is not None
+            self._queue.append(template.repeat(_now_ns()))
+            self._advance()
+            return
+        else:
+            self._begun = 0
+            self._feed(data)
+            if self._begun == 1 and len(self._queue) == 1 and self._parsing is None:
+                self._remember_plain(data, self._queue[0])
         if self._start_due:
             self._start_due = False
             self._advance()
+
+    def _remember_plain(self, data: bytes, ex: _Exchange) -> None:
+        """``data`` was one whole request read from a message boundary, parsed into
+        ``ex`` (routed, not started). If it is plain -- routed to a service without a
+        hash key, no body, keep-alive, nothing to answer locally -- the same bytes next
+        time on this connection, on the same config, give the same exchange: llhttp and
+        the head checks would say the same, the router too (its answer depends on the
+        method, Host, target and the connection's SNI only), and so would the
+        ``X-Forwarded-*`` lines. They are then queued from a copy without parsing
+        (``data_received``). A client (a load balancer's health check, an API poller, a
+        benchmark) mostly repeats itself byte for byte on one connection."""
+        service = ex.service
+        if (
+            len(data) <= _REPEAT_MAX
+            and service is not None
+            and service.hash_spec is None
+            and ex.error is None
+            and ex.request_complete
+            and not ex.has_body
+            and not ex.upgrade
+            and not ex.close_after
+            and not ex.discard
+            and not self._shutting_down
+        ):
+            self._repeat_raw = data
+            self._repeat_config = self._holder.current
+            self._repeat_ex = ex.repeat(0)
+        else:
+            self._repeat_raw = b""
+            self._repeat_config = None
+            self._repeat_ex = None
 
     def _feed(self, data: bytes) -> None:
         """Parse one read. Request heads parsed here are started by the caller."""
@@ -301,6 +359,7 @@ class _ClientConnection(_Dispatch):
     # ------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
+        self._begun += 1
         self._t_begin = _now_ns()
         self._head_since = self.last_active
         self._url = b""

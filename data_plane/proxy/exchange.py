@@ -146,6 +146,22 @@ class _Exchange:
         self.url = b""
 
 
+    def repeat(self, t_begin: int) -> _Exchange:
+        """A new exchange for the same request, byte for byte, read on the same
+        connection and config (``_ClientConnection._remember_plain``): this one's head
+        and routing, fresh state, request complete. Only for a plain exchange (no body,
+        no error, keep-alive, no hash key); read before it was started."""
+        ex = _Exchange(self.method, self.http10, self.close_after, t_begin)
+        ex.host_header = self.host_header
+        ex.upstream_path = self.upstream_path
+        ex.head_tail = self.head_tail
+        ex.service = self.service
+        ex.preserve_host = self.preserve_host
+        ex.series = self.series
+        ex.url = self.url
+        ex.request_complete = True
+        return ex
+
     def end_try(self, failed: bool, timed_out: bool = False, aborted: bool = False) -> None:
         """Settle the open try, if any (:meth:`Try.end`): ``failed`` when no response
         head came (``timed_out`` says how); an ``aborted`` try (the client went away, or
