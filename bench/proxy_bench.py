@@ -78,7 +78,13 @@ from bench.procstat import (
     cpu_ticks_by_pid,
     read_cpu_times,
 )
-from bench.wrk import mean_think_time_ms, parse_wrk_output, think_time_script, wrk_command
+from bench.wrk import (
+    mean_think_time_ms,
+    parse_wrk_output,
+    think_time_script,
+    varied_requests_script,
+    wrk_command,
+)
 from ferry_shared.listen import free_port
 
 SCENARIOS = ("direct", "nginx", "haproxy", "ferry", "ferry-python")
@@ -90,6 +96,8 @@ LABELS = {
     "ferry-python": "Ferry DP, pure Python",
 }
 PROXIES = ("nginx", "haproxy")
+#: Measured again at peak with every request different (bench.wrk.varied_requests_script).
+VARIED_SCENARIOS = ("nginx", "ferry")
 #: Ferry's data planes, all of one control plane: scenario → hostname, the environment
 #: it adds, and the ``/status`` ``hot_path.mode`` it should report. The variable is
 #: data_plane.hot_path.NO_EXTENSIONS_ENV, spelled out: importing data_plane here would
@@ -900,6 +908,18 @@ def render(result: dict[str, Any]) -> str:
     ]
     if off_path:
         lines.append("  (!): that data plane runs another hot path than its label says (see the warnings).")
+    varied = result.get("peak_varied")
+    if varied:
+        lines += ["", "Peak again, every request a different target (a counter in the query string)",
+                  f"{'scenario':<22}{'req/s':>10}{'p99 ms':>9}{'CPU µs/req':>12}{'errors':>8}"]
+        for name in VARIED_SCENARIOS:
+            row = varied["summary"].get(name)
+            if row is not None:
+                lines.append(f"{label(name, row):<22}{_num(row['requests_per_s'], ',.0f'):>10}"
+                             f"{_num(row['p99_ms'], '.3f'):>9}{_num(row['proxy_cpu_us_per_request'], '.1f'):>12}"
+                             f"{row['errors']:>8}")
+        lines.append(f"  Ferry/nginx CPU efficiency with every request different: "
+                     f"{_num(varied.get('cpu_efficiency'), '.2f')} (nothing kept per repeated request applies)")
     half = result.get("half_load")
     if half:
         lines += [
@@ -1095,6 +1115,23 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 time.sleep(SETTLE_S)
         peak = summarize(peak_runs)
 
+        varied_script = base / "varied-requests.lua"
+        varied_script.write_text(varied_requests_script())
+        varied_runs: list[dict[str, Any]] = []
+        for round_index in range(rounds):
+            order = rotated(VARIED_SCENARIOS, round_index)
+            _log(f"peak, every request different, round {round_index + 1}/{rounds}: {', '.join(order)}")
+            for position, name in enumerate(order):
+                run_ = measure_undisturbed(rig, targets[name], retries=retries, duration=duration,
+                                           connections=connections, script=varied_script)
+                run_.update(phase="peak_varied", round=round_index + 1, position=position)
+                varied_runs.append(run_)
+                _log(f"  {name:<12} {run_['requests_per_s']:>10,.0f} req/s  p99 {run_['p99_ms']:.3f} ms  "
+                     f"CPU {_num(run_['proxy_cpu_us_per_request'], '.1f')} µs/req  errors {run_['errors']}"
+                     f"{_disturbed(run_)}")
+                time.sleep(SETTLE_S)
+        varied = summarize(varied_runs)
+
         ferry_peak = peak["ferry"]["requests_per_s"]
         if not ferry_peak:
             raise RuntimeError(f"Ferry completed no requests at peak; see {base / 'ferry' / 'data-plane.log'}")
@@ -1154,15 +1191,15 @@ def run(options: BenchOptions) -> dict[str, Any]:
     for name, row in half_summary.items():
         if row["errors"]:
             warnings.append(f"{LABELS[name]}: {row['errors']} errors at half load")
-    disturbed = [r for r in [*peak_runs, *half_runs] if r.get("disturbed")]
+    disturbed = [r for r in [*peak_runs, *varied_runs, *half_runs] if r.get("disturbed")]
     if disturbed:
         worst = max(r["foreign_cpu_cores"] for r in disturbed)
         warnings.append(
-            f"{len(disturbed)} of {len(peak_runs) + len(half_runs)} runs shared the machine with other "
+            f"{len(disturbed)} of {len(peak_runs) + len(varied_runs) + len(half_runs)} runs shared the machine with other "
             f"work even after {retries} retries (up to {worst:.2f} of a core not ours): their figures "
             "are disturbed; run again on a quiet machine"
         )
-    retried = sum(r.get("attempts", 1) - 1 for r in [*peak_runs, *half_runs])
+    retried = sum(r.get("attempts", 1) - 1 for r in [*peak_runs, *varied_runs, *half_runs])
     if retried:
         warnings.append(f"{retried} disturbed run(s) were measured again (other work shared the machine)")
 
@@ -1216,6 +1253,14 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "pinning": pinning,
         "background": background,
         "peak": {"summary": peak, "runs": peak_runs},
+        "peak_varied": {
+            "summary": varied,
+            "runs": varied_runs,
+            "cpu_efficiency": ratio(
+                varied.get("nginx", {}).get("proxy_cpu_us_per_request"),
+                varied.get("ferry", {}).get("proxy_cpu_us_per_request"),
+            ),
+        },
         "half_load": {
             "target_rps": target_rps,
             "think_time_ms": think,

@@ -151,6 +151,20 @@ end
 """
 
 
+def varied_requests_script() -> str:
+    """A wrk Lua script: every request has a target of its own (a counter in the query
+    string), as if from many different clients, so that nothing a proxy keeps for a
+    repeated request line (Ferry: per connection, the last request's exchange and the
+    router's answer) applies: the worst case for those, the same work for nginx."""
+    return """-- written by bench/wrk.py: every request a different target
+local n = 0
+function request()
+  n = n + 1
+  return wrk.format(nil, wrk.path .. "?n=" .. n)
+end
+"""
+
+
 def mean_think_time_ms(connections: int, target_rps: float, latency_ms: float) -> float:
     """The mean think time for ``connections`` to send ``target_rps`` in a closed loop.
 

@@ -257,11 +257,17 @@ class _ClientConnection(_Dispatch):
         else:
             self._begun = 0
             self._feed(data)
-            if self._begun == 1 and len(self._queue) == 1 and self._parsing is None:
+            # (_parsing through a call: mypy narrowed it to None above, and the parser's
+            # callbacks changed it since; compiled code trusts the narrowing.)
+            if self._begun == 1 and len(self._queue) == 1 and self._parsing_now() is None:
                 self._remember_plain(data, self._queue[0])
         if self._start_due:
             self._start_due = False
             self._advance()
+
+    def _parsing_now(self) -> _Exchange | None:
+        """``self._parsing`` as it is now (a parser callback may have changed it)."""
+        return self._parsing
 
     def _remember_plain(self, data: bytes, ex: _Exchange) -> None:
         """``data`` was one whole request read from a message boundary, parsed into

@@ -77,3 +77,27 @@ def test_render_marks_a_row_on_another_path_than_its_label() -> None:
     assert "(!): that data plane runs another hot path" in stale
     fine = rendered({"ferry": block("compiled"), "ferry-python": block("python", "set")})
     assert "(!)" not in fine
+
+
+def test_render_shows_the_peak_with_every_request_different() -> None:
+    from bench.proxy_bench import VARIED_SCENARIOS, compute_ratios, goals, render, summarize
+
+    def row(name: str, us: float) -> dict[str, Any]:
+        return {"scenario": name, "round": 1, "requests_per_s": 10_000, "p50_ms": 1.0, "p99_ms": 2.0,
+                "errors": 0, "proxy_cpu_us_per_request": us, "proxy_cpu_fraction": 0.99,
+                "proxy_core_us_per_request": us, "proxy_core_busy_fraction": 0.99,
+                "load_core_busy_fraction": 0.9, "backends_cpu_us_per_request": 5.0}
+
+    peak = summarize([row(name, 20.0) for name in SCENARIOS])
+    varied = summarize([row("nginx", 16.0), row("ferry", 25.0)])
+    assert set(varied) == set(VARIED_SCENARIOS)
+    ratios = compute_ratios(peak, {})
+    text = render({
+        "settings": {"rounds": 1, "duration_s": 3.0, "connections": 50, "body_bytes": 16384,
+                     "proxy_core": 0, "load_core": 1},
+        "peak": {"summary": peak}, "peak_varied": {"summary": varied, "cpu_efficiency": 16.0 / 25.0},
+        "ratios": ratios, "goals": goals(ratios, {}),
+        "features": {"passive_health_checks": "on", "metrics": "on"}, "hot_paths": {}, "warnings": [],
+    })
+    assert "every request a different target" in text
+    assert "Ferry/nginx CPU efficiency with every request different: 0.64" in text

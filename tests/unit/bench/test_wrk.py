@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from bench.wrk import (
     mean_think_time_ms,
     parse_wrk_output,
     think_time_script,
+    varied_requests_script,
     wrk_command,
 )
 
@@ -121,3 +124,36 @@ def test_think_time_script_defines_delay() -> None:
     script = think_time_script(3.25)
     assert "function delay()" in script
     assert "local mean = 3.250000" in script
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make bench installs it)")
+async def test_the_varied_requests_script_sends_every_request_to_a_target_of_its_own(
+    tmp_path: Path,
+) -> None:
+    targets: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                targets.append(head.split(b" ", 2)[1])
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    script = tmp_path / "varied.lua"
+    script.write_text(varied_requests_script())
+    try:
+        wrk = await asyncio.create_subprocess_exec(
+            *wrk_command(f"http://127.0.0.1:{port}/bench/item", duration=1, connections=2,
+                         script=script, executable=shutil.which("wrk") or "wrk"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(wrk.communicate(), 30)
+    finally:
+        server.close()
+    assert parse_wrk_output(out.decode()).requests > 10
+    assert len(targets) > 10 and len(set(targets)) == len(targets)
+    assert all(t.startswith(b"/bench/item?n=") for t in targets)
