@@ -16,6 +16,15 @@ Upgrades (WebSocket): a request with ``Connection: Upgrade`` + ``Upgrade: websoc
 forwarded with both headers and ends HTTP parsing on this connection; bytes the client
 sends after it are held (reading paused) until the target answers. On ``101`` they go
 into the tunnel; on any other answer they are parsed as the next request.
+
+A read that is byte for byte the connection's last plain request is queued from a copy
+of that exchange without parsing it again (:meth:`_ClientConnection._remember_plain` says
+when that is the same thing).
+
+Why this module is past 600 lines: it is one half of one class (see
+:mod:`data_plane.proxy.dispatch`), and reading a request -- parser callbacks, head
+classification, the repeated-request path, timeouts, the lingering close -- is one
+sequence of steps on the same connection state.
 """
 
 from __future__ import annotations
