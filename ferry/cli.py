@@ -293,6 +293,9 @@ def _run_data_plane(args: argparse.Namespace) -> int:
         )
     except (ValidationError, ValueError) as exc:
         return _fail(_validation_message(exc) if isinstance(exc, ValidationError) else str(exc))
+    from data_plane.startup_objects import freeze_startup_objects
+
+    freeze_startup_objects()  # the imports are done; no config yet (see there)
     plane = DataPlane(settings)
     return _run(_serve_until_signalled(plane.start, plane.stop))
 
@@ -320,6 +323,9 @@ def _run_data_plane_worker(args: argparse.Namespace) -> int:
                                                             args.send_timeout))
         await run_worker(worker, stopping)
 
+    from data_plane.startup_objects import freeze_startup_objects
+
+    freeze_startup_objects()  # as for the data plane: imports done, no config yet
     return _run(serve())
 
 
