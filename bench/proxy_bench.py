@@ -695,6 +695,38 @@ def measure_undisturbed(rig: Rig, target: Target, *, retries: int, **kwargs: Any
     return best
 
 
+def run_rounds(
+    rig: Rig,
+    targets: Mapping[str, Target],
+    names: Sequence[str],
+    phase: str,
+    title: str,
+    *,
+    rounds: int,
+    retries: int,
+    duration: float,
+    connections: int,
+    script: Path | None = None,
+) -> list[dict[str, Any]]:
+    """``rounds`` rounds of one run per target of ``names`` (the order rotating each round,
+    see :func:`rotated`), each measured undisturbed; every run tagged with ``phase``, its
+    round and its position, and logged."""
+    runs: list[dict[str, Any]] = []
+    for round_index in range(rounds):
+        order = rotated(names, round_index)
+        _log(f"{title} round {round_index + 1}/{rounds}: {', '.join(order)}")
+        for position, name in enumerate(order):
+            run_ = measure_undisturbed(rig, targets[name], retries=retries, duration=duration,
+                                       connections=connections, script=script)
+            run_.update(phase=phase, round=round_index + 1, position=position)
+            runs.append(run_)
+            _log(f"  {name:<12} {run_['requests_per_s']:>10,.0f} req/s  p50 {run_['p50_ms']:.3f} ms  "
+                 f"p99 {run_['p99_ms']:.3f} ms  CPU {_num(run_['proxy_cpu_us_per_request'], '.1f')} µs/req  "
+                 f"errors {run_['errors']}{_disturbed(run_)}")
+            time.sleep(SETTLE_S)
+    return runs
+
+
 def wait_for_quiet(ours: set[int], max_wait: float) -> dict[str, Any]:
     """Sample the machine (2 s at a time) until no core is busier than ``QUIET_LIMIT``
     with work that is not ours, or ``max_wait`` has passed; return the last sample."""
@@ -1100,36 +1132,15 @@ def run(options: BenchOptions) -> dict[str, Any]:
             measure(rig, target, duration=warmup, connections=connections)
             time.sleep(SETTLE_S)
 
-        peak_runs: list[dict[str, Any]] = []
-        for round_index in range(rounds):
-            order = rotated(SCENARIOS, round_index)
-            _log(f"peak round {round_index + 1}/{rounds}: {', '.join(order)}")
-            for position, name in enumerate(order):
-                run_ = measure_undisturbed(rig, targets[name], retries=retries, duration=duration,
-                                           connections=connections)
-                run_.update(phase="peak", round=round_index + 1, position=position)
-                peak_runs.append(run_)
-                _log(f"  {name:<12} {run_['requests_per_s']:>10,.0f} req/s  p99 {run_['p99_ms']:.3f} ms  "
-                     f"CPU {_num(run_['proxy_cpu_us_per_request'], '.1f')} µs/req  errors {run_['errors']}"
-                     f"{_disturbed(run_)}")
-                time.sleep(SETTLE_S)
+        peak_runs = run_rounds(rig, targets, SCENARIOS, "peak", "peak", rounds=rounds, retries=retries,
+                               duration=duration, connections=connections)
         peak = summarize(peak_runs)
 
         varied_script = base / "varied-requests.lua"
         varied_script.write_text(varied_requests_script())
-        varied_runs: list[dict[str, Any]] = []
-        for round_index in range(rounds):
-            order = rotated(VARIED_SCENARIOS, round_index)
-            _log(f"peak, every request different, round {round_index + 1}/{rounds}: {', '.join(order)}")
-            for position, name in enumerate(order):
-                run_ = measure_undisturbed(rig, targets[name], retries=retries, duration=duration,
-                                           connections=connections, script=varied_script)
-                run_.update(phase="peak_varied", round=round_index + 1, position=position)
-                varied_runs.append(run_)
-                _log(f"  {name:<12} {run_['requests_per_s']:>10,.0f} req/s  p99 {run_['p99_ms']:.3f} ms  "
-                     f"CPU {_num(run_['proxy_cpu_us_per_request'], '.1f')} µs/req  errors {run_['errors']}"
-                     f"{_disturbed(run_)}")
-                time.sleep(SETTLE_S)
+        varied_runs = run_rounds(rig, targets, VARIED_SCENARIOS, "peak_varied", "peak, every request different",
+                                 rounds=rounds, retries=retries, duration=duration, connections=connections,
+                                 script=varied_script)
         varied = summarize(varied_runs)
 
         ferry_peak = peak["ferry"]["requests_per_s"]
@@ -1143,18 +1154,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
             seconds=calibration_s, first_guess_ms=peak["direct"]["p50_ms"] or 0.3, script_path=script,
             retries=retries,
         )
-        half_runs: list[dict[str, Any]] = []
-        for round_index in range(rounds):
-            order = rotated(SCENARIOS, round_index)
-            _log(f"half-load round {round_index + 1}/{rounds}: {', '.join(order)}")
-            for position, name in enumerate(order):
-                run_ = measure_undisturbed(rig, targets[name], retries=retries, duration=duration,
-                                           connections=connections, script=script)
-                run_.update(phase="half_load", round=round_index + 1, position=position)
-                half_runs.append(run_)
-                _log(f"  {name:<12} {run_['requests_per_s']:>10,.0f} req/s  p50 {run_['p50_ms']:.3f} ms  "
-                     f"p99 {run_['p99_ms']:.3f} ms  errors {run_['errors']}{_disturbed(run_)}")
-                time.sleep(SETTLE_S)
+        half_runs = run_rounds(rig, targets, SCENARIOS, "half_load", "half-load", rounds=rounds, retries=retries,
+                               duration=duration, connections=connections, script=script)
         half_summary = summarize(half_runs)
         half_added = added_p99(half_runs)
         for name, target in targets.items():
